@@ -1,0 +1,88 @@
+import { z } from 'zod';
+
+/**
+ * The configuration contract (design.md). Parsed once at boot; no other module reads
+ * `process.env`. Every bad variable is reported in one error.
+ */
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+const hostList = z
+  .string()
+  .transform((s) => s.split(',').map((h) => h.trim()).filter((h) => h.length > 0))
+  .pipe(z.array(z.string().regex(/^(https?:\/\/)?[a-z0-9.-]+(:\d{1,5})?$/i, 'a host name, optionally http(s):// and :port')).min(1));
+
+const colour = z.string().regex(/^#[0-9a-f]{6}$/i, 'a colour like #ffffff');
+
+const MiB = 1024 * 1024;
+
+export const configSchema = z.object({
+  DISCORD_TOKEN: z.string().min(1).optional(),
+  DISCORD_APP_ID: z.string().regex(/^\d{1,25}$/, 'a Discord snowflake').optional(),
+  DISCORD_API_URL: z.url().default('https://discord.com/api'),
+  /** Receive messages in dataset threads (needs the privileged Message Content intent). */
+  DISCORD_MESSAGE_CONTENT: bool.default(false),
+  ATTACHMENT_HOSTS: hostList.default(['cdn.discordapp.com', 'media.discordapp.net']),
+  REDIS_URL: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL').default('redis://127.0.0.1:6379'),
+  /** Prefix for every Redis key and queue, so several deployments (or tests) can share one Redis. */
+  REDIS_PREFIX: z.string().regex(/^[a-z0-9_-]{1,32}$/i).default('lg'),
+  DATA_DIR: z.string().min(1).default('./data'),
+  PUBLIC_URL: z.url().optional(),
+  HTTP_PORT: int(0, 65535).default(8080),
+  HTTP_HOST: z.string().default('0.0.0.0'),
+  DOWNLOAD_SECRET: z.string().min(32, 'at least 32 characters').optional(),
+  TAGGER_MODEL_DIR: z.string().min(1).optional(),
+  TAGGER_MODEL_URL: z.url().default('https://huggingface.co/SmilingWolf/wd-vit-tagger-v3/resolve/main'),
+  TRAINER_CMD: z.string().min(1).optional(),
+  SD_SCRIPTS_DIR: z.string().min(1).default('./sd-scripts'),
+  MODELS_DIR: z.string().min(1).default('./models'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  // Intake limits (all optional; the defaults suit a community server).
+  MAX_IMAGE_BYTES: int(1024, 1024 * MiB).default(50 * MiB),
+  MAX_ZIP_BYTES: int(1024, 8192 * MiB).default(512 * MiB),
+  ZIP_MAX_ENTRIES: int(1, 100_000).default(2000),
+  ZIP_MAX_UNCOMPRESSED_BYTES: int(1024, 64 * 1024 * MiB).default(4096 * MiB),
+  MAX_INPUT_PIXELS: int(1_000_000, 1_000_000_000).default(100_000_000),
+  MASTER_MAX_PIXELS: int(262_144, 100_000_000).default(4_194_304),
+  MIN_SHORT_SIDE: int(64, 4096).default(256),
+  FLATTEN_BACKGROUND: colour.default('#ffffff'),
+  NEAR_DUPLICATE_DISTANCE: int(0, 32).default(6),
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Parses the environment. Empty strings count as unset, as in most .env files. */
+export function loadConfig(env: NodeJS.ProcessEnv | Record<string, string | undefined>): Config {
+  const cleaned: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (v !== undefined && v !== '') cleaned[k] = v;
+  }
+  const parsed = configSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`),
+    );
+  }
+  return parsed.data;
+}
+
+/** The bot needs credentials that a worker does not. */
+export function requireBotCredentials(config: Config): { token: string; appId: string } {
+  const problems: string[] = [];
+  if (!config.DISCORD_TOKEN) problems.push('DISCORD_TOKEN: required to run the bot');
+  if (!config.DISCORD_APP_ID) problems.push('DISCORD_APP_ID: required to run the bot');
+  if (problems.length > 0 || !config.DISCORD_TOKEN || !config.DISCORD_APP_ID) throw new ConfigError(problems);
+  return { token: config.DISCORD_TOKEN, appId: config.DISCORD_APP_ID };
+}
