@@ -2,6 +2,8 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
+    // The default reporter for people; JSON for CI's closing line (.ci/summary.mjs).
+    reporters: ['default', ['json', { outputFile: '.tmp/test-results.json' }]],
     projects: [
       {
         test: {

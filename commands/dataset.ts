@@ -1,0 +1,71 @@
+import { InteractionContextType, SlashCommandBuilder } from 'discord.js';
+
+export const IMAGE_OPTION_COUNT = 10;
+
+const builder = new SlashCommandBuilder()
+  .setName('dataset')
+  .setDescription('Build a LoRA dataset together')
+  .setContexts(InteractionContextType.Guild)
+  .addSubcommand((s) =>
+    s
+      .setName('create')
+      .setDescription('Start a new dataset (opens a thread for it)')
+      .addStringOption((o) =>
+        o.setName('name').setDescription('Short name: letters, digits, - and _ (2–32)').setRequired(true).setMinLength(2).setMaxLength(32),
+      )
+      .addStringOption((o) =>
+        o.setName('trigger').setDescription('Trigger word that will call up the LoRA, e.g. ohwx_aria').setRequired(true).setMinLength(2).setMaxLength(40),
+      )
+      .addStringOption((o) =>
+        o.setName('class').setDescription('Class word, e.g. woman, 1girl, dog, building').setRequired(true).setMinLength(1).setMaxLength(40),
+      )
+      .addStringOption((o) =>
+        o
+          .setName('kind')
+          .setDescription('What the LoRA teaches')
+          .setRequired(true)
+          .addChoices({ name: 'character', value: 'character' }, { name: 'style', value: 'style' }, { name: 'concept', value: 'concept' }),
+      )
+      .addStringOption((o) =>
+        o
+          .setName('base')
+          .setDescription('Base model family')
+          .setRequired(true)
+          .addChoices({ name: 'SD 1.5', value: 'sd15' }, { name: 'SDXL', value: 'sdxl' }),
+      )
+      .addIntegerOption((o) =>
+        o
+          .setName('resolution')
+          .setDescription('Training resolution (default 512 for SD 1.5, 1024 for SDXL)')
+          .setMinValue(256)
+          .setMaxValue(2048),
+      ),
+  )
+  .addSubcommand((s) => {
+    s.setName('add')
+      .setDescription('Contribute images (up to 10 attachments and/or a zip)')
+      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
+      .addStringOption((o) => o.setName('concept').setDescription('Concept (subset) to add to; default: main').setMaxLength(32))
+      .addAttachmentOption((o) => o.setName('zip').setDescription('A zip of images (a .txt beside an image is kept as its caption)'));
+    for (let i = 1; i <= IMAGE_OPTION_COUNT; i++) {
+      s.addAttachmentOption((o) => o.setName(`image${i}`).setDescription(`Image ${i}`));
+    }
+    return s;
+  })
+  .addSubcommand((s) =>
+    s
+      .setName('show')
+      .setDescription('Counts, contributors, buckets, warnings and a contact sheet')
+      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
+      .addIntegerOption((o) => o.setName('page').setDescription('Contact sheet page').setMinValue(1)),
+  )
+  .addSubcommand((s) => s.setName('list').setDescription('Datasets in this server'))
+  .addSubcommand((s) =>
+    s
+      .setName('remove')
+      .setDescription('Remove images: numbers like 3, 5-8, or "mine" to withdraw all of yours')
+      .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 · mine').setRequired(true).setMaxLength(200))
+      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true)),
+  );
+
+export const datasetCommandData = builder.toJSON();

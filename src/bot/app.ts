@@ -1,0 +1,110 @@
+import { Queue } from 'bullmq';
+import { Client, Events, GatewayIntentBits, type Interaction, type Message } from 'discord.js';
+import { Redis } from 'ioredis';
+import { BlobStore } from '../core/blob-store.ts';
+import { requireBotCredentials, type Config } from '../core/config.ts';
+import { Limiter } from '../core/limiter.ts';
+import type { Logger } from '../core/logger.ts';
+import { bullPrefix, defaultJobOptions, JobName, QueueName, type TagImagesPayload } from '../queues/contract.ts';
+import { DatasetStore } from '../store/dataset-store.ts';
+import { datasetCommand, showPageButtons } from './commands/dataset.ts';
+import type { BotContext } from './context.ts';
+import { startHttpServer, type HttpServerHandle } from './http-server.ts';
+import { IntakeService } from './intake.ts';
+import { createInteractionRouter } from './interactions.ts';
+import { handleThreadMessage } from './message-intake.ts';
+
+export interface BotHandle {
+  client: Client;
+  ctx: BotContext;
+  http: HttpServerHandle;
+  stop(): Promise<void>;
+}
+
+const HOUR = 3600_000;
+
+/** Wires the bot's services and logs in. The one place that knows how the pieces fit. */
+export async function startBot(config: Config, logger: Logger): Promise<BotHandle> {
+  const { token } = requireBotCredentials(config);
+  const redis = new Redis(config.REDIS_URL, { lazyConnect: true });
+  redis.on('error', (err) => logger.warn({ err }, 'redis connection error'));
+  await redis.connect();
+  const queueConnection = new Redis(config.REDIS_URL, { maxRetriesPerRequest: null });
+  queueConnection.on('error', (err) => logger.warn({ err }, 'redis (queues) connection error'));
+
+  const store = new DatasetStore(redis, config.REDIS_PREFIX);
+  const blobs = new BlobStore(config.DATA_DIR);
+  await blobs.init();
+  const blobLock = new Limiter(1);
+  const taggingQueue = new Queue<TagImagesPayload>(QueueName.Tagging, {
+    connection: queueConnection,
+    prefix: bullPrefix(config.REDIS_PREFIX),
+    defaultJobOptions: defaultJobOptions[QueueName.Tagging],
+  });
+
+  const intake = new IntakeService({
+    config,
+    store,
+    blobs,
+    blobLock,
+    logger: logger.child({ unit: 'intake' }),
+    onAccepted: async (dataset, nos, captioned) => {
+      const toTag = nos.filter((n) => !captioned.includes(n));
+      if (toTag.length === 0) return;
+      await taggingQueue.add(JobName.TagImages, {
+        guildId: dataset.guildId,
+        datasetId: dataset.id,
+        imageNos: toTag,
+        retag: false,
+        requestedBy: 'intake',
+      });
+    },
+  });
+  const ctx: BotContext = { config, logger, store, blobs, intake, blobLock };
+
+  // Leftovers of a crash: half-written temp files, and blobs written just before a record that
+  // never landed (only ones older than the grace period, so nothing in flight is touched).
+  await blobs.cleanTemp(0);
+  void blobs
+    .sweep(async (id) => (await store.blobRefCount(id)) > 0, HOUR)
+    .then((r) => logger.info(r, 'blob sweep done'))
+    .catch((err: unknown) => logger.warn({ err }, 'blob sweep failed'));
+
+  const intents = [GatewayIntentBits.Guilds];
+  if (config.DISCORD_MESSAGE_CONTENT) intents.push(GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent);
+  const client = new Client({ intents, rest: { api: config.DISCORD_API_URL } });
+
+  const route = createInteractionRouter(ctx, [datasetCommand], [showPageButtons]);
+  client.on(Events.InteractionCreate, (interaction: Interaction) => {
+    route(interaction).catch((err: unknown) => logger.error({ err }, 'interaction routing failed'));
+  });
+  if (config.DISCORD_MESSAGE_CONTENT) {
+    client.on(Events.MessageCreate, (message: Message) => {
+      handleThreadMessage(message, ctx).catch((err: unknown) => logger.error({ err }, 'message handling failed'));
+    });
+  }
+  client.on(Events.Error, (err) => logger.error({ err }, 'discord client error'));
+  client.on(Events.Warn, (message) => logger.warn({ discord: message }, 'discord client warning'));
+
+  const http = await startHttpServer({ host: config.HTTP_HOST, port: config.HTTP_PORT, redis, logger });
+  const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
+  await client.login(token);
+  await ready;
+  logger.info({ user: client.user?.tag, guilds: client.guilds.cache.size, httpPort: http.port }, 'bot ready');
+
+  let stopped = false;
+  return {
+    client,
+    ctx,
+    http,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await client.destroy();
+      await http.close();
+      await taggingQueue.close();
+      queueConnection.disconnect();
+      redis.disconnect();
+    },
+  };
+}

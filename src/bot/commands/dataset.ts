@@ -1,0 +1,319 @@
+import {
+  ActionRowBuilder,
+  AttachmentBuilder,
+  ButtonBuilder,
+  ButtonStyle,
+  ChannelType,
+  PermissionFlagsBits,
+  ThreadAutoArchiveDuration,
+  type Attachment,
+  type AutocompleteInteraction,
+  type ChatInputCommandInteraction,
+  type MessageComponentInteraction,
+  type ModalSubmitInteraction,
+} from 'discord.js';
+import { datasetCommandData, IMAGE_OPTION_COUNT } from '../../../commands/dataset.ts';
+import {
+  parseImageSelection,
+  validateClassWord,
+  validateConceptName,
+  validateDatasetName,
+  validateResolution,
+  validateTrigger,
+} from '../../core/dataset-rules.ts';
+import { UserError } from '../../core/errors.ts';
+import { makeContactSheet } from '../../core/media.ts';
+import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dataset-store.ts';
+import type { BotContext } from '../context.ts';
+import type { IncomingFile } from '../intake.ts';
+import type { ComponentHandler, SlashCommand } from '../interactions.ts';
+import { listNos, renderDatasetSummary, renderIntakeReport } from '../reports.ts';
+
+export const SHEET_PAGE_SIZE = 40;
+
+type GuildInteraction = ChatInputCommandInteraction | AutocompleteInteraction | MessageComponentInteraction | ModalSubmitInteraction;
+
+function guildIdOf(interaction: GuildInteraction): string {
+  if (!interaction.guildId) throw new UserError('Datasets live in servers: use this command in a server channel.');
+  return interaction.guildId;
+}
+
+/** The dataset named in the options, or the one whose thread this is. Always of this guild. */
+export async function resolveDataset(interaction: ChatInputCommandInteraction, ctx: BotContext): Promise<Dataset> {
+  const guildId = guildIdOf(interaction);
+  const name = interaction.options.getString('dataset');
+  if (name) {
+    const ds = await ctx.store.findDataset(guildId, name.trim());
+    if (!ds) throw new UserError(`There is no dataset named \`${name.trim().slice(0, 40)}\` in this server. See \`/dataset list\`.`);
+    return ds;
+  }
+  const ds = await ctx.store.datasetForThread(interaction.channelId);
+  if (ds && ds.guildId === guildId) return ds;
+  throw new UserError('Name a dataset with the `dataset` option, or use this command in the dataset’s thread.');
+}
+
+export function displayNameOf(interaction: GuildInteraction): string {
+  const member = interaction.member;
+  if (member && 'displayName' in member && typeof member.displayName === 'string') return member.displayName;
+  return interaction.user.globalName ?? interaction.user.username;
+}
+
+function asIncoming(a: Attachment): IncomingFile {
+  return { name: a.name, url: a.url, size: a.size };
+}
+
+async function create(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const guildId = guildIdOf(interaction);
+  const name = validateDatasetName(interaction.options.getString('name', true));
+  const trigger = validateTrigger(interaction.options.getString('trigger', true));
+  const className = validateClassWord(interaction.options.getString('class', true));
+  const kind = interaction.options.getString('kind', true) as DatasetKind;
+  const base = interaction.options.getString('base', true);
+  if (!['character', 'style', 'concept'].includes(kind)) throw new UserError('Kind must be character, style or concept.');
+  if (base !== 'sd15' && base !== 'sdxl') throw new UserError('Base must be SD 1.5 or SDXL.');
+  const resolution = validateResolution(interaction.options.getInteger('resolution'), base);
+
+  const channel = interaction.channel;
+  const parent = channel?.isThread() ? channel.parent : channel;
+  const dataset = await ctx.store.createDataset({
+    guildId,
+    name,
+    trigger,
+    className,
+    kind,
+    base,
+    resolution,
+    ownerId: interaction.user.id,
+    channelId: parent?.id ?? interaction.channelId,
+  });
+
+  let threadNote = '';
+  if (parent && (parent.type === ChannelType.GuildText || parent.type === ChannelType.GuildForum)) {
+    try {
+      const thread =
+        parent.type === ChannelType.GuildText
+          ? await parent.threads.create({
+              name: `dataset · ${name}`,
+              autoArchiveDuration: ThreadAutoArchiveDuration.OneWeek,
+              reason: `LoRA dataset ${name}`,
+            })
+          : await parent.threads.create({
+              name: `dataset · ${name}`,
+              autoArchiveDuration: ThreadAutoArchiveDuration.OneWeek,
+              message: { content: `Dataset **${name}**` },
+            });
+      await ctx.store.setThread(dataset.id, thread.id);
+      await thread.send({
+        content:
+          `**${name}** — a ${kind} LoRA for ${base === 'sdxl' ? 'SDXL' : 'SD 1.5'} at ${resolution} px, trigger \`${trigger}\`, class \`${className}\`.\n` +
+          `Contribute with \`/dataset add\` here (up to 10 images or a zip at a time)` +
+          (ctx.config.DISCORD_MESSAGE_CONTENT ? ', or just post images in this thread.' : '.') +
+          ` Withdraw yours any time with \`/dataset remove images:mine\`.`,
+        allowedMentions: { parse: [] },
+      });
+      threadNote = ` Thread: <#${thread.id}>.`;
+    } catch (err) {
+      ctx.logger.warn({ err, datasetId: dataset.id }, 'could not open a thread for a dataset');
+      threadNote = ' (I could not open a thread here: check that I may create public threads.)';
+    }
+  }
+  await interaction.editReply({
+    content: `Created dataset **${name}** (${kind}, ${base === 'sdxl' ? 'SDXL' : 'SD 1.5'}, ${resolution} px, trigger \`${trigger}\`).${threadNote}`,
+    allowedMentions: { parse: [] },
+  });
+}
+
+async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const conceptName = interaction.options.getString('concept');
+  const concept = conceptName ? validateConceptName(conceptName) : DEFAULT_CONCEPT;
+  const files: IncomingFile[] = [];
+  for (let i = 1; i <= IMAGE_OPTION_COUNT; i++) {
+    const a = interaction.options.getAttachment(`image${i}`);
+    if (a) files.push(asIncoming(a));
+  }
+  const zip = interaction.options.getAttachment('zip');
+  if (zip && !/\.zip$/i.test(zip.name)) throw new UserError(`\`${zip.name.slice(0, 60)}\` is not a .zip file: attach images as image1…image10.`);
+  if (files.length === 0 && !zip) throw new UserError('Attach at least one image (image1…image10) or a zip.');
+  await ctx.store.ensureConcept(dataset.id, concept);
+
+  const report = await ctx.intake.ingest({
+    dataset,
+    concept,
+    contributor: { id: interaction.user.id, name: displayNameOf(interaction) },
+    sourceMessageId: null,
+    files,
+    zip: zip ? asIncoming(zip) : undefined,
+  });
+  const rendered = renderIntakeReport(report);
+  const attachments: AttachmentBuilder[] = [];
+  if (report.thumbnails.length > 0) {
+    const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
+    attachments.push(new AttachmentBuilder(sheet.data, { name: `contact-sheet.${sheet.format}` }));
+  }
+  if (rendered.fullText) attachments.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
+  await interaction.editReply({ content: rendered.content, files: attachments, allowedMentions: { parse: [] } });
+}
+
+async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number) {
+  const [images, concepts] = await Promise.all([ctx.store.listImages(dataset.id), ctx.store.getConcepts(dataset.id)]);
+  const pages = Math.max(1, Math.ceil(images.length / SHEET_PAGE_SIZE));
+  const page = Math.min(Math.max(1, requestedPage), pages);
+  const slice = images.slice((page - 1) * SHEET_PAGE_SIZE, page * SHEET_PAGE_SIZE);
+  const range = slice.length > 0 ? `#${slice[0]!.no}–#${slice[slice.length - 1]!.no}` : '';
+  const content = renderDatasetSummary({ dataset, images, concepts }, page, pages, range);
+  const files: AttachmentBuilder[] = [];
+  if (slice.length > 0) {
+    const tiles = await Promise.all(slice.map(async (img) => ({ image: await ctx.blobs.read(img.thumbBlob), label: `#${img.no}` })));
+    const sheet = await makeContactSheet(tiles);
+    files.push(new AttachmentBuilder(sheet.data, { name: `contact-sheet-${page}.${sheet.format}` }));
+  }
+  const components =
+    pages > 1
+      ? [
+          new ActionRowBuilder<ButtonBuilder>().addComponents(
+            new ButtonBuilder()
+              .setCustomId(encodeShowPage(dataset.id, page - 1))
+              .setLabel('◀ Previous')
+              .setStyle(ButtonStyle.Secondary)
+              .setDisabled(page <= 1),
+            new ButtonBuilder()
+              .setCustomId(encodeShowPage(dataset.id, page + 1))
+              .setLabel('Next ▶')
+              .setStyle(ButtonStyle.Secondary)
+              .setDisabled(page >= pages),
+          ),
+        ]
+      : [];
+  return { content, files, components, allowedMentions: { parse: [] as [] } };
+}
+
+async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  await interaction.editReply(await showPage(ctx, dataset, interaction.options.getInteger('page') ?? 1));
+}
+
+async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const datasets = await ctx.store.listDatasets(guildIdOf(interaction));
+  if (datasets.length === 0) {
+    await interaction.editReply('No datasets in this server yet. Start one with `/dataset create`.');
+    return;
+  }
+  const counts = await Promise.all(datasets.map((d) => ctx.store.imageCount(d.id)));
+  const lines = datasets.map(
+    (d, i) =>
+      `**${d.name}** · ${d.kind} · ${d.base === 'sdxl' ? 'SDXL' : 'SD 1.5'} ${d.resolution} px · ${counts[i]} image${counts[i] === 1 ? '' : 's'} · owner <@${d.ownerId}>` +
+      (d.threadId ? ` · <#${d.threadId}>` : ''),
+  );
+  let content = `Datasets in this server (${datasets.length}):\n`;
+  for (const [i, line] of lines.entries()) {
+    if (content.length + line.length > 1900) {
+      content += `…and ${lines.length - i} more.`;
+      break;
+    }
+    content += `${line}\n`;
+  }
+  await interaction.editReply({ content, allowedMentions: { parse: [] } });
+}
+
+async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const selection = parseImageSelection(interaction.options.getString('images', true));
+  const userId = interaction.user.id;
+  let targets: number[];
+  if (selection.mine) {
+    const images = await ctx.store.listImages(dataset.id);
+    targets = images.filter((i) => i.contributorId === userId).map((i) => i.no);
+    if (targets.length === 0) throw new UserError(`You have no images in **${dataset.name}**.`);
+  } else {
+    const found = await ctx.store.getImages(dataset.id, selection.nos);
+    const missing = selection.nos.filter((n) => !found.some((f) => f.no === n));
+    if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}. Nothing was removed.`);
+    const others = found.filter((i) => i.contributorId !== userId);
+    const moderator = dataset.ownerId === userId || (interaction.memberPermissions?.has(PermissionFlagsBits.ManageMessages) ?? false);
+    if (others.length > 0 && !moderator) {
+      throw new UserError(
+        `You can remove only your own images: ${listNos(others.map((o) => o.no))} ${others.length === 1 ? 'was' : 'were'} added by someone else. ` +
+          'The dataset owner or a member with Manage Messages can remove them. Nothing was removed.',
+      );
+    }
+    targets = found.map((i) => i.no);
+  }
+  const removed = await removeImages(ctx, dataset.id, targets);
+  ctx.logger.info({ datasetId: dataset.id, userId, removed: removed.length }, 'images removed');
+  await interaction.editReply(`Removed ${removed.length} image${removed.length === 1 ? '' : 's'} from **${dataset.name}**: ${listNos(removed)}.`);
+}
+
+/** Removes records and deletes the files nothing else refers to. */
+export async function removeImages(ctx: BotContext, datasetId: string, nos: number[]): Promise<number[]> {
+  return ctx.blobLock.run(async () => {
+    const { removed, freedBlobs } = await ctx.store.removeImages(datasetId, nos);
+    await Promise.all(freedBlobs.map((id) => ctx.blobs.delete(id)));
+    return removed.map((r) => r.no);
+  });
+}
+
+async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {
+  const focused = interaction.options.getFocused(true);
+  if (focused.name !== 'dataset' || !interaction.guildId) {
+    await interaction.respond([]);
+    return;
+  }
+  const typed = String(focused.value).toLowerCase();
+  const datasets = await ctx.store.listDatasets(interaction.guildId);
+  await interaction.respond(
+    datasets
+      .filter((d) => d.name.includes(typed))
+      .slice(0, 25)
+      .map((d) => ({ name: d.name, value: d.name })),
+  );
+}
+
+export const datasetCommand: SlashCommand = {
+  data: datasetCommandData,
+  defer(interaction) {
+    const sub = interaction.options.getSubcommand(false);
+    return sub === 'remove' ? 'ephemeral' : 'public';
+  },
+  async execute(interaction, ctx) {
+    switch (interaction.options.getSubcommand(true)) {
+      case 'create':
+        return create(interaction, ctx);
+      case 'add':
+        return add(interaction, ctx);
+      case 'show':
+        return show(interaction, ctx);
+      case 'list':
+        return list(interaction, ctx);
+      case 'remove':
+        return remove(interaction, ctx);
+      default:
+        throw new UserError('Unknown subcommand.');
+    }
+  },
+  autocomplete,
+};
+
+// Contact-sheet paging buttons: `dsshow:<datasetId>:<page>`.
+const SHOW_FAMILY = 'dsshow';
+
+export function encodeShowPage(datasetId: string, page: number): string {
+  return `${SHOW_FAMILY}:${datasetId}:${page}`;
+}
+
+export function decodeShowPage(customId: string): { datasetId: string; page: number } | null {
+  const m = /^dsshow:([a-z0-9]{1,16}):(\d{1,6})$/.exec(customId);
+  return m ? { datasetId: m[1]!, page: Number(m[2]) } : null;
+}
+
+export const showPageButtons: ComponentHandler = {
+  family: SHOW_FAMILY,
+  defer: () => 'update',
+  async handle(interaction, ctx) {
+    const parsed = decodeShowPage(interaction.customId);
+    if (!parsed) throw new UserError('That button is out of date.');
+    const dataset = await ctx.store.getDataset(parsed.datasetId);
+    if (!dataset || dataset.guildId !== interaction.guildId) throw new UserError('That dataset no longer exists.');
+    await interaction.editReply(await showPage(ctx, dataset, parsed.page));
+  },
+};

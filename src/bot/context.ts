@@ -1,0 +1,17 @@
+import type { BlobStore } from '../core/blob-store.ts';
+import type { Config } from '../core/config.ts';
+import type { Limiter } from '../core/limiter.ts';
+import type { Logger } from '../core/logger.ts';
+import type { DatasetStore } from '../store/dataset-store.ts';
+import type { IntakeService } from './intake.ts';
+
+/** What every command and handler gets: the wired services of this bot process. */
+export interface BotContext {
+  config: Config;
+  logger: Logger;
+  store: DatasetStore;
+  blobs: BlobStore;
+  intake: IntakeService;
+  /** Held around blob writes with their records, and removals with their blob deletes. */
+  blobLock: Limiter;
+}

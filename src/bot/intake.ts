@@ -1,0 +1,315 @@
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BlobStore } from '../core/blob-store.ts';
+import { bucketLabel, bucketSettingsFor, selectBucket, type Size } from '../core/buckets.ts';
+import type { Config } from '../core/config.ts';
+import { downloadToFile } from '../core/download.ts';
+import { errorMessage, isUserError } from '../core/errors.ts';
+import { KeyedMutex, Limiter } from '../core/limiter.ts';
+import type { Logger } from '../core/logger.ts';
+import { normalizeImage, type NormalizeResult } from '../core/media.ts';
+import { hammingDistance } from '../core/phash.ts';
+import { extractZip } from '../core/zip-intake.ts';
+import type { Dataset, DatasetStore, ImageFacts } from '../store/dataset-store.ts';
+
+/** A file offered for a dataset: a Discord attachment (downloaded here) or a zip of images. */
+export interface IncomingFile {
+  name: string;
+  url: string;
+  size: number;
+}
+
+export interface IntakeRequest {
+  dataset: Dataset;
+  concept: string;
+  contributor: { id: string; name: string };
+  sourceMessageId: string | null;
+  files: IncomingFile[];
+  zip?: IncomingFile | undefined;
+}
+
+export type FileOutcome =
+  | {
+      status: 'accepted';
+      name: string;
+      no: number;
+      width: number;
+      height: number;
+      bucket: Size;
+      upscaled: boolean;
+      notes: string[];
+      warnings: string[];
+      captioned: boolean;
+    }
+  | { status: 'refused'; name: string; reason: string };
+
+export interface IntakeReport {
+  dataset: Dataset;
+  concept: string;
+  outcomes: FileOutcome[];
+  /** Entries of a zip that were not images (told once, not per file where it is noise). */
+  skipped: { name: string; reason: string }[];
+  /** A problem with the zip as a whole (too many entries, not a zip…). */
+  zipProblem: string | null;
+  /** Thumbnails of the accepted images, in outcome order, for the contact sheet. */
+  thumbnails: { no: number; image: Buffer }[];
+}
+
+interface Prepared {
+  name: string;
+  path: string | null;
+  caption: string | null;
+  failure: string | null;
+}
+
+/**
+ * Turns offered files into dataset images: download (Discord CDN only, capped), normalise,
+ * refuse duplicates, store blobs atomically, then record each image in one Redis transaction.
+ * One bad file never affects the others.
+ */
+export class IntakeService {
+  private readonly downloads = new Limiter(6);
+  private readonly normalizer: Limiter;
+  private readonly commits = new KeyedMutex();
+
+  constructor(
+    private readonly deps: {
+      config: Config;
+      store: DatasetStore;
+      blobs: BlobStore;
+      /** Held around every blob write + record, and every removal + blob delete. */
+      blobLock: Limiter;
+      logger: Logger;
+      normalizeConcurrency?: number;
+      onAccepted?: (dataset: Dataset, nos: number[], captioned: number[]) => Promise<void>;
+    },
+  ) {
+    this.normalizer = new Limiter(deps.normalizeConcurrency ?? 2);
+  }
+
+  async ingest(req: IntakeRequest): Promise<IntakeReport> {
+    const { config, blobs } = this.deps;
+    const log = this.deps.logger.child({ datasetId: req.dataset.id, contributorId: req.contributor.id });
+    const workDir = blobs.tempPath('upload');
+    await mkdir(workDir, { recursive: true });
+    const report: IntakeReport = {
+      dataset: req.dataset,
+      concept: req.concept,
+      outcomes: [],
+      skipped: [],
+      zipProblem: null,
+      thumbnails: [],
+    };
+    try {
+      const prepared = await Promise.all(
+        req.files.map((file, i) => this.download(file, join(workDir, `a${i}`), config.MAX_IMAGE_BYTES)),
+      );
+      if (req.zip) prepared.push(...(await this.unzip(req.zip, workDir, report)));
+
+      const normalized = await Promise.all(
+        prepared.map((p) =>
+          p.failure !== null || p.path === null
+            ? Promise.resolve<NormalizeResult>({ ok: false, reason: p.failure ?? 'not available' })
+            : this.normalize(p.path),
+        ),
+      );
+
+      await this.commits.run(req.dataset.id, () => this.commit(req, prepared, normalized, report));
+      const accepted = report.outcomes.filter((o) => o.status === 'accepted');
+      log.info({ accepted: accepted.length, refused: report.outcomes.length - accepted.length }, 'intake finished');
+      if (accepted.length > 0 && this.deps.onAccepted) {
+        await this.deps.onAccepted(
+          req.dataset,
+          accepted.map((o) => o.no),
+          accepted.filter((o) => o.captioned).map((o) => o.no),
+        );
+      }
+      return report;
+    } finally {
+      await rm(workDir, { recursive: true, force: true });
+    }
+  }
+
+  private async download(file: IncomingFile, dest: string, maxBytes: number): Promise<Prepared> {
+    const name = displayName(file.name);
+    try {
+      await this.downloads.run(() =>
+        downloadToFile(file.url, dest, {
+          allowedHosts: this.deps.config.ATTACHMENT_HOSTS,
+          maxBytes,
+          declaredSize: file.size,
+          timeoutMs: 120_000,
+        }),
+      );
+      return { name, path: dest, caption: null, failure: null };
+    } catch (err) {
+      if (!isUserError(err)) this.deps.logger.warn({ err, file: name }, 'download failed');
+      return { name, path: null, caption: null, failure: isUserError(err) ? err.message : 'the download failed' };
+    }
+  }
+
+  private async unzip(zip: IncomingFile, workDir: string, report: IntakeReport): Promise<Prepared[]> {
+    const { config } = this.deps;
+    const zipPath = join(workDir, 'upload.zip');
+    const got = await this.download(zip, zipPath, config.MAX_ZIP_BYTES);
+    if (got.failure !== null) {
+      report.zipProblem = `${got.name}: ${got.failure}`;
+      return [];
+    }
+    try {
+      const extracted = await extractZip(zipPath, join(workDir, 'zip'), {
+        maxEntries: config.ZIP_MAX_ENTRIES,
+        maxTotalUncompressed: config.ZIP_MAX_UNCOMPRESSED_BYTES,
+        maxEntryBytes: config.MAX_IMAGE_BYTES,
+      });
+      report.skipped.push(...extracted.skipped);
+      return extracted.images.map((img) => ({
+        name: displayName(img.name),
+        path: img.path,
+        caption: img.caption ?? null,
+        failure: null,
+      }));
+    } catch (err) {
+      report.zipProblem = `${got.name}: ${isUserError(err) ? err.message : 'the zip could not be read'}`;
+      if (!isUserError(err)) this.deps.logger.warn({ err }, 'zip extraction failed');
+      return [];
+    }
+  }
+
+  private async normalize(path: string): Promise<NormalizeResult> {
+    const { config } = this.deps;
+    try {
+      return await this.normalizer.run(() =>
+        normalizeImage(path, {
+          maxInputPixels: config.MAX_INPUT_PIXELS,
+          masterMaxPixels: config.MASTER_MAX_PIXELS,
+          minShortSide: config.MIN_SHORT_SIDE,
+          background: config.FLATTEN_BACKGROUND,
+        }),
+      );
+    } catch (err) {
+      this.deps.logger.warn({ err }, 'normalisation failed unexpectedly');
+      return { ok: false, reason: `could not be read as an image (${errorMessage(err)})` };
+    }
+  }
+
+  /** Runs under the dataset's lock: duplicate checks see every earlier file, this upload's too. */
+  private async commit(req: IntakeRequest, prepared: Prepared[], normalized: NormalizeResult[], report: IntakeReport) {
+    const { store, blobs, config } = this.deps;
+    const settings = bucketSettingsFor(req.dataset.base, req.dataset.resolution);
+    const phashes = await store.phashes(req.dataset.id);
+    for (let i = 0; i < prepared.length; i++) {
+      const p = prepared[i]!;
+      const n = normalized[i]!;
+      if (!n.ok) {
+        report.outcomes.push({ status: 'refused', name: p.name, reason: n.reason });
+        continue;
+      }
+      try {
+        const near = nearestDuplicate(n.phash, phashes, config.NEAR_DUPLICATE_DISTANCE);
+        if (near !== null) {
+          report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, near, 'a near duplicate of') });
+          continue;
+        }
+        const exact = await store.pixelOwner(req.dataset.id, n.pixelSha256);
+        if (exact !== null) {
+          report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, exact, 'the same picture as') });
+          continue;
+        }
+        // Blobs first, record second: a crash in between leaves an unreferenced blob (swept
+        // later), never a record pointing at a missing file.
+        const assignment = selectBucket(n.width, n.height, settings);
+        const warnings: string[] = [];
+        if (assignment.upscaled) {
+          warnings.push(
+            `smaller than its ${bucketLabel(assignment.bucket)} bucket: the trainer will upscale it (find a bigger source if you can)`,
+          );
+        }
+        const added = await this.deps.blobLock.run(async () => {
+          const [original, master, thumb] = await Promise.all([
+            blobs.putFile(p.path!, { move: true }),
+            blobs.putBuffer(n.master),
+            blobs.putBuffer(n.thumbnail),
+          ]);
+          const facts: ImageFacts = {
+          concept: req.concept,
+          contributorId: req.contributor.id,
+          contributorName: req.contributor.name,
+          sourceMessageId: req.sourceMessageId,
+          sourceName: p.name,
+          originalBlob: original.id,
+          originalBytes: original.size,
+          originalFormat: n.original.format,
+          originalSize: [n.original.width, n.original.height],
+          masterBlob: master.id,
+          thumbBlob: thumb.id,
+          width: n.width,
+          height: n.height,
+          pixelSha256: n.pixelSha256,
+          phash: n.phash,
+          bucket: assignment.bucket,
+          resized: assignment.resized,
+          cropped: assignment.cropped,
+          upscaled: assignment.upscaled,
+          notes: n.notes,
+          initialCaption: p.caption,
+          addedAt: Date.now(),
+          };
+          return store.addImage(req.dataset.id, facts);
+        });
+        if (!added.added) {
+          report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, added.duplicateOf, 'the same picture as') });
+          continue;
+        }
+        phashes.set(added.no, n.phash);
+        report.thumbnails.push({ no: added.no, image: n.thumbnail });
+        report.outcomes.push({
+          status: 'accepted',
+          name: p.name,
+          no: added.no,
+          width: n.width,
+          height: n.height,
+          bucket: assignment.bucket,
+          upscaled: assignment.upscaled,
+          notes: n.notes,
+          warnings,
+          captioned: p.caption !== null,
+        });
+      } catch (err) {
+        if (isUserError(err)) {
+          report.outcomes.push({ status: 'refused', name: p.name, reason: err.message });
+          continue;
+        }
+        this.deps.logger.error({ err, file: p.name }, 'storing an image failed');
+        report.outcomes.push({ status: 'refused', name: p.name, reason: 'could not be stored (a problem on our side; try again)' });
+      }
+    }
+  }
+
+  private async duplicateReason(datasetId: string, no: number, what: string): Promise<string> {
+    const other = await this.deps.store.getImage(datasetId, no);
+    return other ? `${what} #${no} (added by ${other.contributorName})` : `${what} #${no}`;
+  }
+}
+
+export function nearestDuplicate(phash: string, known: Map<number, string>, maxDistance: number): number | null {
+  let best: number | null = null;
+  let bestDistance = Infinity;
+  for (const [no, other] of known) {
+    const d = hammingDistance(phash, other);
+    if (d <= maxDistance && d < bestDistance) {
+      best = no;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** A file name fit for display inside a code span: no path, no control characters or backticks, bounded. */
+export function displayName(name: string): string {
+  const base = name.split(/[\\/]/).pop() ?? name;
+  // eslint-disable-next-line no-control-regex
+  const clean = base.replace(/[\u0000-\u001f\u007f`]/g, '').trim();
+  const short = clean.length > 60 ? `${clean.slice(0, 57)}…` : clean;
+  return short || 'unnamed file';
+}

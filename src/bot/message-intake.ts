@@ -1,0 +1,46 @@
+import { AttachmentBuilder, type Message } from 'discord.js';
+import { isUserError } from '../core/errors.ts';
+import { makeContactSheet } from '../core/media.ts';
+import { DEFAULT_CONCEPT } from '../store/dataset-store.ts';
+import type { BotContext } from './context.ts';
+import { renderIntakeReport } from './reports.ts';
+
+const MAX_FILES_PER_MESSAGE = 10;
+
+/**
+ * Images posted in a dataset's thread are contributed like `/dataset add` (only when the bot
+ * has the Message Content intent, which is what lets it see attachments).
+ */
+export async function handleThreadMessage(message: Message, ctx: BotContext): Promise<void> {
+  if (message.author.bot || !message.inGuild() || !message.channel.isThread() || message.attachments.size === 0) return;
+  const dataset = await ctx.store.datasetForThread(message.channelId);
+  if (!dataset || dataset.guildId !== message.guildId) return;
+  const log = ctx.logger.child({ datasetId: dataset.id, messageId: message.id, userId: message.author.id });
+  try {
+    const attachments = [...message.attachments.values()];
+    const zip = attachments.find((a) => /\.zip$/i.test(a.name));
+    const images = attachments.filter((a) => a !== zip).slice(0, MAX_FILES_PER_MESSAGE);
+    const report = await ctx.intake.ingest({
+      dataset,
+      concept: DEFAULT_CONCEPT,
+      contributor: { id: message.author.id, name: message.member?.displayName ?? message.author.username },
+      sourceMessageId: message.id,
+      files: images.map((a) => ({ name: a.name, url: a.url, size: a.size })),
+      zip: zip ? { name: zip.name, url: zip.url, size: zip.size } : undefined,
+    });
+    const rendered = renderIntakeReport(report);
+    const files: AttachmentBuilder[] = [];
+    if (report.thumbnails.length > 0) {
+      const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
+      files.push(new AttachmentBuilder(sheet.data, { name: `contact-sheet.${sheet.format}` }));
+    }
+    if (rendered.fullText) files.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
+    await message.reply({ content: rendered.content, files, allowedMentions: { parse: [], repliedUser: false } });
+  } catch (err) {
+    if (isUserError(err)) {
+      await message.reply({ content: `⚠️ ${err.message}`, allowedMentions: { parse: [], repliedUser: false } }).catch(() => undefined);
+      return;
+    }
+    log.error({ err }, 'thread intake failed');
+  }
+}

@@ -1,0 +1,133 @@
+import { bucketLabel } from '../core/buckets.ts';
+import type { Dataset, ImageRecord } from '../store/dataset-store.ts';
+import type { FileOutcome, IntakeReport } from './intake.ts';
+
+/** Discord's content limit, with room for a closing line. */
+const CONTENT_LIMIT = 1900;
+
+export interface RenderedReport {
+  content: string;
+  /** The whole report as text, when it does not fit in a message. */
+  fullText: string | null;
+}
+
+function outcomeLine(o: FileOutcome): string {
+  if (o.status === 'refused') return `❌ \`${o.name}\` — ${o.reason}`;
+  const facts = [`**#${o.no}**`, `${o.width}×${o.height}`, `bucket ${bucketLabel(o.bucket)}`];
+  if (o.captioned) facts.push('caption kept');
+  const extra = [...o.notes, ...o.warnings];
+  const icon = o.warnings.length > 0 ? '⚠️' : '✅';
+  return `${icon} \`${o.name}\` → ${facts.join(' · ')}${extra.length > 0 ? ` — ${extra.join('; ')}` : ''}`;
+}
+
+function plainLine(o: FileOutcome): string {
+  if (o.status === 'refused') return `REFUSED  ${o.name}: ${o.reason}`;
+  const extra = [...o.notes, ...o.warnings];
+  return `ADDED #${o.no}  ${o.name}: ${o.width}x${o.height}, bucket ${o.bucket[0]}x${o.bucket[1]}${extra.length ? ` (${extra.join('; ')})` : ''}`;
+}
+
+/** One summary of an upload: every file accepted (bucket, size), warned about, or refused with its reason. */
+export function renderIntakeReport(report: IntakeReport): RenderedReport {
+  const accepted = report.outcomes.filter((o) => o.status === 'accepted').length;
+  const refused = report.outcomes.length - accepted;
+  const head = [
+    `**${report.dataset.name}** · concept \`${report.concept}\` · ${accepted} added, ${refused} refused` +
+      ` · buckets at ${report.dataset.resolution}²`,
+  ];
+  if (report.zipProblem) head.push(`❌ ${report.zipProblem}`);
+  const skipped = report.skipped.length > 0 ? `Skipped in the zip: ${summarizeSkipped(report.skipped)}` : null;
+  const lines = report.outcomes.map(outcomeLine);
+  if (report.outcomes.length === 0 && !report.zipProblem) lines.push('No images found in what you sent.');
+
+  const all = [...head, ...lines, ...(skipped ? [skipped] : [])].join('\n');
+  if (all.length <= CONTENT_LIMIT) return { content: all, fullText: null };
+
+  const fullText = [
+    `${report.dataset.name} / ${report.concept}: ${accepted} added, ${refused} refused`,
+    ...(report.zipProblem ? [`ZIP: ${report.zipProblem}`] : []),
+    ...report.outcomes.map(plainLine),
+    ...report.skipped.map((s) => `SKIPPED  ${s.name}: ${s.reason}`),
+  ].join('\n');
+  // Refusals first: they are what a contributor needs to act on.
+  const ordered = [...lines.filter((l) => !l.startsWith('✅')), ...lines.filter((l) => l.startsWith('✅'))];
+  const kept: string[] = [...head];
+  let size = kept.join('\n').length;
+  let shown = 0;
+  for (const line of ordered) {
+    if (size + line.length + 80 > CONTENT_LIMIT) break;
+    kept.push(line);
+    size += line.length + 1;
+    shown++;
+  }
+  kept.push(`…and ${ordered.length - shown} more: see report.txt.`);
+  return { content: kept.join('\n'), fullText };
+}
+
+function summarizeSkipped(skipped: { name: string; reason: string }[]): string {
+  const byReason = new Map<string, number>();
+  for (const s of skipped) byReason.set(s.reason, (byReason.get(s.reason) ?? 0) + 1);
+  return [...byReason].map(([reason, n]) => `${n} × ${reason}`).join('; ');
+}
+
+export interface DatasetSummary {
+  dataset: Dataset;
+  images: ImageRecord[];
+  concepts: { name: string; trigger: string | null }[];
+}
+
+/** The text of `/dataset show`. */
+export function renderDatasetSummary({ dataset, images, concepts }: DatasetSummary, page: number, pages: number, pageRange: string): string {
+  const byContributor = new Map<string, number>();
+  const byConcept = new Map<string, number>();
+  const byBucket = new Map<string, number>();
+  const upscaled: number[] = [];
+  const captioned = images.filter((i) => i.initialCaption !== null).length;
+  for (const img of images) {
+    byContributor.set(img.contributorId, (byContributor.get(img.contributorId) ?? 0) + 1);
+    byConcept.set(img.concept, (byConcept.get(img.concept) ?? 0) + 1);
+    const key = bucketLabel(img.bucket);
+    byBucket.set(key, (byBucket.get(key) ?? 0) + 1);
+    if (img.upscaled) upscaled.push(img.no);
+  }
+  const top = <K>(m: Map<K, number>) => [...m].sort((a, b) => b[1] - a[1]);
+  const lines = [
+    `**${dataset.name}** — ${dataset.kind} LoRA · trigger \`${dataset.trigger}\` · class \`${dataset.className}\` · ` +
+      `${dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5'} at ${dataset.resolution} px`,
+    `Owner <@${dataset.ownerId}>${dataset.threadId ? ` · thread <#${dataset.threadId}>` : ''}`,
+    `**${images.length}** image${images.length === 1 ? '' : 's'} from **${byContributor.size}** contributor${byContributor.size === 1 ? '' : 's'}` +
+      (byContributor.size > 0
+        ? `: ${top(byContributor)
+            .slice(0, 10)
+            .map(([id, n]) => `<@${id}> ${n}`)
+            .join(', ')}${byContributor.size > 10 ? ', …' : ''}`
+        : ''),
+    `Concepts: ${concepts.map((c) => `\`${c.name}\` ${byConcept.get(c.name) ?? 0}`).join(' · ')}`,
+  ];
+  if (byBucket.size > 0) {
+    lines.push(
+      `Buckets at ${dataset.resolution}²: ${top(byBucket)
+        .slice(0, 12)
+        .map(([b, n]) => `${b} ×${n}`)
+        .join(' · ')}${byBucket.size > 12 ? ' · …' : ''}`,
+    );
+  }
+  if (captioned > 0) lines.push(`Arrived with a caption: ${captioned}`);
+  const warnings: string[] = [];
+  if (upscaled.length > 0) {
+    warnings.push(`⚠️ ${upscaled.length} image${upscaled.length === 1 ? '' : 's'} smaller than their bucket (the trainer will upscale): ${listNos(upscaled)}`);
+  }
+  if (images.length > 0 && images.length < 6) warnings.push(`⚠️ Only ${images.length} image${images.length === 1 ? '' : 's'}: the guides suggest at least 6 for a character.`);
+  lines.push(...warnings);
+  if (images.length > 0) lines.push(`Contact sheet ${pageRange}${pages > 1 ? ` · page ${page}/${pages}` : ''}`);
+  else lines.push('No images yet: contribute with `/dataset add`.');
+  return truncate(lines.join('\n'), CONTENT_LIMIT);
+}
+
+export function listNos(nos: number[], max = 20): string {
+  const shown = nos.slice(0, max).map((n) => `#${n}`);
+  return nos.length > max ? `${shown.join(', ')}, … (${nos.length} in all)` : shown.join(', ');
+}
+
+export function truncate(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}

@@ -1,0 +1,19 @@
+/** Every Redis key the product uses, in one place. `p` is the deployment's REDIS_PREFIX. */
+export function keys(p: string) {
+  return {
+    dataset: (id: string) => `${p}:ds:${id}`,
+    guildDatasets: (guildId: string) => `${p}:guild:${guildId}:datasets`,
+    thread: (threadId: string) => `${p}:thread:${threadId}`,
+    imageSeq: (id: string) => `${p}:ds:${id}:seq`,
+    images: (id: string) => `${p}:ds:${id}:images`,
+    imagePrefix: (id: string) => `${p}:ds:${id}:img:`,
+    image: (id: string, no: number) => `${p}:ds:${id}:img:${no}`,
+    pixelIndex: (id: string) => `${p}:ds:${id}:pix`,
+    phashIndex: (id: string) => `${p}:ds:${id}:phash`,
+    concepts: (id: string) => `${p}:ds:${id}:concepts`,
+    blobRefs: () => `${p}:blobrefs`,
+    datasetKeyPattern: (id: string) => `${p}:ds:${id}:*`,
+  };
+}
+
+export type Keys = ReturnType<typeof keys>;
