@@ -64,7 +64,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
-  await blobs.cleanTemp(0);
+  await blobs.cleanTemp(HOUR);
   void blobs
     .sweep(async (id) => (await store.blobRefCount(id)) > 0, HOUR)
     .then((r) => logger.info(r, 'blob sweep done'))

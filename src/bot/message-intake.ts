@@ -32,7 +32,7 @@ export async function handleThreadMessage(message: Message, ctx: BotContext): Pr
     const files: AttachmentBuilder[] = [];
     if (report.thumbnails.length > 0) {
       const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
-      files.push(new AttachmentBuilder(sheet.data, { name: `contact-sheet.${sheet.format}` }));
+      files.push(new AttachmentBuilder(sheet, { name: 'contact-sheet.jpg' }));
     }
     if (rendered.fullText) files.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
     await message.reply({ content: rendered.content, files, allowedMentions: { parse: [], repliedUser: false } });

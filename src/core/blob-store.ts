@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, type ReadStream } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
+import { link, lstat, mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -94,14 +94,9 @@ export class BlobStore {
   async putBuffer(data: Buffer | Uint8Array): Promise<BlobRef> {
     const id = createHash('sha256').update(data).digest('hex');
     const tmp = this.tempPath('put');
-    const handle = await open(tmp, 'wx', 0o600);
     try {
-      try {
-        await handle.writeFile(data);
-        await this.seal(handle);
-      } finally {
-        await handle.close();
-      }
+      await writeFile(tmp, data, { flag: 'wx', mode: 0o600 });
+      await seal(tmp);
       await this.commit(tmp, id, data.length);
     } finally {
       await rm(tmp, { force: true });
@@ -128,14 +123,8 @@ export class BlobStore {
         return ref;
       }
       try {
-        const handle = await open(tmp, 'r');
-        let ref: BlobRef;
-        try {
-          ref = await hashHandle(handle);
-          await this.seal(handle);
-        } finally {
-          await handle.close();
-        }
+        const ref = await hashFile(tmp);
+        await seal(tmp);
         await this.commit(tmp, ref.id, ref.size);
         await rm(tmp, { force: true });
         return ref;
@@ -248,29 +237,16 @@ export class BlobStore {
   /** Copies a file into a temp file while hashing it, then commits it. */
   private async copyIn(source: string): Promise<BlobRef> {
     const tmp = this.tempPath('put');
-    const handle = await open(tmp, 'wx', 0o600);
     try {
       const meter = new HashMeter();
-      try {
-        await pipeline(createReadStream(source), meter, handle.createWriteStream({ autoClose: false }));
-        await this.seal(handle);
-      } finally {
-        await handle.close();
-      }
+      await pipeline(createReadStream(source), meter, createWriteStream(tmp, { flags: 'wx', mode: 0o600 }));
+      await seal(tmp);
       const ref = meter.ref();
       await this.commit(tmp, ref.id, ref.size);
       return ref;
     } finally {
       await rm(tmp, { force: true });
     }
-  }
-
-  /** Makes a finished temp file durable, read-only and fresh (its mtime is the grace clock). */
-  private async seal(handle: FileHandle): Promise<void> {
-    const now = new Date();
-    await handle.utimes(now, now);
-    await handle.chmod(BLOB_MODE);
-    await handle.sync();
   }
 
   /**
@@ -369,12 +345,25 @@ class HashMeter extends Transform {
   }
 }
 
-async function hashHandle(handle: FileHandle): Promise<BlobRef> {
+async function hashFile(file: string): Promise<BlobRef> {
   const hash = createHash('sha256');
   let size = 0;
-  for await (const chunk of handle.createReadStream({ start: 0, autoClose: false }) as AsyncIterable<Buffer>) {
+  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
     hash.update(chunk);
     size += chunk.length;
   }
   return { id: hash.digest('hex'), size };
+}
+
+/** Makes a finished temp file durable, read-only and fresh (its mtime is the grace clock). */
+async function seal(file: string): Promise<void> {
+  const handle = await open(file, 'r');
+  try {
+    const now = new Date();
+    await handle.utimes(now, now);
+    await handle.chmod(BLOB_MODE);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }

@@ -151,9 +151,14 @@ function tooLarge(size: number, maxBytes: number): DownloadError {
   const shown = formatBytes(size);
   const limit = formatBytes(maxBytes);
   return new DownloadError(
-    shown === limit ? `attachment is larger than ${limit}, the limit` : `attachment is ${shown}; the limit is ${limit}`,
+    shown === limit ? `attachment is over the ${limit} limit` : `attachment is ${shown}; the limit is ${limit}`,
     'too-large',
   );
+}
+
+/** The body passed the cap; its real size is unknown. */
+function overCap(maxBytes: number): DownloadError {
+  return new DownloadError(`attachment is over the ${formatBytes(maxBytes)} limit`, 'too-large');
 }
 
 function contentLength(headers: Record<string, string | string[] | undefined>): number | undefined {
@@ -177,7 +182,7 @@ class MeterStream extends Transform {
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.bytes += chunk.length;
     if (this.bytes > this.maxBytes) {
-      callback(tooLarge(this.bytes, this.maxBytes));
+      callback(overCap(this.maxBytes));
       return;
     }
     this.hash.update(chunk);
@@ -187,6 +192,12 @@ class MeterStream extends Transform {
   digest(): string {
     return this.hash.digest('hex');
   }
+}
+
+/** Drops a response body we will not read (destroying it closes the connection). */
+function discard(body: Dispatcher.ResponseData['body']): void {
+  body.on('error', () => {});
+  body.destroy();
 }
 
 function errorCode(err: unknown): string | undefined {
@@ -263,16 +274,16 @@ export async function downloadToFile(url: string, dest: string, opts: DownloadOp
     const { statusCode, headers, body } = response;
 
     if (statusCode >= 300 && statusCode < 400) {
-      body.destroy();
+      discard(body);
       throw new DownloadError(`${origin} answered with a redirect, which is not followed`, 'redirect', statusCode);
     }
     if (statusCode < 200 || statusCode >= 300) {
-      body.destroy();
+      discard(body);
       throw new DownloadError(`could not download the file from ${origin} (HTTP ${statusCode})`, 'http-status', statusCode);
     }
     const length = contentLength(headers);
     if (length !== undefined && length > maxBytes) {
-      body.destroy();
+      discard(body);
       throw tooLarge(length, maxBytes);
     }
 
@@ -280,7 +291,7 @@ export async function downloadToFile(url: string, dest: string, opts: DownloadOp
     try {
       file = await open(dest, 'wx');
     } catch (err) {
-      body.destroy();
+      discard(body);
       throw err;
     }
     created = true;

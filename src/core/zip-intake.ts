@@ -53,8 +53,8 @@ const MAX_DISPLAY_CHARS = 120;
 export function sanitizeDisplayName(raw: string): string {
   const cleaned = raw
     .normalize('NFC')
-    .replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\uFFFD]/gu, '')
     .replace(/\s+/gu, ' ')
+    .replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\uFFFD]/gu, '')
     .trim();
   const chars = [...cleaned];
   if (chars.length === 0) return '(unnamed)';
@@ -266,6 +266,26 @@ export async function extractZip(zipPath: string, destDir: string, limits: ZipLi
 }
 
 /**
+ * Pipes an entry's data through `meter` into `sink`. The pipeline is attached in yauzl's callback,
+ * before any data can flow: yauzl inflates ahead into a buffer, and an inflate or size error
+ * raised before a listener exists would be an uncaught exception. If the entry cannot be opened,
+ * `sink` is destroyed (closing its file).
+ */
+function pipeEntry(zip: ZipFile, entry: Entry, meter: Transform, sink: Writable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    zip.openReadStream(entry, (err, stream) => {
+      if (err) {
+        sink.destroy();
+        meter.destroy();
+        reject(err);
+        return;
+      }
+      pipeline(stream, meter, sink).then(resolve, reject);
+    });
+  });
+}
+
+/**
  * Streams one entry to a new file at `path`. Returns a reason to skip it, or undefined when it
  * was written. Throws (a UserError) when the total budget runs out, or on local I/O errors.
  */
@@ -279,11 +299,10 @@ async function extractEntry(
 ): Promise<string | undefined> {
   let created = false;
   try {
-    const stream = await zip.openReadStreamPromise(entry);
     const file = await open(path, 'wx');
     created = true;
     written.push(path);
-    await pipeline(stream, new BudgetMeter(budget, limits.maxEntryBytes), file.createWriteStream());
+    await pipeEntry(zip, entry, new BudgetMeter(budget, limits.maxEntryBytes), file.createWriteStream());
     return undefined;
   } catch (err) {
     if (created) {
@@ -311,14 +330,13 @@ async function readCaption(
   }
   const chunks: Buffer[] = [];
   try {
-    const stream = await zip.openReadStreamPromise(entry);
     const sink = new Writable({
       write(chunk: Buffer, _encoding, callback) {
         chunks.push(chunk);
         callback();
       },
     });
-    await pipeline(stream, new BudgetMeter(budget, Math.min(MAX_CAPTION_BYTES, limits.maxEntryBytes)), sink);
+    await pipeEntry(zip, entry, new BudgetMeter(budget, Math.min(MAX_CAPTION_BYTES, limits.maxEntryBytes)), sink);
   } catch (err) {
     if (err instanceof TotalExceeded) throw tooMuchData(limits.maxTotalUncompressed);
     if (err instanceof EntryExceeded) return { note: `caption not used: larger than ${formatBytes(MAX_CAPTION_BYTES)}` };

@@ -13,6 +13,9 @@ export function keys(p: string) {
     concepts: (id: string) => `${p}:ds:${id}:concepts`,
     blobRefs: () => `${p}:blobrefs`,
     datasetKeyPattern: (id: string) => `${p}:ds:${id}:*`,
+    captions: (id: string) => `${p}:ds:${id}:captions`,
+    captionHistory: (id: string, no: number) => `${p}:ds:${id}:caphist:${no}`,
+    captionBatches: (id: string) => `${p}:ds:${id}:capbatches`,
   };
 }
 

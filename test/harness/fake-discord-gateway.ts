@@ -34,6 +34,8 @@ interface Session {
   socket: WebSocket | null;
   /** Resumes that finished on this session. */
   resumes: number;
+  /** The fake told its client to reconnect (or dropped it): a RESUME is on its way. */
+  resumePending: boolean;
 }
 
 interface Connection {
@@ -69,9 +71,12 @@ export class FakeGateway {
     this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws));
   }
 
-  /** Sessions that identified and were not closed for good. */
+  /**
+   * Sessions a dispatch can reach: with an open socket, or reconnecting because the fake asked.
+   * A client that vanished without closing (a killed process) leaves a session that counts no more.
+   */
   get liveSessions(): number {
-    return this.sessions.size;
+    return [...this.sessions.values()].filter((s) => s.socket !== null || s.resumePending).length;
   }
 
   /** The intents of the newest session, or null before any IDENTIFY. */
@@ -81,15 +86,16 @@ export class FakeGateway {
   }
 
   /**
-   * Sends a dispatch to every session (only those whose intents include `requiredIntent`, if
-   * given). A session between sockets keeps it for the RESUME replay. Returns how many sessions
-   * took it.
+   * Sends a dispatch to every session, or only to those whose intents `accepts` (which may also
+   * shape the data per session, as Discord strips message content without its intent). A session
+   * between sockets keeps it for the RESUME replay. Returns how many sessions took it.
    */
-  dispatch(t: string, d: unknown, requiredIntent?: number): number {
+  dispatch(t: string, d: unknown, accepts?: (intents: number) => { data: unknown } | false): number {
     let taken = 0;
     for (const session of this.sessions.values()) {
-      if (requiredIntent !== undefined && (session.intents & requiredIntent) === 0) continue;
-      this.sendDispatch(session, t, d);
+      const shaped = accepts ? accepts(session.intents) : { data: d };
+      if (shaped === false) continue;
+      this.sendDispatch(session, t, shaped.data);
       taken++;
     }
     return taken;
@@ -117,6 +123,7 @@ export class FakeGateway {
       conn.retiring = true;
       const session = conn.session;
       const before = session.resumes;
+      session.resumePending = true;
       waits.push(
         this.resumed.waitFor(
           (r) => r.sessionId === session.id && session.resumes > before,
@@ -164,8 +171,9 @@ export class FakeGateway {
       conn.socket.close(GatewayCloseCodes.DecodeError, 'Error while decoding payload.');
       return;
     }
-    this.frames.push({ at: Date.now(), connection: conn.number, op: frame.op, d: frame.d });
-    switch (frame.op) {
+    const op = frame.op as GatewayOpcodes;
+    this.frames.push({ at: Date.now(), connection: conn.number, op, d: frame.d });
+    switch (op) {
       case GatewayOpcodes.Heartbeat:
         this.send(conn, { op: GatewayOpcodes.HeartbeatAck });
         return;
@@ -196,6 +204,7 @@ export class FakeGateway {
       sent: [],
       socket: conn.socket,
       resumes: 0,
+      resumePending: false,
     };
     this.sessions.set(session.id, session);
     conn.session = session;
@@ -231,6 +240,7 @@ export class FakeGateway {
       this.send(conn, { op: GatewayOpcodes.Dispatch, ...missed });
     }
     session.resumes++;
+    session.resumePending = false;
     this.sendDispatch(session, GatewayDispatchEvents.Resumed, null);
     this.resumed.push({ sessionId: session.id, at: Date.now() });
   }

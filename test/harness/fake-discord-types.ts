@@ -1,4 +1,4 @@
-import type { APIEmbed, APIInteraction, APIMessage, APIMessageTopLevelComponent } from 'discord.js';
+import type { APIEmbed, APIInteraction, APIMessage, APIMessageTopLevelComponent, GatewayOpcodes } from 'discord.js';
 
 /** The public vocabulary of the fake Discord (see fake-discord.ts). */
 
@@ -255,7 +255,7 @@ export interface GatewayFrame {
   at: number;
   /** Which socket, counting from 1. */
   connection: number;
-  op: number;
+  op: GatewayOpcodes;
   d: unknown;
 }
 

@@ -5,7 +5,6 @@ import {
   GuildExplicitContentFilter,
   GuildMFALevel,
   GuildNSFWLevel,
-  GuildPremiumTier,
   GuildSystemChannelFlags,
   GuildVerificationLevel,
   MessageFlags,
@@ -21,7 +20,10 @@ import type {
   APIRole,
   APIUser,
   GatewayGuildCreateDispatchData,
+  GuildMemberFlags,
   Locale,
+  RoleFlags,
+  UserFlags,
 } from 'discord.js';
 import type {
   AttachmentInfo,
@@ -68,6 +70,9 @@ export const DEFAULT_BOT_PERMISSIONS =
   P.AddReactions |
   P.UseApplicationCommands;
 
+/** Bit-flag enums have no member for "none". */
+const NO_FLAGS = 0;
+
 const ALL_PERMISSIONS = Object.values(PermissionFlagsBits).reduce((all, bit) => all | bit, 0n);
 
 export interface RoleState {
@@ -102,7 +107,7 @@ export interface ChannelState {
   id: string;
   guildId: string;
   name: string;
-  type: number;
+  type: ChannelType;
   parentId: string | null;
   topic: string | null;
   position: number;
@@ -112,6 +117,8 @@ export interface ChannelState {
   createdAt: string;
   lastMessageId: string | null;
   messageCount: number;
+  archived: boolean;
+  locked: boolean;
 }
 
 export interface MessageState {
@@ -244,6 +251,8 @@ export class World {
         createdAt: now,
         lastMessageId: null,
         messageCount: 0,
+        archived: false,
+        locked: false,
       });
     });
   }
@@ -421,8 +430,8 @@ export class World {
       avatar: null,
       banner: null,
       accent_color: null,
-      public_flags: 0,
-      flags: 0,
+      public_flags: NO_FLAGS as UserFlags,
+      flags: NO_FLAGS as UserFlags,
       avatar_decoration_data: null,
     };
     if (user.bot) api.bot = true;
@@ -442,7 +451,7 @@ export class World {
       permissions: role.permissions.toString(),
       managed: role.managed,
       mentionable: false,
-      flags: 0,
+      flags: NO_FLAGS as RoleFlags,
     };
     if (role.botId) api.tags = { bot_id: role.botId };
     return api;
@@ -460,7 +469,7 @@ export class World {
       premium_since: null,
       deaf: false,
       mute: false,
-      flags: 0,
+      flags: NO_FLAGS as GuildMemberFlags,
       pending: false,
       communication_disabled_until: null,
     };
@@ -487,10 +496,10 @@ export class World {
         member_count: 1,
         total_message_sent: c.messageCount,
         thread_metadata: {
-          archived: false,
+          archived: c.archived,
           auto_archive_duration: c.autoArchiveDuration,
           archive_timestamp: c.createdAt,
-          locked: false,
+          locked: c.locked,
           create_timestamp: c.createdAt,
         },
       };
@@ -534,7 +543,7 @@ export class World {
       safety_alerts_channel_id: null,
       max_members: 500_000,
       vanity_url_code: null,
-      premium_tier: guild.premiumTier as GuildPremiumTier,
+      premium_tier: guild.premiumTier,
       premium_subscription_count: 0,
       preferred_locale: guild.locale as Locale,
       nsfw_level: GuildNSFWLevel.Default,
@@ -564,7 +573,7 @@ export class World {
       members: [...guild.members.keys()].map((id) => this.apiMember(guild.id, id)),
       // The gateway's channel types are a union no plain object satisfies; the JSON is what counts.
       channels: all.filter((c) => !isThread(c)) as unknown as GatewayGuildCreateDispatchData['channels'],
-      threads: all.filter(isThread) as unknown as GatewayGuildCreateDispatchData['threads'],
+      threads: all.filter(isThread) as GatewayGuildCreateDispatchData['threads'],
       presences: [],
       stage_instances: [],
       guild_scheduled_events: [],
@@ -599,7 +608,7 @@ export class World {
     if (message.applicationId !== null) api.application_id = message.applicationId;
     if (message.interactionMetadata !== null) api.interaction_metadata = message.interactionMetadata;
     if (message.threadId !== null && this.channels.has(message.threadId)) {
-      api.thread = this.apiChannel(message.threadId) as unknown as NonNullable<APIMessage['thread']>;
+      api.thread = this.apiChannel(message.threadId) as NonNullable<APIMessage['thread']>;
     }
     return api;
   }
@@ -613,7 +622,7 @@ export class World {
 /** A channel as JSON; the API's channel types are a union of exact shapes. */
 export interface ChannelJson {
   id: string;
-  type: number;
+  type: ChannelType;
   guild_id: string;
   name: string;
   flags: number;

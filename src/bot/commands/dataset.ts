@@ -149,7 +149,7 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const attachments: AttachmentBuilder[] = [];
   if (report.thumbnails.length > 0) {
     const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
-    attachments.push(new AttachmentBuilder(sheet.data, { name: `contact-sheet.${sheet.format}` }));
+    attachments.push(new AttachmentBuilder(sheet, { name: 'contact-sheet.jpg' }));
   }
   if (rendered.fullText) attachments.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
   await interaction.editReply({ content: rendered.content, files: attachments, allowedMentions: { parse: [] } });
@@ -166,7 +166,7 @@ async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number
   if (slice.length > 0) {
     const tiles = await Promise.all(slice.map(async (img) => ({ image: await ctx.blobs.read(img.thumbBlob), label: `#${img.no}` })));
     const sheet = await makeContactSheet(tiles);
-    files.push(new AttachmentBuilder(sheet.data, { name: `contact-sheet-${page}.${sheet.format}` }));
+    files.push(new AttachmentBuilder(sheet, { name: `contact-sheet-${page}.jpg` }));
   }
   const components =
     pages > 1

@@ -1,0 +1,15 @@
+/** `npm run bench`: every benchmark in turn; each prints its own numbers. */
+import { benchIntakeLoad } from './intake-load.ts';
+import { benchNormalize } from './normalize.ts';
+
+const benches: [string, () => Promise<void>][] = [
+  ['normalisation', benchNormalize],
+  ['intake under load', benchIntakeLoad],
+];
+
+const only = process.argv[2];
+for (const [name, run] of benches) {
+  if (only && !name.includes(only)) continue;
+  console.log(`\n== ${name}`);
+  await run();
+}

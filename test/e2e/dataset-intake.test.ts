@@ -1,0 +1,287 @@
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlobStore } from '../../src/core/blob-store.ts';
+import { DatasetStore, type ImageRecord } from '../../src/store/dataset-store.ts';
+import { normalJpeg, uploadOfTen, type ImageFile } from '../fixtures/images.ts';
+import type { InteractionHandle } from '../harness/fake-discord.ts';
+import { TEST_TOKEN, World } from './world.ts';
+
+let world: World;
+let store: DatasetStore;
+let blobs: BlobStore;
+
+const alice = { id: '100000000000000001', username: 'alice' };
+const bob = { id: '100000000000000002', username: 'bob' };
+const carol = { id: '100000000000000003', username: 'carol' };
+const OTHER_GUILD = '555555555555555555';
+
+beforeAll(async () => {
+  world = await World.start({
+    discord: {
+      guilds: [
+        { name: 'Guild', channels: [{ name: 'lora' }] },
+        { id: OTHER_GUILD, name: 'Elsewhere', channels: [{ name: 'general' }] },
+      ],
+    },
+  });
+  await world.startBot();
+  store = new DatasetStore(world.redis, world.env.REDIS_PREFIX!);
+  blobs = new BlobStore(world.dataDir);
+});
+afterAll(async () => {
+  await world?.close();
+});
+
+async function createDataset(name: string, user = alice, extra: Record<string, string | number> = {}) {
+  const h = world.discord.sendCommand({
+    name: 'dataset',
+    subcommand: 'create',
+    user,
+    options: { name, trigger: `ohwx_${name}`, class: 'woman', kind: 'character', base: 'sd15', ...extra },
+  });
+  await h.waitForEdit();
+  return h;
+}
+
+function attach(files: ImageFile[]) {
+  const options: Record<string, ReturnType<typeof world.discord.addAttachment>> = {};
+  files.forEach((f, i) => {
+    options[`image${i + 1}`] = world.discord.addAttachment({ filename: f.name, data: f.data, contentType: f.contentType });
+  });
+  return options;
+}
+
+async function addImages(dataset: string, files: ImageFile[], user = alice): Promise<InteractionHandle> {
+  const h = world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user, options: { dataset, ...attach(files) } });
+  await h.waitForEdit(undefined, 60_000);
+  return h;
+}
+
+function reply(h: InteractionHandle): string {
+  return h.lastReply()?.content ?? '';
+}
+
+function lineFor(content: string, fileName: string): string {
+  const line = content.split('\n').find((l) => l.includes(`\`${fileName}\``));
+  if (!line) throw new Error(`no line for ${fileName} in:\n${content}`);
+  return line;
+}
+
+async function imagesOf(name: string): Promise<ImageRecord[]> {
+  const ds = await store.findDataset(world.discord.guildId, name);
+  if (!ds) throw new Error(`no dataset ${name}`);
+  return store.listImages(ds.id);
+}
+
+describe('/dataset create', () => {
+  it('creates a dataset with a thread and refuses a second one of the same name', async () => {
+    const h = await createDataset('aria');
+    expect(h.payload.type).toBe(2);
+    expect((await h.callback()).json).toMatchObject({ type: 5 });
+    expect(reply(h)).toMatch(/Created dataset \*\*aria\*\*.*512 px/);
+    const thread = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · aria');
+    expect(thread).toBeDefined();
+    expect(world.discord.channelMessages(thread!.id).some((m) => m.content.includes('/dataset add'))).toBe(true);
+
+    const again = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      user: bob,
+      options: { name: 'Aria', trigger: 'ohwx', class: 'woman', kind: 'style', base: 'sdxl' },
+    });
+    const err = await again.waitForFollowup();
+    expect(JSON.stringify(err.json)).toContain('already exists');
+  });
+
+  it('validates names, triggers and resolution with specific messages', async () => {
+    const bad = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      options: { name: 'no spaces!', trigger: 'ohwx', class: 'woman', kind: 'character', base: 'sd15' },
+    });
+    expect(JSON.stringify((await bad.waitForFollowup()).json)).toContain('dataset name is 2–32 characters');
+    const res = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      options: { name: 'odd', trigger: 'ohwx', class: 'woman', kind: 'character', base: 'sd15', resolution: 500 },
+    });
+    expect(JSON.stringify((await res.waitForFollowup()).json)).toContain('multiple of 64');
+    expect(await store.findDataset(world.discord.guildId, 'odd')).toBeNull();
+  });
+});
+
+describe('/dataset add', () => {
+  it('accepts exactly the right files of a mixed upload of ten, each refusal with its reason', async () => {
+    await createDataset('mixed');
+    const existing = await normalJpeg(1);
+    const first = await addImages('mixed', [existing]);
+    expect(reply(first)).toMatch(/1 added, 0 refused/);
+
+    const ten = await uploadOfTen(existing.data);
+    const h = await addImages('mixed', ten, bob);
+    const content = reply(h);
+    expect(content).toMatch(/5 added, 5 refused/);
+
+    // Accepted, with their kohya bucket at 512².
+    expect(lineFor(content, 'IMG_0101.jpg')).toMatch(/^✅ .*#2\*\* · 800×600 · bucket 576×448/);
+    expect(lineFor(content, 'IMG_0102_rotated.jpg')).toMatch(/#3\*\* · 600×800 · bucket 448×576 — rotated upright \(EXIF orientation 6\)/);
+    expect(lineFor(content, 'cutout.png')).toMatch(/#4\*\* .*transparency flattened onto white/);
+    expect(lineFor(content, 'print-cmyk.jpg')).toMatch(/#5\*\* .*CMYK/);
+    expect(lineFor(content, 'dance.gif')).toMatch(/#6\*\* .*first of \d+ frames/);
+    // Refused, each with its own reason.
+    expect(lineFor(content, 'broken.jpg')).toMatch(/^❌ .*(corrupt|truncated)/);
+    expect(lineFor(content, 'notes.png')).toMatch(/^❌ .*not an image/);
+    expect(lineFor(content, 'IMG_copy.jpg')).toMatch(/^❌ .*near duplicate of #1 \(added by alice\)/);
+    expect(lineFor(content, 'huge.png')).toMatch(/^❌ .*20000×20000.*megapixels/);
+    expect(lineFor(content, 'icon.png')).toMatch(/^❌ .*100×100 is too small/);
+
+    // A contact sheet of the accepted images comes with the report.
+    const sheet = h.lastReply()!.attachments.find((a) => a.filename === 'contact-sheet.jpg');
+    expect(sheet).toBeDefined();
+    expect((await sharp(sheet!.data).metadata()).format).toBe('jpeg');
+
+    // What was stored is what the report says, and the masters are normalised.
+    const images = await imagesOf('mixed');
+    expect(images.map((i) => [i.no, i.sourceName, i.contributorName])).toEqual([
+      [1, 'IMG_0001.jpg', 'alice'],
+      [2, 'IMG_0101.jpg', 'bob'],
+      [3, 'IMG_0102_rotated.jpg', 'bob'],
+      [4, 'cutout.png', 'bob'],
+      [5, 'print-cmyk.jpg', 'bob'],
+      [6, 'dance.gif', 'bob'],
+    ]);
+    for (const img of images) {
+      const meta = await sharp(blobs.path(img.masterBlob)).metadata();
+      expect(meta.channels).toBe(3);
+      expect(meta.depth).toBe('uchar');
+      expect(meta.space).toBe('srgb');
+      expect(meta.hasAlpha).toBe(false);
+      expect(meta.orientation ?? 1).toBe(1);
+      expect(await blobs.has(img.originalBlob)).toBe(true);
+      expect(await blobs.has(img.thumbBlob)).toBe(true);
+    }
+    const rotated = images[2]!;
+    expect(rotated.height).toBeGreaterThan(rotated.width);
+    const cutout = await sharp(blobs.path(images[3]!.masterBlob)).raw().toBuffer({ resolveWithObject: true });
+    expect([...cutout.data.subarray(0, 3)]).toEqual([255, 255, 255]);
+  });
+
+  it('answers within Discord’s 3 s by deferring first', async () => {
+    await createDataset('quick');
+    const h = world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'quick', ...attach([await normalJpeg(7)]) } });
+    await h.callback();
+    expect(h.ackLatencyMs()).toBeLessThan(3000);
+    expect((await h.callback()).json).toMatchObject({ type: 5 });
+    await h.waitForEdit();
+  });
+
+  it('downloads only from the configured CDN hosts', async () => {
+    await createDataset('hosts');
+    const good = world.discord.addAttachment({ filename: 'ok.jpg', data: (await normalJpeg(8)).data, contentType: 'image/jpeg' });
+    const evil = { ...good, id: '999', filename: 'evil.jpg', url: 'http://127.0.0.2:9/evil.jpg', proxy_url: 'http://127.0.0.2:9/evil.jpg' };
+    const h = world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'hosts', image1: good, image2: evil } });
+    await h.waitForEdit();
+    expect(lineFor(reply(h), 'ok.jpg')).toMatch(/^✅/);
+    expect(lineFor(reply(h), 'evil.jpg')).toMatch(/^❌ .*only allowed from/);
+  });
+
+  it('takes a zip: captions beside images kept, __MACOSX and dotfiles skipped', async () => {
+    const { buildZip } = await import('../fixtures/zip.ts');
+    await createDataset('zipped');
+    const a = await normalJpeg(21);
+    const b = await normalJpeg(22);
+    const zip = buildZip([
+      { name: 'set/a.jpg', data: a.data },
+      { name: 'set/a.txt', data: Buffer.from('ohwx_zipped, red dress, smiling\n') },
+      { name: 'set/b.jpg', data: b.data },
+      { name: '__MACOSX/set/._a.jpg', data: Buffer.from('junk') },
+      { name: 'set/.DS_Store', data: Buffer.from('junk') },
+    ]);
+    const file = world.discord.addAttachment({ filename: 'photos.zip', data: zip, contentType: 'application/zip' });
+    const h = world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'zipped', zip: file } });
+    await h.waitForEdit();
+    expect(reply(h)).toMatch(/2 added, 0 refused/);
+    expect(lineFor(reply(h), 'a.jpg')).toMatch(/caption kept/);
+    const images = await imagesOf('zipped');
+    expect(images.map((i) => i.initialCaption)).toEqual(['ohwx_zipped, red dress, smiling', null]);
+  });
+});
+
+describe('contributors', () => {
+  it('withdraw their own images with `mine`; others cannot remove what is not theirs', async () => {
+    await createDataset('shared', carol);
+    await addImages('shared', [await normalJpeg(31), await normalJpeg(32)], alice);
+    await addImages('shared', [await normalJpeg(33)], bob);
+    const before = await imagesOf('shared');
+    expect(before.map((i) => i.contributorName)).toEqual(['alice', 'alice', 'bob']);
+
+    // Bob (no Manage Messages, not the owner) cannot remove Alice's #1.
+    const denied = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'remove',
+      user: bob,
+      permissions: '0',
+      options: { dataset: 'shared', images: '1' },
+    });
+    expect((await denied.callback()).json).toMatchObject({ type: 5, data: { flags: 64 } });
+    expect((await denied.waitForEdit()).json).toMatchObject({ content: expect.stringContaining('only your own images') as string });
+    expect(await imagesOf('shared')).toHaveLength(3);
+
+    // Alice withdraws all of hers; Bob's stays, and her files are gone from disk.
+    const mine = world.discord.sendCommand({ name: 'dataset', subcommand: 'remove', user: alice, options: { dataset: 'shared', images: 'mine' } });
+    await mine.waitForEdit();
+    expect(reply(mine)).toMatch(/Removed 2 images .*#1, #2/);
+    const after = await imagesOf('shared');
+    expect(after.map((i) => [i.no, i.contributorName])).toEqual([[3, 'bob']]);
+    for (const img of before.slice(0, 2)) expect(await blobs.has(img.masterBlob)).toBe(false);
+    expect(await blobs.has(after[0]!.masterBlob)).toBe(true);
+
+    // The owner may remove anyone's image.
+    const owner = world.discord.sendCommand({ name: 'dataset', subcommand: 'remove', user: carol, permissions: '0', options: { dataset: 'shared', images: '3' } });
+    await owner.waitForEdit();
+    expect(await imagesOf('shared')).toHaveLength(0);
+  });
+
+  it('a member with Manage Messages may remove anyone’s image', async () => {
+    await createDataset('modded', carol);
+    await addImages('modded', [await normalJpeg(41)], alice);
+    const h = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'remove',
+      user: bob,
+      permissions: String(1n << 13n),
+      options: { dataset: 'modded', images: '1' },
+    });
+    await h.waitForEdit();
+    expect(reply(h)).toMatch(/Removed 1 image/);
+  });
+});
+
+describe('/dataset show and list', () => {
+  it('show counts, contributors, buckets and a contact sheet; list names every dataset', async () => {
+    const show = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', options: { dataset: 'mixed' } });
+    await show.waitForEdit();
+    const content = reply(show);
+    expect(content).toMatch(/\*\*6\*\* images from \*\*2\*\* contributors/);
+    expect(content).toMatch(/Buckets at 512²: .*576×448/);
+    expect(show.lastReply()!.attachments.map((a) => a.filename)).toEqual(['contact-sheet-1.jpg']);
+
+    const list = world.discord.sendCommand({ name: 'dataset', subcommand: 'list' });
+    await list.waitForEdit();
+    expect(reply(list)).toMatch(/\*\*mixed\*\* · character · SD 1.5 512 px · 6 images/);
+  });
+
+  it('refuses datasets of another server', async () => {
+    const other = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', guildId: OTHER_GUILD, options: { dataset: 'mixed' } });
+    const err = await other.waitForFollowup();
+    expect(JSON.stringify(err.json)).toContain('There is no dataset named `mixed` in this server');
+    // The public placeholder is removed; only the asker sees why.
+    expect(other.lastReply()?.deleted).toBe(true);
+  });
+});
+
+describe('logs', () => {
+  it('never contain the bot token', () => {
+    expect(world.log.raw.join('\n')).not.toContain(TEST_TOKEN);
+  });
+});

@@ -1,0 +1,140 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { Redis } from 'ioredis';
+import { startBot, type BotHandle } from '../../src/bot/app.ts';
+import { loadConfig, type Config } from '../../src/core/config.ts';
+import { createLogger } from '../../src/core/logger.ts';
+import { newId } from '../../src/store/dataset-store.ts';
+import { FakeDiscord } from '../harness/fake-discord.ts';
+import type { FakeDiscordOptions } from '../harness/fake-discord-types.ts';
+import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
+
+export const TEST_TOKEN = 'test-token-never-logged-7f3a9c';
+
+/** Log lines a bot wrote, parsed. */
+export class LogSink extends Writable {
+  readonly lines: Record<string, unknown>[] = [];
+  readonly raw: string[] = [];
+  private partial = '';
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void) {
+    this.take(chunk.toString('utf8'));
+    done();
+  }
+
+  take(text: string) {
+    const parts = (this.partial + text).split('\n');
+    this.partial = parts.pop() ?? '';
+    for (const line of parts) {
+      if (!line.trim()) continue;
+      this.raw.push(line);
+      try {
+        this.lines.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        this.lines.push({ msg: line });
+      }
+    }
+  }
+
+  errors() {
+    return this.lines.filter((l) => typeof l.level === 'number' && l.level >= 50);
+  }
+}
+
+export interface WorldOptions {
+  discord?: FakeDiscordOptions;
+  env?: Record<string, string>;
+}
+
+/** Redis + fake Discord + a data dir, and the real bot started against them (in-process or as a child). */
+export class World {
+  bot: BotHandle | null = null;
+  child: { process: ChildProcess; log: LogSink; exited: Promise<number | null> } | null = null;
+  readonly log = new LogSink();
+  readonly redis: Redis;
+
+  private constructor(
+    readonly redisServer: RedisHandle,
+    readonly discord: FakeDiscord,
+    readonly dataDir: string,
+    readonly env: Record<string, string>,
+  ) {
+    this.redis = new Redis(redisServer.url);
+  }
+
+  static async start(opts: WorldOptions = {}): Promise<World> {
+    const [redisServer, discord, dataDir] = await Promise.all([
+      startRedis(),
+      FakeDiscord.start(opts.discord ?? {}),
+      mkdtemp(join(tmpdir(), 'lora-guild-data-')),
+    ]);
+    const env: Record<string, string> = {
+      DISCORD_TOKEN: TEST_TOKEN,
+      DISCORD_APP_ID: discord.applicationId,
+      DISCORD_API_URL: discord.apiUrl,
+      ATTACHMENT_HOSTS: discord.cdnHost,
+      REDIS_URL: redisServer.url,
+      REDIS_PREFIX: `e2e${newId(3)}`,
+      DATA_DIR: dataDir,
+      HTTP_HOST: '127.0.0.1',
+      HTTP_PORT: '0',
+      LOG_LEVEL: 'info',
+      ...opts.env,
+    };
+    return new World(redisServer, discord, dataDir, env);
+  }
+
+  get config(): Config {
+    return loadConfig(this.env);
+  }
+
+  async startBot(): Promise<BotHandle> {
+    if (this.bot) return this.bot;
+    this.bot = await startBot(this.config, createLogger(this.env.LOG_LEVEL ?? 'info', this.log));
+    return this.bot;
+  }
+
+  async stopBot(): Promise<void> {
+    await this.bot?.stop();
+    this.bot = null;
+  }
+
+  /** Runs the bot as its own process (`npm start`'s entry point), for restart and kill tests. */
+  async spawnBot(timeoutMs = 30_000): Promise<void> {
+    const log = new LogSink();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/bot/main.ts'], {
+      cwd: process.cwd(),
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.on('data', (d: Buffer) => log.take(d.toString('utf8')));
+    child.stderr.on('data', (d: Buffer) => log.take(d.toString('utf8')));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    this.child = { process: child, log, exited };
+    const deadline = Date.now() + timeoutMs;
+    while (!log.lines.some((l) => l.msg === 'bot ready')) {
+      if (child.exitCode !== null) throw new Error(`bot exited early (${child.exitCode}):\n${log.raw.slice(-20).join('\n')}`);
+      if (Date.now() > deadline) throw new Error(`bot did not become ready:\n${log.raw.slice(-20).join('\n')}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  async killChild(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    if (!this.child) return;
+    this.child.process.kill(signal);
+    await this.child.exited;
+    this.child = null;
+  }
+
+  async close(): Promise<void> {
+    await this.stopBot().catch(() => undefined);
+    await this.killChild().catch(() => undefined);
+    this.redis.disconnect();
+    await this.discord.close();
+    await this.redisServer.stop();
+    await rm(this.dataDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,123 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { UserError } from '../../src/core/errors.ts';
+import { DatasetStore, newId, type ImageFacts } from '../../src/store/dataset-store.ts';
+import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
+
+let server: RedisHandle;
+let redis: Redis;
+let store: DatasetStore;
+
+beforeAll(async () => {
+  server = await startRedis();
+  redis = new Redis(server.url);
+});
+afterAll(async () => {
+  redis.disconnect();
+  await server.stop();
+});
+beforeEach(() => {
+  store = new DatasetStore(redis, `t${newId(4)}`);
+});
+
+const hex = (n: number) => n.toString(16).padStart(64, '0');
+
+function facts(n: number, contributorId = 'u1'): ImageFacts {
+  return {
+    concept: 'main',
+    contributorId,
+    contributorName: contributorId === 'u1' ? 'alice' : 'bob',
+    sourceMessageId: null,
+    sourceName: `img${n}.png`,
+    originalBlob: hex(1000 + n),
+    originalBytes: 123,
+    originalFormat: 'png',
+    originalSize: [800, 600],
+    masterBlob: hex(2000 + n),
+    thumbBlob: hex(3000 + n),
+    width: 800,
+    height: 600,
+    pixelSha256: `pix${n}`,
+    phash: n.toString(16).padStart(16, '0'),
+    bucket: [576, 448],
+    resized: [597, 448],
+    cropped: [21, 0],
+    upscaled: false,
+    notes: [],
+    initialCaption: null,
+    addedAt: Date.now(),
+  };
+}
+
+async function dataset(name = 'aria', guildId = 'g1') {
+  return store.createDataset({
+    guildId,
+    name,
+    trigger: 'ohwx',
+    className: 'woman',
+    kind: 'character',
+    base: 'sd15',
+    resolution: 512,
+    ownerId: 'owner',
+    channelId: 'c1',
+  });
+}
+
+describe('datasets', () => {
+  it('are unique by name within a guild, not across guilds', async () => {
+    const ds = await dataset('aria', 'g1');
+    await expect(dataset('ARIA', 'g1')).rejects.toBeInstanceOf(UserError);
+    const other = await dataset('aria', 'g2');
+    expect(other.id).not.toBe(ds.id);
+    expect((await store.findDataset('g1', 'Aria'))?.id).toBe(ds.id);
+    expect(await store.findDataset('g3', 'aria')).toBeNull();
+  });
+
+  it('start with a default concept and remember their thread', async () => {
+    const ds = await dataset();
+    expect((await store.getConcepts(ds.id)).map((c) => c.name)).toEqual(['main']);
+    await store.setThread(ds.id, 't99');
+    expect((await store.datasetForThread('t99'))?.id).toBe(ds.id);
+  });
+});
+
+describe('images', () => {
+  it('get increasing numbers and refuse the same pixels twice, even when racing', async () => {
+    const ds = await dataset();
+    const results = await Promise.all([store.addImage(ds.id, facts(1)), store.addImage(ds.id, facts(1)), store.addImage(ds.id, facts(2))]);
+    const added = results.filter((r) => r.added);
+    expect(added).toHaveLength(2);
+    expect(results.filter((r) => !r.added)).toEqual([{ added: false, duplicateOf: expect.any(Number) as number }]);
+    expect(await store.imageNumbers(ds.id)).toEqual([1, 2]);
+    expect(await store.pixelOwner(ds.id, 'pix2')).toBe(results[2]!.added ? 2 : 3);
+  });
+
+  it('are removed atomically with their indexes, and numbers are never reused', async () => {
+    const ds = await dataset();
+    await store.addImage(ds.id, facts(1));
+    await store.addImage(ds.id, facts(2, 'u2'));
+    const { removed, freedBlobs } = await store.removeImages(ds.id, [1, 42]);
+    expect(removed.map((r) => r.no)).toEqual([1]);
+    expect(freedBlobs.sort()).toEqual([hex(1001), hex(2001), hex(3001)].sort());
+    expect(await store.pixelOwner(ds.id, 'pix1')).toBeNull();
+    expect([...(await store.phashes(ds.id)).keys()]).toEqual([2]);
+    const again = await store.addImage(ds.id, facts(1));
+    expect(again).toEqual({ added: true, no: 3 });
+  });
+
+  it('count blob references across datasets and free a blob only when the last record goes', async () => {
+    const a = await dataset('a1');
+    const b = await dataset('b1');
+    await store.addImage(a.id, facts(1));
+    await store.addImage(b.id, facts(1));
+    expect(await store.blobRefCount(hex(2001))).toBe(2);
+    expect((await store.removeImages(a.id, [1])).freedBlobs).toEqual([]);
+    expect(await store.referencedBlobs()).toContain(hex(2001));
+    expect((await store.removeImages(b.id, [1])).freedBlobs).toHaveLength(3);
+    expect(await store.referencedBlobs()).not.toContain(hex(2001));
+  });
+
+  it('are not added to a dataset that does not exist', async () => {
+    await expect(store.addImage('nope', facts(1))).rejects.toBeInstanceOf(UserError);
+  });
+});
