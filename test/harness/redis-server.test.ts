@@ -1,5 +1,5 @@
 import { access, readdir } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startRedis, type RedisHandle } from './redis-server.ts';
@@ -28,6 +28,17 @@ function portAcceptsConnections(port: number): Promise<boolean> {
       resolve(true);
     });
     socket.once('error', () => resolve(false));
+  });
+}
+
+function freshPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      probe.close(() => (address && typeof address === 'object' ? resolve(address.port) : reject(new Error('no port'))));
+    });
   });
 }
 
@@ -99,6 +110,19 @@ describe('startRedis', () => {
     await redis.restart();
     const after = client(redis.url);
     expect(await after.get('dataset')).toBeNull();
+  });
+
+  it('tries another port when the one it picked is taken before redis binds it', async () => {
+    const squatter = await start();
+    let picks = 0;
+    const redis = await startRedis({
+      // The first pick collides with a running server, as when another process wins the race.
+      pickPort: () => Promise.resolve(picks++ === 0 ? squatter.port : 0).then((p) => (p === 0 ? freshPort() : p)),
+    });
+    started.push(redis);
+    expect(picks).toBe(2);
+    expect(redis.port).not.toBe(squatter.port);
+    expect(await client(redis.url).ping()).toBe('PONG');
   });
 
   it('names the missing binary in its error', async () => {

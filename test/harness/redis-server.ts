@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,6 +16,8 @@ export interface StartRedisOptions {
   binary?: string;
   /** How long to wait for the first PING to answer. Default 10 s. */
   startTimeoutMs?: number;
+  /** Picks a candidate port; default asks the OS for a free one. (A seam for the port-race test.) */
+  pickPort?: () => Promise<number>;
 }
 
 export interface RestartOptions {
@@ -49,7 +51,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisHan
   let lastError: unknown;
   try {
     for (let attempt = 1; attempt <= MAX_PORT_ATTEMPTS && !server; attempt++) {
-      const port = await freePort();
+      const port = await (opts.pickPort ?? freePort)();
       try {
         server = await launch({ binary, port, dir, appendOnly, startTimeoutMs });
       } catch (err) {
@@ -105,6 +107,12 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisHan
 
 class PortInUseError extends Error {}
 
+/** Servers still running when the test process exits are killed with it, not left behind. */
+const liveChildren = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of liveChildren) child.kill('SIGKILL');
+});
+
 interface RunningServer {
   port: number;
   stop(signal: 'SIGTERM' | 'SIGKILL'): Promise<void>;
@@ -131,6 +139,7 @@ async function launch(o: LaunchOptions): Promise<RunningServer> {
     '--loglevel', 'warning',
   ];
   const child = spawn(o.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  liveChildren.add(child);
   let output = '';
   const collect = (chunk: Buffer) => {
     output = (output + chunk.toString('utf8')).slice(-OUTPUT_TAIL_CHARS);
@@ -139,10 +148,14 @@ async function launch(o: LaunchOptions): Promise<RunningServer> {
   child.stderr.on('data', collect);
 
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => resolve({ code, signal }));
+    child.once('exit', (code, signal) => {
+      liveChildren.delete(child);
+      resolve({ code, signal });
+    });
   });
   const spawnFailed = new Promise<Error>((resolve) => {
     child.once('error', (err: NodeJS.ErrnoException) => {
+      liveChildren.delete(child);
       resolve(
         err.code === 'ENOENT'
           ? new Error(
