@@ -1,4 +1,4 @@
-import { Queue } from 'bullmq';
+import { Queue, type Worker } from 'bullmq';
 import { Client, Events, GatewayIntentBits, type Interaction, type Message } from 'discord.js';
 import { Redis } from 'ioredis';
 import { BlobStore } from '../core/blob-store.ts';
@@ -6,7 +6,12 @@ import { requireBotCredentials, type Config } from '../core/config.ts';
 import { Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, type TagImagesPayload } from '../queues/contract.ts';
-import { DatasetStore } from '../store/dataset-store.ts';
+import { CaptionStore } from '../store/caption-store.ts';
+import { DatasetStore, type Dataset } from '../store/dataset-store.ts';
+import { NoticeSender } from '../worker/notices.ts';
+import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
+import { captionFromUpload } from './captions.ts';
+import { startNoticePoster } from './notice-poster.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
 import type { BotContext } from './context.ts';
 import { startHttpServer, type HttpServerHandle } from './http-server.ts';
@@ -33,6 +38,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   queueConnection.on('error', (err) => logger.warn({ err }, 'redis (queues) connection error'));
 
   const store = new DatasetStore(redis, config.REDIS_PREFIX);
+  const captions = new CaptionStore(redis, config.REDIS_PREFIX);
+  const notices = new NoticeSender(queueConnection, config.REDIS_PREFIX);
   const blobs = new BlobStore(config.DATA_DIR);
   await blobs.init();
   const blobLock = new Limiter(1);
@@ -49,7 +56,9 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     blobLock,
     logger: logger.child({ unit: 'intake' }),
     onAccepted: async (dataset, nos, captioned) => {
-      const toTag = nos.filter((n) => !captioned.includes(n));
+      // Captions that came with the images (a .txt in a zip) are kept; the rest is tagged.
+      const kept = await keepUploadCaptions(dataset, captioned);
+      const toTag = nos.filter((n) => !kept.includes(n));
       if (toTag.length === 0) return;
       await taggingQueue.add(JobName.TagImages, {
         guildId: dataset.guildId,
@@ -60,7 +69,18 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       });
     },
   });
-  const ctx: BotContext = { config, logger, store, blobs, intake, blobLock };
+  async function keepUploadCaptions(dataset: Dataset, nos: number[]): Promise<number[]> {
+    const kept: number[] = [];
+    for (const img of await store.getImages(dataset.id, nos)) {
+      const concept = await store.getConcept(dataset.id, img.concept);
+      const tags = captionFromUpload(img.initialCaption ?? '', [dataset.trigger, concept?.trigger ?? ''].filter(Boolean));
+      if (tags.length === 0) continue;
+      await captions.set(dataset.id, img.no, tags, { by: img.contributorId, source: 'upload' });
+      kept.push(img.no);
+    }
+    return kept;
+  }
+  const ctx: BotContext = { config, logger, store, captions, blobs, intake, blobLock, taggingQueue, notices };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -86,6 +106,12 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   client.on(Events.Error, (err) => logger.error({ err }, 'discord client error'));
   client.on(Events.Warn, (message) => logger.warn({ discord: message }, 'discord client warning'));
 
+  const poster: Worker = startNoticePoster(client, queueConnection, config.REDIS_PREFIX, logger);
+  let tagging: { worker: Worker; service: TaggingService } | null = null;
+  if (config.TAGGER_IN_BOT) {
+    tagging = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, queueConnection);
+  }
+
   const http = await startHttpServer({ host: config.HTTP_HOST, port: config.HTTP_PORT, redis, logger });
   const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
   await client.login(token);
@@ -100,9 +126,13 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     async stop() {
       if (stopped) return;
       stopped = true;
+      await tagging?.worker.close();
+      await tagging?.service.close();
+      await poster.close();
       await client.destroy();
       await http.close();
       await taggingQueue.close();
+      await notices.close();
       queueConnection.disconnect();
       redis.disconnect();
     },

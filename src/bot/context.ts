@@ -2,7 +2,11 @@ import type { BlobStore } from '../core/blob-store.ts';
 import type { Config } from '../core/config.ts';
 import type { Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
+import type { Queue } from 'bullmq';
+import type { TagImagesPayload } from '../queues/contract.ts';
+import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
+import type { NoticeSender } from '../worker/notices.ts';
 import type { IntakeService } from './intake.ts';
 
 /** What every command and handler gets: the wired services of this bot process. */
@@ -10,6 +14,9 @@ export interface BotContext {
   config: Config;
   logger: Logger;
   store: DatasetStore;
+  captions: CaptionStore;
+  taggingQueue: Queue<TagImagesPayload>;
+  notices: NoticeSender;
   blobs: BlobStore;
   intake: IntakeService;
   /** Held around blob writes with their records, and removals with their blob deletes. */

@@ -40,6 +40,18 @@ export const configSchema = z.object({
   TRAINER_CMD: z.string().min(1).optional(),
   SD_SCRIPTS_DIR: z.string().min(1).default('./sd-scripts'),
   MODELS_DIR: z.string().min(1).default('./models'),
+  /** All-in-one mode: the bot process also runs the tagging worker. */
+  TAGGER_IN_BOT: bool.default(true),
+  TAGGER_GENERAL_THRESHOLD: z.coerce.number().min(0).max(1).default(0.35),
+  TAGGER_CHARACTER_THRESHOLD: z.coerce.number().min(0).max(1).default(0.85),
+  /** While the tagger model is unavailable, tagging jobs wait and are retried this often. */
+  TAGGER_RETRY_SECONDS: int(1, 3600).default(60),
+  /** Which queues a worker process (`npm run worker`) consumes. */
+  WORKER_QUEUES: z
+    .string()
+    .transform((s) => s.split(',').map((q) => q.trim()).filter(Boolean))
+    .pipe(z.array(z.enum(['tagging'])).min(1))
+    .default(['tagging']),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 
   // Intake limits (all optional; the defaults suit a community server).

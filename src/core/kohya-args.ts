@@ -12,7 +12,8 @@
 
 /**
  * `int`: a TOML integer. `float`: a TOML float. `number`: either (sd-scripts' `int_or_float`, e.g.
- * `lr_warmup_steps`: steps, or a fraction of the total below 1). `string[]`/`float[]`: arrays.
+ * `lr_warmup_steps`: an integer is steps, and any float is a fraction of all steps — so integral
+ * values must be written as integers). `string[]`/`float[]`: arrays.
  */
 export type KohyaValueType = 'string' | 'int' | 'float' | 'number' | 'bool' | 'string[]' | 'float[]';
 

@@ -54,7 +54,8 @@ const TOTAL_RE = /^total optimization steps\b.*:\s*(\d+)$/;
 const OVERRIDE_RE = /^override steps\. steps for (\d+) epochs is\b.*:\s*(\d+)$/;
 const SAMPLES_RE = /\bgenerating sample images at step\b.*:\s*(\d+)$/;
 const SAVED_RE = /^model saved\.$/;
-const TRACEBACK_RE = /^Traceback \(most recent call last\):$/;
+/** Not anchored: a traceback often follows the last bar redraw on the same line. */
+const TRACEBACK_RE = /Traceback \(most recent call last\):$/;
 const EXCEPTION_RE = /^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)(?::\s?(.*))?$/;
 const BAR_RE = /^(?:([^|]*?):\s*)?\d+%\|/;
 // eslint-disable-next-line no-control-regex
@@ -124,9 +125,9 @@ export class KohyaProgressParser {
     state.buffer = parts.pop() ?? '';
     const events: KohyaEvent[] = [];
     for (const raw of parts) {
-      const alreadyReported = state.reported !== null && normalize(raw) === state.reported;
+      const reported = state.reported;
       state.reported = null;
-      this.#line(raw, events, alreadyReported);
+      this.#line(raw, events, reported);
     }
     // tqdm's latest redraw stays unterminated until the next one: report it now if it is complete.
     const partial = normalize(state.buffer);
@@ -146,7 +147,7 @@ export class KohyaProgressParser {
     for (const state of Object.values(this.#streams)) {
       const rest = state.buffer + state.decoder.end();
       state.buffer = '';
-      if (rest.length > 0) this.#line(rest, events, state.reported === normalize(rest));
+      if (rest.length > 0) this.#line(rest, events, state.reported);
       state.reported = null;
     }
     return events;
@@ -184,22 +185,31 @@ export class KohyaProgressParser {
     }
   }
 
-  #line(raw: string, events: KohyaEvent[], alreadyReported: boolean): void {
+  /** `reported`: the unterminated bar redraw of this stream already reported as progress. */
+  #line(raw: string, events: KohyaEvent[], reported: string | null): void {
     const untrimmed = raw.replace(ANSI_RE, '').trimEnd();
     const line = untrimmed.trim();
     if (!line) return;
+
+    // A traceback glued to the last bar redraw: the redraw first, then the traceback.
+    const traceback = TRACEBACK_RE.exec(line);
+    if (traceback && traceback.index > 0) {
+      this.#line(line.slice(0, traceback.index), events, reported);
+      this.#line(line.slice(traceback.index), events, null);
+      return;
+    }
     this.#remember(this.#tail, line);
 
     if (line.startsWith('steps:')) {
       const progress = parseProgressLine(line);
       if (progress) {
-        if (!alreadyReported) this.#progress(progress, events);
+        if (line !== reported) this.#progress(progress, events);
         return;
       }
     }
 
     // Tracebacks: the first unindented line after the indented frames is the exception.
-    if (TRACEBACK_RE.test(line)) {
+    if (traceback) {
       this.#inTraceback = true;
       this.#tracebackBody = false;
       return;

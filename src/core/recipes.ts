@@ -144,8 +144,11 @@ const OptimizerSchema = z.strictObject({
 
 const SchedulerSchema = z.strictObject({
   type: z.enum(SCHEDULERS),
-  /** Steps, or a fraction of all steps when below 1 (sd-scripts `lr_warmup_steps`). */
-  warmup: z.number().min(0),
+  /**
+   * Steps (an integer), or a fraction of all steps below 1 (sd-scripts `lr_warmup_steps`: any
+   * float is read as a fraction, so 1.5 would mean 150%).
+   */
+  warmup: z.number().min(0).refine((w) => Number.isInteger(w) || w < 1, 'warmup is whole steps or a fraction below 1'),
   /** `lr_scheduler_num_cycles` (cosine with restarts). */
   cycles: z.number().int().min(1).max(100),
 });

@@ -268,7 +268,7 @@ function describe(err: unknown): string {
   const cause = err.cause;
   if (cause instanceof Error) {
     const code = (cause as NodeJS.ErrnoException).code;
-    return code ? `${code} (${cause.message})` : cause.message;
+    return code && !cause.message.includes(code) ? `${cause.message} (${code})` : cause.message;
   }
   return err.message;
 }

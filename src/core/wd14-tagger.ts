@@ -1,6 +1,8 @@
 import { readFile, stat } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import path from 'node:path';
-import * as ort from 'onnxruntime-node';
+import { Worker } from 'node:worker_threads';
+import type { InferenceSession } from 'onnxruntime-node';
 import sharp from 'sharp';
 import type { OutputInfo, Sharp } from 'sharp';
 import { TAGGER_MODEL_FILE, TAGGER_TAGS_FILE, TaggerUnavailableError } from './tagger-model.ts';
@@ -15,19 +17,18 @@ export { TaggerUnavailableError };
  * with 255 (`pad//2` left/top, the odd pixel right/bottom), resized to the model's size, RGB→BGR,
  * float32 0–255 NHWC, no normalisation, no EXIF rotation (masters are already upright).
  *
- * Resizing is the one place that is not bit-exact, because sharp (libvips) has neither of kohya's
- * filters. Shrinking uses libvips' Catmull-Rom `cubic` reduce for cv2 INTER_AREA (the closest
- * of sharp's kernels: on photo-like images the mean difference is 0.2–1.5 levels out of 255, a few
- * pixels up to ~10; an integer-factor shrink is *not* an exact box average). Enlarging (images
- * whose long side is under the model size) uses libvips' upscaler (bicubic interpolation; sharp
- * ignores the kernel when enlarging) for PIL LANCZOS: mean difference ~1 level on smooth images,
- * more on noisy ones. Images with an embedded ICC profile are converted to sRGB by sharp, where PIL
+ * Resizing: enlarging (images whose long side is under the model size) is PIL's LANCZOS
+ * reimplemented here, bit for bit. Shrinking — the common case — cannot be exact: sharp (libvips)
+ * has no cv2 INTER_AREA, so it uses libvips' Catmull-Rom `cubic` reduce, the closest of sharp's
+ * kernels (on photo-like images a mean difference of about 0.5 level out of 255, up to ~20 at
+ * sharp edges; an integer-factor shrink is not an exact box average — the kernel reaches past
+ * the box). Images with an embedded ICC profile are converted to sRGB by sharp, where PIL
  * would take the raw values.
  *
  * Inference runs in batches; `session.run` blocks the main thread (onnxruntime-node runs it
  * synchronously inside a setImmediate), so the next batches' decoding and resizing are queued on
- * libuv's thread pool *before* each run and proceed while it runs. Only the short JS steps
- * (padding, the BGR float copy) happen between runs.
+ * libuv's thread pool *before* each run and proceed while it runs. Only short JS steps happen
+ * between runs (the float copy; compositing alpha and enlarging small images, when needed).
  */
 
 export const DEFAULT_TAGGER_SIZE = 448;
@@ -138,9 +139,9 @@ export async function loadTagger(dir: string, opts: LoadTaggerOptions = {}): Pro
   }
   const rows = parseSelectedTags(csv, tagsPath);
 
-  let session: ort.InferenceSession;
+  let session: SessionThread;
   try {
-    session = await ort.InferenceSession.create(modelPath, sessionOptions(opts));
+    session = await SessionThread.start(modelPath, sessionOptions(opts));
   } catch (err) {
     throw new TaggerUnavailableError(
       `ONNX Runtime could not load the tagger model ${modelPath} (a damaged or incomplete download, or not an ONNX model): ${errText(err)}. ` +
@@ -149,15 +150,15 @@ export async function loadTagger(dir: string, opts: LoadTaggerOptions = {}): Pro
     );
   }
   try {
-    const info = describeModel(session, dir, modelPath, rows.length);
+    const info = describeModel(session.model, dir, modelPath, rows.length);
     return new OnnxTagger(session, info, rows);
   } catch (err) {
-    await session.release().catch(() => undefined);
+    await session.close();
     throw err;
   }
 }
 
-function sessionOptions(opts: LoadTaggerOptions): ort.InferenceSession.SessionOptions {
+function sessionOptions(opts: LoadTaggerOptions): InferenceSession.SessionOptions {
   return {
     executionProviders: ['cpu'],
     graphOptimizationLevel: 'all',
@@ -169,7 +170,7 @@ function sessionOptions(opts: LoadTaggerOptions): ort.InferenceSession.SessionOp
   };
 }
 
-function describeModel(session: ort.InferenceSession, dir: string, modelPath: string, tagCount: number): TaggerInfo {
+function describeModel(session: ModelIo, dir: string, modelPath: string, tagCount: number): TaggerInfo {
   const bad = (why: string) => new TaggerUnavailableError(`${modelPath} is not a WD14 tagger model: ${why}.`);
   const inputName = session.inputNames[0];
   const outputName = session.outputNames[0];
@@ -211,6 +212,168 @@ function describeModel(session: ort.InferenceSession, dir: string, modelPath: st
   return { modelDir: dir, inputName, outputName, size, fixedBatch, tagCount };
 }
 
+/** What the model declares, as `InferenceSession` reports it. */
+interface ModelIo {
+  inputNames: readonly string[];
+  outputNames: readonly string[];
+  inputMetadata: readonly InferenceSession.ValueMetadata[];
+  outputMetadata: readonly InferenceSession.ValueMetadata[];
+}
+
+interface RunResult {
+  type: string;
+  data: unknown;
+  /** Time inside `session.run`, measured in the worker. */
+  ms: number;
+}
+
+type FromWorker =
+  | ({ type: 'ready' } & ModelIo)
+  | { type: 'failed'; message: string }
+  | ({ type: 'result'; id: number } & RunResult)
+  | { type: 'error'; id: number; message: string }
+  | { type: 'released' };
+
+/**
+ * The worker's code (CommonJS, run with `eval`, so it needs no loader for TypeScript). It owns the
+ * InferenceSession: onnxruntime-node runs a model synchronously on the thread that calls
+ * `run`, which would otherwise block the main thread — and with it sharp's callbacks, timers and
+ * queue lock renewals — for a whole batch.
+ */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const ort = require(workerData.ortPath);
+const message = (err) => (err && err.message) || String(err);
+ort.InferenceSession.create(workerData.modelPath, workerData.options).then(
+  (session) => {
+    parentPort.postMessage({
+      type: 'ready',
+      inputNames: session.inputNames,
+      outputNames: session.outputNames,
+      inputMetadata: session.inputMetadata,
+      outputMetadata: session.outputMetadata,
+    });
+    parentPort.on('message', async (msg) => {
+      if (msg.type === 'release') {
+        await session.release().catch(() => undefined);
+        parentPort.postMessage({ type: 'released' });
+        return;
+      }
+      try {
+        const input = new ort.Tensor('float32', msg.data, msg.dims);
+        const started = performance.now();
+        const out = await session.run({ [msg.inputName]: input }, [msg.outputName]);
+        const ms = performance.now() - started;
+        const tensor = out[msg.outputName];
+        const data = tensor.data;
+        const transfer = ArrayBuffer.isView(data) ? [data.buffer] : [];
+        parentPort.postMessage({ type: 'result', id: msg.id, ms, type: tensor.type, data }, transfer);
+      } catch (err) {
+        parentPort.postMessage({ type: 'error', id: msg.id, message: message(err) });
+      }
+    });
+  },
+  (err) => parentPort.postMessage({ type: 'failed', message: message(err) }),
+);
+`;
+
+/** An ONNX Runtime session living in a worker thread; batches go there and back without copies. */
+class SessionThread {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>();
+  private dead: Error | undefined;
+  private released: (() => void) | undefined;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly model: ModelIo,
+  ) {
+    worker.on('message', (msg: FromWorker) => this.onMessage(msg));
+    worker.on('error', (err) => this.fail(err));
+    worker.on('exit', (code) => this.fail(new Error(`the tagger's worker thread exited (code ${code})`)));
+    worker.unref();
+  }
+
+  static start(modelPath: string, options: InferenceSession.SessionOptions): Promise<SessionThread> {
+    const ortPath = createRequire(import.meta.url).resolve('onnxruntime-node');
+    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { ortPath, modelPath, options } });
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => {
+        cleanup();
+        reject(err);
+      };
+      const onExit = (code: number) => {
+        cleanup();
+        reject(new Error(`the tagger's worker thread exited while loading (code ${code})`));
+      };
+      const onMessage = (msg: FromWorker) => {
+        cleanup();
+        if (msg.type === 'ready') {
+          const { inputNames, outputNames, inputMetadata, outputMetadata } = msg;
+          resolve(new SessionThread(worker, { inputNames, outputNames, inputMetadata, outputMetadata }));
+        } else {
+          void worker.terminate();
+          reject(new Error(msg.type === 'failed' ? msg.message : `unexpected message ${msg.type}`));
+        }
+      };
+      const cleanup = () => {
+        worker.off('error', onError);
+        worker.off('exit', onExit);
+        worker.off('message', onMessage);
+      };
+      worker.on('error', onError);
+      worker.on('exit', onExit);
+      worker.on('message', onMessage);
+    });
+  }
+
+  /** Runs one batch; `data` is handed over to the worker (detached here). */
+  run(inputName: string, outputName: string, data: Float32Array, dims: number[]): Promise<RunResult> {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = this.nextId++;
+    return new Promise<RunResult>((resolve, reject) => {
+      // Keep the process alive while a batch is out; an idle tagger does not hold it open.
+      if (this.pending.size === 0) this.worker.ref();
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ type: 'run', id, inputName, outputName, data, dims }, [data.buffer as ArrayBuffer]);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (!this.dead) {
+      this.worker.ref();
+      await new Promise<void>((resolve) => {
+        this.released = resolve;
+        this.worker.postMessage({ type: 'release' });
+      });
+    }
+    this.dead ??= new Error('The tagger is closed.');
+    await this.worker.terminate();
+  }
+
+  private settle(id: number): { resolve: (r: RunResult) => void; reject: (e: Error) => void } | undefined {
+    const entry = this.pending.get(id);
+    this.pending.delete(id);
+    if (this.pending.size === 0) this.worker.unref();
+    return entry;
+  }
+
+  private onMessage(msg: FromWorker): void {
+    if (msg.type === 'result') this.settle(msg.id)?.resolve({ type: msg.type === 'result' ? msg.type : '', data: msg.data, ms: msg.ms });
+    else if (msg.type === 'error') this.settle(msg.id)?.reject(new Error(msg.message));
+    else if (msg.type === 'released') this.released?.();
+  }
+
+  private fail(err: Error): void {
+    this.dead ??= err;
+    this.released?.();
+    for (const [id, entry] of [...this.pending]) {
+      this.settle(id);
+      entry.reject(err);
+    }
+  }
+}
+
 class OnnxTagger implements Tagger {
   private closed = false;
   private readonly running = new Set<Promise<unknown>>();
@@ -220,7 +383,7 @@ class OnnxTagger implements Tagger {
   private readonly rating: number[] = [];
 
   constructor(
-    private readonly session: ort.InferenceSession,
+    private readonly session: SessionThread,
     readonly info: TaggerInfo,
     private readonly rows: readonly SelectedTag[],
   ) {
@@ -247,7 +410,7 @@ class OnnxTagger implements Tagger {
     if (this.closed) return;
     this.closed = true;
     await Promise.allSettled([...this.running]);
-    await this.session.release();
+    await this.session.close();
   }
 
   private async tagAll(images: readonly (Buffer | string)[], opts: TagOptions): Promise<TagResult[]> {
@@ -313,36 +476,26 @@ class OnnxTagger implements Tagger {
 
   private async infer(data: Float32Array, batchSize: number): Promise<Float32Array> {
     const { inputName, outputName, size, modelDir } = this.info;
-    const input = new ort.Tensor('float32', data, [batchSize, size, size, 3]);
-    // onnxruntime-node runs the model in a setImmediate queued synchronously by run(); this one,
-    // queued just before, fires right before it, so the I/O callbacks handled in between (other
-    // images' preprocessing) are not counted as inference.
-    let nativeStart = 0;
-    setImmediate(() => {
-      nativeStart = performance.now();
-    });
-    const called = performance.now();
-    let out: ort.InferenceSession.ReturnType;
+    let out: RunResult;
     try {
-      out = await this.session.run({ [inputName]: input }, [outputName]);
+      out = await this.session.run(inputName, outputName, data, [batchSize, size, size, 3]);
     } catch (err) {
       throw new Error(`Tagger inference failed: ${errText(err)}`, { cause: err });
     }
-    this.totals.inferenceMs += performance.now() - (nativeStart || called);
+    this.totals.inferenceMs += out.ms;
     this.totals.batches += 1;
 
-    const result = out[outputName];
     const width = this.rows.length;
-    if (!(result instanceof ort.Tensor) || result.type !== 'float32') {
+    if (out.type !== 'float32' || !(out.data instanceof Float32Array)) {
       throw new TaggerUnavailableError(`The tagger model in ${modelDir} does not output float32 scores.`);
     }
-    if (result.size !== batchSize * width) {
+    if (out.data.length !== batchSize * width) {
       throw new TaggerUnavailableError(
-        `The tagger model in ${modelDir} gives ${result.size / batchSize} scores per image but ${TAGGER_TAGS_FILE} lists ${width} tags: ` +
+        `The tagger model in ${modelDir} gives ${out.data.length / batchSize} scores per image but ${TAGGER_TAGS_FILE} lists ${width} tags: ` +
           'the two files come from different taggers.',
       );
     }
-    return result.data as Float32Array;
+    return out.data;
   }
 }
 
@@ -479,10 +632,11 @@ const SWAP_RB: [[number, number, number], [number, number, number], [number, num
  * Decoded, flattened on white, padded to a square, resized and turned BGR: `size × size × 3` bytes.
  *
  * Each sharp call is one trip to the thread pool and back; since the main thread is blocked while
- * a batch is inferred, the common cases take one or two: a square opaque image is one pipeline
- * (decode, resize, swap), any other opaque image two (decode and pad; resize and swap — sharp
- * always resizes before padding within one pipeline). Images with alpha are composited in JS, with
- * PIL's rounding (sharp's flatten rounds differently).
+ * a batch is inferred, the common cases take one or two: a square opaque image that is shrunk is
+ * one pipeline (decode, resize, swap), other opaque images two (decode and pad; resize and swap —
+ * within one pipeline sharp always resizes before it pads). Images with alpha are composited in
+ * JS with PIL's rounding (sharp's flatten rounds differently). Enlarging is PIL's LANCZOS in JS,
+ * bit for bit: libvips ignores the kernel when upsizing, and the input is small by definition.
  */
 async function taggerBgr(input: Buffer | string, size: number): Promise<Buffer> {
   // `pipelineColourspace('srgb')` makes grey images three channels from the start, and keeps sharp
@@ -493,8 +647,11 @@ async function taggerBgr(input: Buffer | string, size: number): Promise<Buffer> 
   const height = meta.height ?? 0;
   if (!(width > 0 && height > 0)) throw new Error('the image has no dimensions');
   const side = Math.max(width, height);
-  const finish = (pipeline: Sharp): Promise<Buffer> =>
-    (side === size ? pipeline : pipeline.resize(size, size, { fit: 'fill', kernel: side > size ? 'cubic' : 'lanczos3' }))
+  const left = (side - width) >> 1;
+  const top = (side - height) >> 1;
+  const pad = { top, bottom: side - height - top, left, right: side - width - left, background: WHITE };
+  const shrinkAndSwap = (pipeline: Sharp): Promise<Buffer> =>
+    (side === size ? pipeline : pipeline.resize(size, size, { fit: 'fill', kernel: 'cubic' }))
       .recomb(SWAP_RB)
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })
@@ -503,21 +660,21 @@ async function taggerBgr(input: Buffer | string, size: number): Promise<Buffer> 
         if (bgr.length !== size * size * 3) throw new Error(`preprocessing produced ${bgr.length} bytes, not ${size}×${size}×3`);
         return bgr;
       });
-  const fromRaw = (data: Uint8Array) => sharp(data, { raw: { width: side, height: side, channels: 3 } });
 
+  let padded: Uint8Array;
   if (meta.hasAlpha) {
     const { data, info } = await decode().ensureAlpha().toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
     expectRaw(info, width, height, 4);
-    return finish(fromRaw(compositeAndPad(data, width, height, side)));
+    padded = compositeAndPad(data, width, height, side);
+  } else if (side >= size && (width === height || side === size)) {
+    return shrinkAndSwap(width === height ? decode() : decode().extend(pad));
+  } else {
+    const { data, info } = await decode().extend(pad).toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    expectRaw(info, side, side, 3);
+    padded = data;
   }
-  const left = (side - width) >> 1;
-  const top = (side - height) >> 1;
-  const pad = { top, bottom: side - height - top, left, right: side - width - left, background: WHITE };
-  if (width === height) return finish(decode());
-  if (side === size) return finish(decode().extend(pad));
-  const { data, info } = await decode().extend(pad).toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
-  expectRaw(info, side, side, 3);
-  return finish(fromRaw(data));
+  if (side < size) return lanczosEnlargeBgr(padded, side, size);
+  return shrinkAndSwap(sharp(padded, { raw: { width: side, height: side, channels: 3 } }));
 }
 
 function expectRaw(info: OutputInfo, width: number, height: number, channels: number): void {
@@ -554,6 +711,111 @@ function compositeAndPad(rgba: Uint8Array, width: number, height: number, side: 
         out[d + 1] = onWhite(rgba[s + 1]!, a);
         out[d + 2] = onWhite(rgba[s + 2]!, a);
       }
+    }
+  }
+  return out;
+}
+
+/** PIL's 8-bit fixed-point resampling precision (`PRECISION_BITS = 32 - 8 - 2`). */
+const PRECISION_BITS = 22;
+
+interface Taps {
+  first: Int32Array;
+  count: Int32Array;
+  /** `maxTaps` fixed-point weights per output pixel. */
+  weights: Int32Array;
+  maxTaps: number;
+}
+
+const tapCache = new Map<string, Taps>();
+
+/** PIL `precompute_coeffs` + `normalize_coeffs_8bpc` for LANCZOS (a = 3) from `inSize` to `outSize`. */
+function lanczosTaps(inSize: number, outSize: number): Taps {
+  const key = `${inSize}>${outSize}`;
+  const cached = tapCache.get(key);
+  if (cached) return cached;
+  const sinc = (x: number) => (x === 0 ? 1 : Math.sin(x * Math.PI) / (x * Math.PI));
+  const lanczos = (x: number) => (x >= -3 && x < 3 ? sinc(x) * sinc(x / 3) : 0);
+  const scale = inSize / outSize;
+  const filterScale = Math.max(scale, 1);
+  const support = 3 * filterScale;
+  const maxTaps = Math.ceil(support) * 2 + 1;
+  const taps: Taps = { first: new Int32Array(outSize), count: new Int32Array(outSize), weights: new Int32Array(outSize * maxTaps), maxTaps };
+  const k = new Float64Array(maxTaps);
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = (xx + 0.5) * scale;
+    const xmin = Math.max(0, Math.trunc(center - support + 0.5));
+    const n = Math.min(inSize, Math.trunc(center + support + 0.5)) - xmin;
+    let total = 0;
+    for (let x = 0; x < n; x++) {
+      k[x] = lanczos((x + xmin - center + 0.5) / filterScale);
+      total += k[x]!;
+    }
+    for (let x = 0; x < n; x++) {
+      const w = (total !== 0 ? k[x]! / total : k[x]!) * (1 << PRECISION_BITS);
+      taps.weights[xx * maxTaps + x] = w < 0 ? Math.trunc(w - 0.5) : Math.trunc(w + 0.5);
+    }
+    taps.first[xx] = xmin;
+    taps.count[xx] = n;
+  }
+  tapCache.set(key, taps);
+  return taps;
+}
+
+/** Rounds PIL's way: the sum started at half a unit, shifted down, clipped to 0–255. */
+function clip8(sum: number): number {
+  const v = sum >> PRECISION_BITS;
+  return v < 0 ? 0 : v > 255 ? 255 : v;
+}
+
+/** PIL `resize(LANCZOS)` of a square RGB image (horizontal pass first, 8-bit in between), out as BGR. */
+function lanczosEnlargeBgr(rgb: Uint8Array, side: number, size: number): Buffer {
+  const taps = lanczosTaps(side, size);
+  const { first, count, weights, maxTaps } = taps;
+  const half = 1 << (PRECISION_BITS - 1);
+  const tmp = new Uint8Array(side * size * 3);
+  for (let y = 0; y < side; y++) {
+    const row = y * side * 3;
+    for (let x = 0; x < size; x++) {
+      const n = count[x]!;
+      const w0 = x * maxTaps;
+      let s = row + first[x]! * 3;
+      let r = half;
+      let g = half;
+      let b = half;
+      for (let i = 0; i < n; i++, s += 3) {
+        const w = weights[w0 + i]!;
+        r += rgb[s]! * w;
+        g += rgb[s + 1]! * w;
+        b += rgb[s + 2]! * w;
+      }
+      const d = (y * size + x) * 3;
+      tmp[d] = clip8(r);
+      tmp[d + 1] = clip8(g);
+      tmp[d + 2] = clip8(b);
+    }
+  }
+  const out = Buffer.allocUnsafe(size * size * 3);
+  const stride = size * 3;
+  for (let y = 0; y < size; y++) {
+    const n = count[y]!;
+    const w0 = y * maxTaps;
+    const top = first[y]! * stride;
+    for (let x = 0; x < size; x++) {
+      let s = top + x * 3;
+      let r = half;
+      let g = half;
+      let b = half;
+      for (let i = 0; i < n; i++, s += stride) {
+        const w = weights[w0 + i]!;
+        r += tmp[s]! * w;
+        g += tmp[s + 1]! * w;
+        b += tmp[s + 2]! * w;
+      }
+      const d = (y * size + x) * 3;
+      out[d] = clip8(b);
+      out[d + 1] = clip8(g);
+      out[d + 2] = clip8(r);
     }
   }
   return out;

@@ -6,11 +6,14 @@ import type { DefaultJobOptions } from 'bullmq';
 
 export const QueueName = {
   Tagging: 'tagging',
+  /** Workers → bot: messages to post in Discord, consumed by the bot with retries. */
+  Notices: 'notices',
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
 export const JobName = {
   TagImages: 'tag-images',
+  PostNotice: 'post-notice',
 } as const;
 export type JobName = (typeof JobName)[keyof typeof JobName];
 
@@ -24,12 +27,20 @@ export interface TagImagesPayload {
   requestedBy: string;
 }
 
+/** A message for a channel (a dataset's thread). The job id is its idempotency key. */
+export interface PostNoticePayload {
+  channelId: string;
+  content: string;
+}
+
 export interface JobPayloads {
   [JobName.TagImages]: TagImagesPayload;
+  [JobName.PostNotice]: PostNoticePayload;
 }
 
 export const jobQueue: Record<JobName, QueueName> = {
   [JobName.TagImages]: QueueName.Tagging,
+  [JobName.PostNotice]: QueueName.Notices,
 };
 
 export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
@@ -38,6 +49,12 @@ export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
     backoff: { type: 'exponential', delay: 2000 },
     removeOnComplete: { age: 24 * 3600, count: 1000 },
     removeOnFail: { age: 7 * 24 * 3600 },
+  },
+  [QueueName.Notices]: {
+    attempts: 12,
+    backoff: { type: 'exponential', delay: 1000 },
+    removeOnComplete: { age: 7 * 24 * 3600, count: 5000 },
+    removeOnFail: { age: 30 * 24 * 3600 },
   },
 };
 

@@ -19,6 +19,8 @@ export interface Dataset {
   channelId: string;
   threadId: string | null;
   createdAt: number;
+  /** Tags the tagger leaves out for this dataset (compared after `_` → space). */
+  undesiredTags?: string[];
 }
 
 export interface Concept {
@@ -153,6 +155,15 @@ export class DatasetStore {
     if (!ds) return;
     ds.threadId = threadId;
     await this.redis.multi().set(this.k.dataset(datasetId), JSON.stringify(ds)).set(this.k.thread(threadId), datasetId).exec();
+  }
+
+  /** Changes settings of a dataset (not its name, guild or owner). */
+  async updateDataset(id: string, patch: Partial<Pick<Dataset, 'undesiredTags'>>): Promise<Dataset | null> {
+    const ds = await this.getDataset(id);
+    if (!ds) return null;
+    const next = { ...ds, ...patch };
+    await this.redis.set(this.k.dataset(id), JSON.stringify(next), 'XX');
+    return next;
   }
 
   async getDataset(id: string): Promise<Dataset | null> {

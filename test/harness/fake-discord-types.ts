@@ -42,7 +42,7 @@ export interface FakeGuildSpec {
   channels?: FakeChannelSpec[];
   /** Extra roles; @everyone (id = guild id) is always there. */
   roles?: FakeRoleSpec[];
-  /** Members besides the bot, which is always a member. */
+  /** Members besides the bot (always a member). Default: one user "tester", who sends commands. */
   members?: FakeMemberSpec[];
   /** Permission bits of @everyone; default a member's usual set. */
   everyonePermissions?: bigint;
@@ -77,7 +77,7 @@ export interface RecordedFile {
   data: Buffer;
 }
 
-/** One REST request the client made, as the fake saw and answered it. */
+/** One REST request the client made, as the fake saw and answered it (logged when answered). */
 export interface RecordedCall {
   seq: number;
   /** Arrival time, ms since the epoch. */
@@ -243,9 +243,13 @@ export interface InteractionHandle {
   /** A followup (`POST /webhooks/:app/:token`) matching the predicate. */
   waitForFollowup(predicate?: (call: RecordedCall) => boolean, timeoutMs?: number): Promise<RecordedCall>;
   followups(): RecordedCall[];
-  /** Every REST call that used this interaction's id or token. */
+  /** Every REST call that used this interaction's id or token, failed ones included. */
   calls(): RecordedCall[];
-  /** The original response as the user sees it now, or null before there is one. */
+  /**
+   * What `@original` shows now (callback data merged with later edits, attachments with their
+   * bytes), or null before there is one. For a component, `@original` is the message it sits on
+   * until the bot replies with a new message (type 4 or 5).
+   */
   lastReply(): MessageSnapshot | null;
   /** Makes the token stale, as after 15 minutes: later calls get Discord's errors. */
   expire(): void;

@@ -224,6 +224,26 @@ describe('FakeDiscord: slash commands', () => {
     expect(() => fake.sendCommand({ name: 'nope' })).toThrow(/no registered command \/nope/);
   });
 
+  it('resolves user, channel and role options given as { type, value }', async () => {
+    const client = await connect();
+    const received = nextInteraction(client);
+    fake.sendCommand({
+      name: 'grant',
+      options: {
+        who: { type: 6, value: fake.defaultUser.id },
+        where: { type: 7, value: fake.channelId },
+        role: { type: 8, value: fake.guildId },
+      },
+    });
+    const interaction = await received;
+    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    expect(interaction.options.getUser('who', true).username).toBe('tester');
+    expect(interaction.options.getMember('who')).not.toBeNull();
+    expect(interaction.options.getChannel('where', true).id).toBe(fake.channelId);
+    expect(interaction.options.getRole('role', true).name).toBe('@everyone');
+    expect(() => fake.sendCommand({ name: 'grant', options: { who: { type: 6, value: '1' } } })).toThrow(/no user, role or channel 1/);
+  });
+
   it('records a followup, and the first followup after a deferral fills in the deferred reply', async () => {
     const client = await connect();
     const received = nextInteraction(client);

@@ -57,12 +57,30 @@ import { World, compareIds, type ChannelJson, type ChannelState, type MessageSta
 
 export type * from './fake-discord-types.ts';
 export type { ChannelJson } from './fake-discord-world.ts';
+export type { CommandDefinition, OptionDefinition } from './fake-discord-interactions.ts';
 
 /**
  * A local stand-in for Discord that the real discord.js Client talks to:
  * `new Client({ intents, rest: { api: fake.apiUrl } })`. One HTTP server on 127.0.0.1 serves the
- * REST API under /api/v10, the gateway (WebSocket upgrade on /gateway) and the attachment CDN.
- * Every REST call is recorded, so tests assert on what a user would see.
+ * REST API under /api/v10, the gateway (WebSocket upgrade on /gateway) and the attachment CDN
+ * (`cdnHost`, for ATTACHMENT_HOSTS). Every REST call is recorded, so tests assert on what a user
+ * would see.
+ *
+ *   const fake = await FakeDiscord.start();
+ *   // …log the bot in against fake.apiUrl and wait for it to be ready…
+ *   const photo = fake.addAttachment({ filename: 'cat.png', data: png });
+ *   const run = fake.sendCommand({ name: 'dataset', subcommand: 'add', options: { image: photo } });
+ *   await run.callback();                      // the bot acknowledged (ackLatencyMs() < 3000)
+ *   await run.waitForEdit((c) => c.files.length > 0);
+ *   expect(run.lastReply()?.content).toMatch(/added/);
+ *   expect(fake.unknownCalls()).toEqual([]);
+ *   await fake.close();
+ *
+ * Modelled on Discord's behaviour: interaction tokens (10062 unknown, 40060 already acknowledged,
+ * `expire()`), `@original` (the reply, or for components the message they sit on), the first
+ * followup after a deferral filling in the deferred reply, message limits (2000 characters, 10
+ * embeds, 5 rows, 10 files, upload size 40005), bot permissions (50013), MESSAGE_CREATE only with
+ * the GuildMessages intent and content only with MessageContent, RESUME with replay.
  */
 
 const DEFAULT_WAIT_MS = 5_000;
@@ -413,27 +431,27 @@ export class FakeDiscord {
 
   /** A user runs a slash command (INTERACTION_CREATE type 2). */
   sendCommand(spec: CommandSpec): InteractionHandle {
-    return this.deliver(this.factory.command(spec));
+    return this.deliver(() => this.factory.command(spec));
   }
 
   /** A user types in an option with autocomplete (type 4). */
   sendAutocomplete(spec: AutocompleteSpec): InteractionHandle {
-    return this.deliver(this.factory.autocomplete(spec));
+    return this.deliver(() => this.factory.autocomplete(spec));
   }
 
   /** A user presses a button (type 3, component_type 2). */
   sendButton(spec: ButtonSpec): InteractionHandle {
-    return this.deliver(this.factory.button(spec));
+    return this.deliver(() => this.factory.button(spec));
   }
 
   /** A user picks from a select menu (type 3). */
   sendSelect(spec: SelectSpec): InteractionHandle {
-    return this.deliver(this.factory.select(spec));
+    return this.deliver(() => this.factory.select(spec));
   }
 
   /** A user submits a modal (type 5). */
   sendModalSubmit(spec: ModalSubmitSpec): InteractionHandle {
-    return this.deliver(this.factory.modalSubmit(spec));
+    return this.deliver(() => this.factory.modalSubmit(spec));
   }
 
   /**
@@ -473,8 +491,9 @@ export class FakeDiscord {
     return api;
   }
 
-  private deliver(built: BuiltInteraction): InteractionHandle {
+  private deliver(build: () => BuiltInteraction): InteractionHandle {
     this.requireSession('INTERACTION_CREATE');
+    const built = build();
     const payload = built.payload;
     const state: InteractionState = {
       id: payload.id,

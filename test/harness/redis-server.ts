@@ -148,7 +148,8 @@ async function launch(o: LaunchOptions): Promise<RunningServer> {
   child.stderr.on('data', collect);
 
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => {
+    // 'close' rather than 'exit': the output (which names a taken port) has been read by then.
+    child.once('close', (code, signal) => {
       liveChildren.delete(child);
       resolve({ code, signal });
     });
@@ -167,7 +168,7 @@ async function launch(o: LaunchOptions): Promise<RunningServer> {
     });
   });
 
-  const ready = waitForPing(o.port, o.startTimeoutMs);
+  const ready = waitForPing(o.port, child.pid, o.startTimeoutMs);
   let outcome;
   try {
     outcome = await Promise.race([
@@ -231,13 +232,17 @@ interface Cancellable<T> extends Promise<T> {
   cancel(): void;
 }
 
-/** Resolves once a raw `PING` on the port answers `+PONG`; polls until the deadline. */
-function waitForPing(port: number, timeoutMs: number): Cancellable<void> {
+/**
+ * Resolves once the server started as `pid` answers on the port: `PING` gives `+PONG` (not
+ * `-LOADING`) and `INFO server` names that process. The identity check matters: when the port was
+ * taken by another server meanwhile, that one would answer PING too.
+ */
+function waitForPing(port: number, pid: number | undefined, timeoutMs: number): Cancellable<void> {
   let cancelled = false;
   const run = async () => {
     const deadline = Date.now() + timeoutMs;
     while (!cancelled) {
-      if (await pingOnce(port)) return;
+      if (pid !== undefined && (await answeringPid(port)) === pid) return;
       if (Date.now() > deadline) {
         throw new Error(`redis-server on port ${port} did not answer PING within ${timeoutMs} ms`);
       }
@@ -253,21 +258,32 @@ function waitForPing(port: number, timeoutMs: number): Cancellable<void> {
   return promise;
 }
 
-function pingOnce(port: number): Promise<boolean> {
+/** The process id of the ready server on the port, or null (nothing there, or still loading). */
+function answeringPid(port: number): Promise<number | null> {
   return new Promise((resolve) => {
     const socket = connect({ host: '127.0.0.1', port });
     let reply = '';
-    const finish = (ok: boolean) => {
+    const finish = (pid: number | null) => {
       socket.destroy();
-      resolve(ok);
+      resolve(pid);
     };
-    socket.setTimeout(500, () => finish(false));
-    socket.once('error', () => finish(false));
-    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.setTimeout(500, () => finish(null));
+    socket.once('error', () => finish(null));
+    socket.once('close', () => finish(null));
+    socket.once('connect', () => socket.write('PING\r\nINFO server\r\n'));
     socket.on('data', (chunk: Buffer) => {
       reply += chunk.toString('latin1');
-      // "-LOADING" while an append-only file is replayed: not ready yet.
-      if (reply.includes('\r\n')) finish(reply.startsWith('+PONG'));
+      if (!reply.includes('\r\n')) return;
+      if (!reply.startsWith('+PONG\r\n')) {
+        finish(null);
+        return;
+      }
+      const bulk = /^\+PONG\r\n\$(\d+)\r\n/.exec(reply);
+      if (!bulk) return;
+      const header = bulk[0].length;
+      if (reply.length < header + Number(bulk[1])) return;
+      const pid = /process_id:(\d+)/.exec(reply.slice(header));
+      finish(pid ? Number(pid[1]) : null);
     });
   });
 }

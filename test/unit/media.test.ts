@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FONT_CHARACTERS, drawText, measureText, renderLabel, wrapText } from '../../src/core/bitmap-font.ts';
 import { loadConfig } from '../../src/core/config.ts';
 import { isUserError } from '../../src/core/errors.ts';
@@ -271,7 +271,11 @@ describe('normalizeImage: refusals the contributor can act on', () => {
       size.writeUInt32BE(body.length + 4);
       return Buffer.concat([size, body, Buffer.alloc(64)]);
     };
-    expect(sniffFormat(ftyp('heic', 'mif1', 'heic'))).toMatchObject({ ok: false, reason: expect.stringMatching(/^HEIC photos can’t be read here/) });
+    const reasonOf = (head: Buffer) => {
+      const sniffed = sniffFormat(head);
+      return sniffed.ok ? `accepted as ${sniffed.format}` : sniffed.reason;
+    };
+    expect(reasonOf(ftyp('heic', 'mif1', 'heic'))).toMatch(/^HEIC photos can’t be read here: share it as JPEG/);
     expect(sniffFormat(ftyp('mif1', 'mif1', 'avif'))).toEqual({ ok: true, format: 'avif' });
     expect(sniffFormat(ftyp('isom', 'isom', 'mp41'))).toEqual({ ok: false, reason: 'not an image (a video file)' });
     const bmp = Buffer.alloc(64);
@@ -280,7 +284,7 @@ describe('normalizeImage: refusals the contributor can act on', () => {
     expect(sniffFormat(bmp)).toEqual({ ok: false, reason: 'BMP isn’t supported: save it as PNG' });
     expect(sniffFormat(Buffer.alloc(0))).toEqual({ ok: false, reason: 'empty file (0 bytes)' });
     expect(sniffFormat(Buffer.from('PK\x03\x04rest', 'latin1'))).toEqual({ ok: false, reason: 'not an image (a zip archive)' });
-    expect(sniffFormat(Buffer.from([0x00, 0x01, 0x02, 0x03, 0xfe, 0xfd]))).toMatchObject({ ok: false, reason: expect.stringMatching(/^not an image \(unrecognised data\)/) });
+    expect(reasonOf(Buffer.from([0x00, 0x01, 0x02, 0x03, 0xfe, 0xfd]))).toMatch(/^not an image \(unrecognised data\)/);
   });
 
   it('refuses a 400-megapixel PNG bomb from its header: fast, without decoding it', async () => {

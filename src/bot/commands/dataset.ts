@@ -248,8 +248,10 @@ async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext)
 export async function removeImages(ctx: BotContext, datasetId: string, nos: number[]): Promise<number[]> {
   return ctx.blobLock.run(async () => {
     const { removed, freedBlobs } = await ctx.store.removeImages(datasetId, nos);
+    const gone = removed.map((r) => r.no);
+    await ctx.captions.deleteForImages(datasetId, gone);
     await Promise.all(freedBlobs.map((id) => ctx.blobs.delete(id)));
-    return removed.map((r) => r.no);
+    return gone;
   });
 }
 

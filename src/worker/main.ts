@@ -1,0 +1,64 @@
+/**
+ * A worker process (`npm run worker`): consumes the queues named in WORKER_QUEUES. Tagging can
+ * also run inside the bot (TAGGER_IN_BOT, the default); a GPU host runs the training worker here.
+ */
+import type { Worker } from 'bullmq';
+import { Redis } from 'ioredis';
+import { BlobStore } from '../core/blob-store.ts';
+import { ConfigError, loadConfig } from '../core/config.ts';
+import { createLogger } from '../core/logger.ts';
+import { CaptionStore } from '../store/caption-store.ts';
+import { DatasetStore } from '../store/dataset-store.ts';
+import { NoticeSender } from './notices.ts';
+import { startTaggingWorker } from './tagging.ts';
+
+try {
+  process.loadEnvFile?.('.env');
+} catch {
+  // No .env file: the environment is used as it is.
+}
+
+let config;
+try {
+  config = loadConfig(process.env);
+} catch (err) {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`${err.message}\n`);
+    process.exit(2);
+  }
+  throw err;
+}
+
+const logger = createLogger(config.LOG_LEVEL).child({ process: 'worker' });
+const redis = new Redis(config.REDIS_URL, { maxRetriesPerRequest: null });
+redis.on('error', (err) => logger.warn({ err }, 'redis connection error'));
+const blobs = new BlobStore(config.DATA_DIR);
+await blobs.init();
+const store = new DatasetStore(redis, config.REDIS_PREFIX);
+const captions = new CaptionStore(redis, config.REDIS_PREFIX);
+const notices = new NoticeSender(redis, config.REDIS_PREFIX);
+
+const workers: Worker[] = [];
+const closers: (() => Promise<void>)[] = [];
+for (const queue of config.WORKER_QUEUES) {
+  if (queue === 'tagging') {
+    const { worker, service } = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, redis);
+    workers.push(worker);
+    closers.push(() => service.close());
+  } else {
+    logger.fatal({ queue }, 'this worker does not handle that queue yet');
+    process.exit(2);
+  }
+}
+logger.info({ queues: config.WORKER_QUEUES }, 'worker ready');
+
+async function shutdown(signal: string) {
+  logger.info({ signal }, 'worker shutting down');
+  await Promise.all(workers.map((w) => w.close()));
+  await Promise.all(closers.map((c) => c()));
+  await notices.close();
+  redis.disconnect();
+  process.exit(0);
+}
+process.once('SIGINT', () => void shutdown('SIGINT'));
+process.once('SIGTERM', () => void shutdown('SIGTERM'));

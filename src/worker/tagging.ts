@@ -1,0 +1,171 @@
+import { DelayedError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { BlobStore } from '../core/blob-store.ts';
+import type { Config } from '../core/config.ts';
+import type { Logger } from '../core/logger.ts';
+import { stripLeadingTriggers } from '../core/tag-ops.ts';
+import { ensureTaggerModel, TaggerUnavailableError } from '../core/tagger-model.ts';
+import { loadTagger, TaggerImageError, type Tagger, type TagResult } from '../core/wd14-tagger.ts';
+import { bullPrefix, QueueName, type TagImagesPayload } from '../queues/contract.ts';
+import type { CaptionStore } from '../store/caption-store.ts';
+import type { DatasetStore, ImageRecord } from '../store/dataset-store.ts';
+import type { NoticeSender } from './notices.ts';
+
+export interface TaggingDeps {
+  config: Config;
+  logger: Logger;
+  store: DatasetStore;
+  captions: CaptionStore;
+  blobs: BlobStore;
+  notices: NoticeSender;
+}
+
+export interface TaggingResult {
+  tagged: number[];
+  /** Already captioned (kept), removed meanwhile, or unreadable. */
+  skipped: number[];
+}
+
+/**
+ * Tags dataset images with the WD14 tagger. The model is loaded once, on first use; while it is
+ * unavailable, jobs wait (delayed, not failed) and admins get one clear message in the logs.
+ */
+export class TaggingService {
+  private tagger: Promise<Tagger> | null = null;
+  private lastProblem: string | null = null;
+
+  constructor(private readonly deps: TaggingDeps) {}
+
+  private async loadedTagger(): Promise<Tagger> {
+    if (!this.tagger) {
+      const { config } = this.deps;
+      this.tagger = ensureTaggerModel({
+        modelDir: config.TAGGER_MODEL_DIR,
+        modelUrl: config.TAGGER_MODEL_URL,
+        dataDir: config.DATA_DIR,
+        logger: this.deps.logger,
+      }).then((dir) => loadTagger(dir));
+      this.tagger.catch(() => {
+        this.tagger = null;
+      });
+    }
+    const tagger = await this.tagger;
+    if (this.lastProblem !== null) {
+      this.deps.logger.info({ model: tagger.info.modelDir }, 'tagger model available again');
+      this.lastProblem = null;
+    }
+    return tagger;
+  }
+
+  async tagImages(payload: TagImagesPayload): Promise<TaggingResult> {
+    const { store, captions } = this.deps;
+    const dataset = await store.getDataset(payload.datasetId);
+    if (!dataset || dataset.guildId !== payload.guildId) return { tagged: [], skipped: payload.imageNos };
+    const images = await store.getImages(dataset.id, payload.imageNos);
+    const current = await captions.getMany(dataset.id, images.map((i) => i.no));
+    const todo = payload.retag ? images : images.filter((i) => !current.has(i.no));
+    const skipped = payload.imageNos.filter((n) => !todo.some((i) => i.no === n));
+    if (todo.length === 0) return { tagged: [], skipped };
+
+    const tagger = await this.loadedTagger();
+    const concepts = new Map((await store.getConcepts(dataset.id)).map((c) => [c.name, c]));
+    const results = await this.tagAll(tagger, todo, dataset.undesiredTags ?? []);
+    const tagged: number[] = [];
+    for (const [i, img] of todo.entries()) {
+      const result = results[i];
+      if (!result) {
+        skipped.push(img.no);
+        continue;
+      }
+      const triggers = [dataset.trigger, concepts.get(img.concept)?.trigger ?? ''].filter(Boolean);
+      const tags = stripLeadingTriggers(result.tags, triggers);
+      const meta = { by: 'tagger', source: 'tagger' as const };
+      if (payload.retag) {
+        await captions.set(dataset.id, img.no, tags, meta);
+        tagged.push(img.no);
+      } else {
+        const written = await captions.setIfUntagged(dataset.id, img.no, tags, meta);
+        (written.written ? tagged : skipped).push(img.no);
+      }
+    }
+    return { tagged, skipped: skipped.sort((a, b) => a - b) };
+  }
+
+  /** One batched call; an unreadable image is dropped (null) instead of failing the others. */
+  private async tagAll(tagger: Tagger, images: ImageRecord[], undesired: string[]): Promise<(TagResult | null)[]> {
+    const { config, blobs } = this.deps;
+    const opts = {
+      generalThreshold: config.TAGGER_GENERAL_THRESHOLD,
+      characterThreshold: config.TAGGER_CHARACTER_THRESHOLD,
+      undesired,
+    };
+    const paths = images.map((i) => blobs.path(i.masterBlob));
+    try {
+      return await tagger.tag(paths, opts);
+    } catch (err) {
+      if (!(err instanceof TaggerImageError)) throw err;
+      this.deps.logger.warn({ err }, 'an image could not be tagged; tagging the others one by one');
+      const out: (TagResult | null)[] = [];
+      for (const p of paths) {
+        try {
+          out.push((await tagger.tag([p], opts))[0] ?? null);
+        } catch (one) {
+          if (!(one instanceof TaggerImageError)) throw one;
+          out.push(null);
+        }
+      }
+      return out;
+    }
+  }
+
+  /** Logs an unavailable model once per distinct problem (admin-facing). */
+  reportUnavailable(err: TaggerUnavailableError): void {
+    if (this.lastProblem === err.message) return;
+    this.lastProblem = err.message;
+    this.deps.logger.error({ err }, `tagger unavailable: ${err.message}. Tagging jobs wait until it is fixed.`);
+  }
+
+  async close(): Promise<void> {
+    const t = this.tagger;
+    this.tagger = null;
+    if (t) await (await t.catch(() => null))?.close();
+  }
+}
+
+export function startTaggingWorker(deps: TaggingDeps, connection: Redis): { worker: Worker; service: TaggingService } {
+  const service = new TaggingService(deps);
+  const log = deps.logger.child({ queue: QueueName.Tagging });
+  const worker = new Worker<TagImagesPayload, TaggingResult>(
+    QueueName.Tagging,
+    async (job: Job<TagImagesPayload, TaggingResult>, token?: string) => {
+      try {
+        const result = await service.tagImages(job.data);
+        if (result.tagged.length > 0) await announce(deps, job, result);
+        return result;
+      } catch (err) {
+        if (err instanceof TaggerUnavailableError) {
+          service.reportUnavailable(err);
+          await job.moveToDelayed(Date.now() + deps.config.TAGGER_RETRY_SECONDS * 1000, token);
+          throw new DelayedError();
+        }
+        throw err;
+      }
+    },
+    { connection, prefix: bullPrefix(deps.config.REDIS_PREFIX), concurrency: 1 },
+  );
+  worker.on('failed', (job, err) => log.error({ err, jobId: job?.id }, 'tagging job failed'));
+  worker.on('error', (err) => log.error({ err }, 'tagging worker error'));
+  return { worker, service };
+}
+
+async function announce(deps: TaggingDeps, job: Job<TagImagesPayload>, result: TaggingResult) {
+  const dataset = await deps.store.getDataset(job.data.datasetId);
+  if (!dataset) return;
+  const n = result.tagged.length;
+  const nos = result.tagged;
+  const range = n === 1 ? `#${nos[0]}` : `#${nos[0]}–#${nos[n - 1]}`;
+  const content =
+    `🏷️ Tagged ${n} image${n === 1 ? '' : 's'} of **${dataset.name}** (${range}). ` +
+    'Review with `/tags top` and `/caption show`; prune with `/tags remove`.';
+  await deps.notices.post(dataset.threadId ?? dataset.channelId, content, `tagged:${job.id ?? ''}:${nos.join(',')}`);
+}
