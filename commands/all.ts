@@ -1,5 +1,11 @@
 import type { RESTPostAPIChatInputApplicationCommandsJSONBody } from 'discord.js';
 import { datasetCommandData } from './dataset.ts';
+import { captionCommandData, conceptCommandData, tagsCommandData } from './workshop.ts';
 
 /** Every slash command the bot answers, in one explicit list. */
-export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] = [datasetCommandData];
+export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] = [
+  datasetCommandData,
+  tagsCommandData,
+  captionCommandData,
+  conceptCommandData,
+];

@@ -12,7 +12,10 @@ import { NoticeSender } from '../worker/notices.ts';
 import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
 import { captionFromUpload } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
+import { captionCommand, captionEditModal } from './commands/caption.ts';
+import { conceptCommand } from './commands/concept.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
+import { pruneButton, tagsCommand } from './commands/tags.ts';
 import type { BotContext } from './context.ts';
 import { startHttpServer, type HttpServerHandle } from './http-server.ts';
 import { IntakeService } from './intake.ts';
@@ -80,7 +83,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     }
     return kept;
   }
-  const ctx: BotContext = { config, logger, store, captions, blobs, intake, blobLock, taggingQueue, notices };
+  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, notices };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -94,7 +97,11 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   if (config.DISCORD_MESSAGE_CONTENT) intents.push(GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent);
   const client = new Client({ intents, rest: { api: config.DISCORD_API_URL } });
 
-  const route = createInteractionRouter(ctx, [datasetCommand], [showPageButtons]);
+  const route = createInteractionRouter(
+    ctx,
+    [datasetCommand, tagsCommand, captionCommand, conceptCommand],
+    [showPageButtons, pruneButton, captionEditModal],
+  );
   client.on(Events.InteractionCreate, (interaction: Interaction) => {
     route(interaction).catch((err: unknown) => logger.error({ err }, 'interaction routing failed'));
   });

@@ -3,6 +3,7 @@ import type { Config } from '../core/config.ts';
 import type { Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
 import type { TagImagesPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
@@ -13,6 +14,7 @@ import type { IntakeService } from './intake.ts';
 export interface BotContext {
   config: Config;
   logger: Logger;
+  redis: Redis;
   store: DatasetStore;
   captions: CaptionStore;
   taggingQueue: Queue<TagImagesPayload>;

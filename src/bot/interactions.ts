@@ -50,24 +50,22 @@ export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[
       return;
     }
 
-    let ephemeral = false;
+    let mode: DeferMode | 'update' = 'none';
     let label = 'unknown';
     try {
       if (interaction.isChatInputCommand()) {
         const command = byName.get(interaction.commandName);
         label = `/${interaction.commandName} ${interaction.options.getSubcommand(false) ?? ''}`.trim();
         if (!command) throw new Error(`no handler for command ${interaction.commandName}`);
-        const mode = command.defer(interaction);
-        ephemeral = mode === 'ephemeral';
-        if (mode !== 'none') await interaction.deferReply(ephemeral ? { flags: MessageFlags.Ephemeral } : {});
+        mode = command.defer(interaction);
+        if (mode !== 'none') await interaction.deferReply(mode === 'ephemeral' ? { flags: MessageFlags.Ephemeral } : {});
         await command.execute(interaction, ctx);
       } else if (interaction.isMessageComponent() || interaction.isModalSubmit()) {
         const family = interaction.customId.split(':', 1)[0] ?? '';
         label = `component ${family}`;
         const handler = byFamily.get(family);
         if (!handler) throw new Error(`no handler for component family ${family}`);
-        const mode = handler.defer(interaction);
-        ephemeral = mode === 'ephemeral' || mode === 'update';
+        mode = handler.defer(interaction);
         if (mode === 'update') await interaction.deferUpdate();
         else if (mode !== 'none') await interaction.deferReply(mode === 'ephemeral' ? { flags: MessageFlags.Ephemeral } : {});
         await handler.handle(interaction, ctx);
@@ -82,28 +80,25 @@ export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[
         log.error({ err, errorId, command: label }, 'interaction failed');
         message = `Sorry, something went wrong on our side (error \`${errorId}\`). Please try again; if it keeps happening, tell the bot's admins.`;
       }
-      await replyWithError(interaction, message, ephemeral).catch((replyErr: unknown) =>
+      await replyWithError(interaction, message, mode).catch((replyErr: unknown) =>
         log.warn({ err: replyErr }, 'could not tell the user about an error'),
       );
     }
   };
 }
 
-async function replyWithError(
-  interaction: Extract<Interaction, { isRepliable(): boolean }> & { replied: boolean; deferred: boolean },
-  message: string,
-  ephemeralAlready: boolean,
-) {
+async function replyWithError(interaction: Interaction, message: string, mode: DeferMode | 'update') {
   if (!interaction.isRepliable()) return;
   const content = `⚠️ ${message}`;
+  const flags = MessageFlags.Ephemeral;
   if (!interaction.deferred && !interaction.replied) {
-    await interaction.reply({ content, flags: MessageFlags.Ephemeral, allowedMentions: { parse: [] } });
-  } else if (ephemeralAlready && !interaction.isMessageComponent()) {
+    await interaction.reply({ content, flags, allowedMentions: { parse: [] } });
+  } else if (mode === 'ephemeral') {
     await interaction.editReply({ content, embeds: [], components: [], files: [], allowedMentions: { parse: [] } });
   } else {
-    // A public "thinking…" placeholder or a component update: keep the channel clean and tell
-    // only the person who asked.
-    if (interaction.deferred && !interaction.isMessageComponent()) await interaction.deleteReply().catch(() => undefined);
-    await interaction.followUp({ content, flags: MessageFlags.Ephemeral, allowedMentions: { parse: [] } });
+    // A public "thinking…" placeholder is removed (a component's own message, after an update,
+    // is left alone); only the person who asked is told why.
+    if (mode === 'public') await interaction.deleteReply().catch(() => undefined);
+    await interaction.followUp({ content, flags, allowedMentions: { parse: [] } });
   }
 }

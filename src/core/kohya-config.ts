@@ -23,6 +23,7 @@ export interface KohyaFilesOptions {
   samplePrompts: string[];
   /** Continue after epoch `initialEpoch - 1` from its state folder. */
   resume?: { stateDir: string; initialEpoch: number };
+  /** The run's seed: `recipe.seed` when the member chose one (anything else is refused), else one picked at run creation. */
   seed: number;
 }
 
@@ -185,11 +186,14 @@ function checkOptions(plan: Plan, recipe: ResolvedRecipe, o: KohyaFilesOptions):
   const problems: string[] = [];
   if (recipe.name !== plan.recipe || recipe.base !== plan.base) problems.push('the recipe is not the one the plan was made with');
   if (!OUTPUT_NAME.test(o.outputName)) problems.push(`outputName ${JSON.stringify(o.outputName)} is not a safe file name`);
+  // `name-000003` is how epoch checkpoints are told from the final file
+  if (/-\d{6}$/.test(o.outputName)) problems.push('outputName must not end like an epoch number (-000003)');
   for (const [name, path] of [['outputDir', o.outputDir], ['stagingDir', o.stagingDir]] as const) {
     if (!isAbsolute(path)) problems.push(`${name} must be absolute`);
   }
   if (!o.baseModelPath) problems.push('baseModelPath is empty');
   if (!Number.isSafeInteger(o.seed) || o.seed < 0 || o.seed > 2 ** 32 - 1) problems.push('seed must be an integer from 0 to 2^32-1');
+  if (recipe.seed !== null && recipe.seed !== o.seed) problems.push(`seed ${o.seed} is not the run's chosen seed ${recipe.seed}`);
   if (o.resume) {
     if (!isAbsolute(o.resume.stateDir)) problems.push('resume.stateDir must be absolute');
     const e = o.resume.initialEpoch;

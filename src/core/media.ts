@@ -164,6 +164,7 @@ export class ImageRefused extends UserError {
 const ascii = (head: Buffer, start: number, end: number) => head.toString('latin1', start, end);
 const startsWith = (head: Buffer, bytes: readonly number[]) => bytes.every((b, i) => head[i] === b);
 
+const HEIC_REASON = "HEIC photos can't be read here: share it as JPEG (iPhone: Settings → Camera → Formats → Most Compatible)";
 const HEIC_BRANDS = new Set(['heic', 'heix', 'hevc', 'hevx', 'heim', 'heis', 'hevm', 'hevs']);
 const AVIF_BRANDS = new Set(['avif', 'avis']);
 const VIDEO_BRANDS = new Set(['isom', 'iso2', 'mp41', 'mp42', 'qt  ', 'M4V ', 'avc1', '3gp4', '3gp5', '3g2a', 'dash']);
@@ -191,7 +192,7 @@ export function sniffFormat(head: Buffer): { ok: true; format: ImageFormat } | {
   if (ascii(head, 0, 4) === 'RIFF' && ascii(head, 8, 12) === 'WEBP') return { ok: true, format: 'webp' };
   if (startsWith(head, [0x49, 0x49, 0x2a, 0x00]) || startsWith(head, [0x4d, 0x4d, 0x00, 0x2a])) return { ok: true, format: 'tiff' };
   if (startsWith(head, [0x49, 0x49, 0x2b, 0x00]) || startsWith(head, [0x4d, 0x4d, 0x00, 0x2b])) {
-    return refuse(`BigTIFF isn't supported: save it as an ordinary TIFF, PNG or JPEG`);
+    return refuse("BigTIFF isn't supported: save it as an ordinary TIFF, PNG or JPEG");
   }
   if (head.length >= 12 && ascii(head, 4, 8) === 'ftyp') {
     const boxSize = Math.min(head.readUInt32BE(0), head.length);
@@ -199,19 +200,19 @@ export function sniffFormat(head: Buffer): { ok: true; format: ImageFormat } | {
     for (let at = 16; at + 4 <= boxSize; at += 4) brands.push(ascii(head, at, at + 4));
     if (brands.some((b) => AVIF_BRANDS.has(b))) return { ok: true, format: 'avif' };
     if (brands.some((b) => HEIC_BRANDS.has(b))) {
-      return refuse('HEIC photos can’t be read here: share it as JPEG (iPhone: Settings → Camera → Formats → Most Compatible)');
+      return refuse(HEIC_REASON);
     }
     if (brands.some((b) => VIDEO_BRANDS.has(b))) return refuse('not an image (a video file)');
     return refuse(`not an image we can read (an ISO media file, brand "${brands[0]?.trim() ?? ''}"); send ${ACCEPTED_LIST}`);
   }
-  if (ascii(head, 0, 5) === '%PDF-') return refuse('PDF documents aren’t accepted: export the page as PNG or JPEG');
+  if (ascii(head, 0, 5) === '%PDF-') return refuse("PDF documents aren't accepted: export the page as PNG or JPEG");
   if (ascii(head, 0, 2) === 'BM' && head.length >= 26 && head.readUInt32LE(14) >= 12) {
-    return refuse('BMP isn’t supported: save it as PNG');
+    return refuse("BMP isn't supported: save it as PNG");
   }
-  if (startsWith(head, [0xff, 0x0a]) || ascii(head, 4, 12) === 'JXL \r\n\x87\n') return refuse('JPEG XL isn’t supported yet: save it as PNG or JPEG');
-  if (ascii(head, 4, 8) === 'jP  ' || startsWith(head, [0xff, 0x4f, 0xff, 0x51])) return refuse('JPEG 2000 isn’t supported: save it as PNG or JPEG');
-  if (ascii(head, 0, 4) === '8BPS') return refuse('Photoshop documents aren’t accepted: export as PNG or JPEG');
-  if (startsWith(head, [0x00, 0x00, 0x01, 0x00])) return refuse('icons (.ico) aren’t accepted: send a PNG or JPEG');
+  if (startsWith(head, [0xff, 0x0a]) || ascii(head, 4, 12) === 'JXL \r\n\x87\n') return refuse("JPEG XL isn't supported yet: save it as PNG or JPEG");
+  if (ascii(head, 4, 8) === 'jP  ' || startsWith(head, [0xff, 0x4f, 0xff, 0x51])) return refuse("JPEG 2000 isn't supported: save it as PNG or JPEG");
+  if (ascii(head, 0, 4) === '8BPS') return refuse("Photoshop documents aren't accepted: export as PNG or JPEG");
+  if (startsWith(head, [0x00, 0x00, 0x01, 0x00])) return refuse("icons (.ico) aren't accepted: send a PNG or JPEG");
   if (ascii(head, 0, 4) === 'PK\x03\x04') return refuse('not an image (a zip archive)');
   if (startsWith(head, [0x1f, 0x8b])) return refuse('not an image (compressed data)');
   if (looksLikeText(head)) {
@@ -272,12 +273,12 @@ async function probe(input: Input): Promise<ImageProbe> {
     // Header only: no pixels are decoded, so the size can be read (and refused) without a limit.
     meta = await decoder(input, { limitInputPixels: false }).metadata();
   } catch (err) {
-    throw new ImageRefused(`corrupt image: its header can’t be read (${decoderDetail(err)})`);
+    throw new ImageRefused(`corrupt image: its header can't be read (${decoderDetail(err)})`);
   }
   let format: ImageFormat;
   if (meta.format === 'heif') {
     if (meta.compression !== 'av1') {
-      throw new ImageRefused('HEIC photos can’t be read here: share it as JPEG (iPhone: Settings → Camera → Formats → Most Compatible)');
+      throw new ImageRefused(HEIC_REASON);
     }
     format = 'avif';
   } else if ((ACCEPTED_FORMATS as readonly string[]).includes(meta.format)) {
@@ -386,18 +387,20 @@ async function normalizeNow(input: Input, opts: NormalizeOptions): Promise<Norma
     }
     decoded = await pipeline.toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   } catch (err) {
-    const detail = decoderDetail(err);
-    if (/timeout/i.test(detail)) return { ok: false, reason: `the image took too long to decode (over ${DECODE_TIMEOUT_SECONDS} s)` };
-    return { ok: false, reason: `corrupt or truncated image data (${detail})` };
+    const message = err instanceof Error ? err.message : String(err);
+    if (/timeout/i.test(message)) return { ok: false, reason: `the image took too long to decode (over ${DECODE_TIMEOUT_SECONDS} s)` };
+    if (/pixel limit/i.test(message)) return { ok: false, reason: `the image is larger than the limit of ${formatMegapixels(opts.maxInputPixels)} megapixels` };
+    return { ok: false, reason: `corrupt or truncated image data (${decoderDetail(err)})` };
   }
 
   const { width, height, channels } = decoded.info;
-  const rgb = Buffer.allocUnsafe(width * height * 3);
   const src = decoded.data;
+  let rgb = src;
   let flattened = false;
-  if (channels === 3) {
-    src.copy(rgb);
-  } else if (channels === 4) {
+  if (channels === 4) {
+    // Flattened here rather than with sharp's flatten() so the note is only added when some pixel
+    // really was transparent (GIFs and many PNGs carry an alpha channel that is fully opaque).
+    rgb = Buffer.allocUnsafe(width * height * 3);
     for (let s = 0, d = 0; s < src.length; s += 4, d += 3) {
       const a = src[s + 3]!;
       if (a === 255) {
@@ -411,7 +414,7 @@ async function normalizeNow(input: Input, opts: NormalizeOptions): Promise<Norma
         rgb[d + 2] = Math.round((src[s + 2]! * a + bgB * (255 - a)) / 255);
       }
     }
-  } else {
+  } else if (channels !== 3) {
     throw new Error(`media: expected 3 or 4 channels after sRGB conversion, got ${channels}`);
   }
 

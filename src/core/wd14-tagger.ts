@@ -25,10 +25,11 @@ export { TaggerUnavailableError };
  * the box). Images with an embedded ICC profile are converted to sRGB by sharp, where PIL
  * would take the raw values.
  *
- * Inference runs in batches; `session.run` blocks the main thread (onnxruntime-node runs it
- * synchronously inside a setImmediate), so the next batches' decoding and resizing are queued on
- * libuv's thread pool *before* each run and proceed while it runs. Only short JS steps happen
- * between runs (the float copy; compositing alpha and enlarging small images, when needed).
+ * Inference runs in batches, in a worker thread that owns the ONNX Runtime session
+ * (onnxruntime-node runs a model synchronously on the calling thread: on the main thread it would
+ * stall everything else for a whole batch). While the worker infers batch k, the main thread keeps
+ * decoding and resizing the next batches (sharp, on libuv's thread pool), so preprocessing stays off
+ * the critical path as long as it is cheaper than inference.
  */
 
 export const DEFAULT_TAGGER_SIZE = 448;
@@ -36,8 +37,8 @@ export const DEFAULT_BATCH_SIZE = 8;
 export const DEFAULT_GENERAL_THRESHOLD = 0.35;
 export const DEFAULT_CHARACTER_THRESHOLD = 0.85;
 
-/** Images being prepared ahead of the running batch: at least this many, and at least three batches. */
-const PREFETCH_IMAGES = 24;
+/** Images being prepared while a batch is inferred: at least this many, and at least two batches. */
+const PREFETCH_IMAGES = 16;
 
 export interface LoadTaggerOptions {
   /** ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per physical core). */
@@ -81,10 +82,8 @@ export interface TaggerInfo {
 export interface TaggerStats {
   images: number;
   batches: number;
-  /** Time spent inside `session.run`, from the start of the native call to its result. */
+  /** Time spent inside `session.run` (measured in the worker thread that runs it). */
   inferenceMs: number;
-  /** Time `tag` waited for a batch's images to be decoded and resized (the pipeline not keeping up). */
-  waitMs: number;
 }
 
 export interface Tagger {
@@ -221,7 +220,8 @@ interface ModelIo {
 }
 
 interface RunResult {
-  type: string;
+  /** The output tensor's element type (`float32` for a tagger). */
+  dtype: string;
   data: unknown;
   /** Time inside `session.run`, measured in the worker. */
   ms: number;
@@ -267,7 +267,7 @@ ort.InferenceSession.create(workerData.modelPath, workerData.options).then(
         const tensor = out[msg.outputName];
         const data = tensor.data;
         const transfer = ArrayBuffer.isView(data) ? [data.buffer] : [];
-        parentPort.postMessage({ type: 'result', id: msg.id, ms, type: tensor.type, data }, transfer);
+        parentPort.postMessage({ type: 'result', id: msg.id, ms, dtype: tensor.type, data }, transfer);
       } catch (err) {
         parentPort.postMessage({ type: 'error', id: msg.id, message: message(err) });
       }
@@ -344,6 +344,8 @@ class SessionThread {
       this.worker.ref();
       await new Promise<void>((resolve) => {
         this.released = resolve;
+        // A worker that does not answer is terminated all the same.
+        setTimeout(resolve, 5_000).unref();
         this.worker.postMessage({ type: 'release' });
       });
     }
@@ -359,7 +361,7 @@ class SessionThread {
   }
 
   private onMessage(msg: FromWorker): void {
-    if (msg.type === 'result') this.settle(msg.id)?.resolve({ type: msg.type === 'result' ? msg.type : '', data: msg.data, ms: msg.ms });
+    if (msg.type === 'result') this.settle(msg.id)?.resolve({ dtype: msg.dtype, data: msg.data, ms: msg.ms });
     else if (msg.type === 'error') this.settle(msg.id)?.reject(new Error(msg.message));
     else if (msg.type === 'released') this.released?.();
   }
@@ -377,7 +379,7 @@ class SessionThread {
 class OnnxTagger implements Tagger {
   private closed = false;
   private readonly running = new Set<Promise<unknown>>();
-  private readonly totals: TaggerStats = { images: 0, batches: 0, inferenceMs: 0, waitMs: 0 };
+  private readonly totals: TaggerStats = { images: 0, batches: 0, inferenceMs: 0 };
   private readonly general: number[] = [];
   private readonly character: number[] = [];
   private readonly rating: number[] = [];
@@ -419,7 +421,7 @@ class OnnxTagger implements Tagger {
     if (n === 0) return [];
     const batchSize = this.info.fixedBatch ?? Math.max(1, Math.floor(opts.batchSize ?? DEFAULT_BATCH_SIZE));
     const batches = Math.ceil(n / batchSize);
-    const ahead = Math.max(3, Math.ceil(PREFETCH_IMAGES / batchSize));
+    const ahead = Math.max(2, Math.ceil(PREFETCH_IMAGES / batchSize));
 
     const prepared = new Map<number, Promise<Float32Array>>();
     const prepare = (k: number) => {
@@ -429,26 +431,34 @@ class OnnxTagger implements Tagger {
       p.catch(() => undefined);
       prepared.set(k, p);
     };
-    for (let k = 0; k <= ahead; k++) prepare(k);
+    // The first batch alone, so that its images are not queued behind the next ones'.
+    prepare(0);
 
     const post = postprocessor(this.rows, this.general, this.character, this.rating, opts);
+    const width = this.rows.length;
     const results: TagResult[] = [];
+    const collect = async (k: number, inference: Promise<Float32Array>) => {
+      const probs = await inference;
+      const count = Math.min(batchSize, n - k * batchSize);
+      for (let i = 0; i < count; i++) results.push(post(probs.subarray(i * width, (i + 1) * width)));
+      this.totals.images += count;
+    };
+    // Batch k is handed to the worker before batch k - 1's scores are read, so the worker always
+    // has the next batch queued and never waits for the main thread.
+    let previous: { k: number; inference: Promise<Float32Array> } | undefined;
     for (let k = 0; k < batches; k++) {
       const batch = prepared.get(k);
       if (!batch) throw new Error(`batch ${k} was not prepared`);
-      const waitStart = performance.now();
       const data = await batch;
-      this.totals.waitMs += performance.now() - waitStart;
       prepared.delete(k);
-      // Queue the next batch's decoding before blocking the main thread in session.run.
-      prepare(k + ahead);
+      for (let next = k + 1; next <= k + ahead; next++) prepare(next);
       if (this.closed) throw new Error('The tagger was closed while tagging.');
-      const probs = await this.infer(data, batchSize);
-      const count = Math.min(batchSize, n - k * batchSize);
-      const width = this.rows.length;
-      for (let i = 0; i < count; i++) results.push(post(probs.subarray(i * width, (i + 1) * width)));
-      this.totals.images += count;
+      const inference = this.infer(data, batchSize);
+      inference.catch(() => undefined);
+      if (previous) await collect(previous.k, previous.inference);
+      previous = { k, inference };
     }
+    if (previous) await collect(previous.k, previous.inference);
     return results;
   }
 
@@ -486,7 +496,7 @@ class OnnxTagger implements Tagger {
     this.totals.batches += 1;
 
     const width = this.rows.length;
-    if (out.type !== 'float32' || !(out.data instanceof Float32Array)) {
+    if (out.dtype !== 'float32' || !(out.data instanceof Float32Array)) {
       throw new TaggerUnavailableError(`The tagger model in ${modelDir} does not output float32 scores.`);
     }
     if (out.data.length !== batchSize * width) {

@@ -117,6 +117,13 @@ redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 return 1
 `;
 
+// Compare-and-set of one JSON record: writes only if nobody changed it since it was read.
+const CAS_LUA = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+`;
+
 export function newId(bytes = 6): string {
   return randomBytes(bytes).toString('base64url').replace(/[-_]/g, 'x').toLowerCase();
 }
@@ -235,6 +242,25 @@ export class DatasetStore {
   async pixelOwner(datasetId: string, pixelSha256: string): Promise<number | null> {
     const no = await this.redis.hget(this.k.pixelIndex(datasetId), pixelSha256);
     return no === null ? null : Number(no);
+  }
+
+  /** Moves images to a concept (which must exist). Returns the numbers actually moved. */
+  async moveImages(datasetId: string, nos: number[], concept: string): Promise<number[]> {
+    const moved: number[] = [];
+    for (const no of nos) {
+      const key = this.k.image(datasetId, no);
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const json = await this.redis.get(key);
+        if (!json) break;
+        const facts = JSON.parse(json) as ImageFacts;
+        if (facts.concept === concept) break;
+        if ((await this.redis.eval(CAS_LUA, 1, key, json, JSON.stringify({ ...facts, concept }))) === 1) {
+          moved.push(no);
+          break;
+        }
+      }
+    }
+    return moved;
   }
 
   /** Image numbers with their perceptual hashes, for near-duplicate checks. */

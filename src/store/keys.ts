@@ -12,6 +12,7 @@ export function keys(p: string) {
     phashIndex: (id: string) => `${p}:ds:${id}:phash`,
     concepts: (id: string) => `${p}:ds:${id}:concepts`,
     blobRefs: () => `${p}:blobrefs`,
+    pruneSuggestion: (id: string) => `${p}:prune:${id}`,
     datasetKeyPattern: (id: string) => `${p}:ds:${id}:*`,
     captions: (id: string) => `${p}:ds:${id}:captions`,
     captionHistory: (id: string, no: number) => `${p}:ds:${id}:caphist:${no}`,

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
+import { allCommandData } from '../../commands/all.ts';
 import { startBot, type BotHandle } from '../../src/bot/app.ts';
 import { loadConfig, type Config } from '../../src/core/config.ts';
 import { createLogger } from '../../src/core/logger.ts';
@@ -71,6 +72,8 @@ export class World {
       FakeDiscord.start(opts.discord ?? {}),
       mkdtemp(join(tmpdir(), 'lora-guild-data-')),
     ]);
+    // The fake then checks every command a test sends against our real definitions.
+    discord.registerCommands(allCommandData);
     const env: Record<string, string> = {
       DISCORD_TOKEN: TEST_TOKEN,
       DISCORD_APP_ID: discord.applicationId,

@@ -62,6 +62,7 @@ function pngSize(bytes: Buffer): [number, number] {
 // --- running the stand-in --------------------------------------------------------------------------
 interface RunResult {
   code: number | null;
+  signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
   events: KohyaEvent[];
@@ -87,9 +88,9 @@ function runStandin(script: string, args: string[], env: Record<string, string> 
       events.push(...parser.push(b, 'stderr'));
     });
     child.on('error', reject);
-    child.on('close', (code) => {
+    child.on('close', (code, signal) => {
       events.push(...parser.end());
-      resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), events, tail: parser.tail() });
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), events, tail: parser.tail() });
     });
   });
 }
@@ -306,6 +307,33 @@ describe('sd-scripts stand-in with the files of buildKohyaFiles', () => {
     }
     const prompts = resumed.samplePromptsTxt.trimEnd().split('\n').length;
     expect(Object.fromEntries(perEpoch)).toEqual({ e000001: prompts, e000002: prompts, e000003: prompts, e000004: prompts });
+  });
+
+  it('can die by a signal mid-epoch, leaving the bar unterminated', async () => {
+    const s = await stage('killed', resolveRecipe('quick', 'sd15'));
+    const r = await runStandin(s.files.script, [...s.files.args], { STANDIN_CRASH_AT_STEP: '10', STANDIN_CRASH_MODE: 'kill' });
+    expect(r.code).toBeNull();
+    expect(r.signal).toBe('SIGKILL');
+    expect(of(r.events, 'progress').at(-1)?.step).toBe(9);
+    expect(r.tail.at(-1)).toContain(`9/${s.plan.totalSteps}`);
+  });
+
+  it('buckets without upscaling as the plan does (photo recipe)', async () => {
+    const concepts: PlanConceptInput[] = [
+      {
+        name: 'city',
+        isMain: true,
+        images: [
+          [1200, 800], [4000, 3000], [300, 200], [700, 700], [640, 960], [1920, 1080],
+        ].map(([w, h], i) => ({ id: `c${i}`, width: w ?? 0, height: h ?? 0, captioned: true, caption: `${TRIGGER}, street` })),
+      },
+    ];
+    const s = await stage('photo', resolveRecipe('photo', 'sd15', { epochs: 1 }), concepts);
+    const r = await runStandin(s.files.script, [...s.files.args], { STANDIN_STRICT_CONFIG: '1' });
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.split('\n').filter((l) => l.startsWith('bucket '));
+    expect(lines).toEqual(s.plan.buckets.map((b, i) => `bucket ${i}: resolution (${b.size[0]}, ${b.size[1]}), count: ${b.count}`));
+    expect(of(r.events, 'totals').find((t) => t.stepsPerEpoch !== undefined)?.stepsPerEpoch).toBe(s.plan.stepsPerEpoch);
   });
 
   it('reports avr_loss=nan as a nan event', async () => {

@@ -140,8 +140,17 @@ describe('config TOML', () => {
 
   it('refuses unsafe names and relative paths', () => {
     expect(() => build('character', 'sd15', { outputName: '../x' })).toThrow(/outputName/);
+    expect(() => build('character', 'sd15', { outputName: 'run-000001' })).toThrow(/epoch number/);
     expect(() => build('character', 'sd15', { stagingDir: 'staging' })).toThrow(/stagingDir/);
     expect(() => build('character', 'sd15', { seed: -1 })).toThrow(/seed/);
+  });
+
+  it("refuses a seed other than the one the member chose", () => {
+    const recipe = resolveRecipe('character', 'sd15', { seed: 99 });
+    const plan = planRun({ base: 'sd15', trigger: 'zkchar', recipe, concepts: concepts(512) });
+    const options = { runId: 'r', outputName: 'o', outputDir: OUT, stagingDir: STAGING, baseModelPath: '/m.safetensors', samplePrompts: [] };
+    expect(() => buildKohyaFiles(plan, recipe, { ...options, seed: 1 })).toThrow(/chosen seed 99/);
+    expect(parse(buildKohyaFiles(plan, recipe, { ...options, seed: 99 }).configToml).seed).toBe(99);
   });
 
   it.each([

@@ -124,10 +124,17 @@ describe('normalizeImage: an ordinary JPEG', () => {
     expect([r.width, r.height]).toEqual([800, 600]);
   });
 
-  it('accepts WebP as a source format', async () => {
+  it('accepts WebP, AVIF and TIFF as source formats', async () => {
     const r = await accept((await webp(4)).data);
     expect(r.original.format).toBe('webp');
     expect([r.width, r.height]).toEqual([640, 480]);
+    const raw = { raw: { width: 400, height: 300, channels: 3 as const } };
+    const pixels = photoRgb(4, 400, 300).data;
+    const avif = await accept(await sharp(pixels, raw).avif({ quality: 60, effort: 0 }).toBuffer());
+    expect(avif.original).toMatchObject({ format: 'avif', width: 400, height: 300 });
+    const tiff = await accept(await sharp(pixels, raw).tiff({ compression: 'lzw' }).toBuffer());
+    expect(tiff.original).toMatchObject({ format: 'tiff', width: 400, height: 300 });
+    expect(tiff.pixelSha256).toBe((await accept(await sharp(pixels, raw).png().toBuffer())).pixelSha256);
   });
 });
 
@@ -145,6 +152,52 @@ describe('normalizeImage: what the trainer would get wrong is fixed in the maste
     expect(near(m.at(300, 780), MARKER_RED, 40)).toBe(false);
     expect(near(m.at(20, 400), MARKER_BLUE, 40)).toBe(false);
     expect((await sharp(r.master).metadata()).orientation).toBeUndefined();
+  });
+
+  it('turns all eight EXIF orientations upright, mirrored ones included', async () => {
+    const upright = photoRgb(19, 360, 480);
+    const W0 = upright.width;
+    // Where stored pixel (x, y) of a W×H stored image appears once displayed upright, per the EXIF spec.
+    const display: Record<number, (x: number, y: number, W: number, H: number) => [number, number]> = {
+      1: (x, y) => [x, y],
+      2: (x, y, W) => [W - 1 - x, y],
+      3: (x, y, W, H) => [W - 1 - x, H - 1 - y],
+      4: (x, y, _W, H) => [x, H - 1 - y],
+      5: (x, y) => [y, x],
+      6: (x, y, _W, H) => [H - 1 - y, x],
+      7: (x, y, W, H) => [H - 1 - y, W - 1 - x],
+      8: (x, y, W) => [y, W - 1 - x],
+    };
+    for (let orientation = 1; orientation <= 8; orientation++) {
+      const swapped = orientation >= 5;
+      const W = swapped ? upright.height : upright.width;
+      const H = swapped ? upright.width : upright.height;
+      const stored = Buffer.alloc(W * H * 3);
+      for (let y = 0; y < H; y++) {
+        for (let x = 0; x < W; x++) {
+          const [ux, uy] = display[orientation]!(x, y, W, H);
+          upright.data.copy(stored, (y * W + x) * 3, (uy * W0 + ux) * 3, (uy * W0 + ux) * 3 + 3);
+        }
+      }
+      const jpeg = await sharp(stored, { raw: { width: W, height: H, channels: 3 } }).jpeg({ quality: 95 }).withMetadata({ orientation }).toBuffer();
+      const r = await accept(jpeg);
+      expect([r.width, r.height], `orientation ${orientation}`).toEqual([360, 480]);
+      const m = await decode(r.master);
+      let diff = 0;
+      for (let i = 0; i < m.data.length; i++) diff += Math.abs(m.data[i]! - upright.data[i]!);
+      expect(diff / m.data.length, `orientation ${orientation}`).toBeLessThan(4);
+      const expectedNote = {
+        1: [],
+        2: ['turned upright (EXIF orientation 2, mirrored)'],
+        3: ['rotated upright (EXIF orientation 3)'],
+        4: ['turned upright (EXIF orientation 4, mirrored)'],
+        5: ['turned upright (EXIF orientation 5, mirrored)'],
+        6: ['rotated upright (EXIF orientation 6)'],
+        7: ['turned upright (EXIF orientation 7, mirrored)'],
+        8: ['rotated upright (EXIF orientation 8)'],
+      }[orientation];
+      expect(r.notes).toEqual(expectedNote);
+    }
   });
 
   it('flattens transparency onto the background: hidden black becomes white', async () => {
@@ -247,6 +300,11 @@ describe('normalizeImage: refusals the contributor can act on', () => {
     expect(await refusal(file.data)).toBe('corrupt or truncated image data (premature end of JPEG image)');
   });
 
+  it('refuses a JPEG cut inside its header', async () => {
+    const { data } = await normalJpeg(12);
+    expect(await refusal(data.subarray(0, 120))).toMatch(/^corrupt image: its header can't be read \(.+\)$/);
+  });
+
   it('refuses a truncated PNG', async () => {
     expect(await refusal((await truncatedPng(13)).data)).toMatch(/^corrupt or truncated image data \(.+\)$/);
   });
@@ -257,7 +315,7 @@ describe('normalizeImage: refusals the contributor can act on', () => {
 
   it('refuses SVG and PDF before any decoder sees them', async () => {
     expect(await refusal(svgFile().data)).toBe('SVG is a vector drawing: export it as PNG or JPEG');
-    expect(await refusal(pdfFile().data)).toBe('PDF documents aren’t accepted: export the page as PNG or JPEG');
+    expect(await refusal(pdfFile().data)).toBe("PDF documents aren't accepted: export the page as PNG or JPEG");
     // sharp would happily rasterise the SVG; the sniffer refuses it from the bytes alone.
     expect((await sharp(svgFile().data).metadata()).format).toBe('svg');
     const disguised = Buffer.from(`\uFEFF  <!-- made in Inkscape -->\n${svgFile().data.toString('utf8').replace(/^<\?xml[^>]*>\n/, '')}`);
@@ -275,13 +333,13 @@ describe('normalizeImage: refusals the contributor can act on', () => {
       const sniffed = sniffFormat(head);
       return sniffed.ok ? `accepted as ${sniffed.format}` : sniffed.reason;
     };
-    expect(reasonOf(ftyp('heic', 'mif1', 'heic'))).toMatch(/^HEIC photos can’t be read here: share it as JPEG/);
+    expect(reasonOf(ftyp('heic', 'mif1', 'heic'))).toMatch(/^HEIC photos can't be read here: share it as JPEG/);
     expect(sniffFormat(ftyp('mif1', 'mif1', 'avif'))).toEqual({ ok: true, format: 'avif' });
     expect(sniffFormat(ftyp('isom', 'isom', 'mp41'))).toEqual({ ok: false, reason: 'not an image (a video file)' });
     const bmp = Buffer.alloc(64);
     bmp.write('BM', 0, 'latin1');
     bmp.writeUInt32LE(40, 14);
-    expect(sniffFormat(bmp)).toEqual({ ok: false, reason: 'BMP isn’t supported: save it as PNG' });
+    expect(sniffFormat(bmp)).toEqual({ ok: false, reason: "BMP isn't supported: save it as PNG" });
     expect(sniffFormat(Buffer.alloc(0))).toEqual({ ok: false, reason: 'empty file (0 bytes)' });
     expect(sniffFormat(Buffer.from('PK\x03\x04rest', 'latin1'))).toEqual({ ok: false, reason: 'not an image (a zip archive)' });
     expect(reasonOf(Buffer.from([0x00, 0x01, 0x02, 0x03, 0xfe, 0xfd]))).toMatch(/^not an image \(unrecognised data\)/);

@@ -4,13 +4,10 @@ import {
   ButtonBuilder,
   ButtonStyle,
   ChannelType,
-  PermissionFlagsBits,
   ThreadAutoArchiveDuration,
   type Attachment,
   type AutocompleteInteraction,
   type ChatInputCommandInteraction,
-  type MessageComponentInteraction,
-  type ModalSubmitInteraction,
 } from 'discord.js';
 import { datasetCommandData, IMAGE_OPTION_COUNT } from '../../../commands/dataset.ts';
 import {
@@ -25,38 +22,12 @@ import { UserError } from '../../core/errors.ts';
 import { makeContactSheet } from '../../core/media.ts';
 import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
+import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import type { IncomingFile } from '../intake.ts';
 import type { ComponentHandler, SlashCommand } from '../interactions.ts';
 import { listNos, renderDatasetSummary, renderIntakeReport } from '../reports.ts';
 
 export const SHEET_PAGE_SIZE = 40;
-
-type GuildInteraction = ChatInputCommandInteraction | AutocompleteInteraction | MessageComponentInteraction | ModalSubmitInteraction;
-
-function guildIdOf(interaction: GuildInteraction): string {
-  if (!interaction.guildId) throw new UserError('Datasets live in servers: use this command in a server channel.');
-  return interaction.guildId;
-}
-
-/** The dataset named in the options, or the one whose thread this is. Always of this guild. */
-export async function resolveDataset(interaction: ChatInputCommandInteraction, ctx: BotContext): Promise<Dataset> {
-  const guildId = guildIdOf(interaction);
-  const name = interaction.options.getString('dataset');
-  if (name) {
-    const ds = await ctx.store.findDataset(guildId, name.trim());
-    if (!ds) throw new UserError(`There is no dataset named \`${name.trim().slice(0, 40)}\` in this server. See \`/dataset list\`.`);
-    return ds;
-  }
-  const ds = await ctx.store.datasetForThread(interaction.channelId);
-  if (ds && ds.guildId === guildId) return ds;
-  throw new UserError('Name a dataset with the `dataset` option, or use this command in the dataset’s thread.');
-}
-
-export function displayNameOf(interaction: GuildInteraction): string {
-  const member = interaction.member;
-  if (member && 'displayName' in member && typeof member.displayName === 'string') return member.displayName;
-  return interaction.user.globalName ?? interaction.user.username;
-}
 
 function asIncoming(a: Attachment): IncomingFile {
   return { name: a.name, url: a.url, size: a.size };
@@ -230,8 +201,7 @@ async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext)
     const missing = selection.nos.filter((n) => !found.some((f) => f.no === n));
     if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}. Nothing was removed.`);
     const others = found.filter((i) => i.contributorId !== userId);
-    const moderator = dataset.ownerId === userId || (interaction.memberPermissions?.has(PermissionFlagsBits.ManageMessages) ?? false);
-    if (others.length > 0 && !moderator) {
+    if (others.length > 0 && !isModerator(interaction, dataset)) {
       throw new UserError(
         `You can remove only your own images: ${listNos(others.map((o) => o.no))} ${others.length === 1 ? 'was' : 'were'} added by someone else. ` +
           'The dataset owner or a member with Manage Messages can remove them. Nothing was removed.',
@@ -257,18 +227,7 @@ export async function removeImages(ctx: BotContext, datasetId: string, nos: numb
 
 async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {
   const focused = interaction.options.getFocused(true);
-  if (focused.name !== 'dataset' || !interaction.guildId) {
-    await interaction.respond([]);
-    return;
-  }
-  const typed = String(focused.value).toLowerCase();
-  const datasets = await ctx.store.listDatasets(interaction.guildId);
-  await interaction.respond(
-    datasets
-      .filter((d) => d.name.includes(typed))
-      .slice(0, 25)
-      .map((d) => ({ name: d.name, value: d.name })),
-  );
+  await interaction.respond(focused.name === 'dataset' ? await autocompleteDatasets(interaction, ctx, String(focused.value)) : []);
 }
 
 export const datasetCommand: SlashCommand = {
@@ -314,8 +273,7 @@ export const showPageButtons: ComponentHandler = {
   async handle(interaction, ctx) {
     const parsed = decodeShowPage(interaction.customId);
     if (!parsed) throw new UserError('That button is out of date.');
-    const dataset = await ctx.store.getDataset(parsed.datasetId);
-    if (!dataset || dataset.guildId !== interaction.guildId) throw new UserError('That dataset no longer exists.');
+    const dataset = await datasetById(interaction, ctx, parsed.datasetId);
     await interaction.editReply(await showPage(ctx, dataset, parsed.page));
   },
 };

@@ -1,0 +1,108 @@
+import { InteractionContextType, SlashCommandBuilder, type SlashCommandSubcommandBuilder } from 'discord.js';
+
+// The caption workshop: /tags (bulk), /caption (one image), /concept (kohya subsets).
+
+const datasetOption = (s: SlashCommandSubcommandBuilder) =>
+  s.addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true));
+const conceptOption = (s: SlashCommandSubcommandBuilder, what = 'Only this concept (default: the whole dataset)') =>
+  s.addStringOption((o) => o.setName('concept').setDescription(what).setAutocomplete(true).setMaxLength(32));
+const imageOption = (s: SlashCommandSubcommandBuilder) =>
+  s.addIntegerOption((o) => o.setName('image').setDescription('Image number, e.g. 3').setRequired(true).setMinValue(1));
+
+export const tagsCommandData = new SlashCommandBuilder()
+  .setName('tags')
+  .setDescription('Tags across a dataset: frequencies, pruning, bulk edits')
+  .setContexts(InteractionContextType.Guild)
+  .addSubcommand((s) => {
+    s.setName('top').setDescription('Tag frequencies, and which tags to prune');
+    conceptOption(s);
+    s.addIntegerOption((o) => o.setName('page').setDescription('Page').setMinValue(1));
+    return datasetOption(s);
+  })
+  .addSubcommand((s) => {
+    s.setName('remove')
+      .setDescription('Remove tags from every caption')
+      .addStringOption((o) => o.setName('tags').setDescription('Comma-separated, e.g. tiara, jewelry').setRequired(true).setAutocomplete(true).setMaxLength(500));
+    conceptOption(s);
+    return datasetOption(s);
+  })
+  .addSubcommand((s) => {
+    s.setName('replace')
+      .setDescription('Replace a tag everywhere, e.g. tiara → circlet')
+      .addStringOption((o) => o.setName('from').setDescription('Tag to replace').setRequired(true).setAutocomplete(true).setMaxLength(100))
+      .addStringOption((o) => o.setName('to').setDescription('Replacement tag').setRequired(true).setMaxLength(100));
+    conceptOption(s);
+    return datasetOption(s);
+  })
+  .addSubcommand((s) => {
+    s.setName('add')
+      .setDescription('Add tags to every caption')
+      .addStringOption((o) => o.setName('tags').setDescription('Comma-separated').setRequired(true).setMaxLength(500))
+      .addStringOption((o) =>
+        o
+          .setName('position')
+          .setDescription('Where (after the triggers); default end')
+          .addChoices({ name: 'start', value: 'start' }, { name: 'end', value: 'end' }),
+      );
+    conceptOption(s);
+    return datasetOption(s);
+  })
+  .addSubcommand((s) => {
+    s.setName('prune').setDescription('Suggest tags to fold into the trigger (in ≥ 90% of a concept)');
+    conceptOption(s, 'Concept (default: main)');
+    return datasetOption(s);
+  })
+  .addSubcommand((s) => {
+    s.setName('retag')
+      .setDescription('Run the tagger again (replaces captions; undo with /caption undo)')
+      .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 (default: all)').setMaxLength(200));
+    return datasetOption(s);
+  })
+  .addSubcommand((s) => {
+    s.setName('undesired')
+      .setDescription('Tags the tagger must never write for this dataset')
+      .addStringOption((o) => o.setName('tags').setDescription('Comma-separated, or "none" to clear').setRequired(true).setMaxLength(1000));
+    return datasetOption(s);
+  })
+  .toJSON();
+
+export const captionCommandData = new SlashCommandBuilder()
+  .setName('caption')
+  .setDescription('The caption of one image')
+  .setContexts(InteractionContextType.Guild)
+  .addSubcommand((s) => datasetOption(imageOption(s.setName('show').setDescription('The image and its caption'))))
+  .addSubcommand((s) => datasetOption(imageOption(s.setName('edit').setDescription('Edit a caption in a form'))))
+  .addSubcommand((s) =>
+    datasetOption(
+      s
+        .setName('undo')
+        .setDescription('Undo the last change of one image, or (without image) the last bulk edit')
+        .addIntegerOption((o) => o.setName('image').setDescription('Image number (leave out to undo the last bulk edit)').setMinValue(1)),
+    ),
+  )
+  .toJSON();
+
+export const conceptCommandData = new SlashCommandBuilder()
+  .setName('concept')
+  .setDescription('Concepts: subsets of a dataset with their own repeats (e.g. outfits)')
+  .setContexts(InteractionContextType.Guild)
+  .addSubcommand((s) =>
+    datasetOption(
+      s
+        .setName('add')
+        .setDescription('Add a concept')
+        .addStringOption((o) => o.setName('name').setDescription('e.g. outfit-red').setRequired(true).setMaxLength(32))
+        .addStringOption((o) => o.setName('trigger').setDescription('Its own trigger word, written after the dataset trigger').setMaxLength(40)),
+    ),
+  )
+  .addSubcommand((s) => datasetOption(s.setName('list').setDescription('Concepts and their image counts')))
+  .addSubcommand((s) =>
+    datasetOption(
+      s
+        .setName('move')
+        .setDescription('Move images to a concept')
+        .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8').setRequired(true).setMaxLength(200))
+        .addStringOption((o) => o.setName('concept').setDescription('Target concept').setRequired(true).setAutocomplete(true).setMaxLength(32)),
+    ),
+  )
+  .toJSON();

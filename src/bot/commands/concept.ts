@@ -1,0 +1,79 @@
+import type { ChatInputCommandInteraction } from 'discord.js';
+import { conceptCommandData } from '../../../commands/workshop.ts';
+import { parseImageSelection, validateConceptName, validateTrigger } from '../../core/dataset-rules.ts';
+import { UserError } from '../../core/errors.ts';
+import type { BotContext } from '../context.ts';
+import { requireEditor, resolveDataset } from '../dataset-access.ts';
+import type { SlashCommand } from '../interactions.ts';
+import { listNos } from '../reports.ts';
+import { autocompleteWorkshop } from './tags.ts';
+
+const MAX_CONCEPTS = 20;
+
+async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  await requireEditor(interaction, ctx, dataset);
+  const name = validateConceptName(interaction.options.getString('name', true));
+  const rawTrigger = interaction.options.getString('trigger');
+  const trigger = rawTrigger ? validateTrigger(rawTrigger) : null;
+  const concepts = await ctx.store.getConcepts(dataset.id);
+  if (concepts.some((c) => c.name === name)) throw new UserError(`**${dataset.name}** already has a concept \`${name}\`.`);
+  if (concepts.length >= MAX_CONCEPTS) throw new UserError(`A dataset has at most ${MAX_CONCEPTS} concepts.`);
+  await ctx.store.ensureConcept(dataset.id, name, trigger);
+  await interaction.editReply({
+    content:
+      `Added concept \`${name}\` to **${dataset.name}**${trigger ? ` with trigger \`${trigger}\` (captions start \`${dataset.trigger}, ${trigger}, …\`)` : ''}. ` +
+      `Contribute to it with \`/dataset add concept:${name}\` or move images with \`/concept move\`.`,
+    allowedMentions: { parse: [] },
+  });
+}
+
+async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const [concepts, images] = await Promise.all([ctx.store.getConcepts(dataset.id), ctx.store.listImages(dataset.id)]);
+  const lines = concepts.map((c) => {
+    const n = images.filter((i) => i.concept === c.name).length;
+    return `\`${c.name}\`${c.trigger ? ` · trigger \`${c.trigger}\`` : ''} · ${n} image${n === 1 ? '' : 's'}`;
+  });
+  await interaction.editReply({ content: `Concepts of **${dataset.name}**:\n${lines.join('\n')}`, allowedMentions: { parse: [] } });
+}
+
+async function move(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  await requireEditor(interaction, ctx, dataset);
+  const target = validateConceptName(interaction.options.getString('concept', true));
+  if (!(await ctx.store.getConcept(dataset.id, target))) {
+    throw new UserError(`**${dataset.name}** has no concept \`${target}\`: add it with \`/concept add\` first.`);
+  }
+  const selection = parseImageSelection(interaction.options.getString('images', true));
+  const images = await ctx.store.listImages(dataset.id);
+  const nos = selection.mine ? images.filter((i) => i.contributorId === interaction.user.id).map((i) => i.no) : selection.nos;
+  const missing = nos.filter((n) => !images.some((i) => i.no === n));
+  if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}. Nothing was moved.`);
+  const moved = await ctx.store.moveImages(dataset.id, nos, target);
+  await interaction.editReply(
+    moved.length === 0
+      ? `Those images are already in \`${target}\`.`
+      : `Moved ${listNos(moved)} to concept \`${target}\` of **${dataset.name}**.`,
+  );
+}
+
+export const conceptCommand: SlashCommand = {
+  data: conceptCommandData,
+  defer: () => 'public',
+  async execute(interaction, ctx) {
+    switch (interaction.options.getSubcommand(true)) {
+      case 'add':
+        return add(interaction, ctx);
+      case 'list':
+        return list(interaction, ctx);
+      case 'move':
+        return move(interaction, ctx);
+      default:
+        throw new UserError('Unknown subcommand.');
+    }
+  },
+  async autocomplete(interaction, ctx) {
+    await interaction.respond(await autocompleteWorkshop(interaction, ctx));
+  },
+};

@@ -1,0 +1,278 @@
+import {
+  ActionRowBuilder,
+  ButtonBuilder,
+  ButtonStyle,
+  type AutocompleteInteraction,
+  type ChatInputCommandInteraction,
+} from 'discord.js';
+import { tagsCommandData } from '../../../commands/workshop.ts';
+import { parseImageSelection, validateConceptName } from '../../core/dataset-rules.ts';
+import { UserError } from '../../core/errors.ts';
+import {
+  addTags,
+  changedOrNull,
+  normalizeTag,
+  parseTags,
+  pruneSuggestions,
+  removeTags,
+  replaceTag,
+  tagFrequencies,
+  validateTag,
+} from '../../core/tag-ops.ts';
+import { JobName } from '../../queues/contract.ts';
+import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
+import type { BotContext } from '../context.ts';
+import { autocompleteDatasets, datasetById, requireEditor, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
+import type { ComponentHandler, SlashCommand } from '../interactions.ts';
+import { listNos, truncate } from '../reports.ts';
+
+const TOP_PAGE_SIZE = 40;
+const PRUNE_TTL_SECONDS = 24 * 3600;
+
+/** The images a bulk operation covers: one concept, or the whole dataset. */
+export async function imagesInScope(ctx: BotContext, dataset: Dataset, concept: string | null): Promise<ImageRecord[]> {
+  const images = await ctx.store.listImages(dataset.id);
+  if (concept === null) return images;
+  if (!(await ctx.store.getConcept(dataset.id, concept))) {
+    throw new UserError(`**${dataset.name}** has no concept \`${concept}\`. See \`/concept list\`.`);
+  }
+  return images.filter((i) => i.concept === concept);
+}
+
+function conceptOption(interaction: ChatInputCommandInteraction): string | null {
+  const raw = interaction.options.getString('concept');
+  return raw ? validateConceptName(raw) : null;
+}
+
+function scopeLabel(dataset: Dataset, concept: string | null): string {
+  return concept ? `concept \`${concept}\` of **${dataset.name}**` : `**${dataset.name}**`;
+}
+
+/** Tags typed by a member: parsed, each checked, at least one. */
+function typedTags(raw: string): string[] {
+  const tags = parseTags(raw);
+  if (tags.length === 0) throw new UserError('Name at least one tag.');
+  tags.forEach(validateTag);
+  return tags;
+}
+
+async function captionsOf(ctx: BotContext, dataset: Dataset, images: ImageRecord[]) {
+  const map = await ctx.captions.getMany(dataset.id, images.map((i) => i.no));
+  return images.map((i) => map.get(i.no)?.tags ?? null);
+}
+
+async function top(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const concept = conceptOption(interaction);
+  const images = await imagesInScope(ctx, dataset, concept);
+  const captions = await captionsOf(ctx, dataset, images);
+  const tagged = captions.filter((c): c is string[] => c !== null);
+  if (tagged.length === 0) {
+    await interaction.editReply(`No captions in ${scopeLabel(dataset, concept)} yet${images.length > 0 ? ': tagging may still be running' : ''}.`);
+    return;
+  }
+  const freq = tagFrequencies(tagged);
+  const pages = Math.max(1, Math.ceil(freq.length / TOP_PAGE_SIZE));
+  const page = Math.min(pages, interaction.options.getInteger('page') ?? 1);
+  const shown = freq.slice((page - 1) * TOP_PAGE_SIZE, page * TOP_PAGE_SIZE);
+  const lines = [
+    `Tags of ${scopeLabel(dataset, concept)}: ${tagged.length} captioned of ${images.length} images, ${freq.length} distinct tags` +
+      (pages > 1 ? ` · page ${page}/${pages}` : ''),
+    shown.map((f) => `\`${f.tag}\` ${f.count} (${Math.round(f.share * 100)}%)`).join(' · '),
+  ];
+  const untagged = images.filter((_, i) => captions[i] === null).map((i) => i.no);
+  if (untagged.length > 0) lines.push(`Not tagged yet: ${listNos(untagged)}`);
+  const prune = await pruneOffer(ctx, dataset, concept ?? 'main');
+  if (prune) lines.push(prune.text);
+  await interaction.editReply({ content: truncate(lines.join('\n'), 1990), components: prune?.components ?? [], allowedMentions: { parse: [] } });
+}
+
+/** Suggested pruning for a concept, with a one-click button (the list is kept for a day). */
+async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
+  const images = await imagesInScope(ctx, dataset, concept);
+  const captions = (await captionsOf(ctx, dataset, images)).filter((c): c is string[] => c !== null);
+  const conceptTrigger = (await ctx.store.getConcept(dataset.id, concept))?.trigger;
+  const tags = pruneSuggestions(captions, { exclude: [dataset.trigger, ...(conceptTrigger ? [conceptTrigger] : [])] });
+  if (tags.length === 0) return null;
+  const id = newId(6);
+  await ctx.redis.set(ctx.store.k.pruneSuggestion(id), JSON.stringify({ datasetId: dataset.id, concept, tags }), 'EX', PRUNE_TTL_SECONDS);
+  return {
+    text:
+      `✂️ In ≥ 90% of \`${concept}\`: ${tags.map((t) => `\`${t}\``).join(', ')}. ` +
+      'The guides fold such tags into the trigger, so the LoRA learns them as part of it.',
+    components: [
+      new ActionRowBuilder<ButtonBuilder>().addComponents(
+        new ButtonBuilder().setCustomId(`prune:${id}`).setLabel(`Prune these (${tags.length})`).setStyle(ButtonStyle.Primary),
+      ),
+    ],
+  };
+}
+
+async function prune(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const concept = conceptOption(interaction) ?? 'main';
+  const offer = await pruneOffer(ctx, dataset, concept);
+  if (!offer) {
+    await interaction.editReply(`No tag is in ≥ 90% of the captions of concept \`${concept}\` of **${dataset.name}**: nothing to prune.`);
+    return;
+  }
+  await interaction.editReply({ content: offer.text, components: offer.components, allowedMentions: { parse: [] } });
+}
+
+/** Applies a tag operation to every caption in scope, as one bulk edit that can be undone. */
+async function bulk(
+  interaction: GuildInteraction,
+  ctx: BotContext,
+  dataset: Dataset,
+  concept: string | null,
+  op: (tags: string[]) => string[] | null,
+  description: string,
+) {
+  await requireEditor(interaction, ctx, dataset);
+  const images = await imagesInScope(ctx, dataset, concept);
+  const result = await ctx.captions.applyBulk(dataset.id, images.map((i) => i.no), op, { by: interaction.user.id, description });
+  ctx.logger.info({ datasetId: dataset.id, userId: interaction.user.id, changed: result.changed.length }, 'bulk caption edit');
+  if (result.changed.length === 0) return `Nothing to change: ${description} would not change any caption of ${scopeLabel(dataset, concept)}.`;
+  return (
+    `${description[0]!.toUpperCase()}${description.slice(1)}: changed ${result.changed.length} caption${result.changed.length === 1 ? '' : 's'} of ${scopeLabel(dataset, concept)}` +
+    ` (${listNos(result.changed, 15)}). Undo with \`/caption undo\`.`
+  );
+}
+
+async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const tags = typedTags(interaction.options.getString('tags', true));
+  const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(removeTags(t, tags)), `removed ${tags.map((t) => `\`${t}\``).join(', ')}`);
+  await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+}
+
+async function replace(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const [from] = typedTags(interaction.options.getString('from', true));
+  const [to] = typedTags(interaction.options.getString('to', true));
+  const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(replaceTag(t, from!, to!)), `replaced \`${from}\` with \`${to}\``);
+  await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+}
+
+async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const tags = typedTags(interaction.options.getString('tags', true));
+  const position = interaction.options.getString('position') === 'start' ? 'start' : 'end';
+  const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(addTags(t, tags, position)), `added ${tags.map((t) => `\`${t}\``).join(', ')}`);
+  await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+}
+
+async function retag(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  await requireEditor(interaction, ctx, dataset);
+  const raw = interaction.options.getString('images');
+  let nos = await ctx.store.imageNumbers(dataset.id);
+  if (raw) {
+    const selection = parseImageSelection(raw);
+    if (selection.mine) nos = (await ctx.store.listImages(dataset.id)).filter((i) => i.contributorId === interaction.user.id).map((i) => i.no);
+    else {
+      const missing = selection.nos.filter((n) => !nos.includes(n));
+      if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}.`);
+      nos = selection.nos;
+    }
+  }
+  if (nos.length === 0) throw new UserError(`**${dataset.name}** has no images to tag.`);
+  await ctx.taggingQueue.add(JobName.TagImages, { guildId: dataset.guildId, datasetId: dataset.id, imageNos: nos, retag: true, requestedBy: interaction.user.id });
+  await interaction.editReply(`Re-tagging ${nos.length} image${nos.length === 1 ? '' : 's'} of **${dataset.name}**; I will say here when it is done. Each image’s previous caption can be restored with \`/caption undo\`.`);
+}
+
+async function undesired(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  await requireEditor(interaction, ctx, dataset);
+  const raw = interaction.options.getString('tags', true).trim();
+  const tags = raw.toLowerCase() === 'none' ? [] : typedTags(raw).map(normalizeTag);
+  if (tags.length > 100) throw new UserError('At most 100 undesired tags.');
+  await ctx.store.updateDataset(dataset.id, { undesiredTags: tags });
+  await interaction.editReply({
+    content:
+      tags.length === 0
+        ? `The tagger may write any tag for **${dataset.name}** again.`
+        : `The tagger will leave out ${tags.map((t) => `\`${t}\``).join(', ')} for **${dataset.name}** (from the next tagging on; \`/tags remove\` cleans existing captions).`,
+    allowedMentions: { parse: [] },
+  });
+}
+
+/** Suggestions for `concept` and tag options of the workshop commands. */
+export async function autocompleteWorkshop(interaction: AutocompleteInteraction, ctx: BotContext) {
+  const focused = interaction.options.getFocused(true);
+  const typed = String(focused.value).trim().toLowerCase();
+  if (focused.name === 'dataset') return autocompleteDatasets(interaction, ctx, typed);
+  if (!interaction.guildId) return [];
+  const name = interaction.options.getString('dataset');
+  const dataset = name ? await ctx.store.findDataset(interaction.guildId, name) : await ctx.store.datasetForThread(interaction.channelId);
+  if (!dataset || dataset.guildId !== interaction.guildId) return [];
+  if (focused.name === 'concept') {
+    return (await ctx.store.getConcepts(dataset.id))
+      .filter((c) => c.name.includes(typed))
+      .slice(0, 25)
+      .map((c) => ({ name: c.name, value: c.name }));
+  }
+  // Tags: the most frequent ones matching the last comma-separated piece typed.
+  const parts = String(focused.value).split(',');
+  const last = (parts.pop() ?? '').trim().toLowerCase();
+  const before = parts.map((p) => p.trim()).filter(Boolean);
+  const images = await ctx.store.listImages(dataset.id);
+  const tagged = [...(await ctx.captions.getMany(dataset.id, images.map((i) => i.no))).values()].map((c) => c.tags);
+  return tagFrequencies(tagged)
+    .filter((f) => f.tag.toLowerCase().includes(last) && !before.includes(f.tag))
+    .slice(0, 25)
+    .map((f) => {
+      const value = [...before, f.tag].join(', ').slice(0, 100);
+      return { name: truncate(`${value} (${f.count})`, 100), value };
+    });
+}
+
+export const tagsCommand: SlashCommand = {
+  data: tagsCommandData,
+  defer: () => 'public',
+  async execute(interaction, ctx) {
+    switch (interaction.options.getSubcommand(true)) {
+      case 'top':
+        return top(interaction, ctx);
+      case 'remove':
+        return remove(interaction, ctx);
+      case 'replace':
+        return replace(interaction, ctx);
+      case 'add':
+        return add(interaction, ctx);
+      case 'prune':
+        return prune(interaction, ctx);
+      case 'retag':
+        return retag(interaction, ctx);
+      case 'undesired':
+        return undesired(interaction, ctx);
+      default:
+        throw new UserError('Unknown subcommand.');
+    }
+  },
+  async autocomplete(interaction, ctx) {
+    await interaction.respond(await autocompleteWorkshop(interaction, ctx));
+  },
+};
+
+/** The "Prune these" button: removes the suggested tags across the concept, as one bulk edit. */
+export const pruneButton: ComponentHandler = {
+  family: 'prune',
+  defer: () => 'public',
+  async handle(interaction, ctx) {
+    const id = /^prune:([a-z0-9]{1,16})$/.exec(interaction.customId)?.[1];
+    const json = id ? await ctx.redis.get(ctx.store.k.pruneSuggestion(id)) : null;
+    if (!json) throw new UserError('This suggestion has expired: run `/tags prune` again.');
+    const offer = JSON.parse(json) as { datasetId: string; concept: string; tags: string[] };
+    const dataset = await datasetById(interaction, ctx, offer.datasetId);
+    const text = await bulk(
+      interaction,
+      ctx,
+      dataset,
+      offer.concept,
+      (t) => changedOrNull(removeTags(t, offer.tags)),
+      `pruned ${offer.tags.map((t) => `\`${t}\``).join(', ')}`,
+    );
+    await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+  },
+};
