@@ -206,11 +206,16 @@ describe('WD14 tagger: what it reads from the model', () => {
 
   it('takes 448 when the model leaves the input size open', async () => {
     expect(tagger.info.size).toBe(32);
-    const dir = path.join(root, 'default-size');
-    await writeTestModel(dir, { tags: TAGS });
+    const dir = path.join(root, 'open-size');
+    await writeTestModel(dir, { tags: TAGS, size: 'dynamic' });
     const t = await loadTagger(dir);
-    expect(t.info.size).toBe(448);
-    await t.close();
+    try {
+      expect(t.info.size).toBe(448);
+      const [result] = await t.tag([await solid(100, 100, BLUE)]);
+      expect(result?.tags).toContain('blue sky');
+    } finally {
+      await t.close();
+    }
   });
 
   it('refuses to tag after close', async () => {

@@ -1,0 +1,157 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeTestModel } from '../fixtures/onnx-model.ts';
+import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import type { InteractionHandle } from '../harness/fake-discord.ts';
+import { World } from './world.ts';
+
+let world: World;
+let modelDir: string;
+const alice = { id: '200000000000000001', username: 'alice' };
+const mallory = { id: '200000000000000002', username: 'mallory' };
+const OTHER_GUILD = '666666666666666666';
+
+beforeAll(async () => {
+  modelDir = await mkdtemp(join(tmpdir(), 'lora-guild-tagger-'));
+  await writeTestModel(modelDir, { tags: WORKSHOP_TAGS });
+  world = await World.start({
+    env: { TAGGER_MODEL_DIR: modelDir },
+    discord: {
+      guilds: [
+        { name: 'Guild', channels: [{ name: 'lora' }] },
+        { id: OTHER_GUILD, name: 'Elsewhere', channels: [{ name: 'general' }] },
+      ],
+    },
+  });
+  await world.startBot();
+});
+afterAll(async () => {
+  await world?.close();
+  await rm(modelDir, { recursive: true, force: true });
+});
+
+function command(subcommandOf: string, subcommand: string, options: Record<string, string | number>, user = alice, extra = {}): InteractionHandle {
+  return world.discord.sendCommand({ name: subcommandOf, subcommand, user, options, ...extra });
+}
+
+async function done(h: InteractionHandle): Promise<string> {
+  await h.waitForEdit(undefined, 30_000);
+  return h.lastReply()?.content ?? '';
+}
+
+async function errorOf(h: InteractionHandle): Promise<string> {
+  const f = await h.waitForFollowup(undefined, 30_000);
+  return (f.json as { content?: string }).content ?? '';
+}
+
+describe('tagging and the caption workshop', () => {
+  let threadId: string;
+
+  it('tags uploads in the background and says so in the dataset thread', async () => {
+    await done(command('dataset', 'create', { name: 'aria', trigger: 'ohwx_aria', class: 'woman', kind: 'character', base: 'sd15' }));
+    threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · aria')!.id;
+    const [red, blue, green] = [await tinted(1, '#ff2020'), await tinted(2, '#2040ff'), await tinted(3, '#20c020')];
+    const add = command('dataset', 'add', {
+      dataset: 'aria',
+      image1: world.discord.addAttachment({ filename: red.name, data: red.data }) as never,
+      image2: world.discord.addAttachment({ filename: blue.name, data: blue.data }) as never,
+      image3: world.discord.addAttachment({ filename: green.name, data: green.data }) as never,
+    });
+    expect(await done(add)).toMatch(/3 added/);
+    const notice = await world.discord.waitForCall(
+      (c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'),
+      30_000,
+    );
+    expect(JSON.stringify(notice.json)).toContain('#1–#3');
+  });
+
+  it('shows the caption with the trigger first and the tagger’s tags after it', async () => {
+    const red = await done(command('caption', 'show', { dataset: 'aria', image: 1 }));
+    expect(red).toContain('ohwx_aria, red theme, smile, long hair, tiara');
+    expect(red).not.toContain('blue theme');
+    expect(red).not.toContain('aria (game)'); // a character tag under its 0.85 threshold
+    expect(red).not.toMatch(/general|sensitive/); // rating tags are left out
+    const blue = await done(command('caption', 'show', { dataset: 'aria', image: 2 }));
+    expect(blue).toContain('ohwx_aria, blue theme, smile, long hair, tiara');
+  });
+
+  it('lists tag frequencies and offers to prune tags found in ≥ 90% of a concept', async () => {
+    const h = command('tags', 'top', { dataset: 'aria' });
+    const content = await done(h);
+    expect(content).toMatch(/`smile` 3 \(100%\)/);
+    expect(content).toMatch(/`red theme` 1 \(33%\)/);
+    expect(content).toMatch(/In ≥ 90% of `main`: .*`smile`/);
+    const row = h.lastReply()!.components[0] as { components: { custom_id: string; label: string }[] };
+    expect(row.components[0]!.label).toBe('Prune these (3)');
+  });
+
+  it('removes a tag across the dataset, and undo brings it back', async () => {
+    expect(await done(command('tags', 'remove', { dataset: 'aria', tags: 'tiara' }))).toMatch(/changed 3 captions/);
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).not.toContain('tiara');
+    expect(await done(command('caption', 'undo', { dataset: 'aria' }))).toMatch(/Undid “removed `tiara`” on 3 captions/);
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('tiara');
+  });
+
+  it('prunes with one click on the suggestion', async () => {
+    const top = command('tags', 'prune', { dataset: 'aria' });
+    await done(top);
+    const row = top.lastReply()!.components[0] as { components: { custom_id: string }[] };
+    const click = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: alice, message: top.lastReply()!.id });
+    expect(await done(click)).toMatch(/Pruned .*`smile`.*changed 3 captions/);
+    const shown = await done(command('caption', 'show', { dataset: 'aria', image: 1 }));
+    expect(shown).toContain('ohwx_aria, red theme');
+    expect(shown).not.toContain('smile');
+    await done(command('caption', 'undo', { dataset: 'aria' }));
+  });
+
+  it('replaces a tag everywhere (tiara → circlet)', async () => {
+    expect(await done(command('tags', 'replace', { dataset: 'aria', from: 'tiara', to: 'circlet' }))).toMatch(/replaced `tiara` with `circlet`/i);
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('circlet');
+  });
+
+  it('edits one caption through the modal; undo restores the previous version', async () => {
+    const open = command('caption', 'edit', { dataset: 'aria', image: 1 });
+    const callback = await open.callback();
+    expect(callback.json).toMatchObject({ type: 9, data: { title: 'Caption of #1 (aria)' } });
+    const customId = (callback.json as { data: { custom_id: string } }).data.custom_id;
+    const submit = world.discord.sendModalSubmit({ customId, fields: { tags: 'ohwx_aria, red dress, standing, smile' }, user: alice });
+    expect(await done(submit)).toContain('ohwx_aria, red dress, standing, smile');
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).toContain('ohwx_aria, red dress, standing, smile\n');
+    await done(command('caption', 'undo', { dataset: 'aria', image: 1 }));
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).toContain('red theme');
+  });
+
+  it('refuses captions over 2000 characters or with control characters, and changes nothing', async () => {
+    const customId = ((await command('caption', 'edit', { dataset: 'aria', image: 2 }).callback()).json as { data: { custom_id: string } }).data.custom_id;
+    const long = world.discord.sendModalSubmit({ customId, fields: { tags: 'x, '.repeat(700) }, user: alice });
+    expect((await long.waitForEdit()).json).toMatchObject({ content: expect.stringMatching(/at most 2000/) as unknown });
+    const control = world.discord.sendModalSubmit({ customId, fields: { tags: 'smile,\u0007bell' }, user: alice });
+    expect((await control.waitForEdit()).json).toMatchObject({ content: expect.stringMatching(/control character/) as unknown });
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('circlet');
+  });
+
+  it('refuses tag operations from members who did not contribute, and from another server', async () => {
+    expect(await errorOf(command('tags', 'remove', { dataset: 'aria', tags: 'smile' }, mallory, { permissions: '0' }))).toMatch(/Only contributors/);
+    expect(await errorOf(command('tags', 'remove', { dataset: 'aria', tags: 'smile' }, alice, { guildId: OTHER_GUILD }))).toMatch(
+      /no dataset named `aria` in this server/,
+    );
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).toContain('smile');
+  });
+
+  it('moves images between concepts', async () => {
+    expect(await done(command('concept', 'add', { dataset: 'aria', name: 'outfit-blue', trigger: 'blue outfit' }))).toMatch(/Added concept `outfit-blue`/);
+    expect(await done(command('concept', 'move', { dataset: 'aria', images: '2', concept: 'outfit-blue' }))).toMatch(/Moved #2/);
+    const list = await done(command('concept', 'list', { dataset: 'aria' }));
+    expect(list).toContain('`main` · 2 images');
+    expect(list).toContain('`outfit-blue` · trigger `blue outfit` · 1 image');
+    expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('ohwx_aria, blue outfit, blue theme');
+  });
+
+  it('autocompletes tags by frequency', async () => {
+    const h = world.discord.sendAutocomplete({ name: 'tags', subcommand: 'remove', options: { dataset: 'aria', tags: 'smile, lo' }, focused: 'tags', user: alice });
+    const cb = await h.callback();
+    expect(cb.json).toMatchObject({ type: 8, data: { choices: [{ value: 'smile, long hair' }] } });
+  });
+});
