@@ -21,11 +21,11 @@ async function peakRssMiB(pid: number): Promise<number> {
 }
 
 export async function benchIntakeLoad(): Promise<void> {
-  const world = await World.start({ env: { LOG_LEVEL: 'warn' } });
+  const world = await World.start();
   try {
     await world.spawnBot();
     const pid = world.child!.process.pid!;
-    const create = await world.discord.sendCommand({
+    const create = world.discord.sendCommand({
       name: 'dataset',
       subcommand: 'create',
       options: { name: 'bench', trigger: 'ohwx_bench', class: 'woman', kind: 'character', base: 'sd15' },
@@ -37,10 +37,8 @@ export async function benchIntakeLoad(): Promise<void> {
     const rssBefore = await peakRssMiB(pid);
 
     const started = Date.now();
-    const handles = await Promise.all(
-      attachments.map((a) =>
-        world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'bench', image1: a } }),
-      ),
+    const handles = attachments.map((a) =>
+      world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'bench', image1: a } }),
     );
     await Promise.all(handles.map((h) => h.callback(30_000)));
     const acks = handles.map((h) => h.ackLatencyMs()).sort((a, b) => a - b);

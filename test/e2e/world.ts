@@ -85,6 +85,9 @@ export class World {
       HTTP_HOST: '127.0.0.1',
       HTTP_PORT: '0',
       LOG_LEVEL: 'info',
+      // No network in tests: the tagger runs only where a test provides a local model.
+      TAGGER_IN_BOT: opts.env?.TAGGER_MODEL_DIR ? 'true' : 'false',
+      TAGGER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
       ...opts.env,
     };
     return new World(redisServer, discord, dataDir, env);

@@ -89,7 +89,7 @@ describe('images', () => {
     expect(added).toHaveLength(2);
     expect(results.filter((r) => !r.added)).toEqual([{ added: false, duplicateOf: expect.any(Number) as number }]);
     expect(await store.imageNumbers(ds.id)).toEqual([1, 2]);
-    expect(await store.pixelOwner(ds.id, 'pix2')).toBe(results[2]!.added ? 2 : 3);
+    expect(await store.pixelOwner(ds.id, 'pix2')).toBe(results[2].added ? 2 : 3);
   });
 
   it('are removed atomically with their indexes, and numbers are never reused', async () => {
