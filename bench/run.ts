@@ -1,10 +1,12 @@
 /** `npm run bench`: every benchmark in turn; each prints its own numbers. */
 import { benchIntakeLoad } from './intake-load.ts';
 import { benchNormalize } from './normalize.ts';
+import { benchTagging } from './tagging.ts';
 
 const benches: [string, () => Promise<void>][] = [
   ['normalisation', benchNormalize],
   ['intake under load', benchIntakeLoad],
+  ['tagging', benchTagging],
 ];
 
 const only = process.argv[2];

@@ -1,5 +1,6 @@
 import type { RESTPostAPIChatInputApplicationCommandsJSONBody } from 'discord.js';
 import { datasetCommandData } from './dataset.ts';
+import { settingsCommandData, trainCommandData } from './train.ts';
 import { captionCommandData, conceptCommandData, tagsCommandData } from './workshop.ts';
 
 /** Every slash command the bot answers, in one explicit list. */
@@ -8,4 +9,6 @@ export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] =
   tagsCommandData,
   captionCommandData,
   conceptCommandData,
+  trainCommandData,
+  settingsCommandData,
 ];

@@ -5,17 +5,21 @@ import { BlobStore } from '../core/blob-store.ts';
 import { requireBotCredentials, type Config } from '../core/config.ts';
 import { Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
-import { bullPrefix, defaultJobOptions, JobName, QueueName, type TagImagesPayload } from '../queues/contract.ts';
+import { bullPrefix, defaultJobOptions, JobName, QueueName, type TagImagesPayload, type TrainRunPayload } from '../queues/contract.ts';
 import { CaptionStore } from '../store/caption-store.ts';
 import { DatasetStore, type Dataset } from '../store/dataset-store.ts';
+import { GuildSettingsStore, RunStore } from '../store/run-store.ts';
 import { NoticeSender } from '../worker/notices.ts';
 import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
 import { captionFromUpload } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
+import { startRunReporter } from './run-reporter.ts';
 import { captionCommand, captionEditModal } from './commands/caption.ts';
 import { conceptCommand } from './commands/concept.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
+import { settingsCommand } from './commands/settings.ts';
 import { pruneButton, tagsCommand } from './commands/tags.ts';
+import { startButton, trainCommand } from './commands/train.ts';
 import type { BotContext } from './context.ts';
 import { startHttpServer, type HttpServerHandle } from './http-server.ts';
 import { IntakeService } from './intake.ts';
@@ -52,6 +56,14 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     defaultJobOptions: defaultJobOptions[QueueName.Tagging],
   });
 
+  const trainingQueue = new Queue<TrainRunPayload>(QueueName.Training, {
+    connection: queueConnection,
+    prefix: bullPrefix(config.REDIS_PREFIX),
+    defaultJobOptions: defaultJobOptions[QueueName.Training],
+  });
+  const runs = new RunStore(redis, config.REDIS_PREFIX);
+  const settings = new GuildSettingsStore(redis, config.REDIS_PREFIX);
+
   const intake = new IntakeService({
     config,
     store,
@@ -83,7 +95,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     }
     return kept;
   }
-  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, notices };
+  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, trainingQueue, runs, settings, notices };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -99,8 +111,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
 
   const route = createInteractionRouter(
     ctx,
-    [datasetCommand, tagsCommand, captionCommand, conceptCommand],
-    [showPageButtons, pruneButton, captionEditModal],
+    [datasetCommand, tagsCommand, captionCommand, conceptCommand, trainCommand, settingsCommand],
+    [showPageButtons, pruneButton, captionEditModal, startButton],
   );
   client.on(Events.InteractionCreate, (interaction: Interaction) => {
     route(interaction).catch((err: unknown) => logger.error({ err }, 'interaction routing failed'));
@@ -113,7 +125,6 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   client.on(Events.Error, (err) => logger.error({ err }, 'discord client error'));
   client.on(Events.Warn, (message) => logger.warn({ discord: message }, 'discord client warning'));
 
-  const poster: Worker = startNoticePoster(client, queueConnection, config.REDIS_PREFIX, logger);
   let tagging: { worker: Worker; service: TaggingService } | null = null;
   if (config.TAGGER_IN_BOT) {
     tagging = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, queueConnection);
@@ -123,6 +134,13 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
   await client.login(token);
   await ready;
+  // What workers reported while the bot was away is posted now that it can reach Discord.
+  const poster: Worker = startNoticePoster(client, queueConnection, config.REDIS_PREFIX, logger);
+  const reporter: Worker = startRunReporter(
+    { client, runs, blobs, logger, statusEditIntervalMs: config.PROGRESS_INTERVAL_SECONDS * 1000 },
+    queueConnection,
+    config.REDIS_PREFIX,
+  );
   logger.info({ user: client.user?.tag, guilds: client.guilds.cache.size, httpPort: http.port }, 'bot ready');
 
   let stopped = false;
@@ -136,9 +154,11 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       await tagging?.worker.close();
       await tagging?.service.close();
       await poster.close();
+      await reporter.close();
       await client.destroy();
       await http.close();
       await taggingQueue.close();
+      await trainingQueue.close();
       await notices.close();
       queueConnection.disconnect();
       redis.disconnect();

@@ -4,9 +4,10 @@ import type { Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { TagImagesPayload } from '../queues/contract.ts';
+import type { TagImagesPayload, TrainRunPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
+import type { GuildSettingsStore, RunStore } from '../store/run-store.ts';
 import type { NoticeSender } from '../worker/notices.ts';
 import type { IntakeService } from './intake.ts';
 
@@ -18,6 +19,9 @@ export interface BotContext {
   store: DatasetStore;
   captions: CaptionStore;
   taggingQueue: Queue<TagImagesPayload>;
+  trainingQueue: Queue<TrainRunPayload>;
+  runs: RunStore;
+  settings: GuildSettingsStore;
   notices: NoticeSender;
   blobs: BlobStore;
   intake: IntakeService;

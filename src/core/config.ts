@@ -46,11 +46,19 @@ export const configSchema = z.object({
   TAGGER_CHARACTER_THRESHOLD: z.coerce.number().min(0).max(1).default(0.85),
   /** While the tagger model is unavailable, tagging jobs wait and are retried this often. */
   TAGGER_RETRY_SECONDS: int(1, 3600).default(60),
+  /** A training worker's name in /train status (default: the host name). */
+  WORKER_ID: z.string().regex(/^[a-zA-Z0-9._-]{1,64}$/).optional(),
+  /** How often a worker beats; it counts as gone after three missed beats. */
+  WORKER_HEARTBEAT_SECONDS: int(1, 300).default(10),
+  /** How soon a run held by a dead worker is handed to the next worker (BullMQ lock + stall check). */
+  TRAINING_STALLED_SECONDS: int(1, 3600).default(60),
+  /** How often a run reports its progress at most. */
+  PROGRESS_INTERVAL_SECONDS: int(1, 3600).default(60),
   /** Which queues a worker process (`npm run worker`) consumes. */
   WORKER_QUEUES: z
     .string()
     .transform((s) => s.split(',').map((q) => q.trim()).filter(Boolean))
-    .pipe(z.array(z.enum(['tagging'])).min(1))
+    .pipe(z.array(z.enum(['tagging', 'training'])).min(1))
     .default(['tagging']),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 

@@ -11,7 +11,7 @@ export { TaggerUnavailableError };
 
 /**
  * The WD14-family ONNX tagger (kohya `finetune/tag_images_by_wd14_tagger.py --onnx`, contract §8).
- * The one module that imports onnxruntime-node and sets its options.
+ * The one module that loads onnxruntime-node (in a worker thread it starts) and sets its options.
  *
  * Preprocessing follows kohya: alpha composited on white (PIL's rounding), padded to a square
  * with 255 (`pad//2` left/top, the odd pixel right/bottom), resized to the model's size, RGB→BGR,
@@ -645,12 +645,11 @@ const SWAP_RB: [[number, number, number], [number, number, number], [number, num
 /**
  * Decoded, flattened on white, padded to a square, resized and turned BGR: `size × size × 3` bytes.
  *
- * Each sharp call is one trip to the thread pool and back; since the main thread is blocked while
- * a batch is inferred, the common cases take one or two: a square opaque image that is shrunk is
- * one pipeline (decode, resize, swap), other opaque images two (decode and pad; resize and swap —
- * within one pipeline sharp always resizes before it pads). Images with alpha are composited in
- * JS with PIL's rounding (sharp's flatten rounds differently). Enlarging is PIL's LANCZOS in JS,
- * bit for bit: libvips ignores the kernel when upsizing, and the input is small by definition.
+ * After a header read, a square opaque image that is shrunk takes one sharp pipeline (decode,
+ * resize, swap); other opaque images take two (decode and pad; resize and swap), because within
+ * one pipeline sharp always resizes before it pads. Images with alpha are composited in JS with
+ * PIL's rounding (sharp's flatten rounds differently). Enlarging is PIL's LANCZOS in JS, bit for
+ * bit: libvips ignores the kernel when upsizing, and the input is small by definition.
  */
 async function taggerBgr(input: Buffer | string, size: number): Promise<Buffer> {
   // `pipelineColourspace('srgb')` makes grey images three channels from the start, and keeps sharp

@@ -3,17 +3,25 @@
  * default job options. Bot and workers import this module; nothing else names a queue.
  */
 import type { DefaultJobOptions } from 'bullmq';
+import type { Plan } from '../core/plan.ts';
+import type { ResolvedRecipe } from '../core/recipes.ts';
 
 export const QueueName = {
   Tagging: 'tagging',
   /** Workers → bot: messages to post in Discord, consumed by the bot with retries. */
   Notices: 'notices',
+  /** Bot → GPU workers: one training run per job, one job at a time per worker. */
+  Training: 'training',
+  /** GPU workers → bot: what a run did (started, progress, each epoch, the end), in order. */
+  RunEvents: 'run-events',
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
 export const JobName = {
   TagImages: 'tag-images',
   PostNotice: 'post-notice',
+  TrainRun: 'train-run',
+  RunEvent: 'run-event',
 } as const;
 export type JobName = (typeof JobName)[keyof typeof JobName];
 
@@ -33,14 +41,82 @@ export interface PostNoticePayload {
   content: string;
 }
 
+/** A run as the training worker receives it: everything it needs, and no paths into the bot's storage. */
+export interface TrainRunPayload {
+  runId: string;
+  guildId: string;
+  datasetId: string;
+  datasetName: string;
+  /** File name of the base checkpoint inside the worker's MODELS_DIR (as the worker advertised it). */
+  baseModel: string;
+  plan: Plan;
+  recipe: ResolvedRecipe;
+  /** For each image id of the plan: its normalised master (a blob id) and caption text (null: no caption file). */
+  images: Record<string, { blob: string; caption: string | null }>;
+  /** Prompt texts without options (at most 4); empty: the worker derives them from the plan. */
+  samplePrompts: string[];
+  seed: number;
+  /** Base name of the output files, e.g. `aria-r3k9`. */
+  outputName: string;
+}
+
+export interface ArtifactRef {
+  /** Blob id (sha256 of the file): artifacts go into the same content-addressed store. */
+  blob: string;
+  bytes: number;
+  sha256: string;
+}
+
+/**
+ * What a training worker reports, in order. Each event's job id is its idempotency key
+ * (`runEventId`), so a retried or resumed run never reports the same thing twice.
+ */
+export type RunEvent =
+  | { kind: 'started'; runId: string; workerId: string; resumedFromEpoch: number | null; epochs: number; stepsPerEpoch: number; totalSteps: number }
+  | {
+      kind: 'progress';
+      runId: string;
+      /** Absolute optimizer step (continues across a resume). */
+      step: number;
+      totalSteps: number;
+      epoch: number;
+      epochs: number;
+      loss: number | null;
+      /** Steps per second. */
+      rate: number | null;
+      etaSeconds: number | null;
+      at: number;
+    }
+  | { kind: 'epoch'; runId: string; epoch: number; epochs: number; grid: ArtifactRef | null; checkpoint: ArtifactRef | null }
+  | { kind: 'finished'; runId: string; final: ArtifactRef; seconds: number }
+  | { kind: 'failed'; runId: string; reason: string; logTail: string[] }
+  | { kind: 'cancelled'; runId: string; lastEpoch: number | null };
+
+export function runEventId(event: RunEvent): string {
+  switch (event.kind) {
+    case 'progress':
+      return `${event.runId}.progress.${event.step}`;
+    case 'epoch':
+      return `${event.runId}.epoch.${event.epoch}`;
+    case 'started':
+      return `${event.runId}.started.${event.resumedFromEpoch ?? 0}`;
+    default:
+      return `${event.runId}.${event.kind}`;
+  }
+}
+
 export interface JobPayloads {
   [JobName.TagImages]: TagImagesPayload;
   [JobName.PostNotice]: PostNoticePayload;
+  [JobName.TrainRun]: TrainRunPayload;
+  [JobName.RunEvent]: RunEvent;
 }
 
 export const jobQueue: Record<JobName, QueueName> = {
   [JobName.TagImages]: QueueName.Tagging,
   [JobName.PostNotice]: QueueName.Notices,
+  [JobName.TrainRun]: QueueName.Training,
+  [JobName.RunEvent]: QueueName.RunEvents,
 };
 
 export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
@@ -49,6 +125,19 @@ export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
     backoff: { type: 'exponential', delay: 2000 },
     removeOnComplete: { age: 24 * 3600, count: 1000 },
     removeOnFail: { age: 7 * 24 * 3600 },
+  },
+  [QueueName.Training]: {
+    // A run is never retried blindly: a crashed worker's job comes back through stall detection
+    // and resumes from its last saved epoch; a failed run is reported, not repeated.
+    attempts: 1,
+    removeOnComplete: { age: 30 * 24 * 3600 },
+    removeOnFail: { age: 30 * 24 * 3600 },
+  },
+  [QueueName.RunEvents]: {
+    attempts: 20,
+    backoff: { type: 'exponential', delay: 1000 },
+    removeOnComplete: { age: 7 * 24 * 3600, count: 10000 },
+    removeOnFail: { age: 30 * 24 * 3600 },
   },
   [QueueName.Notices]: {
     attempts: 12,
@@ -61,4 +150,25 @@ export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
 /** BullMQ key prefix under the deployment's Redis prefix. */
 export function bullPrefix(redisPrefix: string): string {
   return `${redisPrefix}:bull`;
+}
+
+/** Redis keys shared by the bot and training workers (under the deployment's prefix). */
+export const sharedKeys = {
+  /** Set by the bot to ask the worker running this run to stop. */
+  runCancel: (prefix: string, runId: string) => `${prefix}:run:${runId}:cancel`,
+  /** A worker's heartbeat (JSON WorkerInfo), expiring when it stops beating. */
+  worker: (prefix: string, workerId: string) => `${prefix}:worker:${workerId}`,
+  workerPattern: (prefix: string) => `${prefix}:worker:*`,
+};
+
+/** What a training worker advertises about itself. */
+export interface WorkerInfo {
+  id: string;
+  host: string;
+  gpu: { name: string; memoryMiB: number } | null;
+  /** Base checkpoints found in MODELS_DIR (file names), with their family when it can be told. */
+  models: { file: string; base: 'sd15' | 'sdxl' | null }[];
+  busyWith: string | null;
+  startedAt: number;
+  at: number;
 }

@@ -1,0 +1,69 @@
+import { InteractionContextType, PermissionFlagsBits, SlashCommandBuilder } from 'discord.js';
+import { OPTIMIZERS, RECIPE_NAMES } from '../src/core/recipes.ts';
+
+export const trainCommandData = new SlashCommandBuilder()
+  .setName('train')
+  .setDescription('Plan, start and follow LoRA training runs')
+  .setContexts(InteractionContextType.Guild)
+  .addSubcommand((s) =>
+    s
+      .setName('plan')
+      .setDescription('Exact plan (repeats, buckets, steps, time) with a Start button')
+      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
+      .addStringOption((o) =>
+        o
+          .setName('recipe')
+          .setDescription('Training recipe (default: character)')
+          .addChoices(...RECIPE_NAMES.map((r) => ({ name: r, value: r }))),
+      )
+      .addStringOption((o) => o.setName('model').setDescription('Base checkpoint (offered by the training workers)').setAutocomplete(true).setMaxLength(200))
+      .addIntegerOption((o) => o.setName('epochs').setDescription('Epochs (1–100)').setMinValue(1).setMaxValue(100))
+      .addIntegerOption((o) => o.setName('dim').setDescription('Network dim / rank (1–256)').setMinValue(1).setMaxValue(256))
+      .addNumberOption((o) => o.setName('alpha').setDescription('Network alpha (0.1–256)').setMinValue(0.1).setMaxValue(256))
+      .addNumberOption((o) => o.setName('lr').setDescription('Learning rate (range depends on the optimizer)').setMinValue(0).setMaxValue(10))
+      .addStringOption((o) =>
+        o
+          .setName('optimizer')
+          .setDescription('Optimizer')
+          .addChoices(...OPTIMIZERS.map((x) => ({ name: x, value: x }))),
+      )
+      .addIntegerOption((o) => o.setName('resolution').setDescription('Resolution, multiple of 64 (256–2048)').setMinValue(256).setMaxValue(2048))
+      .addIntegerOption((o) => o.setName('batch').setDescription('Batch size (1–16)').setMinValue(1).setMaxValue(16))
+      .addIntegerOption((o) => o.setName('seed').setDescription('Seed').setMinValue(0).setMaxValue(4294967295))
+      .addBooleanOption((o) => o.setName('flip').setDescription('Mirror images (only for symmetric subjects)')),
+  )
+  .addSubcommand((s) =>
+    s
+      .setName('status')
+      .setDescription('A run’s progress (default: the latest run here)')
+      .addStringOption((o) => o.setName('run').setDescription('Run id').setAutocomplete(true).setMaxLength(16)),
+  )
+  .addSubcommand((s) => s.setName('queue').setDescription('Runs waiting and running, and the training workers'))
+  .addSubcommand((s) =>
+    s
+      .setName('cancel')
+      .setDescription('Stop a run (what was saved is kept)')
+      .addStringOption((o) => o.setName('run').setDescription('Run id').setRequired(true).setAutocomplete(true).setMaxLength(16)),
+  )
+  .toJSON();
+
+export const settingsCommandData = new SlashCommandBuilder()
+  .setName('settings')
+  .setDescription('LoRA Guild settings for this server')
+  .setContexts(InteractionContextType.Guild)
+  .setDefaultMemberPermissions(PermissionFlagsBits.ManageGuild)
+  .addSubcommand((s) => s.setName('show').setDescription('Current settings'))
+  .addSubcommand((s) =>
+    s
+      .setName('trainer-role')
+      .setDescription('Who may start training runs (besides Manage Server)')
+      .addRoleOption((o) => o.setName('role').setDescription('The trainer role (leave out to allow Manage Server only)')),
+  )
+  .addSubcommand((s) =>
+    s
+      .setName('limits')
+      .setDescription('How many runs may wait or run at once')
+      .addIntegerOption((o) => o.setName('per-member').setDescription('Per member (1–10)').setMinValue(1).setMaxValue(10))
+      .addIntegerOption((o) => o.setName('per-server').setDescription('For the whole server (1–50)').setMinValue(1).setMaxValue(50)),
+  )
+  .toJSON();

@@ -1,0 +1,322 @@
+import {
+  ActionRowBuilder,
+  ButtonBuilder,
+  ButtonStyle,
+  PermissionFlagsBits,
+  type AutocompleteInteraction,
+  type ChatInputCommandInteraction,
+} from 'discord.js';
+import { trainCommandData } from '../../../commands/train.ts';
+import { UserError } from '../../core/errors.ts';
+import type { RunOverrides } from '../../core/recipes.ts';
+import { JobName, sharedKeys } from '../../queues/contract.ts';
+import { newId } from '../../store/dataset-store.ts';
+import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
+import { liveWorkers } from '../../store/worker-directory.ts';
+import type { BotContext } from '../context.ts';
+import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
+import type { ComponentHandler, SlashCommand } from '../interactions.ts';
+import { truncate } from '../reports.ts';
+import { modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
+
+const PLAN_TTL_SECONDS = 3600;
+
+function duration(seconds: number): string {
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+export function renderPlan(datasetName: string, prepared: PreparedRun): string {
+  const { plan, recipe } = prepared;
+  const lines = [
+    `**Plan for ${datasetName}** · recipe \`${recipe.name}\` · base \`${prepared.model}\` · ${plan.resolution} px · batch ${plan.batchSize}`,
+    `Network dim ${recipe.network.dim} / alpha ${recipe.network.alpha} · ${recipe.optimizer.type} lr ${recipe.optimizer.learningRate} · ${recipe.scheduler.type}`,
+    ...plan.concepts.map(
+      (c) => `\`${c.folder}\` — ${c.images.length} image${c.images.length === 1 ? '' : 's'} × ${c.repeats} repeats = ${c.stepsPerEpoch} per epoch`,
+    ),
+    `Buckets: ${plan.buckets
+      .slice(0, 10)
+      .map((b) => `${b.size[0]}×${b.size[1]} ×${b.count}`)
+      .join(' · ')}${plan.buckets.length > 10 ? ' · …' : ''}`,
+    `**${plan.stepsPerEpoch}** steps per epoch × **${plan.epochs}** epochs = **${plan.totalSteps}** steps · about **${duration(plan.estimateSeconds)}**`,
+    ...plan.warnings.map((w) => `⚠️ ${w.message}`),
+    ...prepared.notes,
+  ];
+  return truncate(lines.join('\n'), 1900);
+}
+
+function overridesFrom(interaction: ChatInputCommandInteraction): RunOverrides {
+  const o: RunOverrides = {};
+  const epochs = interaction.options.getInteger('epochs');
+  const dim = interaction.options.getInteger('dim');
+  const alpha = interaction.options.getNumber('alpha');
+  const lr = interaction.options.getNumber('lr');
+  const optimizer = interaction.options.getString('optimizer');
+  const resolution = interaction.options.getInteger('resolution');
+  const batch = interaction.options.getInteger('batch');
+  const seed = interaction.options.getInteger('seed');
+  const flip = interaction.options.getBoolean('flip');
+  if (epochs !== null) o.epochs = epochs;
+  if (dim !== null) o.dim = dim;
+  if (alpha !== null) o.alpha = alpha;
+  if (lr !== null) o.learningRate = lr;
+  if (optimizer !== null) o.optimizer = optimizer as NonNullable<RunOverrides['optimizer']>;
+  if (resolution !== null) o.resolution = resolution;
+  if (batch !== null) o.batchSize = batch;
+  if (seed !== null) o.seed = seed;
+  if (flip !== null) o.flip = flip;
+  return o;
+}
+
+interface StoredPlan {
+  datasetId: string;
+  request: PlanRequest;
+  createdBy: string;
+}
+
+async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  const request: PlanRequest = {
+    recipe: interaction.options.getString('recipe') ?? 'character',
+    overrides: overridesFrom(interaction),
+    model: interaction.options.getString('model'),
+  };
+  const prepared = await prepareRun(ctx, dataset, request);
+  request.model = prepared.model;
+  const planId = newId(6);
+  const stored: StoredPlan = { datasetId: dataset.id, request, createdBy: interaction.user.id };
+  await ctx.redis.set(`${ctx.config.REDIS_PREFIX}:plan:${planId}`, JSON.stringify(stored), 'EX', PLAN_TTL_SECONDS);
+  await interaction.editReply({
+    content: renderPlan(dataset.name, prepared),
+    components: [
+      new ActionRowBuilder<ButtonBuilder>().addComponents(
+        new ButtonBuilder().setCustomId(`trainstart:${planId}`).setLabel('Start training').setStyle(ButtonStyle.Success),
+      ),
+    ],
+    allowedMentions: { parse: [] },
+  });
+}
+
+/** Only the trainer role or Manage Server may spend GPU time. */
+async function requireTrainer(interaction: GuildInteraction, ctx: BotContext) {
+  if (interaction.memberPermissions?.has(PermissionFlagsBits.ManageGuild)) return;
+  const settings = await ctx.settings.get(guildIdOf(interaction));
+  const member = interaction.member;
+  const roles = member ? (Array.isArray(member.roles) ? member.roles : [...member.roles.cache.keys()]) : [];
+  if (settings.trainerRoleId && roles.includes(settings.trainerRoleId)) return;
+  throw new UserError(
+    settings.trainerRoleId
+      ? `Starting a run needs the <@&${settings.trainerRoleId}> role or Manage Server.`
+      : 'Starting a run needs Manage Server (an admin can name a trainer role with `/settings trainer-role`).',
+  );
+}
+
+async function queuePosition(ctx: BotContext, runId: string): Promise<number | null> {
+  const waiting = await ctx.trainingQueue.getWaiting(0, 500);
+  const index = waiting.findIndex((j) => j.id === runId);
+  return index < 0 ? null : waiting.length - index;
+}
+
+export const startButton: ComponentHandler = {
+  family: 'trainstart',
+  defer: () => 'public',
+  async handle(interaction, ctx) {
+    const planId = /^trainstart:([a-z0-9]{1,16})$/.exec(interaction.customId)?.[1];
+    const json = planId ? await ctx.redis.get(`${ctx.config.REDIS_PREFIX}:plan:${planId}`) : null;
+    if (!json) throw new UserError('This plan has expired: run `/train plan` again.');
+    const stored = JSON.parse(json) as StoredPlan;
+    await requireTrainer(interaction, ctx);
+    const dataset = await datasetById(interaction, ctx, stored.datasetId);
+    const settings = await ctx.settings.get(dataset.guildId);
+    const active = (await ctx.runs.listForGuild(dataset.guildId, 200)).filter((r) => ACTIVE_STATUSES.includes(r.status));
+    if (active.filter((r) => r.createdBy === interaction.user.id).length >= settings.maxQueuedPerMember) {
+      throw new UserError(`You already have ${settings.maxQueuedPerMember} run(s) waiting or running; wait for one to finish or cancel it.`);
+    }
+    if (active.length >= settings.maxQueuedPerGuild) {
+      throw new UserError(`This server already has ${settings.maxQueuedPerGuild} run(s) waiting or running.`);
+    }
+    // The dataset may have changed since the plan was shown: plan again from what it is now.
+    const prepared = await prepareRun(ctx, dataset, stored.request);
+    const runId = newRunId();
+    const run: Run = {
+      id: runId,
+      guildId: dataset.guildId,
+      datasetId: dataset.id,
+      datasetName: dataset.name,
+      channelId: dataset.threadId ?? dataset.channelId,
+      createdBy: interaction.user.id,
+      createdAt: Date.now(),
+      recipe: prepared.recipe,
+      baseModel: prepared.model,
+      outputName: `${dataset.name}-${runId}`,
+      summary: {
+        epochs: prepared.plan.epochs,
+        stepsPerEpoch: prepared.plan.stepsPerEpoch,
+        totalSteps: prepared.plan.totalSteps,
+        estimateSeconds: prepared.plan.estimateSeconds,
+        images: prepared.plan.concepts.reduce((n, c) => n + c.images.length, 0),
+        concepts: prepared.plan.concepts.map((c) => ({ name: c.name, folder: c.folder, repeats: c.repeats, images: c.images.length })),
+      },
+      status: 'queued',
+      workerId: null,
+      startedAt: null,
+      finishedAt: null,
+      progress: null,
+      statusMessageId: null,
+      statusEditedAt: null,
+      epochs: {},
+      final: null,
+      failure: null,
+      cancelRequestedBy: null,
+    };
+    await ctx.runs.create(run);
+    await ctx.trainingQueue.add(
+      JobName.TrainRun,
+      {
+        runId,
+        guildId: dataset.guildId,
+        datasetId: dataset.id,
+        datasetName: dataset.name,
+        baseModel: prepared.model,
+        plan: prepared.plan,
+        recipe: prepared.recipe,
+        images: prepared.images,
+        samplePrompts: [],
+        seed: prepared.recipe.seed ?? Math.floor(Math.random() * 2 ** 31),
+        outputName: run.outputName,
+      },
+      { jobId: runId },
+    );
+    await ctx.redis.del(`${ctx.config.REDIS_PREFIX}:plan:${planId!}`);
+    ctx.logger.info({ runId, datasetId: dataset.id, userId: interaction.user.id }, 'run queued');
+    const position = await queuePosition(ctx, runId);
+    await interaction.editReply({
+      content:
+        `Queued run \`${runId}\` for **${dataset.name}**: ${prepared.plan.totalSteps} steps over ${prepared.plan.epochs} epochs` +
+        `${position !== null ? ` · position ${position} in the queue` : ''}. Progress and one sample grid per epoch will appear in <#${run.channelId}>.`,
+      allowedMentions: { parse: [] },
+    });
+  },
+};
+
+function describeRun(run: Run): string {
+  const p = run.progress;
+  const parts = [`\`${run.id}\` · **${run.datasetName}** · ${run.recipe.name} · ${run.status}`];
+  if (run.status === 'running' && p) {
+    parts.push(
+      `epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.totalSteps} (${Math.floor((100 * p.step) / Math.max(1, p.totalSteps))}%)` +
+        (p.loss !== null ? ` · loss ${p.loss.toFixed(4)}` : '') +
+        (p.etaSeconds !== null ? ` · about ${duration(p.etaSeconds)} left` : ''),
+    );
+  }
+  if (run.status === 'failed' && run.failure) parts.push(run.failure.reason);
+  const epochsDone = Object.keys(run.epochs).length;
+  if (epochsDone > 0) parts.push(`${epochsDone} epoch${epochsDone === 1 ? '' : 's'} saved`);
+  return parts.join(' · ');
+}
+
+async function findRun(interaction: ChatInputCommandInteraction, ctx: BotContext, required: boolean): Promise<Run> {
+  const guildId = guildIdOf(interaction);
+  const id = interaction.options.getString('run');
+  if (id) {
+    const run = await ctx.runs.get(id.trim());
+    if (!run || run.guildId !== guildId) throw new UserError(`There is no run \`${id.trim().slice(0, 16)}\` in this server.`);
+    return run;
+  }
+  if (required) throw new UserError('Name a run.');
+  const latest = (await ctx.runs.listForGuild(guildId, 1))[0];
+  if (!latest) throw new UserError('No runs in this server yet. Plan one with `/train plan`.');
+  return latest;
+}
+
+async function status(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const run = await findRun(interaction, ctx, false);
+  const position = run.status === 'queued' ? await queuePosition(ctx, run.id) : null;
+  await interaction.editReply({
+    content: describeRun(run) + (position !== null ? ` · position ${position} in the queue` : ''),
+    allowedMentions: { parse: [] },
+  });
+}
+
+async function queue(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const guildId = guildIdOf(interaction);
+  const runs = (await ctx.runs.listForGuild(guildId, 100)).filter((r) => ACTIVE_STATUSES.includes(r.status)).reverse();
+  const workers = await liveWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+  const lines = [
+    runs.length === 0 ? 'No runs waiting or running.' : `Runs (${runs.length}):`,
+    ...runs.map((r) => `• ${describeRun(r)}`),
+    workers.length === 0
+      ? '⚠️ No training worker is online.'
+      : `Workers: ${workers
+          .map((w) => `\`${w.id}\` (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${w.busyWith ? `, busy with \`${w.busyWith}\`` : ', idle'})`)
+          .join(' · ')}`,
+  ];
+  await interaction.editReply({ content: truncate(lines.join('\n'), 1900), allowedMentions: { parse: [] } });
+}
+
+async function cancel(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const run = await findRun(interaction, ctx, true);
+  const mayCancel = run.createdBy === interaction.user.id || (interaction.memberPermissions?.has(PermissionFlagsBits.ManageGuild) ?? false);
+  if (!mayCancel) throw new UserError('Only whoever started a run, or a member with Manage Server, can cancel it.');
+  if (!ACTIVE_STATUSES.includes(run.status)) throw new UserError(`Run \`${run.id}\` is already ${run.status}.`);
+  await ctx.redis.set(sharedKeys.runCancel(ctx.config.REDIS_PREFIX, run.id), interaction.user.id, 'EX', 7 * 24 * 3600);
+  // A run nobody has picked up yet is simply taken out of the queue.
+  const job = await ctx.trainingQueue.getJob(run.id);
+  let removed = false;
+  if (job && (await job.isWaiting())) {
+    await job.remove();
+    removed = true;
+  }
+  await ctx.runs.update(run.id, (r) => ({ ...r, cancelRequestedBy: interaction.user.id, ...(removed ? { status: 'cancelled' as const, finishedAt: Date.now() } : {}) }));
+  await interaction.editReply(
+    removed
+      ? `Cancelled run \`${run.id}\` before it started.`
+      : `Stopping run \`${run.id}\`: the trainer is being stopped; saved epochs are kept.`,
+  );
+}
+
+async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {
+  const focused = interaction.options.getFocused(true);
+  const typed = String(focused.value).trim().toLowerCase();
+  if (focused.name === 'dataset') return interaction.respond(await autocompleteDatasets(interaction, ctx, typed));
+  if (!interaction.guildId) return interaction.respond([]);
+  if (focused.name === 'run') {
+    const runs = await ctx.runs.listForGuild(interaction.guildId, 25);
+    return interaction.respond(
+      runs
+        .filter((r) => r.id.includes(typed) || r.datasetName.includes(typed))
+        .map((r) => ({ name: truncate(`${r.id} · ${r.datasetName} · ${r.status}`, 100), value: r.id })),
+    );
+  }
+  if (focused.name === 'model') {
+    const name = interaction.options.getString('dataset');
+    const dataset = name ? await ctx.store.findDataset(interaction.guildId, name) : await ctx.store.datasetForThread(interaction.channelId);
+    const workers = await liveWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+    const models = dataset ? modelsFor(workers, dataset.base) : [...new Set(workers.flatMap((w) => w.models.map((m) => m.file)))];
+    return interaction.respond(models.filter((m) => m.toLowerCase().includes(typed)).slice(0, 25).map((m) => ({ name: m.slice(0, 100), value: m.slice(0, 100) })));
+  }
+  return interaction.respond([]);
+}
+
+export const trainCommand: SlashCommand = {
+  data: trainCommandData,
+  defer: (interaction) => (interaction.options.getSubcommand(false) === 'cancel' ? 'ephemeral' : 'public'),
+  async execute(interaction, ctx) {
+    switch (interaction.options.getSubcommand(true)) {
+      case 'plan':
+        return plan(interaction, ctx);
+      case 'status':
+        return status(interaction, ctx);
+      case 'queue':
+        return queue(interaction, ctx);
+      case 'cancel':
+        return cancel(interaction, ctx);
+      default:
+        throw new UserError('Unknown subcommand.');
+    }
+  },
+  async autocomplete(interaction, ctx) {
+    await autocomplete(interaction, ctx);
+  },
+};

@@ -1,0 +1,201 @@
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { AttachmentBuilder, DiscordAPIError, type Client, type SendableChannels } from 'discord.js';
+import type { BlobStore } from '../core/blob-store.ts';
+import { formatBytes } from '../core/download.ts';
+import type { Logger } from '../core/logger.ts';
+import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
+import type { Run, RunStore } from '../store/run-store.ts';
+import { truncate } from './reports.ts';
+
+/** Discord refuses many edits of a message older than an hour: start a new status message before that. */
+const STATUS_MESSAGE_MAX_AGE_MS = 50 * 60_000;
+const PERMANENT_CODES = new Set([10003, 50001, 50013]);
+
+export interface RunReporterDeps {
+  client: Client;
+  runs: RunStore;
+  blobs: BlobStore;
+  logger: Logger;
+  /** Least time between two edits of a run's status message. */
+  statusEditIntervalMs: number;
+}
+
+function duration(seconds: number): string {
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+export function statusText(run: Run): string {
+  const p = run.progress;
+  if (!p) return `⏳ Run \`${run.id}\` of **${run.datasetName}** is starting on \`${run.workerId ?? '?'}\`…`;
+  const pct = Math.floor((100 * p.step) / Math.max(1, p.totalSteps));
+  const filled = Math.round(pct / 5);
+  return (
+    `🏋️ Run \`${run.id}\` of **${run.datasetName}** · epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.totalSteps}\n` +
+    `\`${'█'.repeat(filled)}${'░'.repeat(20 - filled)}\` ${pct}%` +
+    (p.loss !== null ? ` · loss ${Number.isFinite(p.loss) ? p.loss.toFixed(4) : 'nan'}` : '') +
+    (p.etaSeconds !== null ? ` · about ${duration(p.etaSeconds)} left` : '')
+  );
+}
+
+/**
+ * Consumes what training workers report and shows it in the run's channel: one status message
+ * (edited at most once per interval), one message per epoch with its sample grid, and the end.
+ * Nothing is lost while the bot or Discord is down (the queue keeps it), and each epoch is posted
+ * once: the event's id marks it done after the post, and the message nonce covers a crash in between.
+ */
+export function startRunReporter(deps: RunReporterDeps, connection: import('ioredis').Redis, redisPrefix: string): Worker {
+  const log = deps.logger.child({ queue: QueueName.RunEvents });
+  const worker = new Worker<RunEvent>(
+    QueueName.RunEvents,
+    async (job: Job<RunEvent>) => {
+      try {
+        await handle(deps, job.data);
+      } catch (err) {
+        if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
+          throw new UnrecoverableError(`Discord refused a run message (${err.code}): ${err.message}`);
+        }
+        throw err;
+      }
+    },
+    // One at a time keeps each run's messages in order.
+    { connection, prefix: bullPrefix(redisPrefix), concurrency: 1 },
+  );
+  worker.on('failed', (job, err) => log.warn({ err, jobId: job?.id, attempts: job?.attemptsMade }, 'showing a run event failed'));
+  worker.on('error', (err) => log.error({ err }, 'run reporter error'));
+  return worker;
+}
+
+async function channelOf(deps: RunReporterDeps, run: Run): Promise<SendableChannels> {
+  const channel = await deps.client.channels.fetch(run.channelId);
+  if (!channel?.isSendable()) throw new UnrecoverableError(`channel ${run.channelId} of run ${run.id} is not sendable`);
+  return channel;
+}
+
+function nonceFor(eventId: string): string {
+  // Discord nonces are at most 25 characters; event ids are short enough once hashed-ish.
+  let h = 0;
+  for (const ch of eventId) h = (Math.imul(h, 31) + ch.charCodeAt(0)) | 0;
+  return `${eventId.slice(0, 14)}${(h >>> 0).toString(36)}`.slice(0, 25);
+}
+
+async function send(deps: RunReporterDeps, run: Run, eventId: string, payload: { content: string; files?: AttachmentBuilder[] }) {
+  const channel = await channelOf(deps, run);
+  return channel.send({ ...payload, allowedMentions: { parse: [] }, nonce: nonceFor(eventId), enforceNonce: true });
+}
+
+async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
+  const { runs } = deps;
+  const eventId = runEventId(event);
+  const run = await runs.get(event.runId);
+  if (!run) {
+    deps.logger.warn({ runId: event.runId, kind: event.kind }, 'event for an unknown run dropped');
+    return;
+  }
+  switch (event.kind) {
+    case 'started': {
+      const updated = await runs.update(run.id, (r) => ({
+        ...r,
+        status: r.status === 'cancelled' ? r.status : 'running',
+        workerId: event.workerId,
+        startedAt: r.startedAt ?? Date.now(),
+        progress: r.progress ?? { step: 0, totalSteps: event.totalSteps, epoch: event.resumedFromEpoch ?? 0, epochs: event.epochs, loss: null, etaSeconds: null, at: Date.now() },
+      }));
+      if (await runs.eventDone(eventId)) return;
+      const resumed = event.resumedFromEpoch !== null ? ` (resumed after epoch ${event.resumedFromEpoch})` : '';
+      await send(deps, updated!, eventId, {
+        content: `🚀 Run \`${run.id}\` of **${run.datasetName}** started on \`${event.workerId}\`${resumed}: ${event.totalSteps} steps over ${event.epochs} epochs.`,
+      });
+      const status = await send(deps, updated!, `${eventId}.status`, { content: statusText(updated!) });
+      await runs.update(run.id, (r) => ({ ...r, statusMessageId: status.id, statusEditedAt: Date.now() }));
+      await runs.markEventDone(eventId);
+      return;
+    }
+    case 'progress': {
+      if (run.progress && run.progress.step > event.step) return; // stale
+      const updated = await runs.update(run.id, (r) => ({
+        ...r,
+        status: r.status === 'queued' ? 'running' : r.status,
+        progress: { step: event.step, totalSteps: event.totalSteps, epoch: event.epoch, epochs: event.epochs, loss: event.loss, etaSeconds: event.etaSeconds, at: event.at },
+      }));
+      if (!updated || Date.now() - (updated.statusEditedAt ?? 0) < deps.statusEditIntervalMs) return;
+      await refreshStatus(deps, updated, eventId);
+      return;
+    }
+    case 'epoch': {
+      const updated = await runs.update(run.id, (r) => ({
+        ...r,
+        epochs: { ...r.epochs, [String(event.epoch)]: { grid: event.grid, checkpoint: event.checkpoint, messageId: r.epochs[String(event.epoch)]?.messageId ?? null } },
+      }));
+      if (await runs.eventDone(eventId)) return;
+      const files: AttachmentBuilder[] = [];
+      if (event.grid) files.push(new AttachmentBuilder(await deps.blobs.read(event.grid.blob), { name: `${run.outputName}-epoch${event.epoch}.png` }));
+      const size = event.checkpoint ? ` · checkpoint ${formatBytes(event.checkpoint.bytes)}` : '';
+      const message = await send(deps, updated!, eventId, {
+        content: `🖼️ **Epoch ${event.epoch}/${event.epochs}** of run \`${run.id}\` (${run.datasetName})${size}`,
+        files,
+      });
+      await runs.update(run.id, (r) => ({
+        ...r,
+        epochs: { ...r.epochs, [String(event.epoch)]: { grid: event.grid, checkpoint: event.checkpoint, messageId: message.id } },
+      }));
+      await runs.markEventDone(eventId);
+      return;
+    }
+    case 'finished': {
+      const updated = await runs.update(run.id, (r) => ({ ...r, status: 'finished', final: event.final, finishedAt: Date.now() }));
+      if (await runs.eventDone(eventId)) return;
+      await refreshStatus(deps, updated!, `${eventId}.status`, `✅ Run \`${run.id}\` of **${run.datasetName}** finished in ${duration(event.seconds)}.`);
+      await send(deps, updated!, eventId, {
+        content:
+          `✅ Run \`${run.id}\` of **${run.datasetName}** finished in ${duration(event.seconds)}: ` +
+          `\`${run.outputName}.safetensors\`, ${formatBytes(event.final.bytes)}, sha256 \`${event.final.sha256.slice(0, 16)}…\``,
+      });
+      await runs.markEventDone(eventId);
+      return;
+    }
+    case 'failed': {
+      const updated = await runs.update(run.id, (r) => ({ ...r, status: 'failed', failure: { reason: event.reason, logTail: event.logTail }, finishedAt: Date.now() }));
+      if (await runs.eventDone(eventId)) return;
+      const tail = event.logTail.join('\n').replaceAll('```', 'ˋˋˋ');
+      await refreshStatus(deps, updated!, `${eventId}.status`, `❌ Run \`${run.id}\` of **${run.datasetName}** failed.`);
+      await send(deps, updated!, eventId, {
+        content: truncate(`❌ Run \`${run.id}\` of **${run.datasetName}** failed: ${event.reason}\n\`\`\`\n${tail.slice(-1500)}\n\`\`\``, 1990),
+      });
+      await runs.markEventDone(eventId);
+      return;
+    }
+    case 'cancelled': {
+      const updated = await runs.update(run.id, (r) => ({ ...r, status: 'cancelled', finishedAt: Date.now() }));
+      if (await runs.eventDone(eventId)) return;
+      const saved = event.lastEpoch ? ` Epochs 1–${event.lastEpoch} are kept.` : '';
+      await refreshStatus(deps, updated!, `${eventId}.status`, `⏹️ Run \`${run.id}\` of **${run.datasetName}** was cancelled.`);
+      await send(deps, updated!, eventId, { content: `⏹️ Run \`${run.id}\` of **${run.datasetName}** was cancelled.${saved}` });
+      await runs.markEventDone(eventId);
+      return;
+    }
+  }
+}
+
+/** Edits the status message, or posts a fresh one when the old one is too old to edit. */
+async function refreshStatus(deps: RunReporterDeps, run: Run, eventId: string, content = statusText(run)) {
+  const channel = await channelOf(deps, run);
+  const messageId = run.statusMessageId;
+  const tooOld = messageId !== null && Date.now() - snowflakeTime(messageId) > STATUS_MESSAGE_MAX_AGE_MS;
+  if (messageId && !tooOld) {
+    try {
+      await channel.messages.edit(messageId, { content, allowedMentions: { parse: [] } });
+      await deps.runs.update(run.id, (r) => ({ ...r, statusEditedAt: Date.now() }));
+      return;
+    } catch (err) {
+      if (!(err instanceof DiscordAPIError && (err.code === 10008 || err.code === 30046))) throw err;
+    }
+  }
+  const message = await channel.send({ content, allowedMentions: { parse: [] }, nonce: nonceFor(eventId), enforceNonce: true });
+  await deps.runs.update(run.id, (r) => ({ ...r, statusMessageId: message.id, statusEditedAt: Date.now() }));
+}
+
+function snowflakeTime(id: string): number {
+  return Number((BigInt(id) >> 22n) + 1420070400000n);
+}

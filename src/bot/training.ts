@@ -1,0 +1,101 @@
+import { UserError } from '../core/errors.ts';
+import { planRun, type Plan } from '../core/plan.ts';
+import { resolveRecipe, RunOverridesSchema, type ResolvedRecipe, type RunOverrides } from '../core/recipes.ts';
+import { composeCaption } from '../core/tag-ops.ts';
+import type { TrainRunPayload, WorkerInfo } from '../queues/contract.ts';
+import { DEFAULT_CONCEPT, newId, type Dataset } from '../store/dataset-store.ts';
+import { liveWorkers } from '../store/worker-directory.ts';
+import type { BotContext } from './context.ts';
+import { listNos } from './reports.ts';
+
+export interface PlanRequest {
+  recipe: string;
+  overrides: RunOverrides;
+  model: string | null;
+}
+
+export interface PreparedRun {
+  plan: Plan;
+  recipe: ResolvedRecipe;
+  model: string;
+  workers: WorkerInfo[];
+  /** Problems that are not the planner's: no worker online, a model nobody has confirmed… */
+  notes: string[];
+  images: TrainRunPayload['images'];
+}
+
+/** Base checkpoints offered by live workers for a family. */
+export function modelsFor(workers: WorkerInfo[], base: Dataset['base']): string[] {
+  const files = new Set<string>();
+  for (const w of workers) for (const m of w.models) if (m.base === base || m.base === null) files.add(m.file);
+  return [...files].sort();
+}
+
+/**
+ * Everything /train plan shows and Start queues: the recipe with its overrides checked, the exact
+ * plan from the dataset as it is now, the base model, and each image's blob and caption.
+ */
+export async function prepareRun(ctx: BotContext, dataset: Dataset, request: PlanRequest): Promise<PreparedRun> {
+  const parsed = RunOverridesSchema.safeParse(request.overrides);
+  if (!parsed.success) throw new UserError(parsed.error.issues.map((i) => i.message).join('; '));
+  const recipe = resolveRecipe(request.recipe, dataset.base, parsed.data);
+
+  const images = await ctx.store.listImages(dataset.id);
+  if (images.length === 0) throw new UserError(`**${dataset.name}** has no images yet: contribute with \`/dataset add\` first.`);
+  const captions = await ctx.captions.getMany(dataset.id, images.map((i) => i.no));
+  const untagged = images.filter((i) => !captions.has(i.no)).map((i) => i.no);
+  if (untagged.length > 0) {
+    throw new UserError(
+      `${untagged.length} image${untagged.length === 1 ? ' is' : 's are'} not tagged yet (${listNos(untagged)}). ` +
+        'Wait for tagging to finish, or run `/tags retag` for them.',
+    );
+  }
+
+  const workers = await liveWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+  const offered = modelsFor(workers, dataset.base);
+  const notes: string[] = [];
+  let model = request.model?.trim() || null;
+  if (model !== null) {
+    if (!/^[\w.+-]{1,200}$/.test(model)) throw new UserError('A base model is a file name such as `sd15-base.safetensors`.');
+    if (workers.length > 0 && !offered.includes(model)) {
+      throw new UserError(
+        `No training worker has the base model \`${model}\`.` +
+          (offered.length > 0 ? ` Available for ${dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5'}: ${offered.map((m) => `\`${m}\``).join(', ')}.` : ''),
+      );
+    }
+  } else {
+    model = offered[0] ?? null;
+    if (model === null) {
+      throw new UserError(
+        workers.length === 0
+          ? 'No training worker is online, so no base model can be chosen. Name one with `model:` (the run will wait for a worker), or start a worker.'
+          : `No training worker offers a ${dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5'} base model.`,
+      );
+    }
+  }
+  if (workers.length === 0) notes.push('⚠️ No training worker is online right now: a started run waits in the queue until one is.');
+
+  const concepts = await ctx.store.getConcepts(dataset.id);
+  const byConcept = new Map<string, typeof images>();
+  for (const img of images) byConcept.set(img.concept, [...(byConcept.get(img.concept) ?? []), img]);
+  const payloadImages: TrainRunPayload['images'] = {};
+  const planConcepts = concepts
+    .filter((c) => (byConcept.get(c.name)?.length ?? 0) > 0)
+    .map((c) => ({
+      name: c.name,
+      ...(c.trigger ? { trigger: c.trigger } : {}),
+      isMain: c.name === DEFAULT_CONCEPT,
+      images: (byConcept.get(c.name) ?? []).map((img) => {
+        const tags = captions.get(img.no)?.tags ?? [];
+        const caption = composeCaption(dataset.trigger, c.trigger, tags);
+        payloadImages[String(img.no)] = { blob: img.masterBlob, caption };
+        return { id: String(img.no), width: img.width, height: img.height, captioned: true, caption };
+      }),
+    }));
+  const plan = planRun({ base: dataset.base, trigger: dataset.trigger, className: dataset.className, concepts: planConcepts, recipe });
+  return { plan, recipe, model, workers, notes, images: payloadImages };
+}
+
+export function newRunId(): string {
+  return newId(5);
+}

@@ -1,0 +1,148 @@
+import type { Redis } from 'ioredis';
+import type { ResolvedRecipe } from '../core/recipes.ts';
+import { KeyedMutex } from '../core/limiter.ts';
+import type { ArtifactRef } from '../queues/contract.ts';
+
+export type RunStatus = 'queued' | 'running' | 'finished' | 'failed' | 'cancelled';
+
+export interface RunEpoch {
+  grid: ArtifactRef | null;
+  checkpoint: ArtifactRef | null;
+  /** The Discord message that shows this epoch (once posted). */
+  messageId: string | null;
+}
+
+export interface Run {
+  id: string;
+  guildId: string;
+  datasetId: string;
+  datasetName: string;
+  /** Where the run reports: the dataset's thread, or its channel. */
+  channelId: string;
+  createdBy: string;
+  createdAt: number;
+  recipe: ResolvedRecipe;
+  baseModel: string;
+  outputName: string;
+  summary: {
+    epochs: number;
+    stepsPerEpoch: number;
+    totalSteps: number;
+    estimateSeconds: number;
+    images: number;
+    concepts: { name: string; folder: string; repeats: number; images: number }[];
+  };
+  status: RunStatus;
+  workerId: string | null;
+  startedAt: number | null;
+  finishedAt: number | null;
+  progress: { step: number; totalSteps: number; epoch: number; epochs: number; loss: number | null; etaSeconds: number | null; at: number } | null;
+  statusMessageId: string | null;
+  statusEditedAt: number | null;
+  epochs: Record<string, RunEpoch>;
+  final: ArtifactRef | null;
+  failure: { reason: string; logTail: string[] } | null;
+  cancelRequestedBy: string | null;
+}
+
+export const ACTIVE_STATUSES: readonly RunStatus[] = ['queued', 'running'];
+
+/** Runs in Redis. Updates are read-modify-write under a per-run lock (the bot is their one writer). */
+export class RunStore {
+  private readonly locks = new KeyedMutex();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+  ) {}
+
+  private key(id: string) {
+    return `${this.prefix}:run:${id}`;
+  }
+  private guildIndex(guildId: string) {
+    return `${this.prefix}:guild:${guildId}:runs`;
+  }
+  private datasetIndex(datasetId: string) {
+    return `${this.prefix}:ds:${datasetId}:runs`;
+  }
+
+  async create(run: Run): Promise<void> {
+    await this.redis
+      .multi()
+      .set(this.key(run.id), JSON.stringify(run), 'NX')
+      .zadd(this.guildIndex(run.guildId), run.createdAt, run.id)
+      .zadd(this.datasetIndex(run.datasetId), run.createdAt, run.id)
+      .exec();
+  }
+
+  async get(id: string): Promise<Run | null> {
+    const json = await this.redis.get(this.key(id));
+    return json ? (JSON.parse(json) as Run) : null;
+  }
+
+  /** Applies `change` to the current record atomically with respect to other updates here. */
+  async update(id: string, change: (run: Run) => Run | null): Promise<Run | null> {
+    return this.locks.run(id, async () => {
+      const run = await this.get(id);
+      if (!run) return null;
+      const next = change(run);
+      if (!next) return run;
+      await this.redis.set(this.key(id), JSON.stringify(next), 'XX');
+      return next;
+    });
+  }
+
+  async listForGuild(guildId: string, limit = 50): Promise<Run[]> {
+    const ids = await this.redis.zrevrange(this.guildIndex(guildId), 0, limit - 1);
+    return this.many(ids);
+  }
+
+  async listForDataset(datasetId: string, limit = 50): Promise<Run[]> {
+    const ids = await this.redis.zrevrange(this.datasetIndex(datasetId), 0, limit - 1);
+    return this.many(ids);
+  }
+
+  private async many(ids: string[]): Promise<Run[]> {
+    if (ids.length === 0) return [];
+    const jsons = await this.redis.mget(ids.map((id) => this.key(id)));
+    return jsons.filter((j): j is string => j !== null).map((j) => JSON.parse(j) as Run);
+  }
+
+  /** Whether a worker's event was already shown in Discord (so it is posted once). */
+  async eventDone(eventId: string): Promise<boolean> {
+    return (await this.redis.exists(`${this.prefix}:runevent:${eventId}`)) === 1;
+  }
+
+  async markEventDone(eventId: string): Promise<void> {
+    await this.redis.set(`${this.prefix}:runevent:${eventId}`, '1', 'EX', 30 * 24 * 3600);
+  }
+}
+
+export interface GuildSettings {
+  /** Members with this role (or Manage Guild) may start runs; null: Manage Guild only. */
+  trainerRoleId: string | null;
+  maxQueuedPerMember: number;
+  maxQueuedPerGuild: number;
+}
+
+export const DEFAULT_GUILD_SETTINGS: GuildSettings = { trainerRoleId: null, maxQueuedPerMember: 2, maxQueuedPerGuild: 5 };
+
+export class GuildSettingsStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+  ) {}
+
+  private key(guildId: string) {
+    return `${this.prefix}:guild:${guildId}:settings`;
+  }
+
+  async get(guildId: string): Promise<GuildSettings> {
+    const json = await this.redis.get(this.key(guildId));
+    return { ...DEFAULT_GUILD_SETTINGS, ...(json ? (JSON.parse(json) as Partial<GuildSettings>) : {}) };
+  }
+
+  async set(guildId: string, settings: GuildSettings): Promise<void> {
+    await this.redis.set(this.key(guildId), JSON.stringify(settings));
+  }
+}
