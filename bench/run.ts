@@ -1,4 +1,5 @@
 /** `npm run bench`: every benchmark in turn; each prints its own numbers. */
+import { benchDownload } from './download.ts';
 import { benchIntakeLoad } from './intake-load.ts';
 import { benchNormalize } from './normalize.ts';
 import { benchTagging } from './tagging.ts';
@@ -7,6 +8,7 @@ const benches: [string, () => Promise<void>][] = [
   ['normalisation', benchNormalize],
   ['intake under load', benchIntakeLoad],
   ['tagging', benchTagging],
+  ['download', benchDownload],
 ];
 
 const only = process.argv[2];

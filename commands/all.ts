@@ -1,5 +1,6 @@
 import type { RESTPostAPIChatInputApplicationCommandsJSONBody } from 'discord.js';
 import { datasetCommandData } from './dataset.ts';
+import { loraCommandData } from './lora.ts';
 import { settingsCommandData, trainCommandData } from './train.ts';
 import { captionCommandData, conceptCommandData, tagsCommandData } from './workshop.ts';
 
@@ -11,4 +12,5 @@ export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] =
   conceptCommandData,
   trainCommandData,
   settingsCommandData,
+  loraCommandData,
 ];

@@ -5,18 +5,20 @@ import { BlobStore } from '../core/blob-store.ts';
 import { requireBotCredentials, type Config } from '../core/config.ts';
 import { Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
-import { bullPrefix, defaultJobOptions, JobName, QueueName, type TagImagesPayload, type TrainRunPayload } from '../queues/contract.ts';
+import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type TagImagesPayload, type TrainRunPayload } from '../queues/contract.ts';
 import { CaptionStore } from '../store/caption-store.ts';
 import { DatasetStore, type Dataset } from '../store/dataset-store.ts';
-import { GuildSettingsStore, RunStore } from '../store/run-store.ts';
+import { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import { NoticeSender } from '../worker/notices.ts';
 import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
 import { captionFromUpload } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
 import { startRunReporter } from './run-reporter.ts';
+import { TallyUpdater, voteButtonHandler, voteSelectHandler } from './votes.ts';
 import { captionCommand, captionEditModal } from './commands/caption.ts';
 import { conceptCommand } from './commands/concept.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
+import { loraCommand } from './commands/lora.ts';
 import { settingsCommand } from './commands/settings.ts';
 import { pruneButton, tagsCommand } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
@@ -34,6 +36,12 @@ export interface BotHandle {
 }
 
 const HOUR = 3600_000;
+
+function botIntents(config: Config): GatewayIntentBits[] {
+  const intents = [GatewayIntentBits.Guilds];
+  if (config.DISCORD_MESSAGE_CONTENT) intents.push(GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent);
+  return intents;
+}
 
 /** Wires the bot's services and logs in. The one place that knows how the pieces fit. */
 export async function startBot(config: Config, logger: Logger): Promise<BotHandle> {
@@ -63,6 +71,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   });
   const runs = new RunStore(redis, config.REDIS_PREFIX);
   const settings = new GuildSettingsStore(redis, config.REDIS_PREFIX);
+  const votes = new VoteStore(redis, config.REDIS_PREFIX);
 
   const intake = new IntakeService({
     config,
@@ -95,24 +104,23 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     }
     return kept;
   }
-  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, trainingQueue, runs, settings, notices };
+  const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL } });
+  const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000 });
+  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
   await blobs.cleanTemp(HOUR);
   void blobs
-    .sweep(async (id) => (await store.blobRefCount(id)) > 0, HOUR)
+    .sweep(async (id) => (await store.blobRefCount(id)) > 0 || (await redis.sismember(sharedKeys.artifacts(config.REDIS_PREFIX), id)) === 1, HOUR)
     .then((r) => logger.info(r, 'blob sweep done'))
     .catch((err: unknown) => logger.warn({ err }, 'blob sweep failed'));
 
-  const intents = [GatewayIntentBits.Guilds];
-  if (config.DISCORD_MESSAGE_CONTENT) intents.push(GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent);
-  const client = new Client({ intents, rest: { api: config.DISCORD_API_URL } });
 
   const route = createInteractionRouter(
     ctx,
-    [datasetCommand, tagsCommand, captionCommand, conceptCommand, trainCommand, settingsCommand],
-    [showPageButtons, pruneButton, captionEditModal, startButton],
+    [datasetCommand, tagsCommand, captionCommand, conceptCommand, trainCommand, settingsCommand, loraCommand],
+    [showPageButtons, pruneButton, captionEditModal, startButton, voteButtonHandler, voteSelectHandler],
   );
   client.on(Events.InteractionCreate, (interaction: Interaction) => {
     route(interaction).catch((err: unknown) => logger.error({ err }, 'interaction routing failed'));
@@ -130,14 +138,22 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     tagging = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, queueConnection);
   }
 
-  const http = await startHttpServer({ host: config.HTTP_HOST, port: config.HTTP_PORT, redis, logger });
+  const http = await startHttpServer({
+    host: config.HTTP_HOST,
+    port: config.HTTP_PORT,
+    redis,
+    logger,
+    blobs,
+    redisPrefix: config.REDIS_PREFIX,
+    ...(config.DOWNLOAD_SECRET ? { downloadSecret: config.DOWNLOAD_SECRET } : {}),
+  });
   const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
   await client.login(token);
   await ready;
   // What workers reported while the bot was away is posted now that it can reach Discord.
   const poster: Worker = startNoticePoster(client, queueConnection, config.REDIS_PREFIX, logger);
   const reporter: Worker = startRunReporter(
-    { client, runs, blobs, logger, statusEditIntervalMs: config.PROGRESS_INTERVAL_SECONDS * 1000 },
+    { client, runs, votes, blobs, logger, statusEditIntervalMs: config.PROGRESS_INTERVAL_SECONDS * 1000 },
     queueConnection,
     config.REDIS_PREFIX,
   );
@@ -155,6 +171,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       await tagging?.service.close();
       await poster.close();
       await reporter.close();
+      tallies.stop();
       await client.destroy();
       await http.close();
       await taggingQueue.close();

@@ -7,7 +7,8 @@ import type { Redis } from 'ioredis';
 import type { TagImagesPayload, TrainRunPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
-import type { GuildSettingsStore, RunStore } from '../store/run-store.ts';
+import type { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
+import type { TallyUpdater } from './votes.ts';
 import type { NoticeSender } from '../worker/notices.ts';
 import type { IntakeService } from './intake.ts';
 
@@ -21,6 +22,8 @@ export interface BotContext {
   taggingQueue: Queue<TagImagesPayload>;
   trainingQueue: Queue<TrainRunPayload>;
   runs: RunStore;
+  votes: VoteStore;
+  tallies: TallyUpdater;
   settings: GuildSettingsStore;
   notices: NoticeSender;
   blobs: BlobStore;

@@ -1,11 +1,13 @@
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
-import { AttachmentBuilder, DiscordAPIError, type Client, type SendableChannels } from 'discord.js';
+import { AttachmentBuilder, DiscordAPIError, type Client, type MessageCreateOptions, type SendableChannels } from 'discord.js';
 import type { BlobStore } from '../core/blob-store.ts';
 import { formatBytes } from '../core/download.ts';
+import { stackRows } from '../core/media.ts';
 import type { Logger } from '../core/logger.ts';
 import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
-import type { Run, RunStore } from '../store/run-store.ts';
+import type { Run, RunStore, VoteStore } from '../store/run-store.ts';
 import { truncate } from './reports.ts';
+import { summaryContent, voteButton, voteSelect } from './votes.ts';
 
 /** Discord refuses many edits of a message older than an hour: start a new status message before that. */
 const STATUS_MESSAGE_MAX_AGE_MS = 50 * 60_000;
@@ -14,6 +16,7 @@ const PERMANENT_CODES = new Set([10003, 50001, 50013]);
 export interface RunReporterDeps {
   client: Client;
   runs: RunStore;
+  votes: VoteStore;
   blobs: BlobStore;
   logger: Logger;
   /** Least time between two edits of a run's status message. */
@@ -80,7 +83,7 @@ function nonceFor(eventId: string): string {
   return `${eventId.slice(0, 14)}${(h >>> 0).toString(36)}`.slice(0, 25);
 }
 
-async function send(deps: RunReporterDeps, run: Run, eventId: string, payload: { content: string; files?: AttachmentBuilder[] }) {
+async function send(deps: RunReporterDeps, run: Run, eventId: string, payload: Omit<MessageCreateOptions, 'nonce' | 'enforceNonce' | 'allowedMentions'>) {
   const channel = await channelOf(deps, run);
   return channel.send({ ...payload, allowedMentions: { parse: [] }, nonce: nonceFor(eventId), enforceNonce: true });
 }
@@ -135,6 +138,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       const message = await send(deps, updated!, eventId, {
         content: `🖼️ **Epoch ${event.epoch}/${event.epochs}** of run \`${run.id}\` (${run.datasetName})${size}`,
         files,
+        components: [voteButton(run.id, event.epoch)],
       });
       await runs.update(run.id, (r) => ({
         ...r,
@@ -153,6 +157,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
           `\`${run.outputName}.safetensors\`, ${formatBytes(event.final.bytes)}, sha256 \`${event.final.sha256.slice(0, 16)}…\``,
       });
       await runs.markEventDone(eventId);
+      await postSummary(deps, updated!, `${eventId}.summary`);
       return;
     }
     case 'failed': {
@@ -176,6 +181,27 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       return;
     }
   }
+}
+
+/** After the run: every epoch's grid stacked (epochs × prompts), the tally, and a menu to vote. */
+async function postSummary(deps: RunReporterDeps, run: Run, eventId: string) {
+  if (await deps.runs.eventDone(eventId)) return;
+  const epochs = Object.entries(run.epochs)
+    .map(([e, v]) => ({ epoch: Number(e), grid: v.grid }))
+    .sort((a, b) => a.epoch - b.epoch);
+  const files: AttachmentBuilder[] = [];
+  const grids = epochs.filter((e) => e.grid !== null);
+  if (grids.length > 0) {
+    const rows = await Promise.all(grids.map(async (e) => ({ image: await deps.blobs.read(e.grid!.blob), label: `epoch ${e.epoch}` })));
+    files.push(new AttachmentBuilder(await stackRows(rows), { name: `${run.outputName}-epochs.jpg` }));
+  }
+  const message = await send(deps, run, eventId, {
+    content: summaryContent(run, await deps.votes.tally(run.id)),
+    files,
+    components: epochs.length > 0 ? [voteSelect(run)] : [],
+  });
+  await deps.runs.update(run.id, (r) => ({ ...r, summaryMessageId: message.id }));
+  await deps.runs.markEventDone(eventId);
 }
 
 /** Edits the status message, or posts a fresh one when the old one is too old to edit. */

@@ -1,9 +1,11 @@
 import { UserError } from '../core/errors.ts';
+import { computeDatasetHash } from '../core/lora-metadata.ts';
 import { planRun, type Plan } from '../core/plan.ts';
 import { resolveRecipe, RunOverridesSchema, type ResolvedRecipe, type RunOverrides } from '../core/recipes.ts';
 import { composeCaption } from '../core/tag-ops.ts';
 import type { TrainRunPayload, WorkerInfo } from '../queues/contract.ts';
 import { DEFAULT_CONCEPT, newId, type Dataset } from '../store/dataset-store.ts';
+import type { Run } from '../store/run-store.ts';
 import { liveWorkers } from '../store/worker-directory.ts';
 import type { BotContext } from './context.ts';
 import { listNos } from './reports.ts';
@@ -94,6 +96,43 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
     }));
   const plan = planRun({ base: dataset.base, trigger: dataset.trigger, className: dataset.className, concepts: planConcepts, recipe });
   return { plan, recipe, model, workers, notes, images: payloadImages };
+}
+
+/** Credits and dataset facts for a run's metadata, from what is being trained. */
+export async function creditsFor(ctx: BotContext, dataset: Dataset, prepared: PreparedRun): Promise<Run['credits']> {
+  const images = await ctx.store.listImages(dataset.id);
+  const trained = new Set(prepared.plan.concepts.flatMap((c) => c.images.map((i) => i.id)));
+  const byContributor = new Map<string, { id: string; name: string; images: number }>();
+  for (const img of images) {
+    if (!trained.has(String(img.no))) continue;
+    const c = byContributor.get(img.contributorId) ?? { id: img.contributorId, name: img.contributorName, images: 0 };
+    c.images++;
+    byContributor.set(img.contributorId, c);
+  }
+  const tagFrequency: Record<string, Record<string, number>> = {};
+  for (const concept of prepared.plan.concepts) {
+    const counts: Record<string, number> = {};
+    for (const img of concept.images) {
+      const caption = prepared.images[img.id]?.caption ?? '';
+      const seen = new Set<string>();
+      for (const tag of caption.split(',').map((t) => t.trim().toLowerCase()).filter(Boolean)) {
+        if (seen.has(tag)) continue;
+        seen.add(tag);
+        counts[tag] = (counts[tag] ?? 0) + 1;
+      }
+    }
+    tagFrequency[concept.folder] = counts;
+  }
+  const triggers = [dataset.trigger, ...prepared.plan.concepts.map((c) => c.trigger).filter((t): t is string => t !== null)];
+  const datasetHash = computeDatasetHash(Object.values(prepared.images));
+  return {
+    triggers: [...new Set(triggers)],
+    contributors: [...byContributor.values()].sort((a, b) => b.images - a.images),
+    tagFrequency,
+    datasetHash,
+    base: dataset.base,
+    resolution: prepared.plan.resolution,
+  };
 }
 
 export function newRunId(): string {

@@ -15,7 +15,7 @@ import { open } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import sharp from 'sharp';
 import type { Metadata, OutputInfo, OverlayOptions, Sharp, SharpOptions } from 'sharp';
-import { parseHexColour, renderLabel } from './bitmap-font.ts';
+import { FONT_METRICS, parseHexColour, renderLabel } from './bitmap-font.ts';
 import type { Config } from './config.ts';
 import { UserError } from './errors.ts';
 import { PHASH_SIZE, phashFromGrey32 } from './phash.ts';
@@ -556,5 +556,155 @@ export async function makeContactSheet(tiles: ContactSheetTile[], opts: ContactS
       if (jpeg.length <= SHEET_MAX_BYTES) return jpeg;
     }
     throw new Error(`media: contact sheet of ${tiles.length} tiles does not fit in ${SHEET_MAX_BYTES} bytes`);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sample grids.
+
+export interface SampleGridTile {
+  /** A sample image (a Buffer or a file path). */
+  image: Buffer | string;
+  /** Written under the sample, e.g. "#1 zkchar, 1girl, smile". Wrapped to two lines at most. */
+  label: string;
+}
+
+export interface SampleGridOptions {
+  /** Written above the samples, e.g. "aria-r3k9 - epoch 3/10". */
+  title: string;
+  /** Longest side of one cell in pixels (default 512); samples are scaled down to fit, never up. */
+  maxCell?: number;
+}
+
+export interface SampleGridLayout {
+  width: number;
+  height: number;
+  /** Size of every cell; samples are fitted inside, centred. */
+  cell: { width: number; height: number };
+  /** Top-left corner of each cell, in tile order. */
+  cells: { left: number; top: number }[];
+  /** Integer scale of the bitmap font. */
+  textScale: number;
+}
+
+const GRID_BACKGROUND = '#1e1f22';
+const GRID_TEXT = '#f2f3f5';
+const GRID_MAX_BYTES = 8 * 1024 * 1024;
+const GRID_LABEL_LINES = 2;
+
+/**
+ * Where everything goes in a sample grid of `count` cells of `cell` size: a title strip on top,
+ * then the cells side by side, each with room for a two-line label under it. Pure; exported so
+ * callers and tests can find a sample in the grid.
+ */
+export function sampleGridLayout(count: number, cell: { width: number; height: number }): SampleGridLayout {
+  if (!(count >= 1) || !Number.isInteger(count)) throw new RangeError('a sample grid needs at least one sample');
+  const textScale = Math.min(cell.width, cell.height) >= 256 ? 2 : 1;
+  const gap = Math.max(4, Math.round(Math.max(cell.width, cell.height) / 64));
+  const line = FONT_METRICS.lineHeight * textScale;
+  const pad = 2 * textScale;
+  const titleHeight = line + 2 * pad;
+  const labelHeight = GRID_LABEL_LINES * line + 2 * pad;
+  const top = gap + titleHeight + gap;
+  return {
+    width: count * cell.width + (count + 1) * gap,
+    height: top + cell.height + labelHeight + gap,
+    cell: { ...cell },
+    cells: Array.from({ length: count }, (_, i) => ({ left: gap + i * (cell.width + gap), top })),
+    textScale,
+  };
+}
+
+/**
+ * One JPEG of an epoch's samples side by side (the run's prompts in order), each labelled under
+ * it, with a title on top; labels use the built-in bitmap font. The cell takes the first sample's
+ * aspect ratio (a run samples every prompt at one size). Kept well under Discord's limits.
+ */
+export async function makeSampleGrid(tiles: SampleGridTile[], opts: SampleGridOptions): Promise<Buffer> {
+  if (tiles.length === 0) throw new RangeError('a sample grid needs at least one sample');
+  const maxCell = Math.max(64, Math.min(1024, Math.floor(opts.maxCell ?? 512)));
+
+  return inSlot(async () => {
+    const first = await decoder(tiles[0]!.image, { limitInputPixels: false }).metadata();
+    const longest = Math.max(first.width, first.height, 1);
+    const fit = Math.min(1, maxCell / longest);
+    const cell = { width: Math.max(16, Math.round(first.width * fit)), height: Math.max(16, Math.round(first.height * fit)) };
+    const layout = sampleGridLayout(tiles.length, cell);
+    const scale = layout.textScale;
+
+    const overlays: OverlayOptions[] = [];
+    const gap = layout.cells[0]!.left;
+    const title = renderLabel(opts.title, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: layout.width - 2 * gap, maxLines: 1 });
+    overlays.push({ input: title.data, raw: { width: title.width, height: title.height, channels: 4 }, top: gap, left: gap });
+    for (let i = 0; i < tiles.length; i++) {
+      const { image, label } = tiles[i]!;
+      const at = layout.cells[i]!;
+      const sample = await decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 })
+        .resize(cell.width, cell.height, { fit: 'contain', background: GRID_BACKGROUND, kernel: 'lanczos3' })
+        .flatten({ background: GRID_BACKGROUND })
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true });
+      overlays.push({
+        input: sample.data,
+        raw: { width: sample.info.width, height: sample.info.height, channels: sample.info.channels },
+        left: at.left,
+        top: at.top,
+      });
+      const badge = renderLabel(label, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: cell.width, maxLines: GRID_LABEL_LINES });
+      overlays.push({ input: badge.data, raw: { width: badge.width, height: badge.height, channels: 4 }, left: at.left, top: at.top + cell.height });
+    }
+    const { width, height } = layout;
+    const canvas = await sharp({ create: { width, height, channels: 3, background: GRID_BACKGROUND } })
+      .composite(overlays)
+      .removeAlpha()
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (canvas.info.channels !== 3) throw new Error(`media: sample grid has ${canvas.info.channels} channels`);
+    for (const quality of [90, 75, 55]) {
+      const jpeg = await fromRaw(canvas.data, width, height, 3).jpeg({ quality, chromaSubsampling: '4:4:4' }).toBuffer();
+      if (jpeg.length <= GRID_MAX_BYTES) return jpeg;
+    }
+    throw new Error(`media: sample grid of ${tiles.length} samples does not fit in ${GRID_MAX_BYTES} bytes`);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison of epochs: each epoch's sample grid as one row, labelled, top to bottom (an X/Y plot
+// of epochs × prompts).
+
+const COMPARISON_MAX_WIDTH = 2048;
+
+export async function stackRows(rows: { image: Buffer; label: string }[]): Promise<Buffer> {
+  if (rows.length === 0) throw new RangeError('a comparison needs at least one row');
+  return inSlot(async () => {
+    const first = await decoder(rows[0]!.image, { limitInputPixels: 100_000_000 }).metadata();
+    const width = Math.min(COMPARISON_MAX_WIDTH, Math.max(64, first.width));
+    const scale = Math.max(1, Math.round(width / 512));
+    const gap = 4 * scale;
+    const overlays: OverlayOptions[] = [];
+    let top = gap;
+    for (const row of rows) {
+      const label = renderLabel(row.label, { scale: scale + 1, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: width, maxLines: 1 });
+      overlays.push({ input: label.data, raw: { width: label.width, height: label.height, channels: 4 }, left: gap, top });
+      top += label.height + gap;
+      const image = await decoder(row.image, { limitInputPixels: 100_000_000 })
+        .resize({ width, withoutEnlargement: true, kernel: 'lanczos3' })
+        .flatten({ background: GRID_BACKGROUND })
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true });
+      overlays.push({ input: image.data, raw: { width: image.info.width, height: image.info.height, channels: image.info.channels }, left: gap, top });
+      top += image.info.height + gap;
+    }
+    const canvas = await sharp({ create: { width: width + 2 * gap, height: top, channels: 3, background: GRID_BACKGROUND } })
+      .composite(overlays)
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    for (const quality of [85, 70, 50]) {
+      const jpeg = await fromRaw(canvas.data, canvas.info.width, canvas.info.height, canvas.info.channels).jpeg({ quality }).toBuffer();
+      if (jpeg.length <= GRID_MAX_BYTES) return jpeg;
+    }
+    throw new Error(`media: a comparison of ${rows.length} rows does not fit in ${GRID_MAX_BYTES} bytes`);
   });
 }

@@ -159,6 +159,8 @@ export const sharedKeys = {
   /** A worker's heartbeat (JSON WorkerInfo), expiring when it stops beating. */
   worker: (prefix: string, workerId: string) => `${prefix}:worker:${workerId}`,
   workerPattern: (prefix: string) => `${prefix}:worker:*`,
+  /** Blob ids of run artifacts (grids, checkpoints, delivered files): never swept as orphans. */
+  artifacts: (prefix: string) => `${prefix}:artifacts`,
 };
 
 /** What a training worker advertises about itself. */

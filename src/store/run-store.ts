@@ -39,10 +39,22 @@ export interface Run {
   progress: { step: number; totalSteps: number; epoch: number; epochs: number; loss: number | null; etaSeconds: number | null; at: number } | null;
   statusMessageId: string | null;
   statusEditedAt: number | null;
+  /** The message after the run with the comparison, the tally and the vote menu. */
+  summaryMessageId?: string | null;
   epochs: Record<string, RunEpoch>;
   final: ArtifactRef | null;
   failure: { reason: string; logTail: string[] } | null;
   cancelRequestedBy: string | null;
+  /** What the delivered file's metadata credits and describes, fixed when the run was started. */
+  credits: {
+    triggers: string[];
+    contributors: { id: string; name: string; images: number }[];
+    /** kohya's ss_tag_frequency: per staging folder, tag → images. */
+    tagFrequency: Record<string, Record<string, number>>;
+    datasetHash: string;
+    base: 'sd15' | 'sdxl';
+    resolution: number;
+  };
 }
 
 export const ACTIVE_STATUSES: readonly RunStatus[] = ['queued', 'running'];
@@ -144,5 +156,54 @@ export class GuildSettingsStore {
 
   async set(guildId: string, settings: GuildSettings): Promise<void> {
     await this.redis.set(this.key(guildId), JSON.stringify(settings));
+  }
+}
+
+export interface Tally {
+  /** Votes per epoch (only epochs with votes). */
+  counts: Map<number, number>;
+  total: number;
+  /** Most votes; ties go to the later epoch. Null when nobody voted. */
+  best: number | null;
+}
+
+/** One vote per member per run; voting again moves it. */
+export class VoteStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+  ) {}
+
+  private key(runId: string) {
+    return `${this.prefix}:run:${runId}:votes`;
+  }
+
+  /** Records the member's vote; returns the epoch they voted for before, if any. */
+  async vote(runId: string, userId: string, epoch: number): Promise<number | null> {
+    const previous = await this.redis.eval(
+      "local p = redis.call('HGET', KEYS[1], ARGV[1]); redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]); return p",
+      1,
+      this.key(runId),
+      userId,
+      String(epoch),
+    );
+    return previous === null ? null : Number(previous);
+  }
+
+  async voteOf(runId: string, userId: string): Promise<number | null> {
+    const v = await this.redis.hget(this.key(runId), userId);
+    return v === null ? null : Number(v);
+  }
+
+  async tally(runId: string): Promise<Tally> {
+    const all = await this.redis.hvals(this.key(runId));
+    const counts = new Map<number, number>();
+    for (const v of all) counts.set(Number(v), (counts.get(Number(v)) ?? 0) + 1);
+    let best: number | null = null;
+    for (const [epoch, n] of counts) {
+      const bestCount = best === null ? -1 : (counts.get(best) ?? 0);
+      if (n > bestCount || (n === bestCount && best !== null && epoch > best)) best = epoch;
+    }
+    return { counts: new Map([...counts].sort((a, b) => a[0] - b[0])), total: all.length, best };
   }
 }

@@ -11,6 +11,7 @@ import { CaptionStore } from '../store/caption-store.ts';
 import { DatasetStore } from '../store/dataset-store.ts';
 import { NoticeSender } from './notices.ts';
 import { startTaggingWorker } from './tagging.ts';
+import { startTrainingWorker } from './training.ts';
 
 try {
   process.loadEnvFile?.('.env');
@@ -45,6 +46,11 @@ for (const queue of config.WORKER_QUEUES) {
     const { worker, service } = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, redis);
     workers.push(worker);
     closers.push(() => service.close());
+  } else if (queue === 'training') {
+    // Not in `workers`: closing a BullMQ worker waits for its job, and a run lasts hours. The
+    // handle's close() stops the trainer and hands the run back to the queue (it resumes later).
+    const training = startTrainingWorker({ config, logger: logger.child({ unit: 'training' }), blobs, env: process.env }, redis);
+    closers.push(() => training.close());
   } else {
     logger.fatal({ queue }, 'this worker does not handle that queue yet');
     process.exit(2);

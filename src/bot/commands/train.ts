@@ -17,7 +17,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
 import type { ComponentHandler, SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
-import { modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
+import { creditsFor, modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
 
 const PLAN_TTL_SECONDS = 3600;
 
@@ -169,6 +169,7 @@ export const startButton: ComponentHandler = {
       final: null,
       failure: null,
       cancelRequestedBy: null,
+      credits: await creditsFor(ctx, dataset, prepared),
     };
     await ctx.runs.create(run);
     await ctx.trainingQueue.add(

@@ -1,0 +1,204 @@
+import { AttachmentBuilder, type AutocompleteInteraction, type ChatInputCommandInteraction } from 'discord.js';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { loraCommandData } from '../../../commands/lora.ts';
+import { formatBytes } from '../../core/download.ts';
+import { UserError } from '../../core/errors.ts';
+import { enrichLoraMetadata } from '../../core/lora-metadata.ts';
+import { downloadFileName, makeDownloadUrl } from '../../core/signed-url.ts';
+import { sharedKeys, type ArtifactRef } from '../../queues/contract.ts';
+import type { Run } from '../../store/run-store.ts';
+import type { BotContext } from '../context.ts';
+import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
+import type { SlashCommand } from '../interactions.ts';
+import { truncate } from '../reports.ts';
+import { renderTally } from '../votes.ts';
+
+const LINK_LIFETIME_MS = 24 * 3600_000;
+
+type EpochChoice = { kind: 'final' } | { kind: 'best' } | { kind: 'number'; epoch: number };
+
+function parseEpoch(raw: string | null): EpochChoice {
+  const text = (raw ?? 'final').trim().toLowerCase();
+  if (text === 'final' || text === 'last') return { kind: 'final' };
+  if (text === 'best') return { kind: 'best' };
+  if (/^\d{1,4}$/.test(text)) return { kind: 'number', epoch: Number(text) };
+  throw new UserError('`epoch` is `best` (most votes), `final`, or an epoch number.');
+}
+
+/** The run asked for: by id, else the latest finished run of the dataset (or of this thread's dataset, or the server). */
+async function resolveRun(interaction: ChatInputCommandInteraction, ctx: BotContext): Promise<Run> {
+  const guildId = guildIdOf(interaction);
+  const id = interaction.options.getString('run')?.trim();
+  if (id) {
+    const run = await ctx.runs.get(id);
+    if (!run || run.guildId !== guildId) throw new UserError(`There is no run \`${id.slice(0, 16)}\` in this server.`);
+    return run;
+  }
+  const name = interaction.options.getString('dataset')?.trim();
+  const dataset = name ? await ctx.store.findDataset(guildId, name) : await ctx.store.datasetForThread(interaction.channelId);
+  if (name && !dataset) throw new UserError(`There is no dataset named \`${name.slice(0, 40)}\` in this server.`);
+  const runs = dataset && dataset.guildId === guildId ? await ctx.runs.listForDataset(dataset.id) : await ctx.runs.listForGuild(guildId);
+  const finished = runs.find((r) => r.status === 'finished');
+  if (!finished) throw new UserError(dataset ? `**${dataset.name}** has no finished run yet.` : 'No finished runs in this server yet.');
+  return finished;
+}
+
+/** The artifact for an epoch choice, with the epoch it stands for. */
+async function pick(ctx: BotContext, run: Run, choice: EpochChoice): Promise<{ epoch: number; artifact: ArtifactRef; label: string }> {
+  const last = run.summary.epochs;
+  let epoch: number;
+  let label: string;
+  if (choice.kind === 'best') {
+    const tally = await ctx.votes.tally(run.id);
+    if (tally.best === null) throw new UserError(`Nobody has voted on run \`${run.id}\` yet: vote on the epoch posts, or ask for \`epoch:final\`.`);
+    epoch = tally.best;
+    label = `epoch ${epoch}, the community’s pick (${tally.counts.get(epoch)} of ${tally.total} votes)`;
+  } else if (choice.kind === 'final') {
+    epoch = last;
+    label = 'the final epoch';
+  } else {
+    epoch = choice.epoch;
+    label = `epoch ${epoch}`;
+  }
+  const saved = run.epochs[String(epoch)]?.checkpoint ?? (epoch === last ? run.final : null);
+  if (!saved) {
+    const have = Object.entries(run.epochs)
+      .filter(([, v]) => v.checkpoint)
+      .map(([e]) => e);
+    throw new UserError(`Run \`${run.id}\` has no saved file for epoch ${epoch}${have.length ? ` (saved: ${have.join(', ')})` : ''}.`);
+  }
+  return { epoch, artifact: saved, label };
+}
+
+/** The delivered file: the trainer's output with our metadata added (header rewritten, tensors untouched), cached per epoch. */
+async function enriched(ctx: BotContext, run: Run, epoch: number, artifact: ArtifactRef): Promise<{ blob: string; bytes: number }> {
+  const tally = await ctx.votes.tally(run.id);
+  const winner = tally.best === null ? null : { epoch: tally.best, votes: tally.counts.get(tally.best) ?? 0 };
+  const cacheKey = `${ctx.config.REDIS_PREFIX}:run:${run.id}:enriched:${epoch}:${winner ? `${winner.epoch}.${winner.votes}` : 'none'}`;
+  const cached = await ctx.redis.get(cacheKey);
+  if (cached) {
+    const ref = JSON.parse(cached) as { blob: string; bytes: number };
+    if (await ctx.blobs.has(ref.blob)) return ref;
+  }
+  const tmpDir = ctx.blobs.tempPath('enrich');
+  await mkdir(tmpDir, { recursive: true });
+  const dest = join(tmpDir, 'lora.safetensors');
+  try {
+    await enrichLoraMetadata(ctx.blobs.path(artifact.blob), dest, {
+    triggerWords: run.credits.triggers,
+    tagFrequency: run.credits.tagFrequency,
+    contributors: run.credits.contributors,
+    datasetHash: run.credits.datasetHash,
+    recipe: { ...run.recipe },
+    voteWinner: winner,
+    title: `${run.datasetName} (LoRA Guild run ${run.id})`,
+    runId: run.id,
+    epoch: epoch === run.summary.epochs ? 'final' : epoch,
+    resolution: run.credits.resolution,
+    base: run.credits.base,
+    });
+    const ref = await ctx.blobLock.run(async () => {
+      const put = await ctx.blobs.putFile(dest, { move: true });
+      await ctx.redis.sadd(sharedKeys.artifacts(ctx.config.REDIS_PREFIX), put.id);
+      return put;
+    });
+    const value = { blob: ref.id, bytes: ref.size };
+    await ctx.redis.set(cacheKey, JSON.stringify(value), 'EX', 30 * 24 * 3600);
+    return value;
+  } finally {
+    await rm(tmpDir, { recursive: true, force: true });
+  }
+}
+
+async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const run = await resolveRun(interaction, ctx);
+  const { epoch, artifact, label } = await pick(ctx, run, parseEpoch(interaction.options.getString('epoch')));
+  const file = await enriched(ctx, run, epoch, artifact);
+  const fileName = downloadFileName(epoch === run.summary.epochs ? run.outputName : `${run.outputName}-e${epoch}`, '.safetensors');
+  const what = `**${run.datasetName}** · run \`${run.id}\` · ${label} · \`${fileName}\` (${formatBytes(file.bytes)}) · trigger \`${run.credits.triggers.join(', ')}\``;
+  // Discord tells each interaction how large a file the bot may attach there.
+  const limit = interaction.attachmentSizeLimit;
+  if (file.bytes <= limit) {
+    await interaction.editReply({
+      content: what,
+      files: [new AttachmentBuilder(ctx.blobs.createReadStream(file.blob), { name: fileName })],
+      allowedMentions: { parse: [] },
+    });
+    return;
+  }
+  const { PUBLIC_URL, DOWNLOAD_SECRET } = ctx.config;
+  if (!PUBLIC_URL || !DOWNLOAD_SECRET) {
+    throw new UserError(
+      `The file is ${formatBytes(file.bytes)}, more than Discord lets me attach here (${formatBytes(limit)}), and download links are not set up: ` +
+        'an admin needs to set PUBLIC_URL and DOWNLOAD_SECRET.',
+    );
+  }
+  const expiresAt = new Date(Date.now() + LINK_LIFETIME_MS);
+  const url = makeDownloadUrl(PUBLIC_URL, { secret: DOWNLOAD_SECRET, blobId: file.blob, fileName, expiresAt });
+  ctx.logger.info({ runId: run.id, epoch, signedUrl: url }, 'download link made');
+  await interaction.editReply({
+    content: `${what}\nToo large to attach here: [download it](<${url}>) (link expires <t:${Math.floor(expiresAt.getTime() / 1000)}:R>).`,
+    allowedMentions: { parse: [] },
+  });
+}
+
+async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const guildId = guildIdOf(interaction);
+  const name = interaction.options.getString('dataset')?.trim();
+  const dataset = name ? await ctx.store.findDataset(guildId, name) : null;
+  if (name && !dataset) throw new UserError(`There is no dataset named \`${name.slice(0, 40)}\` in this server.`);
+  const runs = (dataset ? await ctx.runs.listForDataset(dataset.id) : await ctx.runs.listForGuild(guildId)).filter((r) => r.status === 'finished');
+  if (runs.length === 0) {
+    await interaction.editReply('No finished runs yet.');
+    return;
+  }
+  const lines = await Promise.all(
+    runs.slice(0, 15).map(async (r) => {
+      const tally = await ctx.votes.tally(r.id);
+      return `\`${r.id}\` · **${r.datasetName}** · ${r.recipe.name} · ${r.summary.epochs} epochs · ${r.final ? formatBytes(r.final.bytes) : '?'} · ${renderTally(tally)}`;
+    }),
+  );
+  await interaction.editReply({ content: truncate(`Finished runs:\n${lines.join('\n')}`, 1990), allowedMentions: { parse: [] } });
+}
+
+async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {
+  const focused = interaction.options.getFocused(true);
+  const typed = String(focused.value).trim().toLowerCase();
+  if (focused.name === 'dataset') return interaction.respond(await autocompleteDatasets(interaction, ctx, typed));
+  if (!interaction.guildId) return interaction.respond([]);
+  if (focused.name === 'run') {
+    const runs = (await ctx.runs.listForGuild(interaction.guildId, 50)).filter((r) => r.status === 'finished' || Object.keys(r.epochs).length > 0);
+    return interaction.respond(
+      runs
+        .filter((r) => r.id.includes(typed) || r.datasetName.includes(typed))
+        .slice(0, 25)
+        .map((r) => ({ name: truncate(`${r.id} · ${r.datasetName} · ${r.status}`, 100), value: r.id })),
+    );
+  }
+  if (focused.name === 'epoch') {
+    const runId = interaction.options.getString('run');
+    const run = runId ? await ctx.runs.get(runId) : null;
+    const epochs = run && run.guildId === interaction.guildId ? Object.keys(run.epochs) : [];
+    return interaction.respond(['best', 'final', ...epochs].filter((e) => e.includes(typed)).slice(0, 25).map((e) => ({ name: e, value: e })));
+  }
+  return interaction.respond([]);
+}
+
+export const loraCommand: SlashCommand = {
+  data: loraCommandData,
+  defer: () => 'public',
+  async execute(interaction, ctx) {
+    switch (interaction.options.getSubcommand(true)) {
+      case 'fetch':
+        return fetchLora(interaction, ctx);
+      case 'list':
+        return list(interaction, ctx);
+      default:
+        throw new UserError('Unknown subcommand.');
+    }
+  },
+  async autocomplete(interaction, ctx) {
+    await autocomplete(interaction, ctx);
+  },
+};

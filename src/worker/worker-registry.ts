@@ -1,0 +1,199 @@
+/**
+ * A training worker's heartbeat: every WORKER_HEARTBEAT_SECONDS it writes what it is (id, host,
+ * GPU, the base checkpoints it has, the run it is busy with) to `sharedKeys.worker`, expiring after
+ * three missed beats; the bot lists the live ones with `listWorkers` (/train status, base model
+ * choices). The key is removed on a clean shutdown.
+ */
+import { execFile } from 'node:child_process';
+import { readdir, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import type { Redis } from 'ioredis';
+import type { Logger } from '../core/logger.ts';
+import { readSafetensorsHeader } from '../core/safetensors.ts';
+import { sharedKeys, type WorkerInfo } from '../queues/contract.ts';
+
+type ModelInfo = WorkerInfo['models'][number];
+type GpuInfo = WorkerInfo['gpu'];
+
+const MODEL_FILE = /\.(safetensors|ckpt)$/i;
+
+/** The family a checkpoint's file name announces, if any (`…XL…` → sdxl, `sd15`/`v1-5` → sd15). */
+export function baseFromFileName(file: string): ModelInfo['base'] {
+  const stem = file.replace(MODEL_FILE, '');
+  // "sdxl", "sd_xl_base", "pony-xl", "juggernautXL", "ponyDiffusionV6XL"; not "pixlart".
+  if (/sd[-_ ]?xl/i.test(stem) || /(?:^|[^A-Za-z])[xX][lL](?![a-z])/.test(stem) || /XL/.test(stem)) return 'sdxl';
+  if (/sd[-_ ]?1[-_.]?5|v1[-_.]5|(?:^|[^0-9.])1\.5(?:[^0-9]|$)/i.test(stem)) return 'sd15';
+  return null;
+}
+
+/** The family from a checkpoint's tensor names (original single-file layouts), if they tell. */
+export function baseFromTensorNames(names: Iterable<string>): ModelInfo['base'] {
+  let sd1 = false;
+  for (const name of names) {
+    if (name.startsWith('conditioner.embedders.1.')) return 'sdxl';
+    if (name.startsWith('cond_stage_model.transformer.')) sd1 = true;
+  }
+  return sd1 ? 'sd15' : null;
+}
+
+/** Reads `nvidia-smi` once; null without an NVIDIA GPU (or driver). The first GPU is the one used. */
+export function probeGpu(timeoutMs = 5_000): Promise<GpuInfo> {
+  return new Promise((resolve) => {
+    execFile(
+      'nvidia-smi',
+      ['--query-gpu=name,memory.total', '--format=csv,noheader,nounits'],
+      { timeout: timeoutMs, windowsHide: true },
+      (err, stdout) => {
+        if (err) {
+          resolve(null);
+          return;
+        }
+        const line = stdout.split('\n').find((l) => l.trim().length > 0);
+        const m = line ? /^(.*?),\s*(\d+)\s*$/.exec(line.trim()) : null;
+        resolve(m?.[1] && m[2] ? { name: m[1].trim(), memoryMiB: Number(m[2]) } : null);
+      },
+    );
+  });
+}
+
+/**
+ * Base checkpoints in `dir` (plain `.safetensors`/`.ckpt` files, not in sub-folders), sorted by
+ * name. `cache` keeps the family read from a file's header while its size and time are unchanged.
+ */
+export async function scanModels(dir: string, cache = new Map<string, ModelInfo['base']>()): Promise<ModelInfo[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  const models: ModelInfo[] = [];
+  for (const file of names.filter((n) => MODEL_FILE.test(n) && !n.startsWith('.')).sort()) {
+    let info;
+    try {
+      info = await stat(join(dir, file));
+    } catch {
+      continue;
+    }
+    if (!info.isFile()) continue;
+    let base = baseFromFileName(file);
+    if (base === null && /\.safetensors$/i.test(file)) {
+      const key = `${file}\0${info.size}\0${info.mtimeMs}`;
+      if (cache.has(key)) {
+        base = cache.get(key) ?? null;
+      } else {
+        try {
+          base = baseFromTensorNames(Object.keys((await readSafetensorsHeader(join(dir, file))).tensors));
+        } catch {
+          base = null;
+        }
+        cache.set(key, base);
+      }
+    }
+    models.push({ file, base });
+  }
+  return models;
+}
+
+export interface WorkerRegistryOptions {
+  redis: Redis;
+  /** The deployment's Redis prefix (REDIS_PREFIX). */
+  prefix: string;
+  workerId: string;
+  modelsDir: string;
+  intervalSeconds: number;
+  logger: Logger;
+  /** Finds the GPU (default: nvidia-smi). */
+  gpu?: () => Promise<GpuInfo>;
+}
+
+export class WorkerRegistry {
+  readonly key: string;
+  readonly startedAt = Date.now();
+  #busyWith: string | null = null;
+  #gpu: GpuInfo = null;
+  #timer: NodeJS.Timeout | null = null;
+  #beating: Promise<void> = Promise.resolve();
+  #closed = false;
+  readonly #modelCache = new Map<string, ModelInfo['base']>();
+
+  constructor(private readonly opts: WorkerRegistryOptions) {
+    this.key = sharedKeys.worker(opts.prefix, opts.workerId);
+  }
+
+  /** Probes the GPU, beats once, then every interval. */
+  async start(): Promise<void> {
+    this.#gpu = await (this.opts.gpu ?? probeGpu)();
+    this.opts.logger.info({ workerId: this.opts.workerId, gpu: this.#gpu }, this.#gpu ? 'GPU found' : 'no NVIDIA GPU found (nvidia-smi)');
+    await this.beat();
+    this.#timer = setInterval(() => void this.beat(), this.opts.intervalSeconds * 1000);
+    this.#timer.unref();
+  }
+
+  /** What the worker is doing; beats at once so the bot sees it without waiting. */
+  async setBusy(runId: string | null): Promise<void> {
+    this.#busyWith = runId;
+    await this.beat();
+  }
+
+  async info(): Promise<WorkerInfo> {
+    return {
+      id: this.opts.workerId,
+      host: hostname(),
+      gpu: this.#gpu,
+      models: await scanModels(this.opts.modelsDir, this.#modelCache),
+      busyWith: this.#busyWith,
+      startedAt: this.startedAt,
+      at: Date.now(),
+    };
+  }
+
+  /** One heartbeat; failures are logged (the next beat tries again), never thrown. */
+  beat(): Promise<void> {
+    this.#beating = this.#beating.then(async () => {
+      if (this.#closed) return;
+      try {
+        const info = await this.info();
+        if (this.#closed) return;
+        await this.opts.redis.set(this.key, JSON.stringify(info), 'EX', Math.max(3, 3 * this.opts.intervalSeconds));
+      } catch (err) {
+        this.opts.logger.warn({ err }, 'worker heartbeat failed');
+      }
+    });
+    return this.#beating;
+  }
+
+  /** Stops beating and removes the key. */
+  async close(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    this.#closed = true;
+    await this.#beating;
+    await this.opts.redis.del(this.key);
+  }
+}
+
+/** The live training workers (those that beat within three intervals), sorted by id. */
+export async function listWorkers(redis: Redis, prefix: string): Promise<WorkerInfo[]> {
+  const keys = new Set<string>();
+  let cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', sharedKeys.workerPattern(prefix), 'COUNT', 200);
+    cursor = next;
+    for (const key of batch) keys.add(key);
+  } while (cursor !== '0');
+  if (keys.size === 0) return [];
+  const values = await redis.mget(...keys);
+  const workers: WorkerInfo[] = [];
+  for (const value of values) {
+    if (value === null) continue;
+    try {
+      const info = JSON.parse(value) as WorkerInfo;
+      if (typeof info.id === 'string' && Array.isArray(info.models)) workers.push(info);
+    } catch {
+      // Not a heartbeat we wrote: skip it.
+    }
+  }
+  return workers.sort((a, b) => a.id.localeCompare(b.id));
+}
