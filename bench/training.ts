@@ -134,7 +134,7 @@ export async function benchTraining(): Promise<void> {
   try {
     const blobs = new BlobStore(path.join(dir, 'data'));
     await blobs.init();
-    let t = performance.now();
+    const t = performance.now();
     const many = await putMasters(blobs, IMAGES);
     console.log(`  ${IMAGES} PNG masters (64 px) generated and stored in ${(performance.now() - t).toFixed(0)} ms (once); ${os.availableParallelism()} CPUs`);
     await benchStaging(blobs, many, dir);

@@ -12,6 +12,8 @@ import { summaryContent, voteButton, voteSelect } from './votes.ts';
 /** Discord refuses many edits of a message older than an hour: start a new status message before that. */
 const STATUS_MESSAGE_MAX_AGE_MS = 50 * 60_000;
 const PERMANENT_CODES = new Set([10003, 50001, 50013]);
+/** Tries in place (about a minute of backoff) before the queue takes over the retrying. */
+const INLINE_ATTEMPTS = 7;
 
 export interface RunReporterDeps {
   client: Client;
@@ -53,13 +55,20 @@ export function startRunReporter(deps: RunReporterDeps, connection: import('iore
   const worker = new Worker<RunEvent>(
     QueueName.RunEvents,
     async (job: Job<RunEvent>) => {
-      try {
-        await handle(deps, job.data);
-      } catch (err) {
-        if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
-          throw new UnrecoverableError(`Discord refused a run message (${err.code}): ${err.message}`);
+      // Transient failures are retried here, in place, so that a run's messages keep their order
+      // (a job retried later by the queue would be overtaken by the next events).
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await handle(deps, job.data);
+          return;
+        } catch (err) {
+          if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
+            throw new UnrecoverableError(`Discord refused a run message (${err.code}): ${err.message}`);
+          }
+          if (err instanceof UnrecoverableError || attempt >= INLINE_ATTEMPTS) throw err;
+          log.warn({ err, jobId: job.id, attempt }, 'showing a run event failed; retrying');
+          await new Promise((r) => setTimeout(r, Math.min(30_000, 500 * 2 ** attempt)));
         }
-        throw err;
       }
     },
     // One at a time keeps each run's messages in order.

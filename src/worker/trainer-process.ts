@@ -181,7 +181,7 @@ export async function findTrainerGroups(runDir: string): Promise<number[]> {
 export async function killStaleTrainers(runDir: string, graceMs: number): Promise<number[]> {
   // Two looks a moment apart: a process caught in the middle of an exec() can't be read for an instant.
   const groups = new Set(await findTrainerGroups(runDir));
-  await sleep(100);
+  await sleep(50);
   for (const g of await findTrainerGroups(runDir)) groups.add(g);
   const found = [...groups].sort((a, b) => a - b);
   await Promise.all(found.map((g) => killProcessGroup(g, graceMs)));

@@ -213,6 +213,14 @@ async function listDir(dir: string): Promise<string[]> {
   }
 }
 
+/** The prompt text of each line of the sample-prompts file (options dropped), in order. */
+function promptTexts(files: KohyaFiles): string[] {
+  return files.samplePromptsTxt
+    .split('\n')
+    .filter((l) => l.trim().length > 0)
+    .map((l) => (l.split(' --')[0] ?? '').trim());
+}
+
 interface RunState {
   runId: string;
   /** When the run first started on a worker (ms). */
@@ -376,10 +384,18 @@ class TrainingRun {
 
   // -- artifacts ------------------------------------------------------------------------------
 
+  /**
+   * Marks a blob as a run artifact before any event names it, so the bot's orphan sweep keeps it
+   * even when the bot only gets to the event hours later.
+   */
+  private async keep(ref: { id: string; size: number }): Promise<ArtifactRef> {
+    await this.connection.sadd(sharedKeys.artifacts(this.deps.config.REDIS_PREFIX), ref.id);
+    return { blob: ref.id, bytes: ref.size, sha256: ref.id };
+  }
+
   private async putArtifact(path: string): Promise<ArtifactRef> {
     // A copy: the run folder keeps its files for a resume.
-    const ref = await this.deps.blobs.putFile(path);
-    return { blob: ref.id, bytes: ref.size, sha256: ref.id };
+    return this.keep(await this.deps.blobs.putFile(path));
   }
 
   /** The newest sample per prompt index of epoch `e` (a re-run epoch leaves older ones behind). */
@@ -403,8 +419,7 @@ class TrainingRun {
       .map(([idx, path]) => ({ image: path, label: `#${idx + 1} ${this.prompts[idx] ?? ''}`.trim() }));
     try {
       const jpeg = await makeSampleGrid(tiles, { title: `${this.payload.datasetName || this.payload.outputName} - epoch ${e}/${this.epochs}` });
-      const ref = await this.deps.blobs.putBuffer(jpeg);
-      return { blob: ref.id, bytes: ref.size, sha256: ref.id };
+      return await this.keep(await this.deps.blobs.putBuffer(jpeg));
     } catch (err) {
       // A sample cut short by a killed trainer: report the epoch without its grid.
       this.log.warn({ err, epoch: e }, 'could not make the sample grid');
@@ -497,6 +512,8 @@ class TrainingRun {
       if (codeOf(err) !== 'ENOENT') throw err;
     }
     if (!modelOk) throw new RunFailure(`the base model ${this.payload.baseModel} is not in this worker's models folder`);
+    // The prompts label the grids, also of epochs reported again without training.
+    this.prompts = promptTexts(this.kohyaFiles(modelPath, null));
 
     // 3. Already finished (the worker died while reporting the end)?
     if (this.state.finished) {
@@ -518,10 +535,6 @@ class TrainingRun {
     this.log.info({ ...staged }, 'dataset staged');
     await mkdir(this.outputDir, { recursive: true });
     const files = this.kohyaFiles(modelPath, resumeFrom);
-    this.prompts = files.samplePromptsTxt
-      .split('\n')
-      .filter((l) => l.trim().length > 0)
-      .map((l) => (l.split(' --')[0] ?? '').trim());
     await writeAtomic(files.paths.datasetToml, files.datasetToml);
     await writeAtomic(files.paths.configToml, files.configToml);
     await writeAtomic(files.paths.samplePromptsTxt, files.samplePromptsTxt);
@@ -793,6 +806,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
   });
   const registryStarted = registry.start().catch((err: unknown) => log.error({ err }, 'worker registry did not start'));
   let current: TrainingRun | null = null;
+  let shuttingDown = false;
 
   const processRun = async (job: Job<TrainRunPayload, TrainRunResult>, token?: string, signal?: AbortSignal): Promise<TrainRunResult> => {
     const checked = checkPayload(job.data);
@@ -803,6 +817,8 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     }
     const run = new TrainingRun(deps, connection, events, workerId, job, token, checked.payload);
     current = run;
+    // Fetched while the worker was closing: straight back to the queue.
+    if (shuttingDown) run.requestStop('shutdown');
     const onAbort = () => run.requestStop('cancel');
     signal?.addEventListener('abort', onAbort, { once: true });
     if (signal?.aborted) onAbort();
@@ -852,6 +868,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
 
   let closing: Promise<void> | null = null;
   const close = () => {
+    shuttingDown = true;
     closing ??= (async () => {
       const closed = worker.close();
       current?.requestStop('shutdown');

@@ -128,6 +128,44 @@ export class World {
     }
   }
 
+  worker: { process: ChildProcess; log: LogSink; exited: Promise<number | null> } | null = null;
+
+  /** Runs a training worker (`npm run worker`'s entry point) as its own process group. */
+  async spawnWorker(env: Record<string, string>, timeoutMs = 30_000): Promise<void> {
+    const log = new LogSink();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/worker/main.ts'], {
+      cwd: process.cwd(),
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...this.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    child.stdout.on('data', (d: Buffer) => log.take(d.toString('utf8')));
+    child.stderr.on('data', (d: Buffer) => log.take(d.toString('utf8')));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    this.worker = { process: child, log, exited };
+    const deadline = Date.now() + timeoutMs;
+    while (!log.lines.some((l) => l.msg === 'worker ready')) {
+      if (child.exitCode !== null) throw new Error(`worker exited early (${child.exitCode}):\n${log.raw.slice(-20).join('\n')}`);
+      if (Date.now() > deadline) throw new Error(`worker did not become ready:\n${log.raw.slice(-20).join('\n')}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Kills the worker's whole process group (its trainer too, as a machine crash would). */
+  async killWorker(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    if (!this.worker) return;
+    const pid = this.worker.process.pid;
+    if (pid !== undefined) {
+      try {
+        process.kill(-pid, signal);
+      } catch {
+        // already gone
+      }
+    }
+    await this.worker.exited;
+    this.worker = null;
+  }
+
   async killChild(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     if (!this.child) return;
     this.child.process.kill(signal);
@@ -138,6 +176,7 @@ export class World {
   async close(): Promise<void> {
     await this.stopBot().catch(() => undefined);
     await this.killChild().catch(() => undefined);
+    await this.killWorker().catch(() => undefined);
     this.redis.disconnect();
     await this.discord.close();
     await this.redisServer.stop();

@@ -329,6 +329,9 @@ describe('training worker', () => {
         }
       }
     }
+    // Every artifact is marked as one before its event goes out, so the bot's orphan sweep keeps it.
+    const kept = await conn.smembers(sharedKeys.artifacts(world.prefix));
+    expect(kept.sort()).toEqual(epochs.flatMap((e) => [e.grid!.blob, e.checkpoint!.blob]).sort());
     // The last epoch's checkpoint is the final file.
     expect(finished).toMatchObject({ kind: 'finished', runId, final: epochs[2]!.checkpoint });
     if (finished.kind === 'finished') expect(finished.seconds).toBeGreaterThanOrEqual(0);
@@ -350,6 +353,20 @@ describe('training worker', () => {
     expect(await exists(join(world.runDir(runId), 'output', `${OUTPUT_NAME}-000001.safetensors`))).toBe(true);
     expect(groupAlive((await trainerRecord(world, runId)).pgid)).toBe(false);
     await waitFor('the heartbeat to show the worker idle', async () => (await listWorkers(conn, world.prefix))[0]?.busyWith === null);
+
+    // Delivered again after the trainer ended but before the end was recorded (a worker crash in
+    // between): no training, the end is reported again, nothing new is added.
+    const statePath = join(world.runDir(runId), 'run-state.json');
+    const state = JSON.parse(await readFile(statePath, 'utf8')) as { attempts: number; finished: unknown };
+    expect(state.attempts).toBe(1);
+    await writeFile(statePath, JSON.stringify({ ...state, finished: null }));
+    const again = await world.add(payloadFor(world, runId), `${runId}-again`);
+    await waitFor('the second delivery to complete', async () => (await again.getState()) === 'completed');
+    const after = await world.read();
+    expect(after.added.map((x) => x.id)).toEqual(added.map((x) => x.id));
+    expect(after.duplicated).toEqual([`${runId}.finished`]);
+    expect((JSON.parse(await readFile(statePath, 'utf8')) as { attempts: number }).attempts).toBe(1);
+    expect((await Job.fromId(world.training, `${runId}-again`))?.returnvalue).toMatchObject({ outcome: 'finished', final: epochs[2]!.checkpoint });
     await handle.close();
   });
 
@@ -389,6 +406,19 @@ describe('training worker', () => {
     expect(await exists(join(output, `${OUTPUT_NAME}-000001-state`, 'train_state.json'))).toBe(true);
     await waitFor('job completed', async () => (await job.getState()) === 'completed');
     expect((await Job.fromId(world.training, runId))?.returnvalue).toMatchObject({ outcome: 'cancelled', lastEpoch: 1 });
+  });
+
+  it('cancels through the processor\'s AbortSignal too (worker.cancelJob)', async () => {
+    const world = await makeWorld();
+    const handle = world.start({ STANDIN_STEP_SECONDS: '0.3' });
+    const runId = 'run-abort';
+    const job = await world.add(payloadFor(world, runId));
+    await world.waitForEvent((e) => e.kind === 'progress', 'progress');
+    const { pgid } = await trainerRecord(world, runId);
+    expect(handle.worker.cancelJob(runId, 'cancelled by test')).toBe(true);
+    expect(await world.waitForEvent((e) => e.kind === 'cancelled', 'cancelled', 10_000)).toEqual({ kind: 'cancelled', runId, lastEpoch: null });
+    expect(groupAlive(pgid)).toBe(false);
+    await waitFor('job completed', async () => (await job.getState()) === 'completed');
   });
 
   it('never starts a trainer for a run cancelled before it starts', async () => {
@@ -445,7 +475,8 @@ describe('training worker', () => {
     // Worker A: a real worker process (src/worker/main.ts), slow steps.
     const a: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/worker/main.ts'], {
       cwd: REPO,
-      env: { ...process.env, ...world.env, WORKER_ID: 'crash-a', STANDIN_STEP_SECONDS: '0.5', STANDIN_DUMP_ARGS: argsDump },
+      // 0.7 s a step: epoch 2 lasts ~4 s, ample time to freeze A's trainer inside it.
+      env: { ...process.env, ...world.env, WORKER_ID: 'crash-a', STANDIN_STEP_SECONDS: '0.7', STANDIN_DUMP_ARGS: argsDump },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let aErr = '';

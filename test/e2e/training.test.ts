@@ -1,0 +1,249 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bullPrefix, QueueName } from '../../src/queues/contract.ts';
+import { RunStore } from '../../src/store/run-store.ts';
+import { writeTestModel } from '../fixtures/onnx-model.ts';
+import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import { World } from './world.ts';
+
+const admin = { id: '300000000000000001', username: 'admin' };
+const alice = { id: '300000000000000002', username: 'alice' };
+const bob = { id: '300000000000000003', username: 'bob' };
+const MANAGE_GUILD = String(1n << 5n);
+const SECRET = 'a-download-secret-that-is-long-enough-0123456789';
+
+let world: World;
+let tmp: string;
+let runs: RunStore;
+let threadId: string;
+let trainingQueue: Queue;
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const WORKER_ENV = () => ({
+  WORKER_QUEUES: 'training',
+  WORKER_ID: 'gpu-test',
+  TRAINER_CMD: 'python3',
+  SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
+  MODELS_DIR: join(tmp, 'models'),
+  TRAINING_STALLED_SECONDS: '2',
+  WORKER_HEARTBEAT_SECONDS: '1',
+  STANDIN_STEP_SECONDS: '0.003',
+});
+
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-train-'));
+  await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
+  await rm(join(tmp, 'models'), { recursive: true, force: true });
+  await import('node:fs/promises').then((fs) => fs.mkdir(join(tmp, 'models')));
+  await writeFile(join(tmp, 'models', 'base-sd15.safetensors'), Buffer.alloc(64));
+  const port = await freePort();
+  world = await World.start({
+    env: {
+      TAGGER_MODEL_DIR: join(tmp, 'tagger'),
+      HTTP_PORT: String(port),
+      PUBLIC_URL: `http://127.0.0.1:${port}`,
+      DOWNLOAD_SECRET: SECRET,
+      PROGRESS_INTERVAL_SECONDS: '1',
+    },
+  });
+  await world.startBot();
+  runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
+  trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(world.env.REDIS_PREFIX!) });
+
+  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' } }));
+  threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
+  const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
+  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
+  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } }));
+  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
+  await world.spawnWorker(WORKER_ENV());
+});
+
+afterAll(async () => {
+  await trainingQueue?.close();
+  await world?.close();
+  await rm(tmp, { recursive: true, force: true });
+});
+
+async function done(h: InteractionHandle): Promise<string> {
+  await Promise.race([
+    h.waitForEdit(undefined, 60_000),
+    h.waitForFollowup(undefined, 60_000).then((f) => {
+      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
+    }),
+  ]);
+  return h.lastReply()?.content ?? '';
+}
+
+async function refusal(h: InteractionHandle): Promise<string> {
+  return ((await h.waitForFollowup(undefined, 30_000)).json as { content: string }).content;
+}
+
+/** The thread's messages, oldest first. */
+function threadMessages(): MessageSnapshot[] {
+  return world.discord
+    .channelMessages(threadId)
+    .filter((m) => !m.deleted)
+    .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
+}
+
+async function until<T>(what: string, check: () => T | null | undefined | false, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Plans and starts a run as the admin; returns its id. */
+async function startRun(options: Record<string, string | number> = {}): Promise<string> {
+  const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero', ...options } });
+  await done(plan);
+  const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
+  const start = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id });
+  const reply = await done(start);
+  const runId = /Queued run `([a-z0-9]+)`/.exec(reply)?.[1];
+  if (!runId) throw new Error(`no run queued: ${reply}`);
+  return runId;
+}
+
+function epochPosts(runId: string) {
+  return threadMessages().filter((m) => m.content.includes(`of run \`${runId}\``) && m.content.startsWith('🖼️'));
+}
+
+describe('a training run', () => {
+  it('refuses what it cannot run, with a clear message and nothing queued', async () => {
+    await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'empty', trigger: 'ohwx_e', class: 'cat', kind: 'concept', base: 'sd15' } }));
+    expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'empty' } }))).toMatch(/has no images yet/);
+    expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'hero', model: 'missing.safetensors' } }))).toMatch(
+      /No training worker has the base model `missing.safetensors`.*base-sd15.safetensors/,
+    );
+    expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'hero', optimizer: 'AdamW', lr: 5 } }))).toMatch(/learning rate/i);
+
+    // A member without the trainer role (or Manage Server) cannot press Start.
+    const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: bob, options: { dataset: 'hero' } });
+    expect(await done(plan)).toMatch(/steps per epoch/);
+    const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
+    const press = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: bob, permissions: '0', message: plan.lastReply()!.id });
+    expect(await refusal(press)).toMatch(/needs Manage Server/);
+    expect(await runs.listForGuild(world.discord.guildId)).toHaveLength(0);
+    expect(await trainingQueue.getJobCountByTypes('waiting', 'active', 'delayed', 'completed')).toBe(0);
+  });
+
+  let runId = '';
+
+  it('goes plan → Start → progress → one grid per epoch → the final file, in the dataset thread', async () => {
+    runId = await startRun({ epochs: 3 });
+    const finished = await until('the finished message', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')));
+    expect(finished.content).toMatch(/\.safetensors`, .*sha256/);
+    const posts = epochPosts(runId);
+    expect(posts.map((m) => /Epoch (\d+)\/3/.exec(m.content)?.[1])).toEqual(['1', '2', '3']);
+    for (const p of posts) {
+      expect(p.attachments).toHaveLength(1);
+      expect(p.attachments[0]!.data.subarray(1, 4).toString() + p.attachments[0]!.data.subarray(0, 2).toString('hex')).toMatch(/PNG|ffd8/);
+      expect(JSON.stringify(p.components)).toContain(`vote:${runId}:`);
+    }
+    expect(threadMessages().filter((m) => m.content.startsWith(`🚀 Run \`${runId}\``))).toHaveLength(1);
+    const summary = await until('the summary', () => threadMessages().find((m) => m.content.startsWith('🏁') && m.content.includes(runId)));
+    expect(summary.attachments.map((a) => a.filename)).toEqual([`hero-${runId}-epochs.jpg`]);
+    const run = await runs.get(runId);
+    expect(run?.status).toBe('finished');
+    expect(Object.keys(run!.epochs)).toEqual(['1', '2', '3']);
+  });
+
+  it('counts one vote per member (a second vote moves it) and `best` resolves to the winner', async () => {
+    const a = world.discord.sendButton({ customId: `vote:${runId}:2`, user: alice });
+    expect(await done(a)).toMatch(/Your vote: \*\*epoch 2\*\*/);
+    await done(world.discord.sendSelect({ customId: `votesel:${runId}`, values: ['3'], user: bob }));
+    const moved = world.discord.sendSelect({ customId: `votesel:${runId}`, values: ['2'], user: bob });
+    expect(await done(moved)).toMatch(/epoch 2\*\* \(moved from epoch 3\)[\s\S]*Votes \(2\): epoch 2: \*\*2\*\*/);
+    await done(world.discord.sendButton({ customId: `vote:${runId}:1`, user: admin }));
+
+    const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: runId, epoch: 'best' } });
+    expect(await done(fetch)).toMatch(/epoch 2, the community’s pick \(2 of 3 votes\)/);
+    const file = fetch.lastReply()!.attachments[0]!;
+    expect(file.filename).toBe(`hero-${runId}-e2.safetensors`);
+    const headerLength = Number(file.data.readBigUInt64LE(0));
+    const header = JSON.parse(file.data.subarray(8, 8 + headerLength).toString('utf8')) as { __metadata__: Record<string, string> };
+    const meta = header.__metadata__;
+    expect(meta['modelspec.trigger_phrase']).toBe('ohwx_hero');
+    expect(JSON.parse(meta['loraguild.vote_winner']!)).toEqual({ epoch: 2, votes: 2 });
+    expect(meta.sshs_model_hash).toBe(createHash('sha256').update(file.data.subarray(8 + headerLength)).digest('hex'));
+    expect(JSON.parse(meta.ss_tag_frequency!)).toHaveProperty([Object.keys(JSON.parse(meta.ss_tag_frequency!) as object)[0]!, 'smile']);
+  });
+
+  it('gives a signed link when the file is larger than the interaction allows; the link serves the exact bytes and ranges', async () => {
+    const small = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', options: { run: runId, epoch: 'best' } });
+    await done(small);
+    const attached = small.lastReply()!.attachments[0]!.data;
+
+    const big = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', options: { run: runId, epoch: 'best' }, attachmentSizeLimit: 100 });
+    const content = await done(big);
+    expect(big.lastReply()!.attachments).toHaveLength(0);
+    const url = /\(<(http[^>]+)>\)/.exec(content)?.[1];
+    expect(url).toBeDefined();
+    const whole = await fetch(url!);
+    expect(whole.status).toBe(200);
+    expect(whole.headers.get('content-disposition')).toContain(`hero-${runId}-e2.safetensors`);
+    const bytes = Buffer.from(await whole.arrayBuffer());
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(createHash('sha256').update(attached).digest('hex'));
+    const part = await fetch(url!, { headers: { range: 'bytes=8-99' } });
+    expect(part.status).toBe(206);
+    expect(Buffer.from(await part.arrayBuffer())).toEqual(bytes.subarray(8, 100));
+    const tampered = await fetch(url!.replace(/sig=./, (m) => (m.endsWith('A') ? 'sig=B' : 'sig=A')));
+    expect(tampered.status).toBe(403);
+    await tampered.arrayBuffer();
+    expect(world.log.raw.join('\n')).not.toContain(new URL(url!).searchParams.get('sig')!);
+  });
+
+  it('stops a run on /train cancel and keeps what was saved', async () => {
+    const id = await startRun({ epochs: 20 });
+    await until('epoch 1 of the run to cancel', () => epochPosts(id).length >= 1);
+    const cancel = world.discord.sendCommand({ name: 'train', subcommand: 'cancel', user: admin, permissions: MANAGE_GUILD, options: { run: id } });
+    expect(await done(cancel)).toMatch(/Stopping run/);
+    const msg = await until('the cancelled message', () => threadMessages().find((m) => m.content.startsWith(`⏹️ Run \`${id}\``) && m.content.includes('kept')));
+    expect(msg.content).toMatch(/Epochs 1–\d+ are kept/);
+    expect((await runs.get(id))?.status).toBe('cancelled');
+    expect(epochPosts(id).length).toBeLessThan(20);
+  });
+
+  it('resumes from the last saved epoch after the worker is killed, posting every epoch exactly once', async () => {
+    const id = await startRun({ epochs: 4 });
+    await until('epoch 2 of the run to crash', () => epochPosts(id).length >= 2);
+    await world.killWorker('SIGKILL');
+    await world.spawnWorker(WORKER_ENV());
+    await until('the resumed run to finish', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``)), 90_000);
+    expect(epochPosts(id).map((m) => /Epoch (\d+)\/4/.exec(m.content)?.[1])).toEqual(['1', '2', '3', '4']);
+    expect(threadMessages().some((m) => m.content.startsWith(`🚀 Run \`${id}\``) && /resumed after epoch [12]/.test(m.content))).toBe(true);
+  });
+
+  it('loses nothing while the bot is down and Discord fails: every epoch is posted exactly once', async () => {
+    const id = await startRun({ epochs: 3 });
+    await until('the run to start', () => threadMessages().find((m) => m.content.startsWith(`🚀 Run \`${id}\``)));
+    await world.stopBot();
+    await until('the worker to finish while the bot is down', () => world.worker?.log.lines.some((l) => l.runId === id && /finished/.test(String(l.msg))) ?? false, 90_000);
+    // Discord answers 500 (more times than discord.js retries by itself), then 429, on the next posts.
+    world.discord.failNext({ method: 'POST', path: new RegExp(`^/channels/${threadId}/messages$`), status: 500, times: 4 });
+    world.discord.failNext({ method: 'POST', path: new RegExp(`^/channels/${threadId}/messages$`), status: 429, retryAfter: 0.2 });
+    await world.startBot();
+    await until('the finished message after recovery', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``)), 90_000);
+    expect(epochPosts(id).map((m) => /Epoch (\d+)\/3/.exec(m.content)?.[1])).toEqual(['1', '2', '3']);
+    expect(world.discord.calls.filter((c) => c.injected).length).toBeGreaterThanOrEqual(5);
+  });
+});
