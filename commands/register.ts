@@ -4,7 +4,7 @@
  *   npm run register -- --guild ID → one guild's commands (immediate; for testing)
  */
 import { REST, Routes } from 'discord.js';
-import { loadConfig, requireBotCredentials } from '../src/core/config.ts';
+import { loadProcessConfig, requireBotCredentials } from '../src/core/config.ts';
 import { allCommandData } from './all.ts';
 
 export async function registerCommands(opts: { token: string; appId: string; apiUrl: string; guildId?: string | undefined }) {
@@ -22,12 +22,7 @@ function parseGuild(argv: string[]): string | undefined {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  try {
-    process.loadEnvFile?.('.env');
-  } catch {
-    // no .env: the environment is used as it is
-  }
-  const config = loadConfig(process.env);
+  const config = loadProcessConfig();
   const { token, appId } = requireBotCredentials(config);
   const guildId = parseGuild(process.argv.slice(2));
   const done = await registerCommands({ token, appId, apiUrl: config.DISCORD_API_URL, guildId });

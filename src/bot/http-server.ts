@@ -16,8 +16,9 @@ import { isBlobId, type BlobStore } from '../core/blob-store.ts';
 import type { Logger } from '../core/logger.ts';
 import { parseDownloadPath, verifyDownload } from '../core/signed-url.ts';
 import { bullPrefix, QueueName } from '../queues/contract.ts';
-import { liveWorkers } from '../store/worker-directory.ts';
+import { listWorkers } from '../worker/worker-registry.ts';
 import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE, type Counter, type Gauge } from './metrics.ts';
+import { codeOf } from '../core/fs-errors.ts';
 
 export interface HttpServerOptions {
   host: string;
@@ -151,7 +152,7 @@ async function queueCounts(redis: Redis, prefix: string): Promise<Record<string,
 async function probe(redis: Redis, prefix: string, timeoutMs: number): Promise<HealthReport> {
   // A client that is not connected would queue the commands until it reconnects: say "down" now.
   if (redis.status !== 'ready') throw new Error(`redis connection is ${redis.status}`);
-  const [, queues, workers] = await withTimeout(Promise.all([redis.ping(), queueCounts(redis, prefix), liveWorkers(redis, prefix)]), timeoutMs);
+  const [, queues, workers] = await withTimeout(Promise.all([redis.ping(), queueCounts(redis, prefix), listWorkers(redis, prefix)]), timeoutMs);
   return { ok: true, redis: 'up', queues, workers: workers.length };
 }
 
@@ -198,10 +199,6 @@ class ByteMeter extends Transform {
   }
 }
 
-function codeOf(err: unknown): string | undefined {
-  if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') return err.code;
-  return undefined;
-}
 
 function sendText(res: ServerResponse, status: number, body: string, head: boolean, headers: Record<string, string> = {}): void {
   const bytes = Buffer.from(`${body}\n`, 'utf8');

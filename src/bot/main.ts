@@ -1,23 +1,8 @@
-import { ConfigError, loadConfig } from '../core/config.ts';
+import { loadProcessConfig } from '../core/config.ts';
 import { createLogger } from '../core/logger.ts';
 import { startBot } from './app.ts';
 
-try {
-  process.loadEnvFile?.('.env');
-} catch {
-  // No .env file: the environment is used as it is.
-}
-
-let config;
-try {
-  config = loadConfig(process.env);
-} catch (err) {
-  if (err instanceof ConfigError) {
-    process.stderr.write(`${err.message}\n`);
-    process.exit(2);
-  }
-  throw err;
-}
+const config = loadProcessConfig();
 
 const logger = createLogger(config.LOG_LEVEL);
 try {

@@ -1,9 +1,8 @@
-import { AttachmentBuilder, type Message } from 'discord.js';
+import type { Message } from 'discord.js';
 import { isUserError } from '../core/errors.ts';
-import { makeContactSheet } from '../core/media.ts';
 import { DEFAULT_CONCEPT } from '../store/dataset-store.ts';
 import type { BotContext } from './context.ts';
-import { renderIntakeReport } from './reports.ts';
+import { intakeReply } from './reports.ts';
 
 const MAX_FILES_PER_MESSAGE = 10;
 
@@ -28,14 +27,7 @@ export async function handleThreadMessage(message: Message, ctx: BotContext): Pr
       files: images.map((a) => ({ name: a.name, url: a.url, size: a.size })),
       zip: zip ? { name: zip.name, url: zip.url, size: zip.size } : undefined,
     });
-    const rendered = renderIntakeReport(report);
-    const files: AttachmentBuilder[] = [];
-    if (report.thumbnails.length > 0) {
-      const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
-      files.push(new AttachmentBuilder(sheet, { name: 'contact-sheet.jpg' }));
-    }
-    if (rendered.fullText) files.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
-    await message.reply({ content: rendered.content, files, allowedMentions: { parse: [], repliedUser: false } });
+    await message.reply({ ...(await intakeReply(report)), allowedMentions: { parse: [], repliedUser: false } });
   } catch (err) {
     if (isUserError(err)) {
       await message.reply({ content: `⚠️ ${err.message}`, allowedMentions: { parse: [], repliedUser: false } }).catch(() => undefined);

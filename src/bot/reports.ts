@@ -1,4 +1,6 @@
+import { AttachmentBuilder } from 'discord.js';
 import { bucketLabel } from '../core/buckets.ts';
+import { makeContactSheet } from '../core/media.ts';
 import type { Dataset, ImageRecord } from '../store/dataset-store.ts';
 import type { FileOutcome, IntakeReport } from './intake.ts';
 
@@ -61,6 +63,18 @@ export function renderIntakeReport(report: IntakeReport): RenderedReport {
   }
   kept.push(`…and ${ordered.length - shown} more: see report.txt.`);
   return { content: kept.join('\n'), fullText };
+}
+
+/** What an upload's reply carries: the summary, a contact sheet of what was added, the full report if long. */
+export async function intakeReply(report: IntakeReport): Promise<{ content: string; files: AttachmentBuilder[] }> {
+  const rendered = renderIntakeReport(report);
+  const files: AttachmentBuilder[] = [];
+  if (report.thumbnails.length > 0) {
+    const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
+    files.push(new AttachmentBuilder(sheet, { name: 'contact-sheet.jpg' }));
+  }
+  if (rendered.fullText) files.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
+  return { content: rendered.content, files };
 }
 
 function summarizeSkipped(skipped: { name: string; reason: string }[]): string {

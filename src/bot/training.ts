@@ -6,7 +6,7 @@ import { composeCaption } from '../core/tag-ops.ts';
 import type { TrainRunPayload, WorkerInfo } from '../queues/contract.ts';
 import { DEFAULT_CONCEPT, newId, type Dataset } from '../store/dataset-store.ts';
 import type { Run } from '../store/run-store.ts';
-import { liveWorkers } from '../store/worker-directory.ts';
+import { listWorkers } from '../worker/worker-registry.ts';
 import type { BotContext } from './context.ts';
 import { listNos } from './reports.ts';
 
@@ -53,7 +53,7 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
     );
   }
 
-  const workers = await liveWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+  const workers = await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
   const offered = modelsFor(workers, dataset.base);
   const notes: string[] = [];
   let model = request.model?.trim() || null;

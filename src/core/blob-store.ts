@@ -1,9 +1,10 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readFile, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { codeOf, listDir } from './fs-errors.ts';
 
 /**
  * The content-addressed blob store: `dataDir/blobs/aa/bb/<sha256>`, written atomically (a temp
@@ -41,10 +42,6 @@ function assertBlobId(id: string): void {
   if (!isBlobId(id)) throw new TypeError('invalid blob id');
 }
 
-function codeOf(err: unknown): string | undefined {
-  if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') return err.code;
-  return undefined;
-}
 
 /** Errors meaning "this file system cannot hard-link", where we fall back to rename. */
 const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EMLINK', 'ENOSYS']);
@@ -320,14 +317,6 @@ export class BlobStore {
   }
 }
 
-async function listDir(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    if (codeOf(err) === 'ENOENT') return [];
-    throw err;
-  }
-}
 
 /** Hashes and counts what passes through. */
 class HashMeter extends Transform {

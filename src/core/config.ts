@@ -106,3 +106,24 @@ export function requireBotCredentials(config: Config): { token: string; appId: s
   if (problems.length > 0 || !config.DISCORD_TOKEN || !config.DISCORD_APP_ID) throw new ConfigError(problems);
   return { token: config.DISCORD_TOKEN, appId: config.DISCORD_APP_ID };
 }
+
+/**
+ * For an entry point: reads `.env` when there is one (the environment wins over it), parses the
+ * configuration, and on a bad one prints every problem and exits with status 2.
+ */
+export function loadProcessConfig(): Config {
+  try {
+    process.loadEnvFile('.env');
+  } catch {
+    // No .env file: the environment is used as it is.
+  }
+  try {
+    return loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}

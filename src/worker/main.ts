@@ -5,7 +5,7 @@
 import type { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { BlobStore } from '../core/blob-store.ts';
-import { ConfigError, loadConfig } from '../core/config.ts';
+import { loadProcessConfig } from '../core/config.ts';
 import { createLogger } from '../core/logger.ts';
 import { CaptionStore } from '../store/caption-store.ts';
 import { DatasetStore } from '../store/dataset-store.ts';
@@ -13,22 +13,7 @@ import { NoticeSender } from './notices.ts';
 import { startTaggingWorker } from './tagging.ts';
 import { startTrainingWorker } from './training.ts';
 
-try {
-  process.loadEnvFile?.('.env');
-} catch {
-  // No .env file: the environment is used as it is.
-}
-
-let config;
-try {
-  config = loadConfig(process.env);
-} catch (err) {
-  if (err instanceof ConfigError) {
-    process.stderr.write(`${err.message}\n`);
-    process.exit(2);
-  }
-  throw err;
-}
+const config = loadProcessConfig();
 
 const logger = createLogger(config.LOG_LEVEL).child({ process: 'worker' });
 const redis = new Redis(config.REDIS_URL, { maxRetriesPerRequest: null });

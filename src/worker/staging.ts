@@ -14,6 +14,7 @@ import { copyFile, link, lstat, mkdir, readdir, readFile, rename, rm, stat, unli
 import { join } from 'node:path';
 import type { BlobStore } from '../core/blob-store.ts';
 import { Limiter } from '../core/limiter.ts';
+import { codeOf } from '../core/fs-errors.ts';
 
 export interface StageImage {
   /** File name stem: letters, digits, `.`, `_`, `-` (checked). */
@@ -59,9 +60,6 @@ const NO_LINK = new Set(['EXDEV', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EMLINK', 'E
 /** File-system work in flight at once while staging. */
 const STAGING_PARALLELISM = 16;
 
-function codeOf(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
-}
 
 /** The caption file's content, or null when the image gets none. sd-scripts reads the first line only. */
 export function captionFileText(caption: string | null): string | null {

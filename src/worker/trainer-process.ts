@@ -14,6 +14,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { KohyaProgressParser, type KohyaEvent, type KohyaStream } from '../core/kohya-progress.ts';
+import { codeOf } from '../core/fs-errors.ts';
 
 /** The trainer command when TRAINER_CMD is not set (sd-scripts' usual launcher). */
 export const DEFAULT_TRAINER_CMD = 'accelerate launch --num_cpu_threads_per_process 1';
@@ -74,9 +75,6 @@ export interface TrainerRecord {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-function codeOf(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
-}
 
 /** Whether any process of group `pgid` exists (zombies included until reaped). */
 export function processGroupAlive(pgid: number): boolean {

@@ -18,7 +18,7 @@
  * running by a crashed worker is found by its environment marker and stopped before anything else.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Queue, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
@@ -47,6 +47,7 @@ import {
 import { stageDataset, StagingError, type StageConcept } from './staging.ts';
 import { killStaleTrainers, TrainerProcess, trainerCommand, trainerEnv, type TrainerExit } from './trainer-process.ts';
 import { WorkerRegistry } from './worker-registry.ts';
+import { codeOf, listDir } from '../core/fs-errors.ts';
 
 export interface TrainingDeps {
   config: Config;
@@ -180,9 +181,6 @@ const pad6 = (n: number) => String(n).padStart(6, '0');
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-function codeOf(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
-}
 
 async function writeAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
@@ -204,14 +202,6 @@ async function validCheckpoint(path: string): Promise<boolean> {
   }
 }
 
-async function listDir(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    if (codeOf(err) === 'ENOENT') return [];
-    throw err;
-  }
-}
 
 /** The prompt text of each line of the sample-prompts file (options dropped), in order. */
 function promptTexts(files: KohyaFiles): string[] {

@@ -25,7 +25,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import type { IncomingFile } from '../intake.ts';
 import type { ComponentHandler, SlashCommand } from '../interactions.ts';
-import { listNos, renderDatasetSummary, renderIntakeReport } from '../reports.ts';
+import { intakeReply, listNos, renderDatasetSummary } from '../reports.ts';
 
 export const SHEET_PAGE_SIZE = 40;
 
@@ -116,14 +116,7 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     files,
     zip: zip ? asIncoming(zip) : undefined,
   });
-  const rendered = renderIntakeReport(report);
-  const attachments: AttachmentBuilder[] = [];
-  if (report.thumbnails.length > 0) {
-    const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
-    attachments.push(new AttachmentBuilder(sheet, { name: 'contact-sheet.jpg' }));
-  }
-  if (rendered.fullText) attachments.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
-  await interaction.editReply({ content: rendered.content, files: attachments, allowedMentions: { parse: [] } });
+  await interaction.editReply({ ...(await intakeReply(report)), allowedMentions: { parse: [] } });
 }
 
 async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number) {

@@ -13,6 +13,7 @@ import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
 import type { SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { renderTally } from '../votes.ts';
+import { runChoices } from './train.ts';
 
 const LINK_LIFETIME_MS = 24 * 3600_000;
 
@@ -169,12 +170,7 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
   if (!interaction.guildId) return interaction.respond([]);
   if (focused.name === 'run') {
     const runs = (await ctx.runs.listForGuild(interaction.guildId, 50)).filter((r) => r.status === 'finished' || Object.keys(r.epochs).length > 0);
-    return interaction.respond(
-      runs
-        .filter((r) => r.id.includes(typed) || r.datasetName.includes(typed))
-        .slice(0, 25)
-        .map((r) => ({ name: truncate(`${r.id} · ${r.datasetName} · ${r.status}`, 100), value: r.id })),
-    );
+    return interaction.respond(runChoices(runs, typed));
   }
   if (focused.name === 'epoch') {
     const runId = interaction.options.getString('run');

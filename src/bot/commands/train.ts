@@ -12,7 +12,7 @@ import type { RunOverrides } from '../../core/recipes.ts';
 import { JobName, sharedKeys } from '../../queues/contract.ts';
 import { newId } from '../../store/dataset-store.ts';
 import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
-import { liveWorkers } from '../../store/worker-directory.ts';
+import { listWorkers } from '../../worker/worker-registry.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
 import type { ComponentHandler, SlashCommand } from '../interactions.ts';
@@ -243,7 +243,7 @@ async function status(interaction: ChatInputCommandInteraction, ctx: BotContext)
 async function queue(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const guildId = guildIdOf(interaction);
   const runs = (await ctx.runs.listForGuild(guildId, 100)).filter((r) => ACTIVE_STATUSES.includes(r.status)).reverse();
-  const workers = await liveWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+  const workers = await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
   const lines = [
     runs.length === 0 ? 'No runs waiting or running.' : `Runs (${runs.length}):`,
     ...runs.map((r) => `• ${describeRun(r)}`),
@@ -277,23 +277,24 @@ async function cancel(interaction: ChatInputCommandInteraction, ctx: BotContext)
   );
 }
 
+/** Autocomplete choices for a `run` option: id, dataset and status, matching what was typed. */
+export function runChoices(runs: Run[], typed: string) {
+  return runs
+    .filter((r) => r.id.includes(typed) || r.datasetName.includes(typed))
+    .slice(0, 25)
+    .map((r) => ({ name: truncate(`${r.id} · ${r.datasetName} · ${r.status}`, 100), value: r.id }));
+}
+
 async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {
   const focused = interaction.options.getFocused(true);
   const typed = String(focused.value).trim().toLowerCase();
   if (focused.name === 'dataset') return interaction.respond(await autocompleteDatasets(interaction, ctx, typed));
   if (!interaction.guildId) return interaction.respond([]);
-  if (focused.name === 'run') {
-    const runs = await ctx.runs.listForGuild(interaction.guildId, 25);
-    return interaction.respond(
-      runs
-        .filter((r) => r.id.includes(typed) || r.datasetName.includes(typed))
-        .map((r) => ({ name: truncate(`${r.id} · ${r.datasetName} · ${r.status}`, 100), value: r.id })),
-    );
-  }
+  if (focused.name === 'run') return interaction.respond(runChoices(await ctx.runs.listForGuild(interaction.guildId, 50), typed));
   if (focused.name === 'model') {
     const name = interaction.options.getString('dataset');
     const dataset = name ? await ctx.store.findDataset(interaction.guildId, name) : await ctx.store.datasetForThread(interaction.channelId);
-    const workers = await liveWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+    const workers = await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
     const models = dataset ? modelsFor(workers, dataset.base) : [...new Set(workers.flatMap((w) => w.models.map((m) => m.file)))];
     return interaction.respond(models.filter((m) => m.toLowerCase().includes(typed)).slice(0, 25).map((m) => ({ name: m.slice(0, 100), value: m.slice(0, 100) })));
   }
