@@ -3,11 +3,13 @@ import { benchDownload } from './download.ts';
 import { benchIntakeLoad } from './intake-load.ts';
 import { benchNormalize } from './normalize.ts';
 import { benchTagging } from './tagging.ts';
+import { benchTraining } from './training.ts';
 
 const benches: [string, () => Promise<void>][] = [
   ['normalisation', benchNormalize],
   ['intake under load', benchIntakeLoad],
   ['tagging', benchTagging],
+  ['training', benchTraining],
   ['download', benchDownload],
 ];
 
