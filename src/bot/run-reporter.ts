@@ -119,8 +119,13 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       await send(deps, updated!, eventId, {
         content: `🚀 Run \`${run.id}\` of **${run.datasetName}** started on \`${event.workerId}\`${resumed}: ${event.totalSteps} steps over ${event.epochs} epochs.`,
       });
-      const status = await send(deps, updated!, `${eventId}.status`, { content: statusText(updated!) });
-      await runs.update(run.id, (r) => ({ ...r, statusMessageId: status.id, statusEditedAt: Date.now() }));
+      // A resumed run keeps its status message (a second one would leave the first stale).
+      if (updated!.statusMessageId) {
+        await refreshStatus(deps, updated!, `${eventId}.status`);
+      } else {
+        const status = await send(deps, updated!, `${eventId}.status`, { content: statusText(updated!) });
+        await runs.update(run.id, (r) => ({ ...r, statusMessageId: status.id, statusEditedAt: Date.now() }));
+      }
       await runs.markEventDone(eventId);
       return;
     }
@@ -142,7 +147,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       }));
       if (await runs.eventDone(eventId)) return;
       const files: AttachmentBuilder[] = [];
-      if (event.grid) files.push(new AttachmentBuilder(await deps.blobs.read(event.grid.blob), { name: `${run.outputName}-epoch${event.epoch}.png` }));
+      if (event.grid) files.push(new AttachmentBuilder(await deps.blobs.read(event.grid.blob), { name: `${run.outputName}-epoch${event.epoch}.jpg` }));
       const size = event.checkpoint ? ` · checkpoint ${formatBytes(event.checkpoint.bytes)}` : '';
       const message = await send(deps, updated!, eventId, {
         content: `🖼️ **Epoch ${event.epoch}/${event.epochs}** of run \`${run.id}\` (${run.datasetName})${size}`,
@@ -201,7 +206,7 @@ async function postSummary(deps: RunReporterDeps, run: Run, eventId: string) {
   const files: AttachmentBuilder[] = [];
   const grids = epochs.filter((e) => e.grid !== null);
   if (grids.length > 0) {
-    const rows = await Promise.all(grids.map(async (e) => ({ image: await deps.blobs.read(e.grid!.blob), label: `epoch ${e.epoch}` })));
+    const rows = await Promise.all(grids.map(async (e) => ({ image: await deps.blobs.read(e.grid!.blob), label: '' })));
     files.push(new AttachmentBuilder(await stackRows(rows), { name: `${run.outputName}-epochs.jpg` }));
   }
   const message = await send(deps, run, eventId, {

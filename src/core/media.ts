@@ -670,8 +670,8 @@ export async function makeSampleGrid(tiles: SampleGridTile[], opts: SampleGridOp
 }
 
 // ---------------------------------------------------------------------------------------------
-// Comparison of epochs: each epoch's sample grid as one row, labelled, top to bottom (an X/Y plot
-// of epochs × prompts).
+// Comparison of epochs: each epoch's sample grid as one row, top to bottom (an X/Y plot of
+// epochs × prompts); a row's label is drawn above it unless empty (grids carry their own title).
 
 const COMPARISON_MAX_WIDTH = 2048;
 
@@ -685,9 +685,11 @@ export async function stackRows(rows: { image: Buffer; label: string }[]): Promi
     const overlays: OverlayOptions[] = [];
     let top = gap;
     for (const row of rows) {
-      const label = renderLabel(row.label, { scale: scale + 1, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: width, maxLines: 1 });
-      overlays.push({ input: label.data, raw: { width: label.width, height: label.height, channels: 4 }, left: gap, top });
-      top += label.height + gap;
+      if (row.label) {
+        const label = renderLabel(row.label, { scale: scale + 1, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: width, maxLines: 1 });
+        overlays.push({ input: label.data, raw: { width: label.width, height: label.height, channels: 4 }, left: gap, top });
+        top += label.height + gap;
+      }
       const image = await decoder(row.image, { limitInputPixels: 100_000_000 })
         .resize({ width, withoutEnlargement: true, kernel: 'lanczos3' })
         .flatten({ background: GRID_BACKGROUND })

@@ -231,6 +231,9 @@ describe('a training run', () => {
     await until('the resumed run to finish', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``)), 90_000);
     expect(epochPosts(id).map((m) => /Epoch (\d+)\/4/.exec(m.content)?.[1])).toEqual(['1', '2', '3', '4']);
     expect(threadMessages().some((m) => m.content.startsWith(`🚀 Run \`${id}\``) && /resumed after epoch [12]/.test(m.content))).toBe(true);
+    // One status message for the whole run, resumed or not, showing how it ended.
+    const statuses = threadMessages().filter((m) => m.content.includes(`Run \`${id}\``) && (m.content.startsWith('🏋️') || m.content.startsWith('⏳') || /finished in \d+ s\.$/.test(m.content)));
+    expect(statuses.map((m) => m.content)).toEqual([expect.stringMatching(/^✅ Run .* finished in \d+ s\.$/)]);
   });
 
   it('loses nothing while the bot is down and Discord fails: every epoch is posted exactly once', async () => {

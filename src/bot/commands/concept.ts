@@ -8,7 +8,7 @@ import type { SlashCommand } from '../interactions.ts';
 import { listNos } from '../reports.ts';
 import { autocompleteWorkshop } from './tags.ts';
 
-const MAX_CONCEPTS = 20;
+export const MAX_CONCEPTS = 20;
 
 async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);

@@ -22,6 +22,7 @@ import { UserError } from '../../core/errors.ts';
 import { makeContactSheet } from '../../core/media.ts';
 import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
+import { MAX_CONCEPTS } from './concept.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import type { IncomingFile } from '../intake.ts';
 import type { ComponentHandler, SlashCommand } from '../interactions.ts';
@@ -106,7 +107,11 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const zip = interaction.options.getAttachment('zip');
   if (zip && !/\.zip$/i.test(zip.name)) throw new UserError(`\`${zip.name.slice(0, 60)}\` is not a .zip file: attach images as image1…image10.`);
   if (files.length === 0 && !zip) throw new UserError('Attach at least one image (image1…image10) or a zip.');
-  await ctx.store.ensureConcept(dataset.id, concept);
+  const concepts = await ctx.store.getConcepts(dataset.id);
+  if (!concepts.some((c) => c.name === concept)) {
+    if (concepts.length >= MAX_CONCEPTS) throw new UserError(`**${dataset.name}** already has ${MAX_CONCEPTS} concepts; add to one of them.`);
+    await ctx.store.ensureConcept(dataset.id, concept);
+  }
 
   const report = await ctx.intake.ingest({
     dataset,
