@@ -271,6 +271,28 @@ describe('/dataset show and list', () => {
     expect(reply(list)).toMatch(/\*\*mixed\*\* · character · SD 1.5 512 px · 6 images/);
   });
 
+  it('pages the contact sheet of a large dataset with Previous/Next buttons', async () => {
+    await createDataset('big');
+    for (let batch = 0; batch < 5; batch++) {
+      const count = batch < 4 ? 10 : 1;
+      const files = await Promise.all(Array.from({ length: count }, (_, i) => normalJpeg(500 + batch * 10 + i, 384, 320)));
+      expect(reply(await addImages('big', files))).toMatch(new RegExp(`${count} added, 0 refused`));
+    }
+    const show = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', options: { dataset: 'big' } });
+    await show.waitForEdit();
+    expect(reply(show)).toMatch(/\*\*41\*\* images[\s\S]*Contact sheet #1–#40 · page 1\/2/);
+    const buttons = (show.lastReply()!.components[0] as { components: { custom_id: string; disabled?: boolean; label: string }[] }).components;
+    expect(buttons.map((b) => [b.label, b.disabled ?? false])).toEqual([
+      ['◀ Previous', true],
+      ['Next ▶', false],
+    ]);
+    const next = world.discord.sendButton({ customId: buttons[1]!.custom_id, message: show.lastReply()!.id });
+    await next.callback();
+    const edit = await world.discord.waitForCall((c) => c.method === 'PATCH' && c.path.includes(next.token) && c.files.length === 1);
+    expect((edit.json as { content: string }).content).toMatch(/Contact sheet #41–#41 · page 2\/2/);
+    expect(edit.files[0]!.filename).toBe('contact-sheet-2.jpg');
+  });
+
   it('refuses datasets of another server', async () => {
     const other = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', guildId: OTHER_GUILD, options: { dataset: 'mixed' } });
     const err = await other.waitForFollowup();
