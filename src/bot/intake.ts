@@ -7,7 +7,7 @@ import { downloadToFile } from '../core/download.ts';
 import { errorMessage, isUserError } from '../core/errors.ts';
 import { KeyedMutex, Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
-import { normalizeImage, type NormalizeResult } from '../core/media.ts';
+import { normalizeImage, normalizeOptionsFromConfig, type NormalizeResult } from '../core/media.ts';
 import { hammingDistance } from '../core/phash.ts';
 import { extractZip } from '../core/zip-intake.ts';
 import type { Dataset, DatasetStore, ImageFacts } from '../store/dataset-store.ts';
@@ -69,7 +69,6 @@ interface Prepared {
  */
 export class IntakeService {
   private readonly downloads = new Limiter(6);
-  private readonly normalizer: Limiter;
   private readonly commits = new KeyedMutex();
 
   constructor(
@@ -80,12 +79,9 @@ export class IntakeService {
       /** Held around every blob write + record, and every removal + blob delete. */
       blobLock: Limiter;
       logger: Logger;
-      normalizeConcurrency?: number;
       onAccepted?: (dataset: Dataset, nos: number[], captioned: number[]) => Promise<void>;
     },
-  ) {
-    this.normalizer = new Limiter(deps.normalizeConcurrency ?? 2);
-  }
+  ) {}
 
   async ingest(req: IntakeRequest): Promise<IntakeReport> {
     const { config, blobs } = this.deps;
@@ -179,14 +175,8 @@ export class IntakeService {
   private async normalize(path: string): Promise<NormalizeResult> {
     const { config } = this.deps;
     try {
-      return await this.normalizer.run(() =>
-        normalizeImage(path, {
-          maxInputPixels: config.MAX_INPUT_PIXELS,
-          masterMaxPixels: config.MASTER_MAX_PIXELS,
-          minShortSide: config.MIN_SHORT_SIDE,
-          background: config.FLATTEN_BACKGROUND,
-        }),
-      );
+      // media.ts bounds how many images are decoded at once, process-wide.
+      return await normalizeImage(path, normalizeOptionsFromConfig(config));
     } catch (err) {
       this.deps.logger.warn({ err }, 'normalisation failed unexpectedly');
       return { ok: false, reason: `could not be read as an image (${errorMessage(err)})` };

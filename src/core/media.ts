@@ -18,6 +18,7 @@ import type { Metadata, OutputInfo, OverlayOptions, Sharp, SharpOptions } from '
 import { FONT_METRICS, parseHexColour, renderLabel } from './bitmap-font.ts';
 import type { Config } from './config.ts';
 import { UserError } from './errors.ts';
+import { Limiter } from './limiter.ts';
 import { PHASH_SIZE, phashFromGrey32 } from './phash.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -44,19 +45,11 @@ const DECODE_TIMEOUT_SECONDS = 60;
 /** How many images are decoded at once, process-wide (each with one libvips thread). */
 export const MEDIA_PARALLELISM = Math.max(1, Math.min(4, availableParallelism()));
 
-let active = 0;
-const waiting: (() => void)[] = [];
+const slots = new Limiter(MEDIA_PARALLELISM);
 
 /** Runs `task` when one of MEDIA_PARALLELISM slots is free, in arrival order. */
-async function inSlot<T>(task: () => Promise<T>): Promise<T> {
-  if (active >= MEDIA_PARALLELISM) await new Promise<void>((resolve) => waiting.push(resolve));
-  active++;
-  try {
-    return await task();
-  } finally {
-    active--;
-    waiting.shift()?.();
-  }
+function inSlot<T>(task: () => Promise<T>): Promise<T> {
+  return slots.run(task);
 }
 
 // ---------------------------------------------------------------------------------------------

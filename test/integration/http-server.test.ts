@@ -289,8 +289,14 @@ describe('health and metrics', () => {
 
     const res = await get(link());
     expect(res.status).toBe(200);
-    const second = await scrape();
+    // The server counts a download once its side of the stream has finished, which can be just
+    // after the client has read the last byte: scrape until it has (bounded).
     const served = (m: Map<string, number>) => m.get('loraguild_downloads_total{code="200"}') ?? 0;
+    let second = await scrape();
+    for (let i = 0; i < 100 && served(second.values) === served(first.values); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      second = await scrape();
+    }
     expect(served(second.values)).toBe(served(first.values) + 1);
     expect(second.values.get('loraguild_download_bytes_total')).toBe((first.values.get('loraguild_download_bytes_total') ?? 0) + content.length);
     expect(second.values.get('loraguild_download_refusals_total{reason="expired"}')).toBeGreaterThanOrEqual(1);
