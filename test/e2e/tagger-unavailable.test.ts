@@ -63,6 +63,12 @@ describe('a missing or corrupt tagger model', () => {
     await caption.waitForEdit();
     expect(caption.lastReply()?.content).toContain('No caption yet');
 
+    // Untagged images cannot be trained: the plan says so, and nothing is queued.
+    const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'waiting' } });
+    const refusal = await plan.waitForFollowup();
+    expect((refusal.json as { content: string }).content).toMatch(/1 image is not tagged yet \(#1\)\. Wait for tagging to finish, or run `\/tags retag`/);
+    expect(plan.lastReply()?.components ?? []).toEqual([]);
+
     // The admin puts a good model in place: the waiting job is tagged without anyone asking.
     await writeTestModel(modelDir, { tags: WORKSHOP_TAGS });
     const threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · waiting')!.id;
