@@ -114,7 +114,11 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   // never landed (only ones older than the grace period, so nothing in flight is touched).
   await blobs.cleanTemp(HOUR);
   void blobs
-    .sweep(async (id) => (await store.blobRefCount(id)) > 0 || (await redis.sismember(sharedKeys.artifacts(config.REDIS_PREFIX), id)) === 1, HOUR)
+    .sweep(
+      async (id) =>
+        (await store.blobRefCount(id)) > 0 || (await redis.sismember(sharedKeys.artifacts(config.REDIS_PREFIX), id)) === 1 || (await runs.isPinned(id)),
+      HOUR,
+    )
     .then((r) => logger.info(r, 'blob sweep done'))
     .catch((err: unknown) => logger.warn({ err }, 'blob sweep failed'));
 

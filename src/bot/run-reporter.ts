@@ -163,6 +163,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
     }
     case 'finished': {
       const updated = await runs.update(run.id, (r) => ({ ...r, status: 'finished', final: event.final, finishedAt: Date.now() }));
+      await runs.releaseBlobs(run.id);
       if (await runs.eventDone(eventId)) return;
       await refreshStatus(deps, updated!, `${eventId}.status`, `✅ Run \`${run.id}\` of **${run.datasetName}** finished in ${duration(event.seconds)}.`);
       await send(deps, updated!, eventId, {
@@ -176,6 +177,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
     }
     case 'failed': {
       const updated = await runs.update(run.id, (r) => ({ ...r, status: 'failed', failure: { reason: event.reason, logTail: event.logTail }, finishedAt: Date.now() }));
+      await runs.releaseBlobs(run.id);
       if (await runs.eventDone(eventId)) return;
       const tail = event.logTail.join('\n').replaceAll('```', 'ˋˋˋ');
       await refreshStatus(deps, updated!, `${eventId}.status`, `❌ Run \`${run.id}\` of **${run.datasetName}** failed.`);
@@ -187,6 +189,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
     }
     case 'cancelled': {
       const updated = await runs.update(run.id, (r) => ({ ...r, status: 'cancelled', finishedAt: Date.now() }));
+      await runs.releaseBlobs(run.id);
       if (await runs.eventDone(eventId)) return;
       const saved = event.lastEpoch ? ` Epochs 1–${event.lastEpoch} are kept.` : '';
       await refreshStatus(deps, updated!, `${eventId}.status`, `⏹️ Run \`${run.id}\` of **${run.datasetName}** was cancelled.`);

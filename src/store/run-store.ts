@@ -120,6 +120,36 @@ export class RunStore {
     return jsons.filter((j): j is string => j !== null).map((j) => JSON.parse(j) as Run);
   }
 
+  /**
+   * Keeps a run's input blobs from being deleted while it may still need them (an image removed
+   * meanwhile loses its record, not its file). Released once, when the run ends.
+   */
+  async pinBlobs(runId: string, blobs: string[]): Promise<void> {
+    const unique = [...new Set(blobs)];
+    if (unique.length === 0) return;
+    const multi = this.redis.multi().sadd(`${this.prefix}:run:${runId}:pins`, ...unique);
+    for (const b of unique) multi.hincrby(`${this.prefix}:pins`, b, 1);
+    await multi.exec();
+  }
+
+  async releaseBlobs(runId: string): Promise<void> {
+    await this.redis.eval(
+      `local blobs = redis.call('SMEMBERS', KEYS[1])
+       for _, b in ipairs(blobs) do
+         if redis.call('HINCRBY', KEYS[2], b, -1) <= 0 then redis.call('HDEL', KEYS[2], b) end
+       end
+       redis.call('DEL', KEYS[1])
+       return #blobs`,
+      2,
+      `${this.prefix}:run:${runId}:pins`,
+      `${this.prefix}:pins`,
+    );
+  }
+
+  async isPinned(blobId: string): Promise<boolean> {
+    return Number((await this.redis.hget(`${this.prefix}:pins`, blobId)) ?? 0) > 0;
+  }
+
   /** Whether a worker's event was already shown in Discord (so it is posted once). */
   async eventDone(eventId: string): Promise<boolean> {
     return (await this.redis.exists(`${this.prefix}:runevent:${eventId}`)) === 1;

@@ -249,4 +249,27 @@ describe('a training run', () => {
     expect(epochPosts(id).map((m) => /Epoch (\d+)\/3/.exec(m.content)?.[1])).toEqual(['1', '2', '3']);
     expect(world.discord.calls.filter((c) => c.injected).length).toBeGreaterThanOrEqual(5);
   });
+
+  it('still trains the images it was started with when one is removed while it waits in the queue', async () => {
+    await world.killWorker('SIGTERM');
+    // With no worker online the base model must be named; the run waits for a worker.
+    const id = await startRun({ epochs: 2, model: 'base-sd15.safetensors' });
+    const run = (await runs.get(id))!;
+    expect(run.status).toBe('queued');
+    const { DatasetStore } = await import('../../src/store/dataset-store.ts');
+    const { BlobStore } = await import('../../src/core/blob-store.ts');
+    const store = new DatasetStore(world.redis, world.env.REDIS_PREFIX!);
+    const blobs = new BlobStore(world.dataDir);
+    const first = (await store.getImage(run.datasetId, 1))!;
+    const remove = world.discord.sendCommand({ name: 'dataset', subcommand: 'remove', user: alice, options: { dataset: 'hero', images: '1' } });
+    expect(await done(remove)).toMatch(/Removed 1 image/);
+    expect(await store.getImage(run.datasetId, 1)).toBeNull();
+    expect(await blobs.has(first.masterBlob)).toBe(true); // the queued run still needs it
+
+    await world.spawnWorker(WORKER_ENV());
+    await until('the run over the removed image to finish', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``) && m.content.includes('sha256')), 90_000);
+    expect(epochPosts(id)).toHaveLength(2);
+    // Once the run is over, nothing holds the file any more: the orphan sweep may take it.
+    expect(await runs.isPinned(first.masterBlob)).toBe(false);
+  });
 });

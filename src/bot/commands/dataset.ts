@@ -218,7 +218,9 @@ export async function removeImages(ctx: BotContext, datasetId: string, nos: numb
     const { removed, freedBlobs } = await ctx.store.removeImages(datasetId, nos);
     const gone = removed.map((r) => r.no);
     await ctx.captions.deleteForImages(datasetId, gone);
-    await Promise.all(freedBlobs.map((id) => ctx.blobs.delete(id)));
+    // Files a queued or running run still needs stay until it ends; the orphan sweep takes them then.
+    const deletable = await Promise.all(freedBlobs.map(async (id) => ((await ctx.runs.isPinned(id)) ? null : id)));
+    await Promise.all(deletable.filter((id): id is string => id !== null).map((id) => ctx.blobs.delete(id)));
     return gone;
   });
 }

@@ -172,6 +172,7 @@ export const startButton: ComponentHandler = {
       credits: await creditsFor(ctx, dataset, prepared),
     };
     await ctx.runs.create(run);
+    await ctx.runs.pinBlobs(runId, Object.values(prepared.images).map((i) => i.blob));
     await ctx.trainingQueue.add(
       JobName.TrainRun,
       {
@@ -270,6 +271,7 @@ async function cancel(interaction: ChatInputCommandInteraction, ctx: BotContext)
     removed = true;
   }
   await ctx.runs.update(run.id, (r) => ({ ...r, cancelRequestedBy: interaction.user.id, ...(removed ? { status: 'cancelled' as const, finishedAt: Date.now() } : {}) }));
+  if (removed) await ctx.runs.releaseBlobs(run.id);
   await interaction.editReply(
     removed
       ? `Cancelled run \`${run.id}\` before it started.`
