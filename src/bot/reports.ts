@@ -87,10 +87,12 @@ export interface DatasetSummary {
   dataset: Dataset;
   images: ImageRecord[];
   concepts: { name: string; trigger: string | null }[];
+  /** Image numbers that have a caption (from the tagger, an upload or an edit). */
+  captioned: Set<number>;
 }
 
 /** The text of `/dataset show`. */
-export function renderDatasetSummary({ dataset, images, concepts }: DatasetSummary, page: number, pages: number, pageRange: string): string {
+export function renderDatasetSummary({ dataset, images, concepts, captioned: withCaption }: DatasetSummary, page: number, pages: number, pageRange: string): string {
   const byContributor = new Map<string, number>();
   const byConcept = new Map<string, number>();
   const byBucket = new Map<string, number>();
@@ -125,7 +127,14 @@ export function renderDatasetSummary({ dataset, images, concepts }: DatasetSumma
         .join(' · ')}${byBucket.size > 12 ? ' · …' : ''}`,
     );
   }
-  if (captioned > 0) lines.push(`Arrived with a caption: ${captioned}`);
+  if (images.length > 0) {
+    const untagged = images.filter((i) => !withCaption.has(i.no)).map((i) => i.no);
+    lines.push(
+      `Captions: ${images.length - untagged.length}/${images.length}` +
+        (captioned > 0 ? ` (${captioned} arrived with one)` : '') +
+        (untagged.length > 0 ? ` · not tagged yet: ${listNos(untagged, 10)}` : ''),
+    );
+  }
   const warnings: string[] = [];
   if (upscaled.length > 0) {
     warnings.push(`⚠️ ${upscaled.length} image${upscaled.length === 1 ? '' : 's'} smaller than their bucket (the trainer will upscale): ${listNos(upscaled)}`);

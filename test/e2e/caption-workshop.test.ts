@@ -67,6 +67,10 @@ describe('tagging and the caption workshop', () => {
     expect(JSON.stringify(notice.json)).toContain('#1–#3');
   });
 
+  it('counts tagged images in /dataset show', async () => {
+    expect(await done(command('dataset', 'show', { dataset: 'aria' }))).toContain('Captions: 3/3');
+  });
+
   it('shows the caption with the trigger first and the tagger’s tags after it', async () => {
     const red = await done(command('caption', 'show', { dataset: 'aria', image: 1 }));
     expect(red).toContain('ohwx_aria, red theme, smile, long hair, tiara');

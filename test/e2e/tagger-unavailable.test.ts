@@ -63,6 +63,10 @@ describe('a missing or corrupt tagger model', () => {
     await caption.waitForEdit();
     expect(caption.lastReply()?.content).toContain('No caption yet');
 
+    const show = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', options: { dataset: 'waiting' } });
+    await show.waitForEdit();
+    expect(show.lastReply()?.content).toContain('Captions: 0/1 · not tagged yet: #1');
+
     // Untagged images cannot be trained: the plan says so, and nothing is queued.
     const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'waiting' } });
     const refusal = await plan.waitForFollowup();

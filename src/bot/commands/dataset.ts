@@ -130,7 +130,8 @@ async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number
   const page = Math.min(Math.max(1, requestedPage), pages);
   const slice = images.slice((page - 1) * SHEET_PAGE_SIZE, page * SHEET_PAGE_SIZE);
   const range = slice.length > 0 ? `#${slice[0]!.no}–#${slice[slice.length - 1]!.no}` : '';
-  const content = renderDatasetSummary({ dataset, images, concepts }, page, pages, range);
+  const captioned = new Set((await ctx.captions.getMany(dataset.id, images.map((i) => i.no))).keys());
+  const content = renderDatasetSummary({ dataset, images, concepts, captioned }, page, pages, range);
   const files: AttachmentBuilder[] = [];
   if (slice.length > 0) {
     const tiles = await Promise.all(slice.map(async (img) => ({ image: await ctx.blobs.read(img.thumbBlob), label: `#${img.no}` })));
