@@ -236,7 +236,7 @@ function variants(sd15Repeats: RepeatsPolicy, sdxlRepeats: RepeatsPolicy, sample
     sdxl: { resolution: 1024, repeats: sdxlRepeats, mixedPrecision: 'bf16' as const, savePrecision: 'fp16' as const, clipSkip: null, sampleWidth: samples.sdxl[0], sampleHeight: samples.sdxl[1] },
   };
 }
-const PORTRAIT_SAMPLES = { sd15: [512, 768], sdxl: [832, 1216] };
+const PORTRAIT_SAMPLES: { sd15: [number, number]; sdxl: [number, number] } = { sd15: [512, 768], sdxl: [832, 1216] };
 
 const RECIPE_DATA: Recipe[] = [
   {
