@@ -3,7 +3,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
 import { addTags, changedOrNull, removeTags, replaceTag } from '../../src/core/tag-ops.ts';
 import { CaptionStore, MAX_VERSIONS, type CaptionVersion } from '../../src/store/caption-store.ts';
-import { DatasetStore, newId, type ImageFacts } from '../../src/store/dataset-store.ts';
+import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
+import { imageFacts } from '../fixtures/image-facts.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 
 let server: RedisHandle;
@@ -29,34 +30,6 @@ beforeEach(() => {
   captions = new CaptionStore(redis, prefix);
 });
 
-const hex = (n: number) => n.toString(16).padStart(64, '0');
-
-function facts(n: number): ImageFacts {
-  return {
-    concept: 'main',
-    contributorId: 'u1',
-    contributorName: 'alice',
-    sourceMessageId: null,
-    sourceName: `img${n}.png`,
-    originalBlob: hex(1000 + n),
-    originalBytes: 123,
-    originalFormat: 'png',
-    originalSize: [800, 600],
-    masterBlob: hex(2000 + n),
-    thumbBlob: hex(3000 + n),
-    width: 800,
-    height: 600,
-    pixelSha256: `pix${n}`,
-    phash: n.toString(16).padStart(16, '0'),
-    bucket: [576, 448],
-    resized: [597, 448],
-    cropped: [21, 0],
-    upscaled: false,
-    notes: [],
-    initialCaption: null,
-    addedAt: Date.now(),
-  };
-}
 
 /** A dataset with `count` images, #1…#count. */
 async function datasetWithImages(count: number): Promise<string> {
@@ -71,7 +44,7 @@ async function datasetWithImages(count: number): Promise<string> {
     ownerId: 'owner',
     channelId: 'c1',
   });
-  for (let i = 1; i <= count; i++) await datasets.addImage(ds.id, facts(i));
+  for (let i = 1; i <= count; i++) await datasets.addImage(ds.id, imageFacts(i));
   return ds.id;
 }
 

@@ -1,7 +1,8 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
-import { DatasetStore, newId, type ImageFacts } from '../../src/store/dataset-store.ts';
+import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
+import { hex, imageFacts } from '../fixtures/image-facts.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 
 let server: RedisHandle;
@@ -20,34 +21,6 @@ beforeEach(() => {
   store = new DatasetStore(redis, `t${newId(4)}`);
 });
 
-const hex = (n: number) => n.toString(16).padStart(64, '0');
-
-function facts(n: number, contributorId = 'u1'): ImageFacts {
-  return {
-    concept: 'main',
-    contributorId,
-    contributorName: contributorId === 'u1' ? 'alice' : 'bob',
-    sourceMessageId: null,
-    sourceName: `img${n}.png`,
-    originalBlob: hex(1000 + n),
-    originalBytes: 123,
-    originalFormat: 'png',
-    originalSize: [800, 600],
-    masterBlob: hex(2000 + n),
-    thumbBlob: hex(3000 + n),
-    width: 800,
-    height: 600,
-    pixelSha256: `pix${n}`,
-    phash: n.toString(16).padStart(16, '0'),
-    bucket: [576, 448],
-    resized: [597, 448],
-    cropped: [21, 0],
-    upscaled: false,
-    notes: [],
-    initialCaption: null,
-    addedAt: Date.now(),
-  };
-}
 
 async function dataset(name = 'aria', guildId = 'g1') {
   return store.createDataset({
@@ -84,7 +57,7 @@ describe('datasets', () => {
 describe('images', () => {
   it('get increasing numbers and refuse the same pixels twice, even when racing', async () => {
     const ds = await dataset();
-    const results = await Promise.all([store.addImage(ds.id, facts(1)), store.addImage(ds.id, facts(1)), store.addImage(ds.id, facts(2))]);
+    const results = await Promise.all([store.addImage(ds.id, imageFacts(1)), store.addImage(ds.id, imageFacts(1)), store.addImage(ds.id, imageFacts(2))]);
     const added = results.filter((r) => r.added);
     expect(added).toHaveLength(2);
     expect(results.filter((r) => !r.added)).toEqual([{ added: false, duplicateOf: expect.any(Number) as number }]);
@@ -94,22 +67,22 @@ describe('images', () => {
 
   it('are removed atomically with their indexes, and numbers are never reused', async () => {
     const ds = await dataset();
-    await store.addImage(ds.id, facts(1));
-    await store.addImage(ds.id, facts(2, 'u2'));
+    await store.addImage(ds.id, imageFacts(1));
+    await store.addImage(ds.id, imageFacts(2, 'u2'));
     const { removed, freedBlobs } = await store.removeImages(ds.id, [1, 42]);
     expect(removed.map((r) => r.no)).toEqual([1]);
     expect(freedBlobs.sort()).toEqual([hex(1001), hex(2001), hex(3001)].sort());
     expect(await store.pixelOwner(ds.id, 'pix1')).toBeNull();
     expect([...(await store.phashes(ds.id)).keys()]).toEqual([2]);
-    const again = await store.addImage(ds.id, facts(1));
+    const again = await store.addImage(ds.id, imageFacts(1));
     expect(again).toEqual({ added: true, no: 3 });
   });
 
   it('count blob references across datasets and free a blob only when the last record goes', async () => {
     const a = await dataset('a1');
     const b = await dataset('b1');
-    await store.addImage(a.id, facts(1));
-    await store.addImage(b.id, facts(1));
+    await store.addImage(a.id, imageFacts(1));
+    await store.addImage(b.id, imageFacts(1));
     expect(await store.blobRefCount(hex(2001))).toBe(2);
     expect((await store.removeImages(a.id, [1])).freedBlobs).toEqual([]);
     expect(await store.referencedBlobs()).toContain(hex(2001));
@@ -118,6 +91,6 @@ describe('images', () => {
   });
 
   it('are not added to a dataset that does not exist', async () => {
-    await expect(store.addImage('nope', facts(1))).rejects.toBeInstanceOf(UserError);
+    await expect(store.addImage('nope', imageFacts(1))).rejects.toBeInstanceOf(UserError);
   });
 });
