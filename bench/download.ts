@@ -159,7 +159,9 @@ async function serve(dataDir: string, secret: string): Promise<void> {
   // Never connected: the bench touches only /dl, which needs no Redis.
   const redis = new Redis({ lazyConnect: true, enableOfflineQueue: false });
   const logger = createLogger('warn', { write: (line: string) => void process.stderr.write(line) });
-  const http = await startHttpServer({ host: '127.0.0.1', port: 0, redis, logger, blobs, downloadSecret: secret });
+  // The bench measures streaming, not admission: limits high enough never to refuse it.
+  const downloadLimits = { burst: 10_000, perMinute: 100_000, concurrentPerKey: 1000, concurrentTotal: 1000 };
+  const http = await startHttpServer({ host: '127.0.0.1', port: 0, redis, logger, blobs, downloadSecret: secret, downloadLimits });
   process.stdout.write(`${JSON.stringify({ port: http.port })}\n`);
   process.once('SIGTERM', () => {
     void http.close().then(() => process.exit(0));

@@ -151,6 +151,13 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     logger,
     blobs,
     redisPrefix: config.REDIS_PREFIX,
+    downloadLimits: {
+      burst: config.DOWNLOAD_RATE_BURST,
+      perMinute: config.DOWNLOAD_RATE_PER_MINUTE,
+      concurrentPerKey: config.DOWNLOAD_MAX_PER_CLIENT,
+      concurrentTotal: config.DOWNLOAD_MAX_CONCURRENT,
+    },
+    trustProxyHops: config.HTTP_TRUST_PROXY_HOPS,
     ...(config.DOWNLOAD_SECRET ? { downloadSecret: config.DOWNLOAD_SECRET } : {}),
   });
   const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));

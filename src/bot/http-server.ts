@@ -19,6 +19,7 @@ import { bullPrefix, QueueName } from '../queues/contract.ts';
 import { listWorkers } from '../worker/worker-registry.ts';
 import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE, type Counter, type Gauge } from './metrics.ts';
 import { codeOf } from '../core/fs-errors.ts';
+import { addressKey, clientAddress, KeyedRateLimiter, type RatePolicy, type RefusalReason } from './rate-limit.ts';
 
 export interface HttpServerOptions {
   host: string;
@@ -37,6 +38,13 @@ export interface HttpServerOptions {
   redisTimeoutMs?: number;
   /** The clock for link expiry (a seam for tests). */
   now?: () => Date;
+  /** Per-client rate and concurrency limits of /dl, and the cap on downloads in flight. */
+  downloadLimits: RatePolicy;
+  /**
+   * How many reverse proxies in front of this server append to X-Forwarded-For (HTTP_TRUST_PROXY_HOPS).
+   * 0: the client is the socket's peer, and the header is ignored (anyone can write it).
+   */
+  trustProxyHops?: number;
 }
 
 export interface HttpServerHandle {
@@ -224,6 +232,12 @@ const REFUSALS = {
   expired: { status: 410, body: 'This download link has expired. Ask the bot for a fresh one.' },
 } as const;
 
+const LIMITED: Record<RefusalReason, string> = {
+  rate: 'Too many download requests from your address. Please wait a little and try again.',
+  busy: 'Too many downloads from your address at once. Let one finish, then try again.',
+  'server-busy': 'The server is busy with other downloads. Please try again in a moment.',
+};
+
 /** The bot's HTTP server: health, metrics and signed downloads. */
 export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServerHandle> {
   const log = opts.logger.child({ unit: 'http' });
@@ -231,6 +245,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   const redisTimeoutMs = opts.redisTimeoutMs ?? 2_000;
   const now = opts.now ?? (() => new Date());
   const m = createHttpMetrics();
+  const downloadLimiter = new KeyedRateLimiter(opts.downloadLimits);
+  const trustProxyHops = opts.trustProxyHops ?? 0;
   m.startTime.set({}, Math.round((Date.now() - process.uptime() * 1000) / 1000));
 
   async function health(res: ServerResponse, head: boolean): Promise<void> {
@@ -389,8 +405,24 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE, 'content-length': String(bytes.length), 'cache-control': 'no-store' });
       res.end(head ? undefined : bytes);
     } else {
-      await download(req, res, pathname, query, head);
+      await limitedDownload(req, res, pathname, query, head);
     }
+  }
+
+  /** Admits a download by client (429 with Retry-After when over a limit) and holds its slot until the response ends. */
+  async function limitedDownload(req: IncomingMessage, res: ServerResponse, pathname: string, query: URLSearchParams, head: boolean): Promise<void> {
+    const client = addressKey(clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], trustProxyHops));
+    const admission = downloadLimiter.admit(client);
+    if (!admission.ok) {
+      m.downloadRefusals.inc({ reason: admission.reason === 'rate' ? 'rate-limited' : admission.reason });
+      // Debug only: a flood must not become a flood of log lines (the counter tells the story).
+      log.debug({ reason: admission.reason, retryAfter: admission.retryAfterSeconds }, 'download limited');
+      sendText(res, 429, LIMITED[admission.reason], head, { 'retry-after': String(admission.retryAfterSeconds) });
+      return;
+    }
+    // A response emits 'close' once it is done or its connection went away, whichever is first.
+    res.once('close', admission.release);
+    await download(req, res, pathname, query, head);
   }
 
   const server = createServer((req, res) => {

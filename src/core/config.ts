@@ -35,6 +35,18 @@ export const configSchema = z.object({
   HTTP_PORT: int(0, 65535).default(8080),
   HTTP_HOST: z.string().default('0.0.0.0'),
   DOWNLOAD_SECRET: z.string().min(32, 'at least 32 characters').optional(),
+  /** Signed downloads one client may start back to back, then at DOWNLOAD_RATE_PER_MINUTE. */
+  DOWNLOAD_RATE_BURST: int(1, 10_000).default(20),
+  DOWNLOAD_RATE_PER_MINUTE: int(1, 100_000).default(30),
+  /** Downloads one client may have in flight at once (download managers open several). */
+  DOWNLOAD_MAX_PER_CLIENT: int(1, 1000).default(4),
+  /** Downloads in flight at once, all clients together. */
+  DOWNLOAD_MAX_CONCURRENT: int(1, 100_000).default(64),
+  /**
+   * Reverse proxies in front of the HTTP server that append the client to X-Forwarded-For; the
+   * download limits count clients by it. 0: the header is ignored (anyone can write it).
+   */
+  HTTP_TRUST_PROXY_HOPS: int(0, 10).default(0),
   TAGGER_MODEL_DIR: z.string().min(1).optional(),
   TAGGER_MODEL_URL: z.url().default('https://huggingface.co/SmilingWolf/wd-vit-tagger-v3/resolve/main'),
   TRAINER_CMD: z.string().min(1).optional(),

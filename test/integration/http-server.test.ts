@@ -20,6 +20,8 @@ import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 const SECRET = 'integration-test-download-secret-0123456789';
 /** An odd size, so ranges near the end are not aligned to anything. */
 const SIZE = 1_000_003;
+/** Limits no test here reaches; the limits themselves are pinned in download-limits.test.ts. */
+const GENEROUS = { burst: 10_000, perMinute: 100_000, concurrentPerKey: 100, concurrentTotal: 100 };
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 let redisServer: RedisHandle;
@@ -55,6 +57,7 @@ beforeAll(async () => {
     blobs,
     downloadSecret: SECRET,
     redisPrefix: prefix,
+    downloadLimits: GENEROUS,
     metrics: () => '# HELP loraguild_test_extra An extra metric.\n# TYPE loraguild_test_extra gauge\nloraguild_test_extra 42',
   });
   origin = `http://127.0.0.1:${http.port}`;
@@ -305,7 +308,7 @@ describe('health and metrics', () => {
   it('says 503 and redis down when Redis is unreachable', async () => {
     const dead = new Redis(redisServer.url, { lazyConnect: true });
     const logger = createLogger('silent');
-    const other = await startHttpServer({ host: '127.0.0.1', port: 0, redis: dead, logger, redisPrefix: prefix });
+    const other = await startHttpServer({ host: '127.0.0.1', port: 0, redis: dead, logger, redisPrefix: prefix, downloadLimits: GENEROUS });
     try {
       const res = await request(`http://127.0.0.1:${other.port}/healthz`);
       expect(res.statusCode).toBe(503);
@@ -326,7 +329,7 @@ describe('health and metrics', () => {
   it('says 503 when a connected Redis does not answer in time', async () => {
     const logger = createLogger('silent');
     const slow = new Redis(redisServer.url);
-    const other = await startHttpServer({ host: '127.0.0.1', port: 0, redis: slow, logger, redisPrefix: prefix, redisTimeoutMs: 150 });
+    const other = await startHttpServer({ host: '127.0.0.1', port: 0, redis: slow, logger, redisPrefix: prefix, redisTimeoutMs: 150, downloadLimits: GENEROUS });
     try {
       await slow.ping();
       await redis.client('PAUSE', 800, 'ALL');
