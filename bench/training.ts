@@ -21,7 +21,8 @@ import { resolveRecipe } from '../src/core/recipes.ts';
 import { writeSafetensors } from '../src/core/safetensors.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, type TrainRunPayload } from '../src/queues/contract.ts';
 import { stageDataset, type StageConcept } from '../src/worker/staging.ts';
-import { startTrainingWorker, type TrainRunResult } from '../src/worker/training.ts';
+import { startTrainingWorker } from '../src/worker/training.ts';
+import type { TrainRunResult } from '../src/worker/training-run.ts';
 import { startRedis } from '../test/harness/redis-server.ts';
 
 const IMAGES = 1000;
