@@ -72,6 +72,18 @@ export const configSchema = z.object({
     .transform((s) => s.split(',').map((q) => q.trim()).filter(Boolean))
     .pipe(z.array(z.enum(['tagging', 'training'])).min(1))
     .default(['tagging']),
+  /** A remote training worker: the bot's public base URL (https) and the token `/worker add` gave. */
+  LORA_GUILD_URL: z.url().optional(),
+  WORKER_TOKEN: z.string().regex(/^lgw_w[a-z0-9]{10}_[A-Za-z0-9_-]{43}$/, 'the token /worker add showed (lgw_…)').optional(),
+  /** A remote worker's local cache of images, run folders and artifacts, bounded in size. */
+  WORKER_CACHE_DIR: z.string().min(1).default('./worker-cache'),
+  WORKER_CACHE_MAX_GB: z.coerce.number().min(0.1).max(100_000).default(50),
+  /** Plain-http remote workers (PUBLIC_URL / LORA_GUILD_URL not https): for tests and local networks only. */
+  ALLOW_INSECURE_WORKER_HTTP: bool.default(false),
+  /** A remote worker's lease on a run lapses when its heartbeats stop for this long. */
+  LEASE_SECONDS: int(5, 3600).default(90),
+  /** The largest file a remote worker may upload (checkpoints, states). */
+  WORKER_UPLOAD_MAX_BYTES: int(1024, 64 * 1024 * MiB).default(4096 * MiB),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 
   // Intake limits (all optional; the defaults suit a community server).

@@ -173,4 +173,14 @@ export interface WorkerInfo {
   busyWith: string | null;
   startedAt: number;
   at: number;
+  /** Set for a GPU a member lends from elsewhere (a remote worker): it serves this guild only. */
+  remote?: { guildId: string; ownerId: string; name: string };
+  /** System memory and free disk (of the worker's cache or DATA_DIR), when known. */
+  ramMiB?: number;
+  diskFreeMiB?: number;
+}
+
+/** The workers that may take a run of this guild: in-cluster ones serve every guild, remote ones their own. */
+export function workersServing<T extends Pick<WorkerInfo, 'remote'>>(workers: readonly T[], guildId: string): T[] {
+  return workers.filter((w) => w.remote === undefined || w.remote.guildId === guildId);
 }
