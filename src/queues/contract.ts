@@ -3,6 +3,7 @@
  * default job options. Bot and workers import this module; nothing else names a queue.
  */
 import type { DefaultJobOptions } from 'bullmq';
+import type { BaseFamily, CompanionKind } from '../core/model-family.ts';
 import type { Plan } from '../core/plan.ts';
 import type { ResolvedRecipe } from '../core/recipes.ts';
 
@@ -168,8 +169,16 @@ export interface WorkerInfo {
   id: string;
   host: string;
   gpu: { name: string; memoryMiB: number } | null;
-  /** Base checkpoints found in MODELS_DIR (file names), with their family when it can be told. */
-  models: { file: string; base: 'sd15' | 'sdxl' | null }[];
+  /**
+   * Base checkpoints found in MODELS_DIR (file names), with their family as the file's header
+   * tells it (null: a file whose header can't be read and whose name doesn't tell).
+   */
+  models: { file: string; base: BaseFamily | null; variant?: 'dev' | 'schnell' }[];
+  /**
+   * Text encoders and autoencoders in MODELS_DIR (FLUX.1 and Chroma need them). Absent from
+   * workers that predate them: treat as none.
+   */
+  companions?: { file: string; kind: CompanionKind; fp8?: boolean }[];
   busyWith: string | null;
   startedAt: number;
   at: number;

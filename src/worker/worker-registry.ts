@@ -10,10 +10,12 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger.ts';
+import { detectModelFile, isBaseFamily, type ModelDetection } from '../core/model-family.ts';
 import { readSafetensorsHeader } from '../core/safetensors.ts';
 import { sharedKeys, type WorkerInfo } from '../queues/contract.ts';
 
 type ModelInfo = WorkerInfo['models'][number];
+type CompanionInfo = NonNullable<WorkerInfo['companions']>[number];
 type GpuInfo = WorkerInfo['gpu'];
 
 const MODEL_FILE = /\.(safetensors|ckpt)$/i;
@@ -25,16 +27,6 @@ export function baseFromFileName(file: string): ModelInfo['base'] {
   if (/sd[-_ ]?xl/i.test(stem) || /(?:^|[^A-Za-z])[xX][lL](?![a-z])/.test(stem) || /XL/.test(stem)) return 'sdxl';
   if (/sd[-_ ]?1[-_.]?5|v1[-_.]5|(?:^|[^0-9.])1\.5(?:[^0-9]|$)/i.test(stem)) return 'sd15';
   return null;
-}
-
-/** The family from a checkpoint's tensor names (original single-file layouts), if they tell. */
-export function baseFromTensorNames(names: Iterable<string>): ModelInfo['base'] {
-  let sd1 = false;
-  for (const name of names) {
-    if (name.startsWith('conditioner.embedders.1.')) return 'sdxl';
-    if (name.startsWith('cond_stage_model.transformer.')) sd1 = true;
-  }
-  return sd1 ? 'sd15' : null;
 }
 
 /** Reads `nvidia-smi` once; null without an NVIDIA GPU (or driver). The first GPU is the one used. */
@@ -57,18 +49,30 @@ export function probeGpu(timeoutMs = 5_000): Promise<GpuInfo> {
   });
 }
 
+export interface ModelScan {
+  /** Base checkpoints, with their family when it can be told. */
+  models: ModelInfo[];
+  /** Text encoders and autoencoders (what FLUX.1 and Chroma need besides the checkpoint). */
+  companions: CompanionInfo[];
+}
+
+/** `null`: not a readable safetensors file (a `.ckpt`, or broken), so the header can't tell. */
+type Detected = ModelDetection | null;
+
 /**
- * Base checkpoints in `dir` (plain `.safetensors`/`.ckpt` files, not in sub-folders), sorted by
- * name. `cache` keeps the family read from a file's header while its size and time are unchanged.
+ * The model files in `dir` (plain `.safetensors`/`.ckpt` files, not in sub-folders), sorted by
+ * name. A safetensors file's header decides what it is; the file name is only consulted when the
+ * header can't be read (`.ckpt`). Files the header shows to be something else (a VAE, a LoRA,
+ * SD 2.x) are left out. `cache` keeps a file's detection while its size and time are unchanged.
  */
-export async function scanModels(dir: string, cache = new Map<string, ModelInfo['base']>()): Promise<ModelInfo[]> {
+export async function scanModelFiles(dir: string, cache = new Map<string, Detected>()): Promise<ModelScan> {
   let names: string[];
   try {
     names = await readdir(dir);
   } catch {
-    return [];
+    return { models: [], companions: [] };
   }
-  const models: ModelInfo[] = [];
+  const scan: ModelScan = { models: [], companions: [] };
   for (const file of names.filter((n) => MODEL_FILE.test(n) && !n.startsWith('.')).sort()) {
     let info;
     try {
@@ -77,23 +81,36 @@ export async function scanModels(dir: string, cache = new Map<string, ModelInfo[
       continue;
     }
     if (!info.isFile()) continue;
-    let base = baseFromFileName(file);
-    if (base === null && /\.safetensors$/i.test(file)) {
-      const key = `${file}\0${info.size}\0${info.mtimeMs}`;
-      if (cache.has(key)) {
-        base = cache.get(key) ?? null;
-      } else {
+    const key = `${file}\0${info.size}\0${info.mtimeMs}`;
+    let detected: Detected;
+    if (cache.has(key)) {
+      detected = cache.get(key) ?? null;
+    } else {
+      detected = null;
+      if (/\.safetensors$/i.test(file)) {
         try {
-          base = baseFromTensorNames(Object.keys((await readSafetensorsHeader(join(dir, file))).tensors));
+          const header = await readSafetensorsHeader(join(dir, file));
+          detected = detectModelFile(header.tensors, header.metadata);
         } catch {
-          base = null;
+          detected = null;
         }
-        cache.set(key, base);
       }
+      cache.set(key, detected);
     }
-    models.push({ file, base });
+    if (detected === null) {
+      scan.models.push({ file, base: baseFromFileName(file) });
+    } else if (isBaseFamily(detected.kind)) {
+      scan.models.push({ file, base: detected.kind, ...(detected.variant ? { variant: detected.variant } : {}) });
+    } else if (detected.kind !== 'unknown') {
+      scan.companions.push({ file, kind: detected.kind, ...(detected.fp8 ? { fp8: true } : {}) });
+    }
   }
-  return models;
+  return scan;
+}
+
+/** Base checkpoints in `dir` (see `scanModelFiles`). */
+export async function scanModels(dir: string, cache = new Map<string, Detected>()): Promise<ModelInfo[]> {
+  return (await scanModelFiles(dir, cache)).models;
 }
 
 export interface WorkerRegistryOptions {
@@ -116,7 +133,7 @@ export class WorkerRegistry {
   #timer: NodeJS.Timeout | null = null;
   #beating: Promise<void> = Promise.resolve();
   #closed = false;
-  readonly #modelCache = new Map<string, ModelInfo['base']>();
+  readonly #modelCache = new Map<string, Detected>();
 
   constructor(private readonly opts: WorkerRegistryOptions) {
     this.key = sharedKeys.worker(opts.prefix, opts.workerId);
@@ -142,7 +159,7 @@ export class WorkerRegistry {
       id: this.opts.workerId,
       host: hostname(),
       gpu: this.#gpu,
-      models: await scanModels(this.opts.modelsDir, this.#modelCache),
+      ...(await scanModelFiles(this.opts.modelsDir, this.#modelCache)),
       busyWith: this.#busyWith,
       startedAt: this.startedAt,
       at: Date.now(),

@@ -20,10 +20,11 @@ import { createLogger } from '../../src/core/logger.ts';
 import { sampleGridLayout } from '../../src/core/media.ts';
 import { planRun } from '../../src/core/plan.ts';
 import { resolveRecipe, type ResolvedRecipe } from '../../src/core/recipes.ts';
-import { readSafetensorsHeader, writeSafetensors } from '../../src/core/safetensors.ts';
+import { readSafetensorsHeader } from '../../src/core/safetensors.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type RunEvent, type TrainRunPayload } from '../../src/queues/contract.ts';
 import { startTrainingWorker, type TrainingWorkerHandle } from '../../src/worker/training.ts';
 import { listWorkers } from '../../src/worker/worker-registry.ts';
+import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -106,8 +107,8 @@ async function makeWorld(): Promise<World> {
   const dataDir = join(dir, 'data');
   const modelsDir = join(dir, 'models');
   await mkdir(modelsDir, { recursive: true });
-  // A dummy base checkpoint (SD1.5 text-encoder key, so the heartbeat can tell its family).
-  await writeSafetensors(join(modelsDir, BASE_MODEL), [{ name: 'cond_stage_model.transformer.text_model.final_layer_norm.bias', dtype: 'F32', shape: [2], data: new Uint8Array(8) }]);
+  // A base checkpoint with SD 1.5's key layout (a sparse file), so the heartbeat can tell its family.
+  await writeModelFile(join(modelsDir, BASE_MODEL), sd15Layout());
   const blobs = new BlobStore(dataDir);
   await blobs.init();
   const colours = [
