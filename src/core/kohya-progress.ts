@@ -99,6 +99,12 @@ interface StreamState {
   buffer: string;
   /** The partial line already reported as progress (tqdm's last redraw has no terminator yet). */
   reported: string | null;
+  /**
+   * Traceback state, per stream: a traceback is written to one stream, and a line of the other one
+   * arriving in the middle of it must not end it.
+   */
+  inTraceback: boolean;
+  tracebackBody: boolean;
 }
 
 export class KohyaProgressParser {
@@ -106,14 +112,18 @@ export class KohyaProgressParser {
   readonly #tail: string[] = [];
   readonly #streams: Record<KohyaStream, StreamState>;
   #sawNan = false;
-  #inTraceback = false;
-  #tracebackBody = false;
   #batchesPerEpoch: number | null = null;
   #accumulation = 1;
 
   constructor(options: { tailLines?: number } = {}) {
     this.#tailSize = options.tailLines ?? 30;
-    const stream = (): StreamState => ({ decoder: new StringDecoder('utf8'), buffer: '', reported: null });
+    const stream = (): StreamState => ({
+      decoder: new StringDecoder('utf8'),
+      buffer: '',
+      reported: null,
+      inTraceback: false,
+      tracebackBody: false,
+    });
     this.#streams = { stdout: stream(), stderr: stream() };
   }
 
@@ -127,7 +137,7 @@ export class KohyaProgressParser {
     for (const raw of parts) {
       const reported = state.reported;
       state.reported = null;
-      this.#line(raw, events, reported);
+      this.#line(raw, events, reported, state);
     }
     // tqdm's latest redraw stays unterminated until the next one: report it now if it is complete.
     const partial = normalize(state.buffer);
@@ -147,7 +157,7 @@ export class KohyaProgressParser {
     for (const state of Object.values(this.#streams)) {
       const rest = state.buffer + state.decoder.end();
       state.buffer = '';
-      if (rest.length > 0) this.#line(rest, events, state.reported);
+      if (rest.length > 0) this.#line(rest, events, state.reported, state);
       state.reported = null;
     }
     return events;
@@ -186,7 +196,7 @@ export class KohyaProgressParser {
   }
 
   /** `reported`: the unterminated bar redraw of this stream already reported as progress. */
-  #line(raw: string, events: KohyaEvent[], reported: string | null): void {
+  #line(raw: string, events: KohyaEvent[], reported: string | null, state: StreamState): void {
     const untrimmed = raw.replace(ANSI_RE, '').trimEnd();
     const line = untrimmed.trim();
     if (!line) return;
@@ -194,8 +204,8 @@ export class KohyaProgressParser {
     // A traceback glued to the last bar redraw: the redraw first, then the traceback.
     const traceback = TRACEBACK_RE.exec(line);
     if (traceback && traceback.index > 0) {
-      this.#line(line.slice(0, traceback.index), events, reported);
-      this.#line(line.slice(traceback.index), events, null);
+      this.#line(line.slice(0, traceback.index), events, reported, state);
+      this.#line(line.slice(traceback.index), events, null, state);
       return;
     }
     this.#remember(this.#tail, line);
@@ -210,21 +220,21 @@ export class KohyaProgressParser {
 
     // Tracebacks: the first unindented line after the indented frames is the exception.
     if (traceback) {
-      this.#inTraceback = true;
-      this.#tracebackBody = false;
+      state.inTraceback = true;
+      state.tracebackBody = false;
       return;
     }
-    if (this.#inTraceback) {
+    if (state.inTraceback) {
       if (/^\s/.test(untrimmed)) {
-        this.#tracebackBody = true;
+        state.tracebackBody = true;
         return;
       }
-      if (this.#tracebackBody) {
+      if (state.tracebackBody) {
         const m = EXCEPTION_RE.exec(line);
         if (m?.[1] && !line.startsWith('During handling') && !line.startsWith('The above exception')) {
           events.push({ type: 'error', exception: m[1], message: (m[2] ?? '').trim() });
         }
-        this.#inTraceback = false;
+        state.inTraceback = false;
       }
     }
 

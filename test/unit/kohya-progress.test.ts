@@ -185,6 +185,41 @@ describe('kohya console parser', () => {
     expect(rest.map((e) => e.type)).toEqual(['error', 'error']);
   });
 
+  it('reads a stderr traceback whatever stdout lines arrive in the middle of it', () => {
+    // The two pipes are read independently, so any merge that keeps each stream's own order can happen.
+    // The stderr pieces cut lines in the middle, as pipe reads do.
+    const stdout = ['epoch 2/2\n', '  num epochs / epoch数: 2\n', 'saving checkpoint: /runs/r1/zk-000002.safetensors\n', 'prompt: zk\n'];
+    const stderr = [
+      'Traceback (most recent call last):\n  File "/sd-scripts/train_network.py", li',
+      'ne 1458, in train\n',
+      '    raise ValueError(msg)\n',
+      'voluptuous.error.MultipleInvalid: extra keys not allowed @ ',
+      "data['general']['shufle_caption']\n",
+    ];
+    const merges: Array<Array<[KohyaStream, string]>> = [];
+    const merge = (i: number, j: number, acc: Array<[KohyaStream, string]>): void => {
+      if (i === stdout.length && j === stderr.length) {
+        merges.push(acc);
+        return;
+      }
+      if (i < stdout.length) merge(i + 1, j, [...acc, ['stdout', stdout[i] ?? '']]);
+      if (j < stderr.length) merge(i, j + 1, [...acc, ['stderr', stderr[j] ?? '']]);
+    };
+    merge(0, 0, []);
+    expect(merges).toHaveLength(126); // C(9, 4)
+    for (const order of merges) {
+      const parser = new KohyaProgressParser();
+      const events = order.flatMap(([stream, chunk]) => parser.push(chunk, stream));
+      events.push(...parser.end());
+      const label = order.map(([stream]) => stream[3]).join('');
+      expect(of(events, 'error'), label).toEqual([
+        { type: 'error', exception: 'voluptuous.error.MultipleInvalid', message: "extra keys not allowed @ data['general']['shufle_caption']" },
+      ]);
+      expect(of(events, 'epoch'), label).toEqual([{ type: 'epoch', epoch: 2, total: 2 }]);
+      expect(of(events, 'checkpoint'), label).toEqual([{ type: 'checkpoint', path: '/runs/r1/zk-000002.safetensors', epoch: 2 }]);
+    }
+  });
+
   it('reads an AssertionError and the dataset config error of sd-scripts', () => {
     const parser = new KohyaProgressParser();
     const events = parser.push(
