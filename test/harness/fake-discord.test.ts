@@ -71,9 +71,7 @@ function sendableChannel(client: Client, id: string) {
 
 describe('FakeDiscord: logging in', () => {
   it('brings a real Client to ClientReady with the guild, its text channel and the bot user cached', async () => {
-    const started = Date.now();
     const client = await connect();
-    expect(Date.now() - started).toBeLessThan(3_000);
     expect(client.user?.id).toBe(fake.botUser.id);
     expect(client.application?.id).toBe(fake.applicationId);
     const guild = client.guilds.cache.get(fake.guildId);

@@ -157,13 +157,14 @@ describe('orphaned trainers', () => {
     const runDir = join(root, 'runs', 'r1');
     const otherDir = join(root, 'runs', 'r10'); // a prefix of the marker must not match
     const sleeper = "import time; print('ready', flush=True); time.sleep(60)";
-    const ready = new Set<string>();
+    // Output is gathered whole: a pipe may hand 'ready' over in two pieces.
+    const output = new Map<string, string>();
     const start = (dir: string) =>
-      TrainerProcess.start({ ...python(sleeper, trainerEnv(process.env, dir)), onOutput: (c) => void (c.includes('ready') && ready.add(dir)) });
+      TrainerProcess.start({ ...python(sleeper, trainerEnv(process.env, dir)), onOutput: (c) => void output.set(dir, (output.get(dir) ?? '') + c.toString('utf8')) });
     const orphan = await start(runDir);
     const other = await start(otherDir);
     try {
-      await waitFor(() => ready.size === 2);
+      await waitFor(() => [runDir, otherDir].every((dir) => output.get(dir)?.includes('ready')));
       expect(await findTrainerGroups(runDir)).toEqual([orphan.pgid]);
       expect(await killStaleTrainers(runDir, 1000)).toEqual([orphan.pgid]);
       expect(processGroupAlive(orphan.pgid)).toBe(false);
@@ -177,12 +178,12 @@ describe('orphaned trainers', () => {
 
   it('stops a frozen (SIGSTOPped) orphan too', async () => {
     const runDir = join(root, 'runs', 'frozen');
-    let ready = false;
+    let output = '';
     const orphan = await TrainerProcess.start({
       ...python("import time; print('ready', flush=True); time.sleep(60)", trainerEnv(process.env, runDir)),
-      onOutput: (c) => (ready ||= c.includes('ready')),
+      onOutput: (c) => (output += c.toString('utf8')),
     });
-    await waitFor(() => ready);
+    await waitFor(() => output.includes('ready'));
     process.kill(-orphan.pgid, 'SIGSTOP');
     expect(await killStaleTrainers(runDir, 2000)).toEqual([orphan.pgid]);
     expect(processGroupAlive(orphan.pgid)).toBe(false);

@@ -345,13 +345,11 @@ describe('normalizeImage: refusals the contributor can act on', () => {
     expect(reasonOf(Buffer.from([0x00, 0x01, 0x02, 0x03, 0xfe, 0xfd]))).toMatch(/^not an image \(unrecognised data\)/);
   });
 
-  it('refuses a 400-megapixel PNG bomb from its header: fast, without decoding it', async () => {
+  it('refuses a 400-megapixel PNG bomb from its header, without decoding it', async () => {
     const bomb = pngBomb();
     expect(bomb.data.length).toBeLessThan(100_000);
     const rssBefore = process.memoryUsage().rss;
-    const started = performance.now();
     expect(await refusal(bomb.data)).toBe('20000×20000 is 400 megapixels; the limit is 100');
-    expect(performance.now() - started).toBeLessThan(1000);
     // Decoding would need 400 MB at 8 bits per pixel.
     expect(process.memoryUsage().rss - rssBefore).toBeLessThan(100 * 1024 * 1024);
   });

