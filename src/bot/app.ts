@@ -26,6 +26,10 @@ import { pruneButton, tagsCommand } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
 import type { BotContext } from './context.ts';
 import { startHttpServer, type HttpServerHandle } from './http-server.ts';
+import { LeaseManager } from './leases.ts';
+import { createWorkerApi, WORKER_API_PREFIX } from './worker-api.ts';
+import { RunEventQueue } from '../queues/run-events.ts';
+import { WorkerStore } from '../store/worker-store.ts';
 import { IntakeService } from './intake.ts';
 import { createInteractionRouter } from './interactions.ts';
 import { handleThreadMessage } from './message-intake.ts';
@@ -108,7 +112,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   }
   const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL } });
   const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000 });
-  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices };
+  const workers = new WorkerStore(redis, config.REDIS_PREFIX);
+  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -144,7 +149,48 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     tagging = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, queueConnection);
   }
 
+  // Remote workers (GPUs lent from anywhere) lease runs over HTTPS; their input links are signed.
+  let leases: LeaseManager | null = null;
+  let runEvents: RunEventQueue | null = null;
+  let workerApi: ReturnType<typeof createWorkerApi> | null = null;
+  if (config.DOWNLOAD_SECRET) {
+    runEvents = new RunEventQueue(queueConnection, config.REDIS_PREFIX);
+    leases = new LeaseManager({
+      redis,
+      queueConnection,
+      prefix: config.REDIS_PREFIX,
+      leaseMs: config.LEASE_SECONDS * 1000,
+      workers,
+      logger,
+      onBlobsReleased: async (ids) => {
+        // A superseded resume state: no longer kept, deleted unless something else uses the bytes.
+        await redis.srem(sharedKeys.artifacts(config.REDIS_PREFIX), ...ids);
+        for (const id of ids) {
+          if ((await store.blobRefCount(id)) === 0 && !(await runs.isPinned(id))) await blobs.delete(id);
+        }
+      },
+    });
+    leases.start();
+    workerApi = createWorkerApi({
+      redis,
+      prefix: config.REDIS_PREFIX,
+      blobs,
+      dataDir: config.DATA_DIR,
+      workers,
+      leases,
+      events: runEvents,
+      logger,
+      secret: config.DOWNLOAD_SECRET,
+      leaseSeconds: config.LEASE_SECONDS,
+      heartbeatSeconds: config.WORKER_HEARTBEAT_SECONDS,
+      uploadMaxBytes: config.WORKER_UPLOAD_MAX_BYTES,
+    });
+  } else {
+    logger.info('remote training workers are off: set DOWNLOAD_SECRET (and PUBLIC_URL) to let members lend GPUs');
+  }
+
   const http = await startHttpServer({
+    ...(workerApi ? { workerApi: { prefix: WORKER_API_PREFIX, handle: workerApi.handle } } : {}),
     host: config.HTTP_HOST,
     port: config.HTTP_PORT,
     redis,
@@ -187,6 +233,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       tallies.stop();
       await client.destroy();
       await http.close();
+      await leases?.close();
+      await runEvents?.close();
       await taggingQueue.close();
       await trainingQueue.close();
       await notices.close();

@@ -4,6 +4,7 @@ import type { Limiter } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { WorkerStore } from '../store/worker-store.ts';
 import type { TagImagesPayload, TrainRunPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
@@ -30,4 +31,6 @@ export interface BotContext {
   intake: IntakeService;
   /** Held around blob writes with their records, and removals with their blob deletes. */
   blobLock: Limiter;
+  /** GPUs members lend to a guild (remote training workers). */
+  workers: WorkerStore;
 }

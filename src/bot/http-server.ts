@@ -45,6 +45,8 @@ export interface HttpServerOptions {
    * 0: the client is the socket's peer, and the header is ignored (anyone can write it).
    */
   trustProxyHops?: number;
+  /** The remote workers' API, mounted under its prefix (worker-api.ts). */
+  workerApi?: { prefix: string; handle(req: IncomingMessage, res: ServerResponse, pathname: string, query: URLSearchParams, address: string): Promise<void> };
 }
 
 export interface HttpServerHandle {
@@ -388,6 +390,10 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     const q = raw.indexOf('?');
     const pathname = q < 0 ? raw : raw.slice(0, q);
     const query = new URLSearchParams(q < 0 ? '' : raw.slice(q + 1));
+    if (opts.workerApi && pathname.startsWith(opts.workerApi.prefix)) {
+      await opts.workerApi.handle(req, res, pathname, query, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], trustProxyHops));
+      return;
+    }
     const known = pathname === '/healthz' || pathname === '/metrics' || pathname.startsWith('/dl/');
     if (!known) {
       sendText(res, 404, 'Not found.', req.method === 'HEAD');

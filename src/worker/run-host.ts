@@ -7,10 +7,11 @@
  * - remote (`RemoteRunHost`, remote-worker.ts): everything goes over the bot's HTTPS API under a
  *   lease.
  */
-import { Queue, WaitingError, type Job } from 'bullmq';
+import { WaitingError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobRef, BlobStore } from '../core/blob-store.ts';
-import { bullPrefix, defaultJobOptions, JobName, QueueName, runEventId, sharedKeys, type ArtifactRef, type RunEvent, type TrainRunPayload } from '../queues/contract.ts';
+import { sharedKeys, type ArtifactRef, type RunEvent, type TrainRunPayload } from '../queues/contract.ts';
+import type { RunEventQueue } from '../queues/run-events.ts';
 
 export type EpochEvent = Extract<RunEvent, { kind: 'epoch' }>;
 
@@ -44,28 +45,6 @@ export interface RunHost {
   handBack(): Promise<never>;
   /** Whether this worker still holds the run (else another worker has taken it over). */
   stillOwned(): Promise<boolean>;
-}
-
-/** Run events on the `run-events` queue, each added once by its id. */
-export class RunEventQueue {
-  readonly queue: Queue<RunEvent>;
-
-  constructor(connection: Redis, redisPrefix: string) {
-    this.queue = new Queue<RunEvent>(QueueName.RunEvents, {
-      connection,
-      prefix: bullPrefix(redisPrefix),
-      defaultJobOptions: defaultJobOptions[QueueName.RunEvents],
-    });
-  }
-
-  /** Idempotent: the same event id is added once, however often it is sent. */
-  async send(event: RunEvent): Promise<void> {
-    await this.queue.add(JobName.RunEvent, event, { jobId: runEventId(event) });
-  }
-
-  async close(): Promise<void> {
-    await this.queue.close();
-  }
 }
 
 /** A worker beside the bot: shared Redis, shared blob store, the run's BullMQ job. */
