@@ -1,15 +1,18 @@
 // discord.js must be loaded before our own undici: its REST client (undici 6) and ours (undici 7)
 // share undici's process-wide default dispatcher, and only undici 6's works for both.
 import { Client, Events, GatewayIntentBits, type Interaction, type Message } from 'discord.js';
+import { hostname } from 'node:os';
 import { Queue, type Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { BlobStore } from '../core/blob-store.ts';
 import { requireBotCredentials, type Config } from '../core/config.ts';
-import { Limiter } from '../core/limiter.ts';
+import { mutexOf } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type TagImagesPayload, type TrainRunPayload } from '../queues/contract.ts';
 import { CaptionStore } from '../store/caption-store.ts';
-import { DatasetStore, type Dataset } from '../store/dataset-store.ts';
+import { DatasetStore, newId, type Dataset } from '../store/dataset-store.ts';
+import { EventClaims } from '../store/event-claims.ts';
+import { RedisLocks } from '../store/redis-lock.ts';
 import { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import { NoticeSender } from '../worker/notices.ts';
 import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
@@ -63,7 +66,10 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   const notices = new NoticeSender(queueConnection, config.REDIS_PREFIX);
   const blobs = new BlobStore(config.DATA_DIR);
   await blobs.init();
-  const blobLock = new Limiter(1);
+  // Locks and claims live in Redis: several bot processes may share this deployment.
+  const locks = new RedisLocks(redis, config.REDIS_PREFIX, { logger: logger.child({ unit: 'locks' }) });
+  const blobLock = mutexOf(locks, 'blobs');
+  const claims = new EventClaims(redis, config.REDIS_PREFIX, `${hostname()}:${process.pid}:${newId(3)}`);
   const taggingQueue = new Queue<TagImagesPayload>(QueueName.Tagging, {
     connection: queueConnection,
     prefix: bullPrefix(config.REDIS_PREFIX),
@@ -84,6 +90,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     store,
     blobs,
     blobLock,
+    locks,
     logger: logger.child({ unit: 'intake' }),
     onAccepted: async (dataset, nos, captioned) => {
       // Captions that came with the images (a .txt in a zip) are kept; the rest is tagged.
@@ -113,7 +120,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL } });
   const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000 });
   const workers = new WorkerStore(redis, config.REDIS_PREFIX);
-  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers };
+  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -134,7 +141,10 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     [showPageButtons, pruneButton, captionEditModal, startButton, voteButtonHandler, voteSelectHandler],
   );
   client.on(Events.InteractionCreate, (interaction: Interaction) => {
-    route(interaction).catch((err: unknown) => logger.error({ err }, 'interaction routing failed'));
+    claims
+      .claim('interaction', interaction.id)
+      .then((mine) => (mine ? route(interaction) : undefined))
+      .catch((err: unknown) => logger.error({ err }, 'interaction routing failed'));
   });
   if (config.DISCORD_MESSAGE_CONTENT) {
     client.on(Events.MessageCreate, (message: Message) => {

@@ -1,6 +1,6 @@
 import type { BlobStore } from '../core/blob-store.ts';
 import type { Config } from '../core/config.ts';
-import type { Limiter } from '../core/limiter.ts';
+import type { Mutex } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -8,6 +8,7 @@ import type { WorkerStore } from '../store/worker-store.ts';
 import type { TagImagesPayload, TrainRunPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
+import type { EventClaims } from '../store/event-claims.ts';
 import type { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import type { TallyUpdater } from './votes.ts';
 import type { NoticeSender } from '../worker/notices.ts';
@@ -29,8 +30,10 @@ export interface BotContext {
   notices: NoticeSender;
   blobs: BlobStore;
   intake: IntakeService;
-  /** Held around blob writes with their records, and removals with their blob deletes. */
-  blobLock: Limiter;
+  /** Held around blob writes with their records, and removals with their blob deletes (by every bot process). */
+  blobLock: Mutex;
+  /** Which bot process handles an event that all of them receive. */
+  claims: EventClaims;
   /** GPUs members lend to a guild (remote training workers). */
   workers: WorkerStore;
 }

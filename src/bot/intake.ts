@@ -4,8 +4,8 @@ import type { BlobStore } from '../core/blob-store.ts';
 import { bucketLabel, bucketSettingsFor, selectBucket, type Size } from '../core/buckets.ts';
 import type { Config } from '../core/config.ts';
 import { downloadToFile } from '../core/download.ts';
-import { errorMessage, isUserError } from '../core/errors.ts';
-import { KeyedMutex, Limiter } from '../core/limiter.ts';
+import { errorMessage, isUserError, UserError } from '../core/errors.ts';
+import { Limiter, LockTimeoutError, type Mutex, type NamedLocks } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import { normalizeImage, normalizeOptionsFromConfig, type NormalizeResult } from '../core/media.ts';
 import { hammingDistance } from '../core/phash.ts';
@@ -69,15 +69,16 @@ interface Prepared {
  */
 export class IntakeService {
   private readonly downloads = new Limiter(6);
-  private readonly commits = new KeyedMutex();
 
   constructor(
     private readonly deps: {
       config: Config;
       store: DatasetStore;
       blobs: BlobStore;
-      /** Held around every blob write + record, and every removal + blob delete. */
-      blobLock: Limiter;
+      /** Held around every blob write + record, and every removal + blob delete (by every process). */
+      blobLock: Mutex;
+      /** Commits to one dataset take `intake:<datasetId>`, so every bot process sees the others' images. */
+      locks: NamedLocks;
       logger: Logger;
       onAccepted?: (dataset: Dataset, nos: number[], captioned: number[]) => Promise<void>;
     },
@@ -110,7 +111,13 @@ export class IntakeService {
         ),
       );
 
-      await this.commits.run(req.dataset.id, () => this.commit(req, prepared, normalized, report));
+      try {
+        await this.deps.locks.run(`intake:${req.dataset.id}`, (lost) => this.commit(req, prepared, normalized, report, lost));
+      } catch (err) {
+        if (!(err instanceof LockTimeoutError)) throw err;
+        log.warn({ err }, 'intake waited too long for the dataset');
+        throw new UserError(`**${req.dataset.name}** is busy taking in another upload. Please try again in a few minutes.`);
+      }
       const accepted = report.outcomes.filter((o) => o.status === 'accepted');
       log.info({ accepted: accepted.length, refused: report.outcomes.length - accepted.length }, 'intake finished');
       if (accepted.length > 0 && this.deps.onAccepted) {
@@ -183,8 +190,11 @@ export class IntakeService {
     }
   }
 
-  /** Runs under the dataset's lock: duplicate checks see every earlier file, this upload's too. */
-  private async commit(req: IntakeRequest, prepared: Prepared[], normalized: NormalizeResult[], report: IntakeReport) {
+  /**
+   * Runs under the dataset's lock: duplicate checks see every earlier file, this upload's too.
+   * Should the lock be lost (`lost` aborts), the files not yet recorded are refused.
+   */
+  private async commit(req: IntakeRequest, prepared: Prepared[], normalized: NormalizeResult[], report: IntakeReport, lost: AbortSignal) {
     const { store, blobs, config } = this.deps;
     const settings = bucketSettingsFor(req.dataset.base, req.dataset.resolution);
     const phashes = await store.phashes(req.dataset.id);
@@ -196,6 +206,7 @@ export class IntakeService {
         continue;
       }
       try {
+        lost.throwIfAborted();
         const near = nearestDuplicate(n.phash, phashes, config.NEAR_DUPLICATE_DISTANCE);
         if (near !== null) {
           report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, near, 'a near duplicate of') });
@@ -216,6 +227,7 @@ export class IntakeService {
           );
         }
         const added = await this.deps.blobLock.run(async () => {
+          lost.throwIfAborted();
           const [original, master, thumb] = await Promise.all([
             blobs.putFile(p.path!, { move: true }),
             blobs.putBuffer(n.master),

@@ -14,6 +14,8 @@ export async function handleThreadMessage(message: Message, ctx: BotContext): Pr
   if (message.author.bot || !message.inGuild() || !message.channel.isThread() || message.attachments.size === 0) return;
   const dataset = await ctx.store.datasetForThread(message.channelId);
   if (!dataset || dataset.guildId !== message.guildId) return;
+  // Every bot process sees the message; one takes it in.
+  if (!(await ctx.claims.claim('message', message.id))) return;
   const log = ctx.logger.child({ datasetId: dataset.id, messageId: message.id, userId: message.author.id });
   try {
     const attachments = [...message.attachments.values()];

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { BaseFamily, Size } from '../core/buckets.ts';
 import { UserError } from '../core/errors.ts';
+import { CAS_LUA, updateJsonRecord } from './json-record.ts';
 import { keys, type Keys } from './keys.ts';
 
 export type DatasetKind = 'character' | 'style' | 'concept';
@@ -117,13 +118,6 @@ redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 return 1
 `;
 
-// Compare-and-set of one JSON record: writes only if nobody changed it since it was read.
-const CAS_LUA = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-`;
-
 export function newId(bytes = 6): string {
   return randomBytes(bytes).toString('base64url').replace(/[-_]/g, 'x').toLowerCase();
 }
@@ -158,19 +152,14 @@ export class DatasetStore {
   }
 
   async setThread(datasetId: string, threadId: string): Promise<void> {
-    const ds = await this.getDataset(datasetId);
-    if (!ds) return;
-    ds.threadId = threadId;
-    await this.redis.multi().set(this.k.dataset(datasetId), JSON.stringify(ds)).set(this.k.thread(threadId), datasetId).exec();
+    // The thread's index first: a dataset never names a thread that does not lead back to it.
+    await this.redis.set(this.k.thread(threadId), datasetId);
+    await updateJsonRecord<Dataset>(this.redis, this.k.dataset(datasetId), (ds) => ({ ...ds, threadId }));
   }
 
   /** Changes settings of a dataset (not its name, guild or owner). */
   async updateDataset(id: string, patch: Partial<Pick<Dataset, 'undesiredTags'>>): Promise<Dataset | null> {
-    const ds = await this.getDataset(id);
-    if (!ds) return null;
-    const next = { ...ds, ...patch };
-    await this.redis.set(this.k.dataset(id), JSON.stringify(next), 'XX');
-    return next;
+    return updateJsonRecord<Dataset>(this.redis, this.k.dataset(id), (ds) => ({ ...ds, ...patch }));
   }
 
   async getDataset(id: string): Promise<Dataset | null> {

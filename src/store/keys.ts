@@ -17,6 +17,10 @@ export function keys(p: string) {
     captions: (id: string) => `${p}:ds:${id}:captions`,
     captionHistory: (id: string, no: number) => `${p}:ds:${id}:caphist:${no}`,
     captionBatches: (id: string) => `${p}:ds:${id}:capbatches`,
+    /** A lock shared by every process of the deployment (store/redis-lock.ts). */
+    lock: (name: string) => `${p}:lock:${name}`,
+    /** Which process handles a Discord event that every connected bot process receives. */
+    eventClaim: (kind: string, id: string) => `${p}:claim:${kind}:${id}`,
   };
 }
 

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { ResolvedRecipe } from '../core/recipes.ts';
-import { KeyedMutex } from '../core/limiter.ts';
 import type { ArtifactRef } from '../queues/contract.ts';
+import { updateJsonRecord } from './json-record.ts';
 
 export type RunStatus = 'queued' | 'running' | 'finished' | 'failed' | 'cancelled';
 
@@ -59,10 +59,8 @@ export interface Run {
 
 export const ACTIVE_STATUSES: readonly RunStatus[] = ['queued', 'running'];
 
-/** Runs in Redis. Updates are read-modify-write under a per-run lock (the bot is their one writer). */
+/** Runs in Redis. Updates are compare-and-set, safe with several bot processes writing one run. */
 export class RunStore {
-  private readonly locks = new KeyedMutex();
-
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
@@ -92,16 +90,14 @@ export class RunStore {
     return json ? (JSON.parse(json) as Run) : null;
   }
 
-  /** Applies `change` to the current record atomically with respect to other updates here. */
+  /**
+   * Applies `change` to the current record atomically, whichever process writes the run too.
+   * `change` may be called more than once (on a fresher record after a conflicting write), so it
+   * must only compute the next record. Returns null for an unknown run; `change` returning null
+   * means nothing to write.
+   */
   async update(id: string, change: (run: Run) => Run | null): Promise<Run | null> {
-    return this.locks.run(id, async () => {
-      const run = await this.get(id);
-      if (!run) return null;
-      const next = change(run);
-      if (!next) return run;
-      await this.redis.set(this.key(id), JSON.stringify(next), 'XX');
-      return next;
-    });
+    return updateJsonRecord<Run>(this.redis, this.key(id), change);
   }
 
   async listForGuild(guildId: string, limit = 50): Promise<Run[]> {
