@@ -16,7 +16,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
-import { loadTagger, preprocessForTagger } from '../src/core/wd14-tagger.ts';
+import { preprocessForTagger } from '../src/core/tagger-preprocess.ts';
+import { loadTagger } from '../src/core/wd14-tagger.ts';
 import { writeTestModel, type TestTag } from '../test/fixtures/onnx-model.ts';
 import { photoRgb } from '../test/fixtures/images.ts';
 

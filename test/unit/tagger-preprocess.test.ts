@@ -11,7 +11,7 @@
  */
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { preprocessForTagger } from '../../src/core/wd14-tagger.ts';
+import { preprocessForTagger } from '../../src/core/tagger-preprocess.ts';
 import { photoRgb } from '../fixtures/images.ts';
 
 type Channels = 1 | 2 | 3 | 4;
