@@ -9,7 +9,8 @@ import { availableParallelism, cpus } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
 import { loadConfig } from '../src/core/config.ts';
-import { MEDIA_PARALLELISM, normalizeImage, normalizeOptionsFromConfig } from '../src/core/media.ts';
+import { normalizeImage, normalizeOptionsFromConfig } from '../src/core/media.ts';
+import { MEDIA_PARALLELISM } from '../src/core/sharp.ts';
 import { photoJpeg } from '../test/fixtures/images.ts';
 
 const WIDTH = 4000;

@@ -1,6 +1,6 @@
 import { AttachmentBuilder } from 'discord.js';
 import { bucketLabel } from '../core/buckets.ts';
-import { makeContactSheet } from '../core/media.ts';
+import { makeContactSheet } from '../core/image-sheets.ts';
 import type { Dataset, ImageRecord } from '../store/dataset-store.ts';
 import type { FileOutcome, IntakeReport } from './intake.ts';
 

@@ -2,7 +2,7 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import { AttachmentBuilder, DiscordAPIError, type Client, type MessageCreateOptions, type SendableChannels } from 'discord.js';
 import type { BlobStore } from '../core/blob-store.ts';
 import { formatBytes } from '../core/download.ts';
-import { stackRows } from '../core/media.ts';
+import { stackRows } from '../core/image-sheets.ts';
 import type { Logger } from '../core/logger.ts';
 import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
 import type { Run, RunStore, VoteStore } from '../store/run-store.ts';

@@ -12,8 +12,8 @@
  * the box). Images with an embedded ICC profile are converted to sRGB by sharp, where PIL
  * would take the raw values.
  */
-import sharp from 'sharp';
 import type { OutputInfo, Sharp } from 'sharp';
+import { decodeForTagger, fromRaw } from './sharp.ts';
 
 /**
  * The model input for one image: `size × size × 3` float32, BGR, 0–255, row-major (HWC), as
@@ -43,8 +43,8 @@ const SWAP_RB: [[number, number, number], [number, number, number], [number, num
 export async function taggerBgr(input: Buffer | string, size: number): Promise<Buffer> {
   // `pipelineColourspace('srgb')` makes grey images three channels from the start, and keeps sharp
   // from shrinking JPEGs while decoding them (kohya decodes at full size).
-  const decode = () => sharp(input, { failOn: 'error' }).pipelineColourspace('srgb');
-  const meta = await sharp(input, { failOn: 'error' }).metadata();
+  const decode = () => decodeForTagger(input).pipelineColourspace('srgb');
+  const meta = await decodeForTagger(input).metadata();
   const width = meta.width ?? 0;
   const height = meta.height ?? 0;
   if (!(width > 0 && height > 0)) throw new Error('the image has no dimensions');
@@ -76,7 +76,7 @@ export async function taggerBgr(input: Buffer | string, size: number): Promise<B
     padded = data;
   }
   if (side < size) return lanczosEnlargeBgr(padded, side, size);
-  return shrinkAndSwap(sharp(padded, { raw: { width: side, height: side, channels: 3 } }));
+  return shrinkAndSwap(fromRaw(padded, side, side, 3));
 }
 
 function expectRaw(info: OutputInfo, width: number, height: number, channels: number): void {

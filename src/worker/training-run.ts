@@ -24,7 +24,7 @@ import { codeOf, listDir } from '../core/fs-errors.ts';
 import { buildKohyaFiles, type KohyaFiles } from '../core/kohya-config.ts';
 import type { KohyaEvent } from '../core/kohya-progress.ts';
 import type { Logger } from '../core/logger.ts';
-import { makeSampleGrid } from '../core/media.ts';
+import { makeSampleGrid } from '../core/image-sheets.ts';
 import { readSafetensorsHeader } from '../core/safetensors.ts';
 import type { ArtifactRef, RunEvent, TrainRunPayload } from '../queues/contract.ts';
 import { baseModelProblem } from '../queues/train-payload.ts';

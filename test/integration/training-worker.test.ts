@@ -17,7 +17,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/core/blob-store.ts';
 import { loadConfig, type Config } from '../../src/core/config.ts';
 import { createLogger } from '../../src/core/logger.ts';
-import { sampleGridLayout } from '../../src/core/media.ts';
+import { sampleGridLayout } from '../../src/core/image-sheets.ts';
 import { planRun } from '../../src/core/plan.ts';
 import { resolveRecipe, type ResolvedRecipe } from '../../src/core/recipes.ts';
 import { readSafetensorsHeader } from '../../src/core/safetensors.ts';

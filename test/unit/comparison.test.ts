@@ -1,6 +1,6 @@
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { stackRows } from '../../src/core/media.ts';
+import { stackRows } from '../../src/core/image-sheets.ts';
 
 const solid = (r: number, g: number, b: number, width = 300, height = 100) =>
   sharp({ create: { width, height, channels: 3, background: { r, g, b } } }).png().toBuffer();

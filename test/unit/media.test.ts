@@ -7,11 +7,11 @@ import { describe, expect, it } from 'vitest';
 import { FONT_CHARACTERS, drawText, measureText, renderLabel, wrapText } from '../../src/core/bitmap-font.ts';
 import { loadConfig } from '../../src/core/config.ts';
 import { isUserError } from '../../src/core/errors.ts';
+import { makeContactSheet } from '../../src/core/image-sheets.ts';
 import {
   ImageRefused,
   fitWithin,
   imagePhash,
-  makeContactSheet,
   normalizeImage,
   normalizeOptionsFromConfig,
   probeImage,

@@ -1,6 +1,6 @@
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { makeSampleGrid, sampleGridLayout } from '../../src/core/media.ts';
+import { makeSampleGrid, sampleGridLayout } from '../../src/core/image-sheets.ts';
 import { photoRgb } from '../fixtures/images.ts';
 
 type Rgb = [number, number, number];

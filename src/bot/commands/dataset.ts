@@ -19,7 +19,7 @@ import {
   validateTrigger,
 } from '../../core/dataset-rules.ts';
 import { UserError } from '../../core/errors.ts';
-import { makeContactSheet } from '../../core/media.ts';
+import { makeContactSheet } from '../../core/image-sheets.ts';
 import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { MAX_CONCEPTS } from './concept.ts';

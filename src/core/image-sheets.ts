@@ -1,0 +1,222 @@
+/**
+ * Images out: contact sheets of a dataset, an epoch's sample grid, and epochs stacked for
+ * comparison; one JPEG each, labelled with the built-in bitmap font (no system fonts needed) and
+ * kept well under Discord's upload limits.
+ */
+import type { OverlayOptions } from 'sharp';
+import { FONT_METRICS, renderLabel } from './bitmap-font.ts';
+import { blankCanvas, decodeImage as decoder, inSlot, jpegWithin } from './sharp.ts';
+
+export interface ContactSheetTile {
+  /** Any image sharp reads (a master, a thumbnail). */
+  image: Buffer;
+  /** Drawn at the tile's top-left corner, e.g. "#3". */
+  label: string;
+}
+
+export interface ContactSheetOptions {
+  /** Tiles per row (default: about square). */
+  columns?: number;
+  /** Tile edge in pixels (default 256). */
+  tile?: number;
+}
+
+const SHEET_BACKGROUND = '#1e1f22';
+const SHEET_MAX_PIXELS = 16_000_000;
+const SHEET_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * One JPEG showing every tile scaled to fit a square cell, labelled with the built-in bitmap
+ * font (no system fonts needed), kept well under Discord's 10 MiB.
+ */
+export async function makeContactSheet(tiles: ContactSheetTile[], opts: ContactSheetOptions = {}): Promise<Buffer> {
+  if (tiles.length === 0) throw new RangeError('a contact sheet needs at least one tile');
+  const columns = Math.max(1, Math.min(tiles.length, Math.floor(opts.columns ?? Math.ceil(Math.sqrt(tiles.length)))));
+  const rows = Math.ceil(tiles.length / columns);
+  let tile = Math.max(32, Math.min(1024, Math.floor(opts.tile ?? 256)));
+  const gapFor = (t: number) => Math.max(2, Math.round(t / 64));
+  const sheetSize = (t: number) => ({ width: columns * t + (columns + 1) * gapFor(t), height: rows * t + (rows + 1) * gapFor(t) });
+  while (tile > 32 && sheetSize(tile).width * sheetSize(tile).height > SHEET_MAX_PIXELS) tile = Math.floor(tile * 0.9);
+  const gap = gapFor(tile);
+  const { width, height } = sheetSize(tile);
+  const scale = tile >= 96 ? Math.max(2, Math.round(tile / 128)) : 1;
+  const margin = Math.max(2, Math.round(tile / 64));
+
+  return inSlot(async () => {
+    const cells: OverlayOptions[] = [];
+    for (let i = 0; i < tiles.length; i++) {
+      const { image, label } = tiles[i]!;
+      const badge = renderLabel(label, { scale, maxWidth: tile - 2 * margin, maxLines: 2 });
+      const cell = await decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 })
+        .resize(tile, tile, { fit: 'contain', background: SHEET_BACKGROUND, kernel: 'lanczos3' })
+        .flatten({ background: SHEET_BACKGROUND })
+        .composite([{ input: badge.data, raw: { width: badge.width, height: badge.height, channels: 4 }, top: margin, left: margin }])
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true });
+      cells.push({
+        input: cell.data,
+        raw: { width: cell.info.width, height: cell.info.height, channels: cell.info.channels },
+        left: gap + (i % columns) * (tile + gap),
+        top: gap + Math.floor(i / columns) * (tile + gap),
+      });
+    }
+    // Compositing leaves an alpha channel behind; drop it before reading the canvas back as RGB.
+    const sheet = await blankCanvas(width, height, SHEET_BACKGROUND)
+      .composite(cells)
+      .removeAlpha()
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (sheet.info.channels !== 3) throw new Error(`media: contact sheet has ${sheet.info.channels} channels`);
+    return jpegWithin({ data: sheet.data, width, height, channels: 3 }, SHEET_MAX_BYTES, [85, 70, 50], `contact sheet of ${tiles.length} tiles`, {
+      chromaSubsampling: '4:2:0',
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sample grids.
+
+export interface SampleGridTile {
+  /** A sample image (a Buffer or a file path). */
+  image: Buffer | string;
+  /** Written under the sample, e.g. "#1 zkchar, 1girl, smile". Wrapped to two lines at most. */
+  label: string;
+}
+
+export interface SampleGridOptions {
+  /** Written above the samples, e.g. "aria-r3k9 - epoch 3/10". */
+  title: string;
+  /** Longest side of one cell in pixels (default 512); samples are scaled down to fit, never up. */
+  maxCell?: number;
+}
+
+export interface SampleGridLayout {
+  width: number;
+  height: number;
+  /** Size of every cell; samples are fitted inside, centred. */
+  cell: { width: number; height: number };
+  /** Top-left corner of each cell, in tile order. */
+  cells: { left: number; top: number }[];
+  /** Integer scale of the bitmap font. */
+  textScale: number;
+}
+
+const GRID_BACKGROUND = '#1e1f22';
+const GRID_TEXT = '#f2f3f5';
+const GRID_MAX_BYTES = 8 * 1024 * 1024;
+const GRID_LABEL_LINES = 2;
+
+/**
+ * Where everything goes in a sample grid of `count` cells of `cell` size: a title strip on top,
+ * then the cells side by side, each with room for a two-line label under it. Pure; exported so
+ * callers and tests can find a sample in the grid.
+ */
+export function sampleGridLayout(count: number, cell: { width: number; height: number }): SampleGridLayout {
+  if (!(count >= 1) || !Number.isInteger(count)) throw new RangeError('a sample grid needs at least one sample');
+  const textScale = Math.min(cell.width, cell.height) >= 256 ? 2 : 1;
+  const gap = Math.max(4, Math.round(Math.max(cell.width, cell.height) / 64));
+  const line = FONT_METRICS.lineHeight * textScale;
+  const pad = 2 * textScale;
+  const titleHeight = line + 2 * pad;
+  const labelHeight = GRID_LABEL_LINES * line + 2 * pad;
+  const top = gap + titleHeight + gap;
+  return {
+    width: count * cell.width + (count + 1) * gap,
+    height: top + cell.height + labelHeight + gap,
+    cell: { ...cell },
+    cells: Array.from({ length: count }, (_, i) => ({ left: gap + i * (cell.width + gap), top })),
+    textScale,
+  };
+}
+
+/**
+ * One JPEG of an epoch's samples side by side (the run's prompts in order), each labelled under
+ * it, with a title on top; labels use the built-in bitmap font. The cell takes the first sample's
+ * aspect ratio (a run samples every prompt at one size). Kept well under Discord's limits.
+ */
+export async function makeSampleGrid(tiles: SampleGridTile[], opts: SampleGridOptions): Promise<Buffer> {
+  if (tiles.length === 0) throw new RangeError('a sample grid needs at least one sample');
+  const maxCell = Math.max(64, Math.min(1024, Math.floor(opts.maxCell ?? 512)));
+
+  return inSlot(async () => {
+    const first = await decoder(tiles[0]!.image, { limitInputPixels: false }).metadata();
+    const longest = Math.max(first.width, first.height, 1);
+    const fit = Math.min(1, maxCell / longest);
+    const cell = { width: Math.max(16, Math.round(first.width * fit)), height: Math.max(16, Math.round(first.height * fit)) };
+    const layout = sampleGridLayout(tiles.length, cell);
+    const scale = layout.textScale;
+
+    const overlays: OverlayOptions[] = [];
+    const gap = layout.cells[0]!.left;
+    const title = renderLabel(opts.title, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: layout.width - 2 * gap, maxLines: 1 });
+    overlays.push({ input: title.data, raw: { width: title.width, height: title.height, channels: 4 }, top: gap, left: gap });
+    for (let i = 0; i < tiles.length; i++) {
+      const { image, label } = tiles[i]!;
+      const at = layout.cells[i]!;
+      const sample = await decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 })
+        .resize(cell.width, cell.height, { fit: 'contain', background: GRID_BACKGROUND, kernel: 'lanczos3' })
+        .flatten({ background: GRID_BACKGROUND })
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true });
+      overlays.push({
+        input: sample.data,
+        raw: { width: sample.info.width, height: sample.info.height, channels: sample.info.channels },
+        left: at.left,
+        top: at.top,
+      });
+      const badge = renderLabel(label, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: cell.width, maxLines: GRID_LABEL_LINES });
+      overlays.push({ input: badge.data, raw: { width: badge.width, height: badge.height, channels: 4 }, left: at.left, top: at.top + cell.height });
+    }
+    const { width, height } = layout;
+    const canvas = await blankCanvas(width, height, GRID_BACKGROUND)
+      .composite(overlays)
+      .removeAlpha()
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (canvas.info.channels !== 3) throw new Error(`media: sample grid has ${canvas.info.channels} channels`);
+    return jpegWithin({ data: canvas.data, width, height, channels: 3 }, GRID_MAX_BYTES, [90, 75, 55], `sample grid of ${tiles.length} samples`, {
+      chromaSubsampling: '4:4:4',
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison of epochs: each epoch's sample grid as one row, top to bottom (an X/Y plot of
+// epochs × prompts); a row's label is drawn above it unless empty (grids carry their own title).
+
+const COMPARISON_MAX_WIDTH = 2048;
+
+export async function stackRows(rows: { image: Buffer; label: string }[]): Promise<Buffer> {
+  if (rows.length === 0) throw new RangeError('a comparison needs at least one row');
+  return inSlot(async () => {
+    const first = await decoder(rows[0]!.image, { limitInputPixels: 100_000_000 }).metadata();
+    const width = Math.min(COMPARISON_MAX_WIDTH, Math.max(64, first.width));
+    const scale = Math.max(1, Math.round(width / 512));
+    const gap = 4 * scale;
+    const overlays: OverlayOptions[] = [];
+    let top = gap;
+    for (const row of rows) {
+      if (row.label) {
+        const label = renderLabel(row.label, { scale: scale + 1, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: width, maxLines: 1 });
+        overlays.push({ input: label.data, raw: { width: label.width, height: label.height, channels: 4 }, left: gap, top });
+        top += label.height + gap;
+      }
+      const image = await decoder(row.image, { limitInputPixels: 100_000_000 })
+        .resize({ width, withoutEnlargement: true, kernel: 'lanczos3' })
+        .flatten({ background: GRID_BACKGROUND })
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true });
+      overlays.push({ input: image.data, raw: { width: image.info.width, height: image.info.height, channels: image.info.channels }, left: gap, top });
+      top += image.info.height + gap;
+    }
+    const canvas = await blankCanvas(width + 2 * gap, top, GRID_BACKGROUND)
+      .composite(overlays)
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    const { data, info } = canvas;
+    return jpegWithin({ data, width: info.width, height: info.height, channels: info.channels }, GRID_MAX_BYTES, [85, 70, 50], `a comparison of ${rows.length} rows`);
+  });
+}
