@@ -27,11 +27,14 @@ export interface BucketAssignment {
   arError: number;
 }
 
-export type BaseFamily = 'sd15' | 'sdxl';
+import type { BaseFamily } from './model-family.ts';
+
+export type { BaseFamily };
 
 /** The bucket settings our recipes use for a base family and square resolution. */
 export function bucketSettingsFor(_base: BaseFamily, resolution: number, noUpscale = false): BucketSettings {
-  // SD1.5 and SDXL use the same rules; the family only changes the default resolution.
+  // Every family uses the same rules (64 px steps also satisfy FLUX's multiple-of-32 check); the
+  // family only changes the default resolution.
   return {
     resolution: [resolution, resolution],
     minBucketReso: 256,

@@ -1,4 +1,5 @@
 import type { BaseFamily } from './buckets.ts';
+import { FAMILY_INFO } from './model-family.ts';
 import { UserError } from './errors.ts';
 
 /** Validation of what members type when they create and manage datasets. */
@@ -47,13 +48,13 @@ export function validateClassWord(raw: string): string {
 }
 
 export function defaultResolution(base: BaseFamily): number {
-  return base === 'sdxl' ? 1024 : 512;
+  return FAMILY_INFO[base].nativeResolution;
 }
 
 export function validateResolution(value: number | null, base: BaseFamily): number {
   const resolution = value ?? defaultResolution(base);
   if (!Number.isInteger(resolution) || resolution < 256 || resolution > 2048 || resolution % 64 !== 0) {
-    throw new UserError('The resolution must be a multiple of 64 between 256 and 2048 (512 is usual for SD 1.5, 1024 for SDXL).');
+    throw new UserError('The resolution must be a multiple of 64 between 256 and 2048 (512 is usual for SD 1.5, 1024 for SDXL, FLUX.1 and Chroma).');
   }
   return resolution;
 }

@@ -1,6 +1,6 @@
 /**
  * What kohya-ss/sd-scripts accepts, as data: every argument of `train_network.py` /
- * `sdxl_train_network.py` with the TOML value type a `--config_file` must hold, and the keys of the
+ * `sdxl_train_network.py` / `flux_train_network.py` (reference/model-families.md §2) with the TOML value type a `--config_file` must hold, and the keys of the
  * dataset TOML per level with the types its schema checks (reference/kohya-contract.md §1–3).
  *
  * Read from sd-scripts `main` @ 48d368fa (`setup_parser` of train_network.py and the `add_*_arguments`
@@ -21,8 +21,13 @@ export interface KohyaArgSpec {
   readonly type: KohyaValueType;
   /** Values the script's argparse `choices` allow (not enforced by sd-scripts for TOML values). */
   readonly choices?: readonly (string | number)[];
-  /** Only `sdxl_train_network.py` knows it. */
-  readonly scripts?: 'sdxl';
+  /** Only these scripts know it, not `train_network.py` (SDXL's and FLUX's own arguments). */
+  readonly scripts?: readonly ('sdxl' | 'flux')[];
+  /**
+   * A Stable Diffusion argument `flux_train_network.py` accepts but does not use
+   * (docs/flux_train_network.md "Incompatible/Deprecated Arguments"): never written for FLUX.
+   */
+  readonly sdOnly?: true;
   /** Meaningful on the command line only; never inside a config file. */
   readonly cliOnly?: true;
 }
@@ -33,8 +38,8 @@ export const KOHYA_ARGS = {
   console_log_file: { type: 'string' },
   console_log_simple: { type: 'bool' },
   // models
-  v2: { type: 'bool' },
-  v_parameterization: { type: 'bool' },
+  v2: { type: 'bool', sdOnly: true },
+  v_parameterization: { type: 'bool', sdOnly: true },
   pretrained_model_name_or_path: { type: 'string' },
   tokenizer_cache_dir: { type: 'string' },
   // optimizer
@@ -83,7 +88,7 @@ export const KOHYA_ARGS = {
   save_state_on_train_end: { type: 'bool' },
   resume: { type: 'string' },
   train_batch_size: { type: 'int' },
-  max_token_length: { type: 'int', choices: [150, 225] },
+  max_token_length: { type: 'int', choices: [150, 225], sdOnly: true },
   mem_eff_attn: { type: 'bool' },
   torch_compile: { type: 'bool' },
   dynamo_backend: {
@@ -107,7 +112,7 @@ export const KOHYA_ARGS = {
   ddp_timeout: { type: 'int' },
   ddp_gradient_as_bucket_view: { type: 'bool' },
   ddp_static_graph: { type: 'bool' },
-  clip_skip: { type: 'int' },
+  clip_skip: { type: 'int', sdOnly: true },
   logging_dir: { type: 'string' },
   log_with: { type: 'string', choices: ['tensorboard', 'wandb', 'all'] },
   log_prefix: { type: 'string' },
@@ -247,14 +252,51 @@ export const KOHYA_ARGS = {
   validate_every_n_steps: { type: 'int' },
   validate_every_n_epochs: { type: 'int' },
   max_validation_steps: { type: 'int' },
-  // sdxl_train_network.py adds (library/sdxl_train_util.py)
-  disable_mmap_load_safetensors: { type: 'bool', scripts: 'sdxl' },
-  cache_text_encoder_outputs: { type: 'bool', scripts: 'sdxl' },
-  cache_text_encoder_outputs_to_disk: { type: 'bool', scripts: 'sdxl' },
+  // sdxl_train_network.py adds (library/sdxl_train_util.py); flux_train_network.py has them too
+  // (train_util.add_dit_training_arguments)
+  disable_mmap_load_safetensors: { type: 'bool', scripts: ['sdxl', 'flux'] },
+  cache_text_encoder_outputs: { type: 'bool', scripts: ['sdxl', 'flux'] },
+  cache_text_encoder_outputs_to_disk: { type: 'bool', scripts: ['sdxl', 'flux'] },
+  // flux_train_network.py: train_util.add_dit_training_arguments
+  text_encoder_batch_size: { type: 'int', scripts: ['flux'] },
+  weighting_scheme: { type: 'string', choices: ['sigma_sqrt', 'logit_normal', 'mode', 'cosmap', 'none', 'uniform'], scripts: ['flux'] },
+  logit_mean: { type: 'float', scripts: ['flux'] },
+  logit_std: { type: 'float', scripts: ['flux'] },
+  mode_scale: { type: 'float', scripts: ['flux'] },
+  blocks_to_swap: { type: 'int', scripts: ['flux'] },
+  // flux_train_utils.add_flux_train_arguments
+  clip_l: { type: 'string', scripts: ['flux'] },
+  t5xxl: { type: 'string', scripts: ['flux'] },
+  ae: { type: 'string', scripts: ['flux'] },
+  controlnet_model_name_or_path: { type: 'string', scripts: ['flux'] },
+  t5xxl_max_token_length: { type: 'int', scripts: ['flux'] },
+  apply_t5_attn_mask: { type: 'bool', scripts: ['flux'] },
+  guidance_scale: { type: 'float', scripts: ['flux'] },
+  timestep_sampling: { type: 'string', choices: ['sigma', 'uniform', 'sigmoid', 'shift', 'flux_shift'], scripts: ['flux'] },
+  sigmoid_scale: { type: 'float', scripts: ['flux'] },
+  model_prediction_type: { type: 'string', choices: ['raw', 'additive', 'sigma_scaled'], scripts: ['flux'] },
+  discrete_flow_shift: { type: 'float', scripts: ['flux'] },
+  model_type: { type: 'string', choices: ['flux', 'chroma'], scripts: ['flux'] },
+  // flux_train_network.py's own (deprecated: use blocks_to_swap)
+  split_mode: { type: 'bool', scripts: ['flux'] },
 } as const satisfies Record<string, KohyaArgSpec>;
 
 export type KohyaArgName = keyof typeof KOHYA_ARGS;
-export type KohyaScript = 'train_network.py' | 'sdxl_train_network.py';
+export type KohyaScript = 'train_network.py' | 'sdxl_train_network.py' | 'flux_train_network.py';
+
+const SCRIPT_KEY: Record<KohyaScript, 'sd' | 'sdxl' | 'flux'> = {
+  'train_network.py': 'sd',
+  'sdxl_train_network.py': 'sdxl',
+  'flux_train_network.py': 'flux',
+};
+
+/** Whether `script`'s argparse has `name` (and, for FLUX, whether it is more than an unused SD leftover). */
+export function scriptKnows(name: KohyaArgName, script: KohyaScript): boolean {
+  const spec: KohyaArgSpec = KOHYA_ARGS[name];
+  const key = SCRIPT_KEY[script];
+  if (spec.scripts && (key === 'sd' || !spec.scripts.includes(key))) return false;
+  return true;
+}
 
 export function isKohyaArg(name: string): name is KohyaArgName {
   return Object.hasOwn(KOHYA_ARGS, name);
@@ -279,7 +321,8 @@ export function configValueProblem(name: string, value: unknown, script: KohyaSc
   if (!isKohyaArg(name)) return `${name} is not a ${script} argument`;
   const spec: KohyaArgSpec = KOHYA_ARGS[name];
   if (spec.cliOnly) return `${name} belongs on the command line, not in a config file`;
-  if (spec.scripts === 'sdxl' && script !== 'sdxl_train_network.py') return `${name} is only known to sdxl_train_network.py`;
+  if (!scriptKnows(name, script)) return `${name} is not a ${script} argument`;
+  if (spec.sdOnly && script === 'flux_train_network.py') return `${name} is a Stable Diffusion argument that ${script} does not use`;
   let ok: boolean;
   switch (spec.type) {
     case 'string': ok = typeof value === 'string'; break;

@@ -3,10 +3,11 @@
  * the `--config_file` TOML (every key checked against the known argument list and its type), the
  * sample-prompts file, and the arguments after the script (reference/kohya-contract.md §1–3, §5).
  */
-import { isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import { stringify } from 'smol-toml';
 import type { DatasetLevel, DatasetValueType, KohyaScript, KohyaValue, KohyaValueType } from './kohya-args.ts';
 import { configValueProblem, DATASET_KEYS, datasetValueProblem, isKohyaArg, KOHYA_ARGS } from './kohya-args.ts';
+import { FAMILY_INFO, isTransformerFamily } from './model-family.ts';
 import type { Plan, PlannedConcept } from './plan.ts';
 import type { ResolvedRecipe } from './recipes.ts';
 
@@ -49,7 +50,32 @@ export const KOHYA_FILE_NAMES = {
 export const MAX_SAMPLE_PROMPTS = 4;
 
 export function kohyaScriptFor(base: Plan['base']): KohyaScript {
-  return base === 'sdxl' ? 'sdxl_train_network.py' : 'train_network.py';
+  switch (base) {
+    case 'sd15':
+      return 'train_network.py';
+    case 'sdxl':
+    case 'sdxl-vpred':
+      return 'sdxl_train_network.py';
+    case 'flux1':
+    case 'chroma':
+      return 'flux_train_network.py';
+  }
+}
+
+/** FLUX.1/Chroma's text encoders and autoencoder, beside the checkpoint in the worker's models folder. */
+function companionConfig(recipe: ResolvedRecipe, baseModelPath: string): Record<string, string> {
+  const needs = FAMILY_INFO[recipe.base].companions;
+  if (needs.length === 0) return {};
+  const files = recipe.companions;
+  const out: Record<string, string> = {};
+  const missing: string[] = [];
+  for (const kind of needs) {
+    const file = files?.[kind] ?? null;
+    if (file === null) missing.push(kind);
+    else out[kind] = join(dirname(baseModelPath), file);
+  }
+  if (missing.length > 0) throw new Error(`${recipe.base} needs ${missing.join(', ')}, and the run names none`);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -154,7 +180,8 @@ export function defaultSamplePrompts(plan: Plan, tagsPerPrompt = 6): string[] {
 
 /**
  * Lines of the sample-prompts file: each prompt with the recipe's negative prompt, size, steps,
- * CFG scale and a fixed seed (`--n --w --h --s --l --d`), so every epoch samples the same noise.
+ * CFG scale, FLUX's embedded guidance and a fixed seed (`--n --w --h --s --l [--g] --d`), so every
+ * epoch samples the same noise.
  * Options in the given texts are dropped; at most 4 lines.
  */
 export function buildSamplePrompts(prompts: readonly string[], recipe: ResolvedRecipe, seed: number): string[] {
@@ -170,6 +197,7 @@ export function buildSamplePrompts(prompts: readonly string[], recipe: ResolvedR
       `--h ${recipe.sample.height}`,
       `--s ${recipe.sample.steps}`,
       `--l ${recipe.sample.cfgScale}`,
+      ...(recipe.sample.guidance !== null ? [`--g ${recipe.sample.guidance}`] : []),
       `--d ${sampleSeed}`,
     ];
     lines.push(`${text} ${options.join(' ')}`);
@@ -200,6 +228,36 @@ function checkOptions(plan: Plan, recipe: ResolvedRecipe, o: KohyaFilesOptions):
     if (!Number.isSafeInteger(e) || e < 2 || e > plan.epochs) problems.push(`resume.initialEpoch must be from 2 to ${plan.epochs}`);
   }
   if (problems.length > 0) throw new Error(`buildKohyaFiles: ${problems.join('; ')}`);
+}
+
+/**
+ * What each family adds to the config (reference/model-families.md §2, §6): v-prediction for
+ * SDXL v-pred; for FLUX.1/Chroma the model type, text encoders and AE, the docs' timestep and
+ * guidance settings, cached text encoder outputs, the memory preset, and transformer-only training.
+ */
+function familyConfig(recipe: ResolvedRecipe, baseModelPath: string): Record<string, KohyaValue> {
+  const out: Record<string, KohyaValue> = {};
+  if (recipe.vPrediction) {
+    out.v_parameterization = true;
+    if (recipe.vPrediction.zeroTerminalSnr) out.zero_terminal_snr = true;
+  }
+  const flux = recipe.flux;
+  if (flux) {
+    Object.assign(out, companionConfig(recipe, baseModelPath), {
+      model_type: flux.modelType,
+      guidance_scale: flux.guidanceScale,
+      timestep_sampling: flux.timestepSampling,
+      sigmoid_scale: flux.sigmoidScale,
+      model_prediction_type: flux.modelPredictionType,
+      discrete_flow_shift: flux.discreteFlowShift,
+      ...(flux.applyT5AttnMask ? { apply_t5_attn_mask: true } : {}),
+      network_train_unet_only: true,
+    });
+  }
+  if (recipe.memory.cacheTextEncoderOutputs) out.cache_text_encoder_outputs = true;
+  if (recipe.memory.fp8Base) out.fp8_base = true;
+  if (recipe.memory.blocksToSwap !== null) out.blocks_to_swap = recipe.memory.blocksToSwap;
+  return out;
 }
 
 export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: KohyaFilesOptions): KohyaFiles {
@@ -247,6 +305,7 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
   const promptLines = buildSamplePrompts(prompts, recipe, options.seed);
 
   const triggers = [plan.trigger, ...plan.concepts.flatMap((c) => (c.trigger ? [c.trigger] : []))];
+  const transformer = isTransformerFamily(plan.base);
   const config: Record<string, KohyaValue> = {
     pretrained_model_name_or_path: options.baseModelPath,
     dataset_config: paths.datasetToml,
@@ -277,6 +336,7 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
     lr_warmup_steps: recipe.scheduler.warmup,
     lr_scheduler_num_cycles: recipe.scheduler.cycles,
     ...(recipe.clipSkip !== null && plan.base === 'sd15' ? { clip_skip: recipe.clipSkip } : {}),
+    ...familyConfig(recipe, options.baseModelPath),
     ...(recipe.noise.noiseOffset !== null ? { noise_offset: recipe.noise.noiseOffset } : {}),
     ...(recipe.noise.ipNoiseGamma !== null ? { ip_noise_gamma: recipe.noise.ipNoiseGamma } : {}),
     ...(recipe.noise.minSnrGamma !== null ? { min_snr_gamma: recipe.noise.minSnrGamma } : {}),
@@ -287,7 +347,12 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
     keep_tokens: mainKeepTokens,
     shuffle_caption: recipe.shuffleCaption,
     ...(promptLines.length > 0
-      ? { sample_every_n_epochs: 1, sample_prompts: paths.samplePromptsTxt, sample_sampler: recipe.sample.sampler }
+      ? {
+          sample_every_n_epochs: 1,
+          sample_prompts: paths.samplePromptsTxt,
+          // FLUX.1/Chroma sample with their own flow-matching Euler loop; sample_sampler is SD's.
+          ...(transformer ? {} : { sample_sampler: recipe.sample.sampler }),
+        }
       : {}),
     logging_dir: join(options.outputDir, 'logs'),
     log_prefix: `${options.outputName}-`,
@@ -295,7 +360,8 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
     training_comment: `LoRA Guild run ${options.runId}; triggers: ${triggers.join(', ')}`,
     metadata_title: options.outputName,
     metadata_trigger_phrase: triggers.join(', '),
-    ...(plan.base === 'sdxl' ? { no_half_vae: true, gradient_checkpointing: true } : {}),
+    ...(plan.base === 'sdxl' || plan.base === 'sdxl-vpred' ? { no_half_vae: true } : {}),
+    ...(recipe.memory.gradientCheckpointing ? { gradient_checkpointing: true } : {}),
   };
 
   const args = ['--config_file', paths.configToml];

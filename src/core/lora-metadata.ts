@@ -10,9 +10,10 @@
  */
 import { createHash } from 'node:crypto';
 import { isBlobId } from './blob-store.ts';
+import { isBaseFamily, type BaseFamily } from './model-family.ts';
 import { dataSectionSha256, readSafetensorsHeader, rewriteMetadata, SafetensorsError } from './safetensors.ts';
 
-export type LoraBase = 'sd15' | 'sdxl';
+export type LoraBase = BaseFamily;
 
 export interface LoraContributor {
   /** Discord user id. */
@@ -58,15 +59,43 @@ export const LORAGUILD_KEYS = {
 
 export const LORAGUILD_METADATA_VERSION = '1';
 
+/**
+ * What sd-scripts writes for each family (reference/model-families.md §5); used only where the
+ * trainer's own values are missing. FLUX.1 falls back to dev, the variant our recipes are made for.
+ */
 const ARCHITECTURE: Record<LoraBase, string> = {
   sd15: 'stable-diffusion-v1/lora',
   sdxl: 'stable-diffusion-xl-v1-base/lora',
+  'sdxl-vpred': 'stable-diffusion-xl-v1-base/lora',
+  flux1: 'flux-1-dev/lora',
+  chroma: 'chroma/lora',
 };
 
 const IMPLEMENTATION: Record<LoraBase, string> = {
   sd15: 'diffusers',
   sdxl: 'https://github.com/Stability-AI/generative-models',
+  'sdxl-vpred': 'https://github.com/Stability-AI/generative-models',
+  flux1: 'https://github.com/black-forest-labs/flux',
+  chroma: 'https://huggingface.co/lodestones/Chroma',
 };
+
+/** sd-scripts' `ss_base_model_version` per family. */
+export const BASE_MODEL_VERSION: Record<LoraBase, string> = {
+  sd15: 'sd_v1',
+  sdxl: 'sdxl_base_v1-0',
+  'sdxl-vpred': 'sdxl_base_v1-0',
+  flux1: 'flux1',
+  chroma: 'chroma',
+};
+
+/** The licence note a delivered LoRA needs, from its metadata; null when none. */
+export function licenceNote(metadata: Readonly<Record<string, string>>): string | null {
+  const arch = metadata['modelspec.architecture'] ?? '';
+  if (arch.startsWith('flux-1-dev')) {
+    return 'Trained on FLUX.1 [dev]: under its non-commercial licence, this LoRA may not be used commercially (images you make with it may be).';
+  }
+  return null;
+}
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
@@ -92,7 +121,7 @@ function checkInfo(info: LoraInfo): void {
   if (info.voteWinner !== null && (!count(info.voteWinner.epoch) || !count(info.voteWinner.votes))) throw new TypeError('bad vote winner');
   if (info.epoch !== 'final' && !(Number.isSafeInteger(info.epoch) && info.epoch >= 0)) throw new TypeError('epoch must be a number or "final"');
   if (!Number.isSafeInteger(info.resolution) || info.resolution <= 0) throw new TypeError('resolution must be a positive integer');
-  if (info.base !== 'sd15' && info.base !== 'sdxl') throw new TypeError('base must be sd15 or sdxl');
+  if (!isBaseFamily(info.base)) throw new TypeError('base must be a known base family');
 }
 
 /** The trigger words, trimmed, without empties or repeats (first occurrence wins). */
@@ -130,6 +159,8 @@ export function buildLoraMetadata(existing: Readonly<Record<string, string>>, in
   setIfMissing('modelspec.sai_model_spec', '1.0.1');
   setIfMissing('modelspec.architecture', ARCHITECTURE[info.base]);
   setIfMissing('modelspec.implementation', IMPLEMENTATION[info.base]);
+  setIfMissing('ss_base_model_version', BASE_MODEL_VERSION[info.base]);
+  if (info.base === 'sdxl-vpred') setIfMissing('modelspec.prediction_type', 'v');
   setIfMissing('modelspec.resolution', `${info.resolution}x${info.resolution}`);
   out['modelspec.title'] = info.title;
   const words = triggers(info.triggerWords);

@@ -33,7 +33,8 @@ export interface PlanInput {
   recipe: ResolvedRecipe;
   /**
    * Seconds per optimizer step measured on the worker's GPU for this base at batch size 1 and the
-   * base's native resolution (512 px SD1.5, 1024 px SDXL); scaled here for batch and resolution.
+   * base's native resolution (512 px SD1.5, 1024 px the others) without block swapping; scaled here
+   * for batch, resolution and the memory preset.
    */
   secondsPerStep?: number;
 }
@@ -177,11 +178,33 @@ export function isCommonWord(trigger: string): boolean {
   return COMMON_WORDS.has(normalizeTag(trigger));
 }
 
-/** Native resolution and default speed per base family (used when the worker's GPU is unknown). */
-export const BASE_TIMING: Record<BaseFamily, { nativeResolution: number; secondsPerStep: number; secondsPerSampleStep: number; startupSeconds: number; secondsPerImageCache: number }> = {
+export interface FamilyTiming {
+  nativeResolution: number;
+  /** Seconds per optimizer step at batch 1 and the native resolution. */
+  secondsPerStep: number;
+  secondsPerSampleStep: number;
+  /** Model loading (and, for FLUX.1/Chroma, caching the text encoder outputs) before the first step. */
+  startupSeconds: number;
+  /** Latent caching per image. */
+  secondsPerImageCache: number;
+}
+
+/**
+ * Default speed per base family, used when the worker's GPU has not been measured. Rough figures
+ * for a 24 GB consumer GPU (RTX 4090 class): SD 1.5/SDXL from the guides' run times; FLUX.1 with
+ * fp8 weights about twice SDXL per step, Chroma (8.9 B parameters against FLUX.1's 12 B) a little
+ * less; Chroma samples with CFG, two passes per step. Block swapping adds its own factor.
+ */
+export const BASE_TIMING: Record<BaseFamily, FamilyTiming> = {
   sd15: { nativeResolution: 512, secondsPerStep: 0.5, secondsPerSampleStep: 0.05, startupSeconds: 60, secondsPerImageCache: 0.05 },
   sdxl: { nativeResolution: 1024, secondsPerStep: 1.5, secondsPerSampleStep: 0.15, startupSeconds: 120, secondsPerImageCache: 0.15 },
+  'sdxl-vpred': { nativeResolution: 1024, secondsPerStep: 1.5, secondsPerSampleStep: 0.15, startupSeconds: 120, secondsPerImageCache: 0.15 },
+  flux1: { nativeResolution: 1024, secondsPerStep: 3, secondsPerSampleStep: 0.5, startupSeconds: 300, secondsPerImageCache: 0.4 },
+  chroma: { nativeResolution: 1024, secondsPerStep: 2.6, secondsPerSampleStep: 0.8, startupSeconds: 260, secondsPerImageCache: 0.4 },
 };
+
+/** Each transformer block swapped to the CPU and back costs about this share of a step (16 blocks ≈ 1.6×). */
+export const BLOCK_SWAP_COST_PER_BLOCK = 0.04;
 
 const UNPRUNED_SHARE = 0.9;
 const UNPRUNED_MIN_CAPTIONS = 4;
@@ -428,7 +451,8 @@ function estimateSeconds(input: PlanInput, totalSteps: number, concepts: readonl
   const perStepBase = input.secondsPerStep !== undefined && input.secondsPerStep > 0 ? input.secondsPerStep : timing.secondsPerStep;
   const areaFactor = (recipe.resolution / timing.nativeResolution) ** 2;
   const optimizerFactor = optimizerFamily(recipe.optimizer.type) === 'adaptive' ? 1.25 : 1; // 002: Prodigy ~25% slower per step
-  const perStep = perStepBase * recipe.batchSize * recipe.gradientAccumulationSteps * areaFactor * optimizerFactor;
+  const swapFactor = 1 + (recipe.memory.blocksToSwap ?? 0) * BLOCK_SWAP_COST_PER_BLOCK;
+  const perStep = perStepBase * recipe.batchSize * recipe.gradientAccumulationSteps * areaFactor * optimizerFactor * swapFactor;
   const speedFactor = perStepBase / timing.secondsPerStep;
   const images = concepts.reduce((n, c) => n + c.images.length, 0);
   const startup = timing.startupSeconds + images * timing.secondsPerImageCache * areaFactor * speedFactor;

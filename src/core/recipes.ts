@@ -7,14 +7,33 @@
  * the batch size.
  */
 import { z } from 'zod';
-import type { BaseFamily } from './buckets.ts';
 import { UserError } from './errors.ts';
+import { BASE_FAMILIES, COMPANION_KINDS, FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily, type CompanionKind } from './model-family.ts';
 
-export const BASE_FAMILIES = ['sd15', 'sdxl'] as const satisfies readonly BaseFamily[];
+export { BASE_FAMILIES };
 
 export const RECIPE_NAMES = ['character', 'character-adamw', 'quick', 'photo', 'style', 'flexible-concept'] as const;
 export type RecipeName = (typeof RECIPE_NAMES)[number];
 export const DEFAULT_RECIPE: RecipeName = 'character';
+
+/** What a dataset teaches (its `kind`). */
+export type DatasetKindName = 'character' | 'style' | 'concept';
+
+/**
+ * The recipe a run gets when the member names none: the one made for what the dataset teaches.
+ * A style dataset must never silently train with the character recipe (its many repeats and
+ * shuffled captions would bake the artist's subjects into the trigger).
+ */
+export function defaultRecipeFor(kind: DatasetKindName): RecipeName {
+  switch (kind) {
+    case 'style':
+      return 'style';
+    case 'concept':
+      return 'flexible-concept';
+    default:
+      return 'character';
+  }
+}
 
 /** Optimizers a run may use (sd-scripts `optimizer_type` names). */
 export const OPTIMIZERS = ['Prodigy', 'AdamW', 'AdamW8bit', 'Adafactor', 'Lion', 'DAdaptAdam'] as const;
@@ -91,7 +110,7 @@ export function optimizerFamily(type: OptimizerType): OptimizerFamily {
 /** The main-concept total (images × repeats × epochs) above which the guides say a character burns (002). */
 export function maxMainConceptSteps(type: OptimizerType, base: BaseFamily): number {
   const adaptive = optimizerFamily(type) === 'adaptive';
-  if (base === 'sdxl') return adaptive ? 2500 : 5000;
+  if (base !== 'sd15') return adaptive ? 2500 : 5000;
   return adaptive ? 3000 : 6000;
 }
 
@@ -330,6 +349,150 @@ export function listRecipes(): { name: RecipeName; description: string }[] {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Networks (reference/model-families.md §7)
+
+export const NETWORK_TYPES = ['lora', 'dora', 'locon', 'loha', 'lokr'] as const;
+export type NetworkType = (typeof NETWORK_TYPES)[number];
+
+export const NETWORK_LABELS: Record<NetworkType, string> = { lora: 'LoRA', dora: 'DoRA', locon: 'LoCon', loha: 'LoHa', lokr: 'LoKr' };
+
+/** `network_module` values our runs use. */
+export const NETWORK_MODULES = ['networks.lora', 'networks.lora_flux', 'lycoris.kohya'] as const;
+export type NetworkModule = (typeof NETWORK_MODULES)[number];
+
+/** LyCORIS' guideline: LoHa multiplies two low-rank pairs, so a dim above 32 only adds size. */
+const LOHA_MAX_USEFUL_DIM = 32;
+/** Conv layers of LoCon/LoHa get at most this rank (LyCORIS keeps conv ranks well below linear ones). */
+const LYCORIS_CONV_DIM = 16;
+
+/** Why `type` can't train `family`, or null when it can. */
+export function networkProblem(type: NetworkType, family: BaseFamily): string | null {
+  if (type === 'lora' || !isTransformerFamily(family)) return null;
+  // flux_train_network.py documents networks.lora_flux (and OFT) only; LyCORIS' kohya module targets the SD UNet.
+  return `${NETWORK_LABELS[type]} can't be trained on ${familyLabel(family)} here: ${familyLabel(family)} runs use plain LoRA (networks.lora_flux). Pick \`network: lora\`, or an SD 1.5/SDXL dataset for ${NETWORK_LABELS[type]}.`;
+}
+
+/** `network_module` and `network_args` for a network type, as sd-scripts and LyCORIS read them. */
+export function networkSettings(
+  type: NetworkType,
+  family: BaseFamily,
+  dim: number,
+  alpha: number,
+  recipeConv: { dim: number | null; alpha: number | null },
+): { module: NetworkModule; args: string[] } {
+  const problem = networkProblem(type, family);
+  if (problem) throw new UserError(problem);
+  const convDim = Math.min(dim, LYCORIS_CONV_DIM);
+  const convAlpha = formatArg(Math.max(1, Math.min(alpha, convDim)));
+  switch (type) {
+    case 'lora':
+      if (isTransformerFamily(family)) return { module: 'networks.lora_flux', args: [] };
+      return {
+        module: 'networks.lora',
+        args: recipeConv.dim !== null ? [`conv_dim=${recipeConv.dim}`, `conv_alpha=${formatArg(recipeConv.alpha ?? 1)}`] : [],
+      };
+    case 'dora':
+      // DoRA: LyCORIS' LoRA with the weight decomposed into magnitude and direction.
+      return { module: 'lycoris.kohya', args: ['algo=lora', 'dora_wd=True'] };
+    case 'locon':
+      return { module: 'lycoris.kohya', args: ['algo=locon', `conv_dim=${convDim}`, `conv_alpha=${convAlpha}`] };
+    case 'loha':
+      return { module: 'lycoris.kohya', args: ['algo=loha', `conv_dim=${convDim}`, `conv_alpha=${convAlpha}`] };
+    case 'lokr':
+      // factor=-1: LyCORIS picks the Kronecker split itself.
+      return { module: 'lycoris.kohya', args: ['algo=lokr', 'factor=-1'] };
+  }
+}
+
+function formatArg(n: number): string {
+  return Number.isInteger(n) ? String(n) : String(Number(n.toFixed(4)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// VRAM presets for FLUX.1 and Chroma (docs/flux_train_network.md §6.1, reference §3)
+
+export const VRAM_PRESETS = ['12gb', '16gb', '24gb', '48gb'] as const;
+export type VramPreset = (typeof VRAM_PRESETS)[number];
+
+export interface VramPresetInfo {
+  label: string;
+  /** Smallest GPU memory (MiB, as nvidia-smi reports it) the preset is made for. */
+  minMiB: number;
+  fp8Base: boolean;
+  blocksToSwap: number | null;
+  /** Batch size the preset trains with (the member may go lower, not higher). */
+  batchSize: number;
+  /** The docs' 12 GB advice: 8-bit AdamW. */
+  eightBitAdam: boolean;
+}
+
+export const VRAM_PRESET_INFO: Record<VramPreset, VramPresetInfo> = {
+  // docs: "12GB VRAM: --blocks_to_swap 16 and 8bit AdamW" (with --fp8_base)
+  '12gb': { label: '12 GB', minMiB: 11_000, fp8Base: true, blocksToSwap: 16, batchSize: 1, eightBitAdam: true },
+  // docs: "16GB VRAM: batch size 1 and --blocks_to_swap"; 8 blocks is our pick between 24 GB's none and 12 GB's 16.
+  '16gb': { label: '16 GB', minMiB: 15_000, fp8Base: true, blocksToSwap: 8, batchSize: 1, eightBitAdam: false },
+  // docs: "24GB VRAM: basic settings work fine (batch size 2)" (with --fp8_base)
+  '24gb': { label: '24 GB', minMiB: 22_000, fp8Base: true, blocksToSwap: null, batchSize: 2, eightBitAdam: false },
+  // 40 GB and more hold the bf16 transformer (about 24 GB) with room for batch 2.
+  '48gb': { label: '40 GB+', minMiB: 39_000, fp8Base: false, blocksToSwap: null, batchSize: 2, eightBitAdam: false },
+};
+
+/** The largest preset a GPU with `memoryMiB` can run; null below the smallest. */
+export function presetForVram(memoryMiB: number): VramPreset | null {
+  let best: VramPreset | null = null;
+  for (const p of VRAM_PRESETS) if (memoryMiB >= VRAM_PRESET_INFO[p].minMiB) best = p;
+  return best;
+}
+
+/** The preset used when no worker says how much memory it has. */
+export const FALLBACK_PRESET: VramPreset = '16gb';
+
+// ---------------------------------------------------------------------------------------------
+// FLUX.1 / Chroma training settings (docs/flux_train_network.md §4, §6.2; reference §2)
+
+const FluxSettingsSchema = z.strictObject({
+  modelType: z.enum(['flux', 'chroma']),
+  guidanceScale: z.number().min(0).max(10),
+  timestepSampling: z.enum(['sigma', 'uniform', 'sigmoid', 'shift', 'flux_shift']),
+  modelPredictionType: z.enum(['raw', 'additive', 'sigma_scaled']),
+  sigmoidScale: z.number().positive(),
+  discreteFlowShift: z.number().positive(),
+  applyT5AttnMask: z.boolean(),
+});
+export type FluxSettings = z.infer<typeof FluxSettingsSchema>;
+
+/** FLUX.1 dev: guidance 1.0 "to disable guidance" for training, flux_shift sampling, raw prediction. */
+const FLUX1_SETTINGS: FluxSettings = {
+  modelType: 'flux',
+  guidanceScale: 1.0,
+  timestepSampling: 'flux_shift',
+  modelPredictionType: 'raw',
+  sigmoidScale: 1.0,
+  discreteFlowShift: 3.0,
+  applyT5AttnMask: false,
+};
+
+/** Chroma: guidance 0.0 (not distilled), sigmoid sampling, raw prediction, and the T5 attention mask it requires. */
+const CHROMA_SETTINGS: FluxSettings = {
+  modelType: 'chroma',
+  guidanceScale: 0.0,
+  timestepSampling: 'sigmoid',
+  modelPredictionType: 'raw',
+  sigmoidScale: 1.0,
+  discreteFlowShift: 3.0,
+  applyT5AttnMask: true,
+};
+
+/** The docs' Chroma sample prompt negative. */
+const CHROMA_NEGATIVE = 'low quality, ugly, unfinished, out of focus, deformed, disfigure, blurry, smudged, restricted palette, flat colors';
+
+/** Sample settings per transformer family: FLUX.1 embeds guidance (`--g`) and needs no CFG; Chroma needs a negative, `--g 0 --l 4`. */
+const TRANSFORMER_SAMPLES: Record<'flux1' | 'chroma', { negativePrompt: string; steps: number; cfgScale: number; guidance: number }> = {
+  flux1: { negativePrompt: '', steps: 20, cfgScale: 1, guidance: 3.5 },
+  chroma: { negativePrompt: CHROMA_NEGATIVE, steps: 20, cfgScale: 4, guidance: 0 },
+};
+
+// ---------------------------------------------------------------------------------------------
 // Overrides
 
 const whole = (label: string, min: number, max: number) =>
@@ -361,53 +524,93 @@ export const RunOverridesSchema = z.strictObject({
   batchSize: whole('batch size', 1, 16).optional(),
   seed: whole('seed', 0, 2 ** 32 - 1).optional(),
   flip: z.boolean({ error: 'flip must be true or false' }).optional(),
+  network: z.enum(NETWORK_TYPES, { error: `network must be one of ${NETWORK_TYPES.join(', ')}` }).optional(),
+  /** FLUX.1 / Chroma memory preset; default: the largest the worker's GPU fits. */
+  vram: z.enum(VRAM_PRESETS, { error: `memory preset must be one of ${VRAM_PRESETS.join(', ')}` }).optional(),
 });
 export type RunOverrides = z.infer<typeof RunOverridesSchema>;
 
 // ---------------------------------------------------------------------------------------------
 // Resolved recipe (what a plan and the kohya files are made from; JSON-safe, travels in jobs)
 
-export const RECIPE_WARNING_CODES = ['alpha-above-dim', 'optimizer-steps', 'scale-weight-norms'] as const;
+export const RECIPE_WARNING_CODES = ['alpha-above-dim', 'optimizer-steps', 'scale-weight-norms', 'network-dim', 'memory', 'family-settings'] as const;
 export const RecipeWarningSchema = z.strictObject({ code: z.enum(RECIPE_WARNING_CODES), message: z.string() });
 export type RecipeWarning = z.infer<typeof RecipeWarningSchema>;
 
-export const ResolvedRecipeSchema = z.strictObject({
-  name: z.enum(RECIPE_NAMES),
-  base: z.enum(BASE_FAMILIES),
-  description: z.string(),
-  network: z.strictObject({
-    module: z.literal('networks.lora'),
-    dim: z.number().int().min(1).max(256),
-    alpha: z.number().min(0.1).max(256),
-    /** `network_args` as sd-scripts takes them (`conv_dim=8`). */
-    args: z.array(keyValueArg),
-  }),
-  optimizer: OptimizerSchema,
-  scheduler: SchedulerSchema,
-  epochs: z.number().int().min(1).max(100),
-  batchSize: z.number().int().min(1).max(16),
-  gradientAccumulationSteps: z.number().int().min(1).max(16),
-  resolution: resolutionSchema,
-  repeats: RepeatsPolicySchema,
-  mixedPrecision: z.enum(['fp16', 'bf16']),
-  savePrecision: z.enum(['fp16', 'bf16', 'float']),
-  keepTokens: z.literal('triggers'),
-  shuffleCaption: z.boolean(),
-  flipAug: z.boolean(),
-  clipSkip: z.number().int().min(1).max(12).nullable(),
-  bucketNoUpscale: z.boolean(),
-  noise: NoiseSchema,
-  scaleWeightNorms: z.number().positive().nullable(),
-  captionTagDropoutRate: z.number().min(0).max(0.5),
-  minImages: z.strictObject({ main: z.number().int().min(1), sub: z.number().int().min(1) }),
-  /** Main-concept total (images × repeats × epochs) above which the plan warns. */
-  maxMainConceptSteps: z.number().int().positive(),
-  sample: SampleSchema.extend({ width: sampleSideSchema, height: sampleSideSchema }),
-  /** null: the run picks one when it is created. */
-  seed: z.number().int().min(0).max(2 ** 32 - 1).nullable(),
-  warnings: z.array(RecipeWarningSchema),
+/** A plain file name in the worker's models folder. */
+const modelFileName = z.string().regex(/^[A-Za-z0-9][\w.+-]{0,199}$/, 'a model file is a plain file name').refine((n) => /\.(safetensors|sft)$/i.test(n), 'a companion model is a .safetensors file');
+
+const MemorySchema = z.strictObject({
+  /** null: SD 1.5 / SDXL, which need no preset. */
+  preset: z.enum(VRAM_PRESETS).nullable(),
+  /** GPU memory the preset was chosen for (MiB); null when no worker said. */
+  forMiB: z.number().int().positive().nullable(),
+  fp8Base: z.boolean(),
+  blocksToSwap: z.number().int().min(1).max(35).nullable(),
+  gradientCheckpointing: z.boolean(),
+  cacheTextEncoderOutputs: z.boolean(),
 });
+
+export const ResolvedRecipeSchema = z
+  .strictObject({
+    name: z.enum(RECIPE_NAMES),
+    base: z.enum(BASE_FAMILIES),
+    description: z.string(),
+    network: z.strictObject({
+      type: z.enum(NETWORK_TYPES),
+      module: z.enum(NETWORK_MODULES),
+      dim: z.number().int().min(1).max(256),
+      alpha: z.number().min(0.1).max(256),
+      /** `network_args` as sd-scripts takes them (`conv_dim=8`). */
+      args: z.array(keyValueArg),
+    }),
+    optimizer: OptimizerSchema,
+    scheduler: SchedulerSchema,
+    epochs: z.number().int().min(1).max(100),
+    batchSize: z.number().int().min(1).max(16),
+    gradientAccumulationSteps: z.number().int().min(1).max(16),
+    resolution: resolutionSchema,
+    repeats: RepeatsPolicySchema,
+    mixedPrecision: z.enum(['fp16', 'bf16']),
+    savePrecision: z.enum(['fp16', 'bf16', 'float']),
+    keepTokens: z.literal('triggers'),
+    shuffleCaption: z.boolean(),
+    flipAug: z.boolean(),
+    clipSkip: z.number().int().min(1).max(12).nullable(),
+    bucketNoUpscale: z.boolean(),
+    noise: NoiseSchema,
+    scaleWeightNorms: z.number().positive().nullable(),
+    captionTagDropoutRate: z.number().min(0).max(0.5),
+    minImages: z.strictObject({ main: z.number().int().min(1), sub: z.number().int().min(1) }),
+    /** Main-concept total (images × repeats × epochs) above which the plan warns. */
+    maxMainConceptSteps: z.number().int().positive(),
+    /** `guidance`: FLUX.1/Chroma's embedded guidance (`--g`); null for SD. */
+    sample: SampleSchema.extend({ width: sampleSideSchema, height: sampleSideSchema, guidance: z.number().min(0).max(10).nullable() }),
+    /** SDXL v-prediction: `--v_parameterization`, and `--zero_terminal_snr` when set. */
+    vPrediction: z.strictObject({ zeroTerminalSnr: z.boolean() }).nullable(),
+    /** FLUX.1 / Chroma only. */
+    flux: FluxSettingsSchema.nullable(),
+    memory: MemorySchema,
+    /**
+     * The text encoder and autoencoder files (in the worker's models folder) FLUX.1 and Chroma
+     * train with; null until the plan picks them from what the workers advertise.
+     */
+    companions: z.strictObject({ clip_l: modelFileName.nullable(), t5xxl: modelFileName.nullable(), ae: modelFileName.nullable() }).nullable(),
+    /** null: the run picks one when it is created. */
+    seed: z.number().int().min(0).max(2 ** 32 - 1).nullable(),
+    warnings: z.array(RecipeWarningSchema),
+  })
+  .superRefine((r, ctx) => {
+    const transformer = isTransformerFamily(r.base);
+    if (transformer !== (r.flux !== null)) ctx.addIssue({ code: 'custom', message: 'FLUX settings belong to FLUX.1/Chroma runs only', path: ['flux'] });
+    if ((r.base === 'sdxl-vpred') !== (r.vPrediction !== null)) ctx.addIssue({ code: 'custom', message: 'v-prediction belongs to sdxl-vpred runs only', path: ['vPrediction'] });
+    if (transformer && (r.shuffleCaption || r.captionTagDropoutRate > 0) && r.memory.cacheTextEncoderOutputs) {
+      ctx.addIssue({ code: 'custom', message: 'cached text encoder outputs need fixed captions (no shuffling or tag dropout)', path: ['shuffleCaption'] });
+    }
+    if (r.flux?.modelType === 'chroma' && !r.flux.applyT5AttnMask) ctx.addIssue({ code: 'custom', message: 'Chroma needs apply_t5_attn_mask', path: ['flux'] });
+  });
 export type ResolvedRecipe = z.infer<typeof ResolvedRecipeSchema>;
+export type CompanionFiles = NonNullable<ResolvedRecipe['companions']>;
 
 function scaleRepeats(policy: RepeatsPolicy, factor: number): RepeatsPolicy {
   if (policy.mode === 'fixed' || factor === 1) return policy;
@@ -432,6 +635,52 @@ function describeInput(input: unknown, path: readonly PropertyKey[]): string {
   return typeof v === 'number' ? ` (got ${formatNumber(v)})` : ` (got ${JSON.stringify(v)})`;
 }
 
+/** What the plan knows about where the run will train. */
+export interface ResolveContext {
+  /** GPU memory (MiB) of the worker the run is planned for; null/undefined: unknown. */
+  vramMiB?: number | null;
+  /** Its name, for messages. */
+  workerName?: string;
+}
+
+function gib(mib: number): string {
+  return `${Math.round(mib / 1024)} GB`;
+}
+
+/** Memory settings: SD families need none; FLUX.1/Chroma get the preset the worker's GPU fits (or the one asked for, if it fits). */
+function memorySettings(base: BaseFamily, asked: VramPreset | undefined, context: ResolveContext, warnings: RecipeWarning[]): ResolvedRecipe['memory'] {
+  if (!isTransformerFamily(base)) {
+    return { preset: null, forMiB: null, fp8Base: false, blocksToSwap: null, gradientCheckpointing: base !== 'sd15', cacheTextEncoderOutputs: false };
+  }
+  const vram = context.vramMiB ?? null;
+  const where = context.workerName ? `the worker \`${context.workerName}\`` : 'the training worker';
+  let preset: VramPreset;
+  if (vram === null) {
+    preset = asked ?? FALLBACK_PRESET;
+    warnings.push({ code: 'memory', message: `No worker said how much GPU memory it has: planned with the ${VRAM_PRESET_INFO[preset].label} memory preset.` });
+  } else {
+    const fits = presetForVram(vram);
+    if (fits === null) {
+      throw new UserError(`${familyLabel(base)} needs a GPU with at least 12 GB of memory; ${where} has ${gib(vram)}.`);
+    }
+    if (asked !== undefined && VRAM_PRESET_INFO[asked].minMiB > vram) {
+      throw new UserError(
+        `The ${VRAM_PRESET_INFO[asked].label} memory preset needs a GPU with ${VRAM_PRESET_INFO[asked].label} or more; ${where} has ${gib(vram)}. Leave \`vram\` out to use the ${VRAM_PRESET_INFO[fits].label} preset.`,
+      );
+    }
+    preset = asked ?? fits;
+  }
+  const info = VRAM_PRESET_INFO[preset];
+  return {
+    preset,
+    forMiB: vram,
+    fp8Base: info.fp8Base,
+    blocksToSwap: info.blocksToSwap,
+    gradientCheckpointing: true,
+    cacheTextEncoderOutputs: true,
+  };
+}
+
 /**
  * The recipe `name` for `base` with `overrides` applied. Throws a UserError naming every bad
  * override. Rules beyond plain replacement:
@@ -440,9 +689,12 @@ function describeInput(input: unknown, path: readonly PropertyKey[]): string {
  *   (AdamW) optimizers doubles or halves the steps-per-epoch targets, as the guides do;
  * - the learning rate is checked against the final optimizer's range;
  * - a new dim without a new alpha keeps the recipe's alpha/dim ratio;
- * - alpha above dim is allowed with a warning (it strengthens the LoRA beyond its usual scale).
+ * - alpha above dim is allowed with a warning (it strengthens the LoRA beyond its usual scale);
+ * - the network type must suit the family (LyCORIS types are SD 1.5/SDXL only);
+ * - FLUX.1 and Chroma get the docs' settings, fixed captions (their text encoder outputs are
+ *   cached) and a memory preset for the worker's GPU, which may set the batch size and 8-bit AdamW.
  */
-export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown = {}): ResolvedRecipe {
+export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown = {}, context: ResolveContext = {}): ResolvedRecipe {
   const recipe = getRecipe(name);
   const parsed = RunOverridesSchema.safeParse(overrides ?? {});
   if (!parsed.success) {
@@ -453,15 +705,29 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
     throw new UserError(`Some run settings are out of range: ${problems.join('; ')}.`);
   }
   const o = parsed.data;
-  const variant = recipe.variants[base];
+  const transformer = isTransformerFamily(base);
+  // SDXL v-pred trains at SDXL's settings; FLUX.1 and Chroma start from them (1024 px, bf16).
+  const variant = recipe.variants[base === 'sd15' ? 'sd15' : 'sdxl'];
   const warnings: RecipeWarning[] = [];
+  if (!transformer && o.vram !== undefined) {
+    throw new UserError(`Memory presets are for FLUX.1 and Chroma; ${familyLabel(base)} runs don't take one.`);
+  }
+  const memory = memorySettings(base, o.vram, context, warnings);
+  const preset = memory.preset === null ? null : VRAM_PRESET_INFO[memory.preset];
 
-  const optimizerType = o.optimizer ?? recipe.optimizer.type;
+  let optimizerType = o.optimizer ?? recipe.optimizer.type;
+  if (preset?.eightBitAdam && optimizerType === 'AdamW') {
+    optimizerType = 'AdamW8bit';
+    warnings.push({ code: 'memory', message: 'AdamW became AdamW8bit: the 12 GB preset needs the 8-bit optimizer.' });
+  } else if (preset?.eightBitAdam && optimizerType !== 'AdamW8bit' && optimizerType !== 'Adafactor') {
+    warnings.push({ code: 'memory', message: `${optimizerType} keeps more state than AdamW8bit and may run out of memory on a 12 GB GPU; the FLUX guide recommends AdamW8bit there.` });
+  }
   const switched = optimizerType !== recipe.optimizer.type;
   const info = OPTIMIZER_INFO[optimizerType];
-  const optimizer = switched
+  const sameRate = switched && optimizerFamily(optimizerType) === optimizerFamily(recipe.optimizer.type) && o.optimizer === undefined;
+  const optimizer = switched && !sameRate
     ? { type: optimizerType, learningRate: info.defaults.learningRate, args: [...info.defaults.args] }
-    : { ...recipe.optimizer, args: [...recipe.optimizer.args] };
+    : { ...recipe.optimizer, type: optimizerType, args: [...recipe.optimizer.args] };
   if (o.learningRate !== undefined) {
     if (o.learningRate < info.lr.min || o.learningRate > info.lr.max) {
       throw new UserError(
@@ -470,7 +736,7 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
     }
     optimizer.learningRate = o.learningRate;
   }
-  const scheduler = switched ? { type: info.defaults.scheduler, warmup: 0, cycles: 1 } : { ...recipe.scheduler };
+  const scheduler = switched && !sameRate ? { type: info.defaults.scheduler, warmup: 0, cycles: 1 } : { ...recipe.scheduler };
 
   let repeats = variant.repeats;
   const fromFamily = optimizerFamily(recipe.optimizer.type);
@@ -493,6 +759,11 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
       message: `alpha ${formatNumber(alpha)} is above dim ${dim}: the LoRA will be stronger than usual and may burn; alpha is usually half of dim or less.`,
     });
   }
+  const networkType = o.network ?? 'lora';
+  const network = networkSettings(networkType, base, dim, alpha, { dim: recipe.network.convDim, alpha: recipe.network.convAlpha });
+  if (networkType === 'loha' && dim > LOHA_MAX_USEFUL_DIM) {
+    warnings.push({ code: 'network-dim', message: `LoHa at dim ${dim}: above ${LOHA_MAX_USEFUL_DIM} it mostly grows the file; 8–32 is usual.` });
+  }
 
   let scaleWeightNorms = recipe.scaleWeightNorms;
   if (scaleWeightNorms !== null && optimizerType === 'Prodigy') {
@@ -500,38 +771,96 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
     warnings.push({ code: 'scale-weight-norms', message: 'scale_weight_norms is off: it does not work with Prodigy.' });
   }
 
-  const networkArgs: string[] = [];
-  if (recipe.network.convDim !== null) {
-    networkArgs.push(`conv_dim=${recipe.network.convDim}`, `conv_alpha=${recipe.network.convAlpha ?? 1}`);
+  let batchSize = o.batchSize ?? recipe.batchSize;
+  if (preset) {
+    if (o.batchSize !== undefined && o.batchSize > preset.batchSize) {
+      throw new UserError(`Batch size ${o.batchSize} needs more GPU memory than the ${preset.label} preset has; it trains with batch size ${preset.batchSize} at most.`);
+    }
+    batchSize = o.batchSize ?? preset.batchSize;
   }
 
+  const resolution = o.resolution ?? variant.resolution;
+  if (transformer && memory.preset !== null && resolution > FAMILY_INFO[base].nativeResolution && VRAM_PRESET_INFO[memory.preset].minMiB < 22_000) {
+    warnings.push({ code: 'memory', message: `${resolution} px on the ${VRAM_PRESET_INFO[memory.preset].label} preset may run out of memory; 1024 px is the safe size there.` });
+  }
+
+  // Cached text encoder outputs need the same caption every step (reference §2).
+  let shuffleCaption = recipe.shuffleCaption;
+  let captionTagDropoutRate = recipe.captionTagDropoutRate;
+  if (transformer && (shuffleCaption || captionTagDropoutRate > 0)) {
+    shuffleCaption = false;
+    captionTagDropoutRate = 0;
+    warnings.push({ code: 'family-settings', message: `${familyLabel(base)} keeps captions as written (no shuffling or tag dropout): its text encoders run once, before training.` });
+  }
+
+  const transformerSample = base === 'flux1' || base === 'chroma' ? TRANSFORMER_SAMPLES[base] : null;
   const resolved: ResolvedRecipe = {
     name: recipe.name,
     base,
     description: recipe.description,
-    network: { module: recipe.network.module, dim, alpha, args: networkArgs },
+    network: { type: networkType, module: network.module, dim, alpha, args: network.args },
     optimizer,
     scheduler,
     epochs: o.epochs ?? recipe.epochs,
-    batchSize: o.batchSize ?? recipe.batchSize,
+    batchSize,
     gradientAccumulationSteps: recipe.gradientAccumulationSteps,
-    resolution: o.resolution ?? variant.resolution,
+    resolution,
     repeats,
-    mixedPrecision: variant.mixedPrecision,
-    savePrecision: variant.savePrecision,
+    // FLUX.1 and Chroma train and save in bf16 (the docs' weights are bf16).
+    mixedPrecision: transformer ? 'bf16' : variant.mixedPrecision,
+    savePrecision: transformer ? 'bf16' : variant.savePrecision,
     keepTokens: recipe.keepTokens,
-    shuffleCaption: recipe.shuffleCaption,
+    shuffleCaption,
     flipAug: o.flip ?? recipe.flipAug,
-    clipSkip: base === 'sdxl' ? null : variant.clipSkip,
+    clipSkip: base === 'sd15' ? variant.clipSkip : null,
     bucketNoUpscale: recipe.bucketNoUpscale,
-    noise: { ...recipe.noise },
+    // Noise offset and min-SNR weighting are SD epsilon-prediction tools; v-pred and flow models skip them.
+    noise: base === 'sd15' || base === 'sdxl' ? { ...recipe.noise } : { noiseOffset: null, ipNoiseGamma: null, minSnrGamma: null },
     scaleWeightNorms,
-    captionTagDropoutRate: recipe.captionTagDropoutRate,
+    captionTagDropoutRate,
     minImages: { ...recipe.minImages },
     maxMainConceptSteps: maxMainConceptSteps(optimizerType, base),
-    sample: { ...recipe.sample, width: variant.sampleWidth, height: variant.sampleHeight },
+    sample: transformerSample
+      ? { ...recipe.sample, ...transformerSample, width: variant.sampleWidth, height: variant.sampleHeight }
+      : { ...recipe.sample, width: variant.sampleWidth, height: variant.sampleHeight, guidance: null },
+    vPrediction: base === 'sdxl-vpred' ? { zeroTerminalSnr: true } : null,
+    flux: base === 'flux1' ? { ...FLUX1_SETTINGS } : base === 'chroma' ? { ...CHROMA_SETTINGS } : null,
+    memory,
+    companions: null,
     seed: o.seed ?? null,
     warnings,
   };
   return ResolvedRecipeSchema.parse(resolved);
 }
+
+/**
+ * The text encoder and autoencoder files for a FLUX.1/Chroma run, picked from what a worker
+ * advertises (`available`: file → kind). Throws a UserError naming what is missing.
+ */
+export function pickCompanions(base: BaseFamily, available: readonly { file: string; kind: CompanionKind; fp8?: boolean }[], where: string): CompanionFiles | null {
+  const needs = FAMILY_INFO[base].companions;
+  if (needs.length === 0) return null;
+  const picked: CompanionFiles = { clip_l: null, t5xxl: null, ae: null };
+  const missing: CompanionKind[] = [];
+  for (const kind of COMPANION_KINDS) {
+    if (!needs.includes(kind)) continue;
+    // Prefer full-precision text encoders; fp8 T5-XXL files are for GPUs under 10 GB.
+    const candidates = available.filter((c) => c.kind === kind).sort((a, b) => Number(a.fp8 ?? false) - Number(b.fp8 ?? false) || a.file.localeCompare(b.file));
+    const file = candidates[0]?.file ?? null;
+    if (file === null || !modelFileName.safeParse(file).success) missing.push(kind);
+    else picked[kind] = file;
+  }
+  if (missing.length > 0) {
+    const labels = missing.map((k) => `\`${k}\``);
+    throw new UserError(
+      `${familyLabel(base)} also needs ${labels.join(' and ')} (${missing.map((k) => COMPANION_LABELS_SHORT[k]).join(', ')}), which ${where} doesn't have. Put the file${missing.length === 1 ? '' : 's'} in the worker's models folder.`,
+    );
+  }
+  return picked;
+}
+
+const COMPANION_LABELS_SHORT: Record<CompanionKind, string> = {
+  clip_l: 'the CLIP-L text encoder',
+  t5xxl: 'the T5-XXL text encoder',
+  ae: 'the FLUX autoencoder',
+};

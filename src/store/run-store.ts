@@ -1,3 +1,4 @@
+import type { BaseFamily } from '../core/model-family.ts';
 import type { Redis } from 'ioredis';
 import type { ResolvedRecipe } from '../core/recipes.ts';
 import type { ArtifactRef } from '../queues/contract.ts';
@@ -52,7 +53,7 @@ export interface Run {
     /** kohya's ss_tag_frequency: per staging folder, tag → images. */
     tagFrequency: Record<string, Record<string, number>>;
     datasetHash: string;
-    base: 'sd15' | 'sdxl';
+    base: BaseFamily;
     resolution: number;
   };
 }

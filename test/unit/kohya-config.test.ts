@@ -159,7 +159,7 @@ describe('config TOML', () => {
     [{ network_dim: 32.5 }, /network_dim must be int/],
     [{ sample_sampler: 'euler-a' }, /sample_sampler must be one of/],
     [{ netwrok_dim: 32 }, /netwrok_dim is not a train_network.py argument/],
-    [{ cache_text_encoder_outputs: true }, /only known to sdxl_train_network.py/],
+    [{ cache_text_encoder_outputs: true }, /cache_text_encoder_outputs is not a train_network.py argument/],
     [{ config_file: '/x.toml' }, /command line/],
   ])('refuses %j', (config, message) => {
     expect(() => configToml(config, 'train_network.py')).toThrow(message);
