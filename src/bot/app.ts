@@ -19,14 +19,7 @@ import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
 import { captionFromUpload } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
 import { startRunReporter } from './run-reporter.ts';
-import { TallyUpdater, voteButtonHandler, voteSelectHandler } from './votes.ts';
-import { captionCommand, captionEditModal } from './commands/caption.ts';
-import { conceptCommand } from './commands/concept.ts';
-import { datasetCommand, showPageButtons } from './commands/dataset.ts';
-import { loraCommand } from './commands/lora.ts';
-import { settingsCommand } from './commands/settings.ts';
-import { pruneButton, tagsCommand } from './commands/tags.ts';
-import { startButton, trainCommand } from './commands/train.ts';
+import { TallyUpdater } from './tally.ts';
 import type { BotContext } from './context.ts';
 import { startHttpServer, type HttpServerHandle } from './http-server.ts';
 import { LeaseManager } from './leases.ts';
@@ -34,6 +27,7 @@ import { createWorkerApi, WORKER_API_PREFIX } from './worker-api.ts';
 import { RunEventQueue } from '../queues/run-events.ts';
 import { WorkerStore } from '../store/worker-store.ts';
 import { IntakeService } from './intake.ts';
+import { componentHandlers, slashCommands } from './handlers.ts';
 import { createInteractionRouter } from './interactions.ts';
 import { handleThreadMessage } from './message-intake.ts';
 
@@ -117,7 +111,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     }
     return kept;
   }
-  const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL } });
+  // Nothing the bot writes pings anyone: names in member text (and <@id> in ours) only display.
+  const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL }, allowedMentions: { parse: [], repliedUser: false } });
   const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000 });
   const workers = new WorkerStore(redis, config.REDIS_PREFIX);
   const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers };
@@ -135,11 +130,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     .catch((err: unknown) => logger.warn({ err }, 'blob sweep failed'));
 
 
-  const route = createInteractionRouter(
-    ctx,
-    [datasetCommand, tagsCommand, captionCommand, conceptCommand, trainCommand, settingsCommand, loraCommand],
-    [showPageButtons, pruneButton, captionEditModal, startButton, voteButtonHandler, voteSelectHandler],
-  );
+  const route = createInteractionRouter(ctx, slashCommands, componentHandlers);
   client.on(Events.InteractionCreate, (interaction: Interaction) => {
     claims
       .claim('interaction', interaction.id)

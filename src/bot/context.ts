@@ -10,7 +10,7 @@ import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
 import type { EventClaims } from '../store/event-claims.ts';
 import type { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
-import type { TallyUpdater } from './votes.ts';
+import type { TallyUpdater } from './tally.ts';
 import type { NoticeSender } from '../worker/notices.ts';
 import type { IntakeService } from './intake.ts';
 

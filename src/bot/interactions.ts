@@ -1,35 +1,98 @@
 import {
   MessageFlags,
   type AutocompleteInteraction,
+  type ButtonInteraction,
   type ChatInputCommandInteraction,
   type Interaction,
   type MessageComponentInteraction,
   type ModalSubmitInteraction,
   type RESTPostAPIChatInputApplicationCommandsJSONBody,
+  type StringSelectMenuInteraction,
 } from 'discord.js';
-import { isUserError } from '../core/errors.ts';
+import { isUserError, UserError } from '../core/errors.ts';
 import { newId } from '../store/dataset-store.ts';
 import type { BotContext } from './context.ts';
 
+/** How to acknowledge within Discord's 3 s, known before any I/O. */
 export type DeferMode = 'public' | 'ephemeral' | 'none';
 
+/** One subcommand of a slash command: how it is acknowledged, and what it does. */
+export interface Subcommand {
+  defer: DeferMode;
+  execute(interaction: ChatInputCommandInteraction, ctx: BotContext): Promise<void>;
+}
+
+/**
+ * A slash command: its definition and a table of its subcommands, which the router dispatches on.
+ * Every subcommand in `data` has an entry (a test checks both ways).
+ */
 export interface SlashCommand {
   data: RESTPostAPIChatInputApplicationCommandsJSONBody;
-  /** How to acknowledge within Discord's 3 s, decided from the options alone (no I/O). */
-  defer(interaction: ChatInputCommandInteraction): DeferMode;
-  execute(interaction: ChatInputCommandInteraction, ctx: BotContext): Promise<void>;
+  subcommands: Record<string, Subcommand>;
   autocomplete?(interaction: AutocompleteInteraction, ctx: BotContext): Promise<void>;
 }
 
-/** Buttons, selects and modals: one handler per custom_id family (`family:…`). */
-export interface ComponentHandler {
+export type ComponentInteraction = MessageComponentInteraction | ModalSubmitInteraction;
+
+/** The interaction each kind of component sends. */
+export interface ComponentKinds {
+  button: ButtonInteraction;
+  select: StringSelectMenuInteraction;
+  modal: ModalSubmitInteraction;
+}
+export type ComponentKind = keyof ComponentKinds;
+
+/**
+ * Buttons, selects and modals of one family: the handler owns its `customId` codec. A customId is
+ * `family:…`; `parse` returns null for anything it did not `encode` (an id of an older version),
+ * and the router then tells the member the component is out of date, as it does for a component
+ * of another kind than the handler's.
+ */
+export interface ComponentHandler<T, K extends ComponentKind = ComponentKind> {
   family: string;
-  defer(interaction: MessageComponentInteraction | ModalSubmitInteraction): 'update' | 'ephemeral' | 'public' | 'none';
-  handle(interaction: MessageComponentInteraction | ModalSubmitInteraction, ctx: BotContext): Promise<void>;
+  kind: K;
+  encode(data: T): string;
+  parse(customId: string): T | null;
+  defer: 'update' | DeferMode;
+  handle(interaction: ComponentKinds[K], ctx: BotContext, data: T): Promise<void>;
+}
+
+function isKind<K extends ComponentKind>(interaction: ComponentInteraction, kind: K): interaction is ComponentKinds[K];
+function isKind(interaction: ComponentInteraction, kind: ComponentKind): boolean {
+  if (kind === 'modal') return interaction.isModalSubmit();
+  if (kind === 'button') return interaction.isButton();
+  return interaction.isStringSelectMenu();
+}
+
+/** Discord's limit on a customId. */
+const MAX_CUSTOM_ID = 100;
+
+/** Joins a family and its parts into a customId (`family:a:b`). Parts must not hold `:`. */
+export function joinCustomId(family: string, ...parts: (string | number)[]): string {
+  const id = [family, ...parts].join(':');
+  if (parts.some((p) => String(p).includes(':')) || id.length > MAX_CUSTOM_ID) throw new Error(`bad customId ${id.slice(0, 120)}`);
+  return id;
+}
+
+/** The parts of a customId of `family`, each matching its pattern; null when anything differs. */
+export function splitCustomId(customId: string, family: string, patterns: RegExp[]): string[] | null {
+  const [head, ...parts] = customId.split(':');
+  if (head !== family || parts.length !== patterns.length) return null;
+  return parts.every((p, i) => patterns[i]!.test(p)) ? parts : null;
+}
+
+/** Patterns for customId parts: our ids, and small non-negative integers. */
+export const ID_PART = /^[a-z0-9]{1,16}$/;
+export const COUNT_PART = /^\d{1,7}$/;
+
+function outOfDate(interaction: ComponentInteraction): string {
+  if (interaction.isModalSubmit()) return 'That form is out of date.';
+  if (interaction.isButton()) return 'That button is out of date.';
+  return 'That menu is out of date.';
 }
 
 /** Routes every interaction, acknowledges it first, and turns errors into replies. */
-export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[], components: ComponentHandler[]) {
+export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[], components: ComponentHandler<unknown>[]) {
   const byName = new Map(commands.map((c) => [c.data.name, c]));
   const byFamily = new Map(components.map((c) => [c.family, c]));
 
@@ -54,21 +117,29 @@ export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[
     let label = 'unknown';
     try {
       if (interaction.isChatInputCommand()) {
-        const command = byName.get(interaction.commandName);
-        label = `/${interaction.commandName} ${interaction.options.getSubcommand(false) ?? ''}`.trim();
-        if (!command) throw new Error(`no handler for command ${interaction.commandName}`);
-        mode = command.defer(interaction);
+        const name = interaction.commandName;
+        const sub = interaction.options.getSubcommand(false) ?? '';
+        label = `/${name} ${sub}`.trim();
+        // Discord only sends what was registered: a miss here is our bug (an out-of-date
+        // registration or a table without the entry), logged below with an error id.
+        const subcommand = byName.get(name)?.subcommands[sub];
+        if (!subcommand) throw new Error(`no handler for ${label}`);
+        mode = subcommand.defer;
         if (mode !== 'none') await interaction.deferReply(mode === 'ephemeral' ? { flags: MessageFlags.Ephemeral } : {});
-        await command.execute(interaction, ctx);
+        await subcommand.execute(interaction, ctx);
       } else if (interaction.isMessageComponent() || interaction.isModalSubmit()) {
         const family = interaction.customId.split(':', 1)[0] ?? '';
         label = `component ${family}`;
         const handler = byFamily.get(family);
-        if (!handler) throw new Error(`no handler for component family ${family}`);
-        mode = handler.defer(interaction);
+        const data = handler ? handler.parse(interaction.customId) : null;
+        if (!handler || data === null || !isKind(interaction, handler.kind)) {
+          log.info({ customId: interaction.customId.slice(0, 100) }, 'out-of-date component');
+          throw new UserError(outOfDate(interaction));
+        }
+        mode = handler.defer;
         if (mode === 'update') await interaction.deferUpdate();
         else if (mode !== 'none') await interaction.deferReply(mode === 'ephemeral' ? { flags: MessageFlags.Ephemeral } : {});
-        await handler.handle(interaction, ctx);
+        await handler.handle(interaction, ctx, data);
       }
     } catch (err) {
       if (!interaction.isRepliable()) return;
@@ -92,13 +163,13 @@ async function replyWithError(interaction: Interaction, message: string, mode: D
   const content = `⚠️ ${message}`;
   const flags = MessageFlags.Ephemeral;
   if (!interaction.deferred && !interaction.replied) {
-    await interaction.reply({ content, flags, allowedMentions: { parse: [] } });
+    await interaction.reply({ content, flags });
   } else if (mode === 'ephemeral') {
-    await interaction.editReply({ content, embeds: [], components: [], files: [], allowedMentions: { parse: [] } });
+    await interaction.editReply({ content, embeds: [], components: [], files: [] });
   } else {
     // A public "thinking…" placeholder is removed (a component's own message, after an update,
     // is left alone); only the person who asked is told why.
     if (mode === 'public') await interaction.deleteReply().catch(() => undefined);
-    await interaction.followUp({ content, flags, allowedMentions: { parse: [] } });
+    await interaction.followUp({ content, flags });
   }
 }

@@ -29,10 +29,10 @@ export async function handleThreadMessage(message: Message, ctx: BotContext): Pr
       files: images.map((a) => ({ name: a.name, url: a.url, size: a.size })),
       zip: zip ? { name: zip.name, url: zip.url, size: zip.size } : undefined,
     });
-    await message.reply({ ...(await intakeReply(report)), allowedMentions: { parse: [], repliedUser: false } });
+    await message.reply(await intakeReply(report));
   } catch (err) {
     if (isUserError(err)) {
-      await message.reply({ content: `⚠️ ${err.message}`, allowedMentions: { parse: [], repliedUser: false } }).catch(() => undefined);
+      await message.reply({ content: `⚠️ ${err.message}` }).catch(() => undefined);
       return;
     }
     log.error({ err }, 'thread intake failed');

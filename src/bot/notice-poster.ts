@@ -26,7 +26,6 @@ export function startNoticePoster(client: Client, connection: Redis, redisPrefix
       try {
         await channel.send({
           content: job.data.content,
-          allowedMentions: { parse: [] },
           nonce: (job.id ?? '').slice(-25),
           enforceNonce: true,
         });

@@ -7,7 +7,8 @@ import type { Logger } from '../core/logger.ts';
 import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
 import type { Run, RunStore, VoteStore } from '../store/run-store.ts';
 import { truncate } from './reports.ts';
-import { summaryContent, voteButton, voteSelect } from './votes.ts';
+import { summaryContent } from './tally.ts';
+import { voteButton, voteSelect } from './votes.ts';
 
 /** Discord refuses many edits of a message older than an hour: start a new status message before that. */
 const STATUS_MESSAGE_MAX_AGE_MS = 50 * 60_000;
@@ -92,9 +93,9 @@ function nonceFor(eventId: string): string {
   return `${eventId.slice(0, 14)}${(h >>> 0).toString(36)}`.slice(0, 25);
 }
 
-async function send(deps: RunReporterDeps, run: Run, eventId: string, payload: Omit<MessageCreateOptions, 'nonce' | 'enforceNonce' | 'allowedMentions'>) {
+async function send(deps: RunReporterDeps, run: Run, eventId: string, payload: Omit<MessageCreateOptions, 'nonce' | 'enforceNonce'>) {
   const channel = await channelOf(deps, run);
-  return channel.send({ ...payload, allowedMentions: { parse: [] }, nonce: nonceFor(eventId), enforceNonce: true });
+  return channel.send({ ...payload, nonce: nonceFor(eventId), enforceNonce: true });
 }
 
 async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
@@ -228,14 +229,14 @@ async function refreshStatus(deps: RunReporterDeps, run: Run, eventId: string, c
   const tooOld = messageId !== null && Date.now() - snowflakeTime(messageId) > STATUS_MESSAGE_MAX_AGE_MS;
   if (messageId && !tooOld) {
     try {
-      await channel.messages.edit(messageId, { content, allowedMentions: { parse: [] } });
+      await channel.messages.edit(messageId, { content });
       await deps.runs.update(run.id, (r) => ({ ...r, statusEditedAt: Date.now() }));
       return;
     } catch (err) {
       if (!(err instanceof DiscordAPIError && (err.code === 10008 || err.code === 30046))) throw err;
     }
   }
-  const message = await channel.send({ content, allowedMentions: { parse: [] }, nonce: nonceFor(eventId), enforceNonce: true });
+  const message = await channel.send({ content, nonce: nonceFor(eventId), enforceNonce: true });
   await deps.runs.update(run.id, (r) => ({ ...r, statusMessageId: message.id, statusEditedAt: Date.now() }));
 }
 

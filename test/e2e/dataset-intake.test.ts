@@ -293,6 +293,15 @@ describe('/dataset show and list', () => {
     expect(edit.files[0]!.filename).toBe('contact-sheet-2.jpg');
   });
 
+  it('answers a button no handler reads, once and only to the presser, as out of date', async () => {
+    for (const customId of ['dsshow:big', 'dsshow:big:1:2', 'retired-family:abc']) {
+      const press = world.discord.sendButton({ customId });
+      expect((await press.callback()).json, customId).toMatchObject({ type: 4, data: { content: '⚠️ That button is out of date.', flags: 64, allowed_mentions: { parse: [] } } });
+      expect(press.calls(), customId).toHaveLength(1);
+    }
+    expect(world.log.errors()).toEqual([]);
+  });
+
   it('refuses datasets of another server', async () => {
     const other = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', guildId: OTHER_GUILD, options: { dataset: 'mixed' } });
     const err = await other.waitForFollowup();

@@ -12,7 +12,7 @@ import { composeCaption, parseTags, stripLeadingTriggers, validateCaptionText } 
 import type { Dataset, ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { datasetById, requireEditor, resolveDataset } from '../dataset-access.ts';
-import type { ComponentHandler, SlashCommand } from '../interactions.ts';
+import { COUNT_PART, ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { autocompleteWorkshop } from './tags.ts';
 
 async function imageOf(ctx: BotContext, dataset: Dataset, no: number): Promise<ImageRecord> {
@@ -46,11 +46,9 @@ async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     lines.push('No caption yet (tagging may still be running).');
   }
   const preview = new AttachmentBuilder(await ctx.blobs.read(image.thumbBlob), { name: `image-${image.no}.webp` });
-  await interaction.editReply({ content: lines.join('\n').slice(0, 1990), files: [preview], allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: lines.join('\n').slice(0, 1990), files: [preview] });
 }
 
-// Caption editing modal: `capedit:<datasetId>:<no>:<version>`.
-const EDIT_FAMILY = 'capedit';
 const EDIT_FIELD = 'tags';
 
 async function edit(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -67,27 +65,30 @@ async function edit(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const current = caption?.tags.join(', ') ?? '';
   if (current) input.setValue(current);
   const modal = new ModalBuilder()
-    .setCustomId(`${EDIT_FAMILY}:${dataset.id}:${image.no}:${caption?.version ?? 0}`)
+    .setCustomId(captionEditModal.encode({ datasetId: dataset.id, imageNo: image.no, version: caption?.version ?? 0 }))
     .setTitle(`Caption of #${image.no} (${dataset.name})`.slice(0, 45))
     .addComponents(new ActionRowBuilder<TextInputBuilder>().addComponents(input));
   await interaction.showModal(modal);
 }
 
-export const captionEditModal: ComponentHandler = {
-  family: EDIT_FAMILY,
-  defer: () => 'ephemeral',
-  async handle(interaction, ctx) {
-    if (!interaction.isModalSubmit()) throw new UserError('That form is out of date.');
-    const m = /^capedit:([a-z0-9]{1,16}):(\d{1,7}):(\d{1,7})$/.exec(interaction.customId);
-    if (!m) throw new UserError('That form is out of date.');
-    const dataset = await datasetById(interaction, ctx, m[1]!);
-    const image = await imageOf(ctx, dataset, Number(m[2]));
+/** The caption editing form; `version` is the caption it started from (0: none), so a concurrent edit is not overwritten. */
+export const captionEditModal: ComponentHandler<{ datasetId: string; imageNo: number; version: number }, 'modal'> = {
+  family: 'capedit',
+  kind: 'modal',
+  encode: ({ datasetId, imageNo, version }) => joinCustomId('capedit', datasetId, imageNo, version),
+  parse(customId) {
+    const p = splitCustomId(customId, 'capedit', [ID_PART, COUNT_PART, COUNT_PART]);
+    return p && { datasetId: p[0]!, imageNo: Number(p[1]), version: Number(p[2]) };
+  },
+  defer: 'ephemeral',
+  async handle(interaction, ctx, { datasetId, imageNo, version }) {
+    const dataset = await datasetById(interaction, ctx, datasetId);
+    const image = await imageOf(ctx, dataset, imageNo);
     await requireEditor(interaction, ctx, dataset);
     const text = interaction.fields.getTextInputValue(EDIT_FIELD);
     validateCaptionText(text);
     const t = await triggersOf(ctx, dataset, image);
     const tags = stripLeadingTriggers(parseTags(text), [t.dataset, ...(t.concept ? [t.concept] : [])]);
-    const version = Number(m[3]);
     const saved = await ctx.captions.set(dataset.id, image.no, tags, {
       by: interaction.user.id,
       source: 'edit',
@@ -95,7 +96,6 @@ export const captionEditModal: ComponentHandler = {
     });
     await interaction.editReply({
       content: `Saved the caption of **#${image.no}** (version ${saved.version}):\n\`\`\`\n${(await writtenCaption(ctx, dataset, image, saved.tags)).replaceAll('`', 'ˋ').slice(0, 1800)}\n\`\`\``,
-      allowedMentions: { parse: [] },
     });
   },
 };
@@ -110,7 +110,6 @@ async function undo(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     if (!restored) throw new UserError(`#${image.no} has no earlier caption to go back to.`);
     await interaction.editReply({
       content: `Restored version ${restored.version} of the caption of **#${image.no}**:\n\`\`\`\n${(await writtenCaption(ctx, dataset, image, restored.tags)).replaceAll('`', 'ˋ').slice(0, 1800)}\n\`\`\``,
-      allowedMentions: { parse: [] },
     });
     return;
   }
@@ -119,25 +118,16 @@ async function undo(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const skipped = result.skipped.length > 0 ? ` ${result.skipped.length} caption(s) changed since were left as they are.` : '';
   await interaction.editReply({
     content: `Undid “${result.description}” on ${result.restored.length} caption${result.restored.length === 1 ? '' : 's'} of **${dataset.name}**.${skipped}`,
-    allowedMentions: { parse: [] },
   });
 }
 
 export const captionCommand: SlashCommand = {
   data: captionCommandData,
-  // The edit form must be the first answer, so it is not deferred.
-  defer: (interaction) => (interaction.options.getSubcommand(false) === 'edit' ? 'none' : 'public'),
-  async execute(interaction, ctx) {
-    switch (interaction.options.getSubcommand(true)) {
-      case 'show':
-        return show(interaction, ctx);
-      case 'edit':
-        return edit(interaction, ctx);
-      case 'undo':
-        return undo(interaction, ctx);
-      default:
-        throw new UserError('Unknown subcommand.');
-    }
+  subcommands: {
+    show: { defer: 'public', execute: show },
+    // The edit form must be the first answer, so it is not deferred.
+    edit: { defer: 'none', execute: edit },
+    undo: { defer: 'public', execute: undo },
   },
   async autocomplete(interaction, ctx) {
     await interaction.respond(await autocompleteWorkshop(interaction, ctx));

@@ -24,7 +24,6 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     content:
       `Added concept \`${name}\` to **${dataset.name}**${trigger ? ` with trigger \`${trigger}\` (captions start \`${dataset.trigger}, ${trigger}, …\`)` : ''}. ` +
       `Contribute to it with \`/dataset add concept:${name}\` or move images with \`/concept move\`.`,
-    allowedMentions: { parse: [] },
   });
 }
 
@@ -35,7 +34,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     const n = images.filter((i) => i.concept === c.name).length;
     return `\`${c.name}\`${c.trigger ? ` · trigger \`${c.trigger}\`` : ''} · ${n} image${n === 1 ? '' : 's'}`;
   });
-  await interaction.editReply({ content: `Concepts of **${dataset.name}**:\n${lines.join('\n')}`, allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: `Concepts of **${dataset.name}**:\n${lines.join('\n')}` });
 }
 
 async function move(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -60,18 +59,10 @@ async function move(interaction: ChatInputCommandInteraction, ctx: BotContext) {
 
 export const conceptCommand: SlashCommand = {
   data: conceptCommandData,
-  defer: () => 'public',
-  async execute(interaction, ctx) {
-    switch (interaction.options.getSubcommand(true)) {
-      case 'add':
-        return add(interaction, ctx);
-      case 'list':
-        return list(interaction, ctx);
-      case 'move':
-        return move(interaction, ctx);
-      default:
-        throw new UserError('Unknown subcommand.');
-    }
+  subcommands: {
+    add: { defer: 'public', execute: add },
+    list: { defer: 'public', execute: list },
+    move: { defer: 'public', execute: move },
   },
   async autocomplete(interaction, ctx) {
     await interaction.respond(await autocompleteWorkshop(interaction, ctx));

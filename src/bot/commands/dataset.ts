@@ -25,7 +25,7 @@ import type { BotContext } from '../context.ts';
 import { MAX_CONCEPTS } from './concept.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import type { IncomingFile } from '../intake.ts';
-import type { ComponentHandler, SlashCommand } from '../interactions.ts';
+import { COUNT_PART, ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { intakeReply, listNos, renderDatasetSummary } from '../reports.ts';
 
 export const SHEET_PAGE_SIZE = 40;
@@ -81,7 +81,6 @@ async function create(interaction: ChatInputCommandInteraction, ctx: BotContext)
           `Contribute with \`/dataset add\` here (up to 10 images or a zip at a time)` +
           (ctx.config.DISCORD_MESSAGE_CONTENT ? ', or just post images in this thread.' : '.') +
           ` Withdraw yours any time with \`/dataset remove images:mine\`.`,
-        allowedMentions: { parse: [] },
       });
       threadNote = ` Thread: <#${thread.id}>.`;
     } catch (err) {
@@ -91,7 +90,6 @@ async function create(interaction: ChatInputCommandInteraction, ctx: BotContext)
   }
   await interaction.editReply({
     content: `Created dataset **${name}** (${kind}, ${base === 'sdxl' ? 'SDXL' : 'SD 1.5'}, ${resolution} px, trigger \`${trigger}\`).${threadNote}`,
-    allowedMentions: { parse: [] },
   });
 }
 
@@ -121,7 +119,7 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     files,
     zip: zip ? asIncoming(zip) : undefined,
   });
-  await interaction.editReply({ ...(await intakeReply(report)), allowedMentions: { parse: [] } });
+  await interaction.editReply({ ...(await intakeReply(report)) });
 }
 
 async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number) {
@@ -143,19 +141,19 @@ async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number
       ? [
           new ActionRowBuilder<ButtonBuilder>().addComponents(
             new ButtonBuilder()
-              .setCustomId(encodeShowPage(dataset.id, page - 1))
+              .setCustomId(showPageButtons.encode({ datasetId: dataset.id, page: page - 1 }))
               .setLabel('◀ Previous')
               .setStyle(ButtonStyle.Secondary)
               .setDisabled(page <= 1),
             new ButtonBuilder()
-              .setCustomId(encodeShowPage(dataset.id, page + 1))
+              .setCustomId(showPageButtons.encode({ datasetId: dataset.id, page: page + 1 }))
               .setLabel('Next ▶')
               .setStyle(ButtonStyle.Secondary)
               .setDisabled(page >= pages),
           ),
         ]
       : [];
-  return { content, files, components, allowedMentions: { parse: [] as [] } };
+  return { content, files, components };
 }
 
 async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -183,7 +181,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     }
     content += `${line}\n`;
   }
-  await interaction.editReply({ content, allowedMentions: { parse: [] } });
+  await interaction.editReply({ content });
 }
 
 async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -233,48 +231,28 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 
 export const datasetCommand: SlashCommand = {
   data: datasetCommandData,
-  defer(interaction) {
-    const sub = interaction.options.getSubcommand(false);
-    return sub === 'remove' ? 'ephemeral' : 'public';
-  },
-  async execute(interaction, ctx) {
-    switch (interaction.options.getSubcommand(true)) {
-      case 'create':
-        return create(interaction, ctx);
-      case 'add':
-        return add(interaction, ctx);
-      case 'show':
-        return show(interaction, ctx);
-      case 'list':
-        return list(interaction, ctx);
-      case 'remove':
-        return remove(interaction, ctx);
-      default:
-        throw new UserError('Unknown subcommand.');
-    }
+  subcommands: {
+    create: { defer: 'public', execute: create },
+    add: { defer: 'public', execute: add },
+    show: { defer: 'public', execute: show },
+    list: { defer: 'public', execute: list },
+    remove: { defer: 'ephemeral', execute: remove },
   },
   autocomplete,
 };
 
-// Contact-sheet paging buttons: `dsshow:<datasetId>:<page>`.
-const SHOW_FAMILY = 'dsshow';
-
-export function encodeShowPage(datasetId: string, page: number): string {
-  return `${SHOW_FAMILY}:${datasetId}:${page}`;
-}
-
-export function decodeShowPage(customId: string): { datasetId: string; page: number } | null {
-  const m = /^dsshow:([a-z0-9]{1,16}):(\d{1,6})$/.exec(customId);
-  return m ? { datasetId: m[1]!, page: Number(m[2]) } : null;
-}
-
-export const showPageButtons: ComponentHandler = {
-  family: SHOW_FAMILY,
-  defer: () => 'update',
-  async handle(interaction, ctx) {
-    const parsed = decodeShowPage(interaction.customId);
-    if (!parsed) throw new UserError('That button is out of date.');
-    const dataset = await datasetById(interaction, ctx, parsed.datasetId);
-    await interaction.editReply(await showPage(ctx, dataset, parsed.page));
+/** The contact sheet's Previous/Next buttons. */
+export const showPageButtons: ComponentHandler<{ datasetId: string; page: number }, 'button'> = {
+  family: 'dsshow',
+  kind: 'button',
+  encode: ({ datasetId, page }) => joinCustomId('dsshow', datasetId, page),
+  parse(customId) {
+    const p = splitCustomId(customId, 'dsshow', [ID_PART, COUNT_PART]);
+    return p && { datasetId: p[0]!, page: Number(p[1]) };
+  },
+  defer: 'update',
+  async handle(interaction, ctx, { datasetId, page }) {
+    const dataset = await datasetById(interaction, ctx, datasetId);
+    await interaction.editReply(await showPage(ctx, dataset, page));
   },
 };

@@ -12,7 +12,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
 import type { SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
-import { renderTally } from '../votes.ts';
+import { renderTally } from '../tally.ts';
 import { runChoices } from './train.ts';
 
 const LINK_LIFETIME_MS = 24 * 3600_000;
@@ -124,7 +124,6 @@ async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotConte
     await interaction.editReply({
       content: what,
       files: [new AttachmentBuilder(ctx.blobs.createReadStream(file.blob), { name: fileName })],
-      allowedMentions: { parse: [] },
     });
     return;
   }
@@ -140,7 +139,6 @@ async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotConte
   ctx.logger.info({ runId: run.id, epoch, signedUrl: url }, 'download link made');
   await interaction.editReply({
     content: `${what}\nToo large to attach here: [download it](<${url}>) (link expires <t:${Math.floor(expiresAt.getTime() / 1000)}:R>).`,
-    allowedMentions: { parse: [] },
   });
 }
 
@@ -160,7 +158,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
       return `\`${r.id}\` · **${r.datasetName}** · ${r.recipe.name} · ${r.summary.epochs} epochs · ${r.final ? formatBytes(r.final.bytes) : '?'} · ${renderTally(tally)}`;
     }),
   );
-  await interaction.editReply({ content: truncate(`Finished runs:\n${lines.join('\n')}`, 1990), allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: truncate(`Finished runs:\n${lines.join('\n')}`, 1990) });
 }
 
 async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {
@@ -183,18 +181,9 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 
 export const loraCommand: SlashCommand = {
   data: loraCommandData,
-  defer: () => 'public',
-  async execute(interaction, ctx) {
-    switch (interaction.options.getSubcommand(true)) {
-      case 'fetch':
-        return fetchLora(interaction, ctx);
-      case 'list':
-        return list(interaction, ctx);
-      default:
-        throw new UserError('Unknown subcommand.');
-    }
+  subcommands: {
+    fetch: { defer: 'public', execute: fetchLora },
+    list: { defer: 'public', execute: list },
   },
-  async autocomplete(interaction, ctx) {
-    await autocomplete(interaction, ctx);
-  },
+  autocomplete,
 };

@@ -26,12 +26,14 @@ async function run(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     content:
       `Trainer role: ${settings.trainerRoleId ? `<@&${settings.trainerRoleId}>` : 'none (Manage Server only)'} · ` +
       `runs waiting or running at once: ${settings.maxQueuedPerMember} per member, ${settings.maxQueuedPerGuild} per server`,
-    allowedMentions: { parse: [] },
   });
 }
 
 export const settingsCommand: SlashCommand = {
   data: settingsCommandData,
-  defer: () => 'ephemeral',
-  execute: run,
+  subcommands: {
+    show: { defer: 'ephemeral', execute: run },
+    'trainer-role': { defer: 'ephemeral', execute: run },
+    limits: { defer: 'ephemeral', execute: run },
+  },
 };

@@ -23,7 +23,7 @@ import { JobName } from '../../queues/contract.ts';
 import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, requireEditor, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import type { ComponentHandler, SlashCommand } from '../interactions.ts';
+import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
 
 const TOP_PAGE_SIZE = 40;
@@ -84,7 +84,7 @@ async function top(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   if (untagged.length > 0) lines.push(`Not tagged yet: ${listNos(untagged)}`);
   const prune = await pruneOffer(ctx, dataset, concept ?? 'main');
   if (prune) lines.push(prune.text);
-  await interaction.editReply({ content: truncate(lines.join('\n'), 1990), components: prune?.components ?? [], allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: truncate(lines.join('\n'), 1990), components: prune?.components ?? [] });
 }
 
 /** Suggested pruning for a concept, with a one-click button (the list is kept for a day). */
@@ -102,7 +102,7 @@ async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
       'The guides fold such tags into the trigger, so the LoRA learns them as part of it.',
     components: [
       new ActionRowBuilder<ButtonBuilder>().addComponents(
-        new ButtonBuilder().setCustomId(`prune:${id}`).setLabel(`Prune these (${tags.length})`).setStyle(ButtonStyle.Primary),
+        new ButtonBuilder().setCustomId(pruneButton.encode({ suggestionId: id })).setLabel(`Prune these (${tags.length})`).setStyle(ButtonStyle.Primary),
       ),
     ],
   };
@@ -116,7 +116,7 @@ async function prune(interaction: ChatInputCommandInteraction, ctx: BotContext) 
     await interaction.editReply(`No tag is in ≥ 90% of the captions of concept \`${concept}\` of **${dataset.name}**: nothing to prune.`);
     return;
   }
-  await interaction.editReply({ content: offer.text, components: offer.components, allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: offer.text, components: offer.components });
 }
 
 /** Applies a tag operation to every caption in scope, as one bulk edit that can be undone. */
@@ -143,7 +143,7 @@ async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext)
   const dataset = await resolveDataset(interaction, ctx);
   const tags = typedTags(interaction.options.getString('tags', true));
   const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(removeTags(t, tags)), `removed ${tags.map((t) => `\`${t}\``).join(', ')}`);
-  await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: text });
 }
 
 async function replace(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -151,7 +151,7 @@ async function replace(interaction: ChatInputCommandInteraction, ctx: BotContext
   const [from] = typedTags(interaction.options.getString('from', true));
   const [to] = typedTags(interaction.options.getString('to', true));
   const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(replaceTag(t, from!, to!)), `replaced \`${from}\` with \`${to}\``);
-  await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: text });
 }
 
 async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -159,7 +159,7 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const tags = typedTags(interaction.options.getString('tags', true));
   const position = interaction.options.getString('position') === 'start' ? 'start' : 'end';
   const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(addTags(t, tags, position)), `added ${tags.map((t) => `\`${t}\``).join(', ')}`);
-  await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: text });
 }
 
 async function retag(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -193,7 +193,6 @@ async function undesired(interaction: ChatInputCommandInteraction, ctx: BotConte
       tags.length === 0
         ? `The tagger may write any tag for **${dataset.name}** again.`
         : `The tagger will leave out ${tags.map((t) => `\`${t}\``).join(', ')} for **${dataset.name}** (from the next tagging on; \`/tags remove\` cleans existing captions).`,
-    allowedMentions: { parse: [] },
   });
 }
 
@@ -229,26 +228,14 @@ export async function autocompleteWorkshop(interaction: AutocompleteInteraction,
 
 export const tagsCommand: SlashCommand = {
   data: tagsCommandData,
-  defer: () => 'public',
-  async execute(interaction, ctx) {
-    switch (interaction.options.getSubcommand(true)) {
-      case 'top':
-        return top(interaction, ctx);
-      case 'remove':
-        return remove(interaction, ctx);
-      case 'replace':
-        return replace(interaction, ctx);
-      case 'add':
-        return add(interaction, ctx);
-      case 'prune':
-        return prune(interaction, ctx);
-      case 'retag':
-        return retag(interaction, ctx);
-      case 'undesired':
-        return undesired(interaction, ctx);
-      default:
-        throw new UserError('Unknown subcommand.');
-    }
+  subcommands: {
+    top: { defer: 'public', execute: top },
+    remove: { defer: 'public', execute: remove },
+    replace: { defer: 'public', execute: replace },
+    add: { defer: 'public', execute: add },
+    prune: { defer: 'public', execute: prune },
+    retag: { defer: 'public', execute: retag },
+    undesired: { defer: 'public', execute: undesired },
   },
   async autocomplete(interaction, ctx) {
     await interaction.respond(await autocompleteWorkshop(interaction, ctx));
@@ -256,12 +243,17 @@ export const tagsCommand: SlashCommand = {
 };
 
 /** The "Prune these" button: removes the suggested tags across the concept, as one bulk edit. */
-export const pruneButton: ComponentHandler = {
+export const pruneButton: ComponentHandler<{ suggestionId: string }, 'button'> = {
   family: 'prune',
-  defer: () => 'public',
-  async handle(interaction, ctx) {
-    const id = /^prune:([a-z0-9]{1,16})$/.exec(interaction.customId)?.[1];
-    const json = id ? await ctx.redis.get(ctx.store.k.pruneSuggestion(id)) : null;
+  kind: 'button',
+  encode: ({ suggestionId }) => joinCustomId('prune', suggestionId),
+  parse(customId) {
+    const p = splitCustomId(customId, 'prune', [ID_PART]);
+    return p && { suggestionId: p[0]! };
+  },
+  defer: 'public',
+  async handle(interaction, ctx, { suggestionId }) {
+    const json = await ctx.redis.get(ctx.store.k.pruneSuggestion(suggestionId));
     if (!json) throw new UserError('This suggestion has expired: run `/tags prune` again.');
     const offer = JSON.parse(json) as { datasetId: string; concept: string; tags: string[] };
     const dataset = await datasetById(interaction, ctx, offer.datasetId);
@@ -273,6 +265,6 @@ export const pruneButton: ComponentHandler = {
       (t) => changedOrNull(removeTags(t, offer.tags)),
       `pruned ${offer.tags.map((t) => `\`${t}\``).join(', ')}`,
     );
-    await interaction.editReply({ content: text, allowedMentions: { parse: [] } });
+    await interaction.editReply({ content: text });
   },
 };

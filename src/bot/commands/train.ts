@@ -15,7 +15,7 @@ import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../worker/worker-registry.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import type { ComponentHandler, SlashCommand } from '../interactions.ts';
+import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { creditsFor, modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
 
@@ -91,10 +91,9 @@ async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     content: renderPlan(dataset.name, prepared),
     components: [
       new ActionRowBuilder<ButtonBuilder>().addComponents(
-        new ButtonBuilder().setCustomId(`trainstart:${planId}`).setLabel('Start training').setStyle(ButtonStyle.Success),
+        new ButtonBuilder().setCustomId(startButton.encode({ planId })).setLabel('Start training').setStyle(ButtonStyle.Success),
       ),
     ],
-    allowedMentions: { parse: [] },
   });
 }
 
@@ -118,12 +117,17 @@ async function queuePosition(ctx: BotContext, runId: string): Promise<number | n
   return index < 0 ? null : waiting.length - index;
 }
 
-export const startButton: ComponentHandler = {
+export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
   family: 'trainstart',
-  defer: () => 'public',
-  async handle(interaction, ctx) {
-    const planId = /^trainstart:([a-z0-9]{1,16})$/.exec(interaction.customId)?.[1];
-    const json = planId ? await ctx.redis.get(`${ctx.config.REDIS_PREFIX}:plan:${planId}`) : null;
+  kind: 'button',
+  encode: ({ planId }) => joinCustomId('trainstart', planId),
+  parse(customId) {
+    const p = splitCustomId(customId, 'trainstart', [ID_PART]);
+    return p && { planId: p[0]! };
+  },
+  defer: 'public',
+  async handle(interaction, ctx, { planId }) {
+    const json = await ctx.redis.get(`${ctx.config.REDIS_PREFIX}:plan:${planId}`);
     if (!json) throw new UserError('This plan has expired: run `/train plan` again.');
     const stored = JSON.parse(json) as StoredPlan;
     await requireTrainer(interaction, ctx);
@@ -190,14 +194,13 @@ export const startButton: ComponentHandler = {
       },
       { jobId: runId },
     );
-    await ctx.redis.del(`${ctx.config.REDIS_PREFIX}:plan:${planId!}`);
+    await ctx.redis.del(`${ctx.config.REDIS_PREFIX}:plan:${planId}`);
     ctx.logger.info({ runId, datasetId: dataset.id, userId: interaction.user.id }, 'run queued');
     const position = await queuePosition(ctx, runId);
     await interaction.editReply({
       content:
         `Queued run \`${runId}\` for **${dataset.name}**: ${prepared.plan.totalSteps} steps over ${prepared.plan.epochs} epochs` +
         `${position !== null ? ` · position ${position} in the queue` : ''}. Progress and one sample grid per epoch will appear in <#${run.channelId}>.`,
-      allowedMentions: { parse: [] },
     });
   },
 };
@@ -237,7 +240,6 @@ async function status(interaction: ChatInputCommandInteraction, ctx: BotContext)
   const position = run.status === 'queued' ? await queuePosition(ctx, run.id) : null;
   await interaction.editReply({
     content: describeRun(run) + (position !== null ? ` · position ${position} in the queue` : ''),
-    allowedMentions: { parse: [] },
   });
 }
 
@@ -254,7 +256,7 @@ async function queue(interaction: ChatInputCommandInteraction, ctx: BotContext) 
           .map((w) => `\`${w.id}\` (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${w.busyWith ? `, busy with \`${w.busyWith}\`` : ', idle'})`)
           .join(' · ')}`,
   ];
-  await interaction.editReply({ content: truncate(lines.join('\n'), 1900), allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: truncate(lines.join('\n'), 1900) });
 }
 
 async function cancel(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -305,22 +307,11 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 
 export const trainCommand: SlashCommand = {
   data: trainCommandData,
-  defer: (interaction) => (interaction.options.getSubcommand(false) === 'cancel' ? 'ephemeral' : 'public'),
-  async execute(interaction, ctx) {
-    switch (interaction.options.getSubcommand(true)) {
-      case 'plan':
-        return plan(interaction, ctx);
-      case 'status':
-        return status(interaction, ctx);
-      case 'queue':
-        return queue(interaction, ctx);
-      case 'cancel':
-        return cancel(interaction, ctx);
-      default:
-        throw new UserError('Unknown subcommand.');
-    }
+  subcommands: {
+    plan: { defer: 'public', execute: plan },
+    status: { defer: 'public', execute: status },
+    queue: { defer: 'public', execute: queue },
+    cancel: { defer: 'ephemeral', execute: cancel },
   },
-  async autocomplete(interaction, ctx) {
-    await autocomplete(interaction, ctx);
-  },
+  autocomplete,
 };

@@ -1,0 +1,84 @@
+import { ApplicationCommandOptionType } from 'discord.js';
+import { describe, expect, it } from 'vitest';
+import { allCommandData } from '../../commands/all.ts';
+import { captionEditModal } from '../../src/bot/commands/caption.ts';
+import { showPageButtons } from '../../src/bot/commands/dataset.ts';
+import { pruneButton } from '../../src/bot/commands/tags.ts';
+import { startButton } from '../../src/bot/commands/train.ts';
+import { componentHandlers, slashCommands } from '../../src/bot/handlers.ts';
+import { joinCustomId, type ComponentHandler, type ComponentKind } from '../../src/bot/interactions.ts';
+import { voteButtonHandler, voteSelectHandler } from '../../src/bot/votes.ts';
+
+/** One customId payload per family, typed by its handler. */
+function sample<T, K extends ComponentKind>(handler: ComponentHandler<T, K>, data: T) {
+  return { handler: handler as ComponentHandler<unknown>, data: data as unknown };
+}
+
+const samples = [
+  sample(showPageButtons, { datasetId: 'ds01abc', page: 12 }),
+  sample(pruneButton, { suggestionId: 'p9x2kq' }),
+  sample(captionEditModal, { datasetId: 'ds01abc', imageNo: 40, version: 0 }),
+  sample(startButton, { planId: 'pl4n01' }),
+  sample(voteButtonHandler, { runId: 'r0n1x', epoch: 3 }),
+  sample(voteSelectHandler, { runId: 'r0n1x' }),
+];
+
+describe('slash command table', () => {
+  it('answers exactly the registered commands, in the registered order', () => {
+    expect(slashCommands.map((c) => c.data.name)).toEqual(allCommandData.map((d) => d.name));
+    for (const [i, command] of slashCommands.entries()) expect(command.data).toBe(allCommandData[i]);
+  });
+
+  it('has one entry per registered subcommand, and none that is not registered', () => {
+    for (const command of slashCommands) {
+      const registered = (command.data.options ?? []).map((o) => {
+        expect(o.type, `/${command.data.name} ${o.name}`).toBe(ApplicationCommandOptionType.Subcommand);
+        return o.name;
+      });
+      expect(Object.keys(command.subcommands).sort(), `/${command.data.name}`).toEqual(registered.sort());
+    }
+  });
+});
+
+describe('component codecs', () => {
+  it('cover every family once', () => {
+    const families = componentHandlers.map((h) => h.family);
+    expect(new Set(families).size).toBe(families.length);
+    expect(samples.map((s) => s.handler.family).sort()).toEqual([...families].sort());
+  });
+
+  it('read back what they write, as `family:…` within Discord’s 100 characters', () => {
+    for (const { handler, data } of samples) {
+      const id = handler.encode(data);
+      expect(id.startsWith(`${handler.family}:`), id).toBe(true);
+      expect(id.length).toBeLessThanOrEqual(100);
+      expect(handler.parse(id)).toEqual(data);
+    }
+  });
+
+  it('refuse every other family’s ids', () => {
+    for (const { handler } of samples) {
+      for (const other of samples.filter((s) => s.handler !== handler)) {
+        expect(handler.parse(other.handler.encode(other.data)), `${handler.family} ← ${other.handler.family}`).toBeNull();
+      }
+    }
+  });
+
+  it('refuse ids with parts missing, extra, or out of shape', () => {
+    for (const { handler, data } of samples) {
+      const id = handler.encode(data);
+      expect(handler.parse(`${id}:1`), id).toBeNull();
+      expect(handler.parse(id.slice(0, id.lastIndexOf(':'))), id).toBeNull();
+      expect(handler.parse(id.toUpperCase()), id).toBeNull();
+      expect(handler.parse(`${id.slice(0, id.lastIndexOf(':'))}:-1`), id).toBeNull();
+    }
+    expect(showPageButtons.parse('dsshow:abc:1.5')).toBeNull();
+    expect(showPageButtons.parse('dsshow:abc:99999999')).toBeNull();
+    expect(voteButtonHandler.parse('vote:r0n1x:')).toBeNull();
+  });
+
+  it('refuse to write an id that would not read back', () => {
+    expect(() => joinCustomId('prune', 'a:b')).toThrow(/bad customId/);
+    expect(() => joinCustomId('prune', 'x'.repeat(100))).toThrow(/bad customId/);
+  });
+});
