@@ -50,10 +50,16 @@ export interface WorldOptions {
   env?: Record<string, string>;
 }
 
+export interface BotProcess {
+  process: ChildProcess;
+  log: LogSink;
+  exited: Promise<number | null>;
+}
+
 /** Redis + fake Discord + a data dir, and the real bot started against them (in-process or as a child). */
 export class World {
   bot: BotHandle | null = null;
-  child: { process: ChildProcess; log: LogSink; exited: Promise<number | null> } | null = null;
+  child: BotProcess | null = null;
   readonly log = new LogSink();
   readonly redis: Redis;
 
@@ -108,8 +114,14 @@ export class World {
     this.bot = null;
   }
 
-  /** Runs the bot as its own process (`npm start`'s entry point), for restart and kill tests. */
-  async spawnBot(timeoutMs = 30_000): Promise<void> {
+  /** Every bot process running now (`child` is the first of them). */
+  readonly children: BotProcess[] = [];
+
+  /**
+   * Runs the bot as its own process (`npm start`'s entry point), for restart and kill tests; call
+   * it again for another process of the same deployment (same Redis, data folder and token).
+   */
+  async spawnBot(timeoutMs = 30_000): Promise<BotProcess> {
     const log = new LogSink();
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/bot/main.ts'], {
       cwd: process.cwd(),
@@ -119,13 +131,16 @@ export class World {
     child.stdout.on('data', (d: Buffer) => log.take(d.toString('utf8')));
     child.stderr.on('data', (d: Buffer) => log.take(d.toString('utf8')));
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    this.child = { process: child, log, exited };
+    const bot: BotProcess = { process: child, log, exited };
+    this.children.push(bot);
+    this.child ??= bot;
     const deadline = Date.now() + timeoutMs;
     while (!log.lines.some((l) => l.msg === 'bot ready')) {
       if (child.exitCode !== null) throw new Error(`bot exited early (${child.exitCode}):\n${log.raw.slice(-20).join('\n')}`);
       if (Date.now() > deadline) throw new Error(`bot did not become ready:\n${log.raw.slice(-20).join('\n')}`);
       await new Promise((r) => setTimeout(r, 50));
     }
+    return bot;
   }
 
   worker: { process: ChildProcess; log: LogSink; exited: Promise<number | null> } | null = null;
@@ -166,16 +181,18 @@ export class World {
     this.worker = null;
   }
 
-  async killChild(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    if (!this.child) return;
-    this.child.process.kill(signal);
-    await this.child.exited;
-    this.child = null;
+  /** Stops the first bot process (or `which`). */
+  async killChild(signal: NodeJS.Signals = 'SIGKILL', which: BotProcess | null = this.child): Promise<void> {
+    if (!which) return;
+    which.process.kill(signal);
+    await which.exited;
+    this.children.splice(this.children.indexOf(which), 1);
+    if (this.child === which) this.child = this.children[0] ?? null;
   }
 
   async close(): Promise<void> {
     await this.stopBot().catch(() => undefined);
-    await this.killChild().catch(() => undefined);
+    for (const bot of [...this.children]) await this.killChild('SIGKILL', bot).catch(() => undefined);
     await this.killWorker().catch(() => undefined);
     this.redis.disconnect();
     await this.discord.close();

@@ -54,6 +54,7 @@ export class FakeGateway {
   private readonly resumed = new WaitableLog<{ sessionId: string; at: number }>(() => '');
   private connectionCount = 0;
   private sessionCount = 0;
+  private dispatchCount = 0;
   private url = '';
 
   constructor(private readonly hooks: GatewayHooks) {
@@ -89,10 +90,15 @@ export class FakeGateway {
    * Sends a dispatch to every session, or only to those whose intents `accepts` (which may also
    * shape the data per session, as Discord strips message content without its intent). A session
    * between sockets keeps it for the RESUME replay. Returns how many sessions took it.
+   *
+   * Discord promises no order between sessions: which one hears of an event first rotates from
+   * one dispatch to the next, so no session is always first.
    */
   dispatch(t: string, d: unknown, accepts?: (intents: number) => { data: unknown } | false): number {
     let taken = 0;
-    for (const session of this.sessions.values()) {
+    const sessions = [...this.sessions.values()];
+    const first = sessions.length > 0 ? this.dispatchCount++ % sessions.length : 0;
+    for (const session of [...sessions.slice(first), ...sessions.slice(0, first)]) {
       const shaped = accepts ? accepts(session.intents) : { data: d };
       if (shaped === false) continue;
       this.sendDispatch(session, t, shaped.data);
