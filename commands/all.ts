@@ -3,6 +3,7 @@ import { datasetCommandData } from './dataset.ts';
 import { loraCommandData } from './lora.ts';
 import { settingsCommandData, trainCommandData } from './train.ts';
 import { captionCommandData, conceptCommandData, tagsCommandData } from './workshop.ts';
+import { workerCommandData } from './worker.ts';
 
 /** Every slash command the bot answers, in one explicit list. */
 export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] = [
@@ -13,4 +14,5 @@ export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] =
   trainCommandData,
   settingsCommandData,
   loraCommandData,
+  workerCommandData,
 ];

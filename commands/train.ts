@@ -66,4 +66,10 @@ export const settingsCommandData = new SlashCommandBuilder()
       .addIntegerOption((o) => o.setName('per-member').setDescription('Per member (1–10)').setMinValue(1).setMaxValue(10))
       .addIntegerOption((o) => o.setName('per-server').setDescription('For the whole server (1–50)').setMinValue(1).setMaxValue(50)),
   )
+  .addSubcommand((s) =>
+    s
+      .setName('workers')
+      .setDescription('Who may lend a GPU to this server with /worker add')
+      .addBooleanOption((o) => o.setName('members-may-lend').setDescription('true: any member; false: Manage Server only (the default)').setRequired(true)),
+  )
   .toJSON();

@@ -20,6 +20,7 @@ import { captionFromUpload } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
 import { startRunReporter } from './run-reporter.ts';
 import { TallyUpdater } from './tally.ts';
+import { labelOfWorker } from './workers.ts';
 import type { BotContext } from './context.ts';
 import { startHttpServer, type HttpServerHandle } from './http-server.ts';
 import { LeaseManager } from './leases.ts';
@@ -213,7 +214,15 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   // What workers reported while the bot was away is posted now that it can reach Discord.
   const poster: Worker = startNoticePoster(client, queueConnection, config.REDIS_PREFIX, logger);
   const reporter: Worker = startRunReporter(
-    { client, runs, votes, blobs, logger, statusEditIntervalMs: config.PROGRESS_INTERVAL_SECONDS * 1000 },
+    {
+      client,
+      runs,
+      votes,
+      blobs,
+      logger,
+      statusEditIntervalMs: config.PROGRESS_INTERVAL_SECONDS * 1000,
+      workerLabel: (id) => labelOfWorker({ redis, prefix: config.REDIS_PREFIX, workerStore: workers }, id),
+    },
     queueConnection,
     config.REDIS_PREFIX,
   );

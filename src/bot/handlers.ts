@@ -5,11 +5,12 @@ import { loraCommand } from './commands/lora.ts';
 import { settingsCommand } from './commands/settings.ts';
 import { pruneButton, tagsCommand } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
+import { workerCommand } from './commands/worker.ts';
 import type { ComponentHandler, SlashCommand } from './interactions.ts';
 import { voteButtonHandler, voteSelectHandler } from './votes.ts';
 
 /** Every slash command the bot answers (their definitions are listed in commands/all.ts). */
-export const slashCommands: SlashCommand[] = [datasetCommand, tagsCommand, captionCommand, conceptCommand, trainCommand, settingsCommand, loraCommand];
+export const slashCommands: SlashCommand[] = [datasetCommand, tagsCommand, captionCommand, conceptCommand, trainCommand, settingsCommand, loraCommand, workerCommand];
 
 /** Every button, select and modal family the bot answers. */
 export const componentHandlers: ComponentHandler<unknown>[] = [

@@ -24,6 +24,8 @@ export interface RunReporterDeps {
   logger: Logger;
   /** Least time between two edits of a run's status message. */
   statusEditIntervalMs: number;
+  /** How run messages name a worker ("<@member>'s RTX 4090"); default its id. */
+  workerLabel?: (workerId: string) => Promise<string>;
 }
 
 function duration(seconds: number): string {
@@ -34,11 +36,11 @@ function duration(seconds: number): string {
 
 export function statusText(run: Run): string {
   const p = run.progress;
-  if (!p) return `⏳ Run \`${run.id}\` of **${run.datasetName}** is starting on \`${run.workerId ?? '?'}\`…`;
+  if (!p) return `⏳ Run \`${run.id}\` of **${run.datasetName}** is starting on ${run.workerLabel ?? `\`${run.workerId ?? '?'}\``}…`;
   const pct = Math.floor((100 * p.step) / Math.max(1, p.totalSteps));
   const filled = Math.round(pct / 5);
   return (
-    `🏋️ Run \`${run.id}\` of **${run.datasetName}** · epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.totalSteps}\n` +
+    `🏋️ Run \`${run.id}\` of **${run.datasetName}**${run.workerLabel ? ` on ${run.workerLabel}` : ''} · epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.totalSteps}\n` +
     `\`${'█'.repeat(filled)}${'░'.repeat(20 - filled)}\` ${pct}%` +
     (p.loss !== null ? ` · loss ${Number.isFinite(p.loss) ? p.loss.toFixed(4) : 'nan'}` : '') +
     (p.etaSeconds !== null ? ` · about ${duration(p.etaSeconds)} left` : '')
@@ -108,17 +110,19 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
   }
   switch (event.kind) {
     case 'started': {
+      const label = await workerLabelOf(deps, event.workerId);
       const updated = await runs.update(run.id, (r) => ({
         ...r,
         status: r.status === 'cancelled' ? r.status : 'running',
         workerId: event.workerId,
+        workerLabel: label,
         startedAt: r.startedAt ?? Date.now(),
         progress: r.progress ?? { step: 0, totalSteps: event.totalSteps, epoch: event.resumedFromEpoch ?? 0, epochs: event.epochs, loss: null, etaSeconds: null, at: Date.now() },
       }));
       if (await runs.eventDone(eventId)) return;
       const resumed = event.resumedFromEpoch !== null ? ` (resumed after epoch ${event.resumedFromEpoch})` : '';
       await send(deps, updated!, eventId, {
-        content: `🚀 Run \`${run.id}\` of **${run.datasetName}** started on \`${event.workerId}\`${resumed}: ${event.totalSteps} steps over ${event.epochs} epochs.`,
+        content: `🚀 Run \`${run.id}\` of **${run.datasetName}** started on ${label}${resumed}: ${event.totalSteps} steps over ${event.epochs} epochs.`,
       });
       // A resumed run keeps its status message (a second one would leave the first stale).
       if (updated!.statusMessageId) {
@@ -198,6 +202,18 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       await runs.markEventDone(eventId);
       return;
     }
+  }
+}
+
+/** Whose GPU a worker is; its id when that cannot be told (a lookup failure never holds up the message). */
+async function workerLabelOf(deps: RunReporterDeps, workerId: string): Promise<string> {
+  const fallback = `\`${workerId.replaceAll('`', '')}\``;
+  if (!deps.workerLabel) return fallback;
+  try {
+    return await deps.workerLabel(workerId);
+  } catch (err) {
+    deps.logger.warn({ err, workerId }, 'could not tell whose GPU a worker is');
+    return fallback;
   }
 }
 

@@ -6,9 +6,9 @@ import { composeCaption } from '../core/tag-ops.ts';
 import type { TrainRunPayload, WorkerInfo } from '../queues/contract.ts';
 import { DEFAULT_CONCEPT, newId, type Dataset } from '../store/dataset-store.ts';
 import type { Run } from '../store/run-store.ts';
-import { listWorkers } from '../worker/worker-registry.ts';
 import type { BotContext } from './context.ts';
 import { listNos } from './reports.ts';
+import { trainerLabel, workersForGuild } from './workers.ts';
 
 export interface PlanRequest {
   recipe: string;
@@ -53,29 +53,39 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
     );
   }
 
-  const workers = await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
-  const offered = modelsFor(workers, dataset.base);
+  const views = await workersForGuild({ redis: ctx.redis, prefix: ctx.config.REDIS_PREFIX, workerStore: ctx.workers }, dataset.guildId);
+  const online = views.filter((v) => v.online && v.info).map((v) => v.info!);
+  // A lent GPU that is offline is still offered with the models it had when last seen.
+  const known = views.filter((v) => v.info).map((v) => v.info!);
+  const offered = modelsFor(online, dataset.base);
+  const offeredOffline = modelsFor(known, dataset.base).filter((m) => !offered.includes(m));
+  const family = dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5';
   const notes: string[] = [];
   let model = request.model?.trim() || null;
   if (model !== null) {
     if (!/^[\w.+-]{1,200}$/.test(model)) throw new UserError('A base model is a file name such as `sd15-base.safetensors`.');
-    if (workers.length > 0 && !offered.includes(model)) {
-      throw new UserError(
-        `No training worker has the base model \`${model}\`.` +
-          (offered.length > 0 ? ` Available for ${dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5'}: ${offered.map((m) => `\`${m}\``).join(', ')}.` : ''),
-      );
+    if (known.length > 0 && !offered.includes(model) && !offeredOffline.includes(model)) {
+      const choices = [...offered.map((m) => `\`${m}\``), ...offeredOffline.map((m) => `\`${m}\` (offline)`)];
+      throw new UserError(`No training worker has the base model \`${model}\`.` + (choices.length > 0 ? ` Available for ${family}: ${choices.join(', ')}.` : ''));
     }
   } else {
-    model = offered[0] ?? null;
+    model = offered[0] ?? offeredOffline[0] ?? null;
     if (model === null) {
       throw new UserError(
-        workers.length === 0
+        online.length === 0
           ? 'No training worker is online, so no base model can be chosen. Name one with `model:` (the run will wait for a worker), or start a worker.'
-          : `No training worker offers a ${dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5'} base model.`,
+          : `No training worker offers a ${family} base model.`,
       );
     }
   }
-  if (workers.length === 0) notes.push('⚠️ No training worker is online right now: a started run waits in the queue until one is.');
+  const able = views.filter((v) => v.info?.models.some((m) => m.file === model));
+  if (online.length === 0) notes.push('⚠️ No training worker is online right now: a started run waits in the queue until one is.');
+  else if (!able.some((v) => v.online)) notes.push(`⚠️ No online worker has \`${model}\`: a started run waits in the queue until one that has it is online.`);
+  if (able.length > 0) {
+    const shown = able.slice(0, 8).map((v) => `${v.online ? '🟢' : '⚫'} ${trainerLabel(v.id, v.info, v.lent)}${v.online ? '' : ' (offline)'}`);
+    notes.push(`Can train it: ${shown.join(' · ')}${able.length > 8 ? ` · and ${able.length - 8} more` : ''}`);
+  }
+  const workers = online;
 
   const concepts = await ctx.store.getConcepts(dataset.id);
   const byConcept = new Map<string, typeof images>();

@@ -35,6 +35,8 @@ export interface Run {
   };
   status: RunStatus;
   workerId: string | null;
+  /** Whose GPU trains it, as run messages say it ("<@member>'s RTX 4090"), once started. */
+  workerLabel?: string | null;
   startedAt: number | null;
   finishedAt: number | null;
   progress: { step: number; totalSteps: number; epoch: number; epochs: number; loss: number | null; etaSeconds: number | null; at: number } | null;
@@ -162,9 +164,11 @@ export interface GuildSettings {
   trainerRoleId: string | null;
   maxQueuedPerMember: number;
   maxQueuedPerGuild: number;
+  /** Any member may lend a GPU with `/worker add`; false: Manage Guild only. */
+  membersMayLend: boolean;
 }
 
-export const DEFAULT_GUILD_SETTINGS: GuildSettings = { trainerRoleId: null, maxQueuedPerMember: 2, maxQueuedPerGuild: 5 };
+export const DEFAULT_GUILD_SETTINGS: GuildSettings = { trainerRoleId: null, maxQueuedPerMember: 2, maxQueuedPerGuild: 5, membersMayLend: false };
 
 export class GuildSettingsStore {
   constructor(

@@ -19,8 +19,8 @@ describe('npm run register', () => {
     const puts = discord.callsTo('PUT', new RegExp(`^/applications/${discord.applicationId}/commands$`));
     expect(puts).toHaveLength(1);
     expect(puts[0]!.headers.authorization).toBe('Bot t');
-    expect((puts[0]!.json as { name: string }[]).map((c) => c.name)).toEqual(['dataset', 'tags', 'caption', 'concept', 'train', 'settings', 'lora']);
-    expect(discord.commands().map((c) => c.name).sort()).toEqual(['caption', 'concept', 'dataset', 'lora', 'settings', 'tags', 'train']);
+    expect((puts[0]!.json as { name: string }[]).map((c) => c.name)).toEqual(['dataset', 'tags', 'caption', 'concept', 'train', 'settings', 'lora', 'worker']);
+    expect(discord.commands().map((c) => c.name).sort()).toEqual(['caption', 'concept', 'dataset', 'lora', 'settings', 'tags', 'train', 'worker']);
   });
 
   it('registers for one guild when asked, leaving the global ones alone', async () => {

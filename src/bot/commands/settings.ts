@@ -25,7 +25,8 @@ function settingsSubcommand(change?: (settings: GuildSettings, interaction: Chat
       }
       await interaction.editReply(
         `Trainer role: ${settings.trainerRoleId ? `<@&${settings.trainerRoleId}>` : 'none (Manage Server only)'} · ` +
-          `runs waiting or running at once: ${settings.maxQueuedPerMember} per member, ${settings.maxQueuedPerGuild} per server`,
+          `runs waiting or running at once: ${settings.maxQueuedPerMember} per member, ${settings.maxQueuedPerGuild} per server · ` +
+          `GPUs may be lent (\`/worker add\`) by ${settings.membersMayLend ? 'any member' : 'Manage Server only'}`,
       );
     },
   };
@@ -42,6 +43,9 @@ export const settingsCommand: SlashCommand = {
       settings.maxQueuedPerMember = interaction.options.getInteger('per-member') ?? settings.maxQueuedPerMember;
       settings.maxQueuedPerGuild = interaction.options.getInteger('per-server') ?? settings.maxQueuedPerGuild;
       if (settings.maxQueuedPerMember > settings.maxQueuedPerGuild) throw new UserError('The per-member limit cannot be above the per-server limit.');
+    }),
+    workers: settingsSubcommand((settings, interaction) => {
+      settings.membersMayLend = interaction.options.getBoolean('members-may-lend', true);
     }),
   },
 };

@@ -9,7 +9,7 @@ import {
 import { trainCommandData } from '../../../commands/train.ts';
 import { UserError } from '../../core/errors.ts';
 import type { RunOverrides } from '../../core/recipes.ts';
-import { JobName, sharedKeys } from '../../queues/contract.ts';
+import { JobName, sharedKeys, workersServing } from '../../queues/contract.ts';
 import { newId } from '../../store/dataset-store.ts';
 import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../worker/worker-registry.ts';
@@ -17,6 +17,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
 import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
+import { workersForGuild } from '../workers.ts';
 import { creditsFor, modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
 
 const PLAN_TTL_SECONDS = 3600;
@@ -246,14 +247,14 @@ async function status(interaction: ChatInputCommandInteraction, ctx: BotContext)
 async function queue(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const guildId = guildIdOf(interaction);
   const runs = (await ctx.runs.listForGuild(guildId, 100)).filter((r) => ACTIVE_STATUSES.includes(r.status)).reverse();
-  const workers = await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+  const workers = workersServing(await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX), guildId);
   const lines = [
     runs.length === 0 ? 'No runs waiting or running.' : `Runs (${runs.length}):`,
     ...runs.map((r) => `• ${describeRun(r)}`),
     workers.length === 0
       ? '⚠️ No training worker is online.'
       : `Workers: ${workers
-          .map((w) => `\`${w.id}\` (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${w.busyWith ? `, busy with \`${w.busyWith}\`` : ', idle'})`)
+          .map((w) => `${w.remote ? `**${w.remote.name}**` : `\`${w.id}\``} (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${w.busyWith ? `, busy with \`${w.busyWith}\`` : ', idle'})`)
           .join(' · ')}`,
   ];
   await interaction.editReply({ content: truncate(lines.join('\n'), 1900) });
@@ -298,7 +299,9 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
   if (focused.name === 'model') {
     const name = interaction.options.getString('dataset');
     const dataset = name ? await ctx.store.findDataset(interaction.guildId, name) : await ctx.store.datasetForThread(interaction.channelId);
-    const workers = await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX);
+    const workers = (await workersForGuild({ redis: ctx.redis, prefix: ctx.config.REDIS_PREFIX, workerStore: ctx.workers }, interaction.guildId))
+      .map((v) => v.info)
+      .filter((w): w is NonNullable<typeof w> => w !== null);
     const models = dataset ? modelsFor(workers, dataset.base) : [...new Set(workers.flatMap((w) => w.models.map((m) => m.file)))];
     return interaction.respond(models.filter((m) => m.toLowerCase().includes(typed)).slice(0, 25).map((m) => ({ name: m.slice(0, 100), value: m.slice(0, 100) })));
   }
