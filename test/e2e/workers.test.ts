@@ -117,6 +117,8 @@ describe('lending a GPU', () => {
     expect(await workerStore.listForGuild(world.discord.guildId)).toEqual([]);
     // Plain http is for tests and local networks, and only when the operator says so.
     await restartBot({ ALLOW_INSECURE_WORKER_HTTP: 'true' });
+    expect(await refusal(command('add', admin, { name: 'gaming-pc' }, MANAGE_GUILD))).toMatch(/not switched on.*DOWNLOAD_SECRET/);
+    await restartBot({ DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789' });
   });
 
   let aliceToken = '';

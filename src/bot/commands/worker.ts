@@ -22,14 +22,18 @@ const directory = (ctx: BotContext) => ({ redis: ctx.redis, prefix: ctx.config.R
 
 /**
  * Why GPUs elsewhere cannot be lent to this bot, or null when they can: a worker needs the bot's
- * public address, and its token must not cross the internet in clear.
+ * public address, its token must not cross the internet in clear, and the worker API must be on.
  */
-export function lendingRefusal(config: Pick<Config, 'PUBLIC_URL' | 'ALLOW_INSECURE_WORKER_HTTP'>): string | null {
+export function lendingRefusal(config: Pick<Config, 'PUBLIC_URL' | 'ALLOW_INSECURE_WORKER_HTTP' | 'DOWNLOAD_SECRET'>): string | null {
   if (!config.PUBLIC_URL) {
     return 'This bot has no public address yet, so a GPU elsewhere could not reach it. Ask whoever runs the bot to set `PUBLIC_URL` (an https address).';
   }
   if (new URL(config.PUBLIC_URL).protocol !== 'https:' && !config.ALLOW_INSECURE_WORKER_HTTP) {
     return 'This bot’s public address is not https, so a GPU’s token would cross the internet unprotected. Ask whoever runs the bot to put it behind HTTPS.';
+  }
+  if (!config.DOWNLOAD_SECRET) {
+    // The worker API signs the links a lent GPU downloads images with: without a secret it is off.
+    return 'Lending GPUs is not switched on for this bot yet. Ask whoever runs the bot to set `DOWNLOAD_SECRET`.';
   }
   return null;
 }
