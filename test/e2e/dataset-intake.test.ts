@@ -313,7 +313,7 @@ describe('/dataset show and list', () => {
 
 describe('/settings', () => {
   const MANAGE_GUILD = String(1n << 5n);
-  async function settings(subcommand: string, options: Record<string, number> = {}, permissions = MANAGE_GUILD) {
+  async function settings(subcommand: string, options: Record<string, number | boolean> = {}, permissions = MANAGE_GUILD) {
     const h = world.discord.sendCommand({ name: 'settings', subcommand, user: carol, permissions, options });
     expect((await h.callback()).json).toMatchObject({ type: 5, data: { flags: 64 } });
     await h.waitForEdit();
@@ -321,15 +321,24 @@ describe('/settings', () => {
   }
 
   it('shows and changes the queue limits, refusing a member limit above the server limit', async () => {
-    expect(await settings('show')).toBe('Trainer role: none (Manage Server only) · runs waiting or running at once: 2 per member, 5 per server');
-    expect(await settings('limits', { 'per-member': 3, 'per-server': 4 })).toMatch(/3 per member, 4 per server$/);
+    expect(await settings('show')).toBe(
+      'Trainer role: none (Manage Server only) · runs waiting or running at once: 2 per member, 5 per server · GPUs may be lent (`/worker add`) by Manage Server only',
+    );
+    expect(await settings('limits', { 'per-member': 3, 'per-server': 4 })).toMatch(/3 per member, 4 per server · /);
     expect(await settings('limits', { 'per-member': 5 })).toBe('⚠️ The per-member limit cannot be above the per-server limit.');
-    expect(await settings('show')).toMatch(/3 per member, 4 per server$/);
+    expect(await settings('show')).toMatch(/3 per member, 4 per server · /);
+  });
+
+  it('says who may lend a GPU: Manage Server only by default, or any member', async () => {
+    expect(await settings('workers', { 'members-may-lend': true })).toMatch(/by any member$/);
+    expect(await settings('show')).toMatch(/by any member$/);
+    expect(await settings('workers', { 'members-may-lend': false })).toMatch(/by Manage Server only$/);
   });
 
   it('needs Manage Server', async () => {
     expect(await settings('limits', { 'per-member': 1 }, '0')).toBe('⚠️ Settings need Manage Server.');
-    expect(await settings('show')).toMatch(/3 per member, 4 per server$/);
+    expect(await settings('workers', { 'members-may-lend': true }, '0')).toBe('⚠️ Settings need Manage Server.');
+    expect(await settings('show')).toMatch(/3 per member, 4 per server · .*by Manage Server only$/);
   });
 });
 

@@ -145,7 +145,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
           .map(({ job, position }) => `#${position} \`${job.id}\` (${job.data.datasetName})`)
           .join(' · ')}${ours.length > 10 ? ` · and ${ours.length - 10} more` : ''}`,
   ];
-  await interaction.editReply({ content: truncate(lines.join('\n'), 2000), allowedMentions: { parse: [] } });
+  await interaction.editReply({ content: truncate(lines.join('\n'), 2000) });
 }
 
 async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
