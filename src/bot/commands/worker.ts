@@ -42,7 +42,7 @@ export function lendingRefusal(config: Pick<Config, 'PUBLIC_URL' | 'ALLOW_INSECU
 export function workerInstructions(publicUrl: string, token: string): string {
   const url = publicUrl.replace(/\/+$/, '');
   return [
-    'On the machine with the GPU (Linux, or Windows with WSL), in a LoRA Guild folder with sd-scripts installed:',
+    'On the machine with the GPU (Linux, or Windows with WSL), in a copy of LoRA Guild, with sd-scripts’ Python environment active:',
     '```sh',
     `LORA_GUILD_URL=${url} WORKER_TOKEN=${token} WORKER_QUEUES=training MODELS_DIR=~/models SD_SCRIPTS_DIR=~/sd-scripts npm run worker`,
     '```',
