@@ -39,6 +39,11 @@ export interface LoraInfo {
   /** Training resolution (square side), e.g. 512 or 1024. */
   resolution: number;
   base: LoraBase;
+  /**
+   * Optimizer steps trained up to this file, a resume's earlier steps included: written as
+   * `ss_steps`, which sd-scripts counts from 0 again in a resumed process.
+   */
+  steps?: number;
 }
 
 /** The `loraguild.*` keys this module writes (the JSON ones hold JSON text). */
@@ -122,6 +127,7 @@ function checkInfo(info: LoraInfo): void {
   if (info.epoch !== 'final' && !(Number.isSafeInteger(info.epoch) && info.epoch >= 0)) throw new TypeError('epoch must be a number or "final"');
   if (!Number.isSafeInteger(info.resolution) || info.resolution <= 0) throw new TypeError('resolution must be a positive integer');
   if (!isBaseFamily(info.base)) throw new TypeError('base must be a known base family');
+  if (info.steps !== undefined && !(Number.isSafeInteger(info.steps) && info.steps > 0)) throw new TypeError('steps must be a positive integer');
 }
 
 /** The trigger words, trimmed, without empties or repeats (first occurrence wins). */
@@ -155,6 +161,7 @@ export function buildLoraMetadata(existing: Readonly<Record<string, string>>, in
 
   out.sshs_model_hash = modelHash;
   out.ss_tag_frequency = jsonAscii(info.tagFrequency);
+  if (info.steps !== undefined) out.ss_steps = String(info.steps);
 
   setIfMissing('modelspec.sai_model_spec', '1.0.1');
   setIfMissing('modelspec.architecture', ARCHITECTURE[info.base]);

@@ -31,6 +31,7 @@ import { baseModelProblem } from '../queues/train-payload.ts';
 import type { RunHost } from './run-host.ts';
 import { stageDataset, StagingError, type StageConcept } from './staging.ts';
 import { killStaleTrainers, TrainerProcess, trainerCommand, trainerEnv, type TrainerExit } from './trainer-process.ts';
+import { TrainerErrors } from './trainer-failure.ts';
 
 export interface TrainingRunDeps {
   config: Config;
@@ -135,7 +136,7 @@ export class TrainingRun {
   private trainer: TrainerProcess | null = null;
   private stopReason: StopReason | null = null;
   private nanStep: number | null = null;
-  private lastError: string | null = null;
+  private readonly errors = new TrainerErrors();
   /** Serialises event sending and epoch work, so events go out in order. */
   private chain: Promise<void> = Promise.resolve();
   private chainError: unknown = null;
@@ -537,7 +538,7 @@ export class TrainingRun {
         }
         return;
       case 'error':
-        this.lastError = event.message ? `${event.exception}: ${event.message}` : event.exception;
+        this.errors.add(event);
         return;
       default:
         return;
@@ -561,8 +562,7 @@ export class TrainingRun {
     if (exit.code === 0 && (await validCheckpoint(this.finalFile))) return this.finish();
     await this.reportSavedEpochs();
     let reason: string;
-    if (exit.signal !== null) reason = `the trainer was killed by ${exit.signal}${exit.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`;
-    else if (exit.code !== 0) reason = `the trainer exited with code ${exit.code ?? '?'}${this.lastError ? `: ${this.lastError}` : ''}`;
+    if (exit.signal !== null || exit.code !== 0) reason = this.errors.reason(exit);
     else reason = `the trainer exited without writing the final file ${this.payload.outputName}.safetensors`;
     throw new RunFailure(reason, tail);
   }

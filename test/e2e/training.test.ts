@@ -36,7 +36,9 @@ async function freePort(): Promise<number> {
 const WORKER_ENV = () => ({
   WORKER_QUEUES: 'training',
   WORKER_ID: 'gpu-test',
-  TRAINER_CMD: 'python3',
+  // As in production: the script runs under `accelerate launch` (its stand-in here); the trainer's
+  // working folder is the run folder, so the path is absolute.
+  TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
   SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
   MODELS_DIR: join(tmp, 'models'),
   TRAINING_STALLED_SECONDS: '2',
@@ -123,6 +125,11 @@ async function startRun(options: Record<string, string | number> = {}): Promise<
   return runId;
 }
 
+function safetensorsMetadata(file: Buffer): Record<string, string> {
+  const headerLength = Number(file.readBigUInt64LE(0));
+  return (JSON.parse(file.subarray(8, 8 + headerLength).toString('utf8')) as { __metadata__: Record<string, string> }).__metadata__;
+}
+
 function epochPosts(runId: string) {
   return threadMessages().filter((m) => m.content.includes(`of run \`${runId}\``) && m.content.startsWith('🖼️'));
 }
@@ -185,6 +192,7 @@ describe('a training run', () => {
     expect(meta['modelspec.trigger_phrase']).toBe('ohwx_hero');
     expect(JSON.parse(meta['loraguild.vote_winner']!)).toEqual({ epoch: 2, votes: 2 });
     expect(meta.sshs_model_hash).toBe(createHash('sha256').update(file.data.subarray(8 + headerLength)).digest('hex'));
+    expect(meta.ss_steps).toBe(String(2 * (await runs.get(runId))!.summary.stepsPerEpoch));
     expect(JSON.parse(meta.ss_tag_frequency!)).toHaveProperty([Object.keys(JSON.parse(meta.ss_tag_frequency!) as object)[0]!, 'smile']);
   });
 
@@ -234,6 +242,14 @@ describe('a training run', () => {
     // One status message for the whole run, resumed or not, showing how it ended.
     const statuses = threadMessages().filter((m) => m.content.includes(`Run \`${id}\``) && (m.content.startsWith('🏋️') || m.content.startsWith('⏳') || /finished in \d+ s\.$/.test(m.content)));
     expect(statuses.map((m) => m.content)).toEqual([expect.stringMatching(/^✅ Run .* finished in \d+ s\.$/)]);
+    // The resumed trainer counted its steps from 0 again; the delivered file counts the whole run.
+    const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: id } });
+    await done(fetch);
+    const meta = safetensorsMetadata(fetch.lastReply()!.attachments[0]!.data);
+    const { summary } = (await runs.get(id))!;
+    expect(summary.totalSteps).toBe(4 * summary.stepsPerEpoch);
+    expect(meta.ss_steps).toBe(String(summary.totalSteps));
+    expect(meta.ss_epoch).toBe('4');
   });
 
   it('loses nothing while the bot is down and Discord fails: every epoch is posted exactly once', async () => {
@@ -271,5 +287,19 @@ describe('a training run', () => {
     expect(epochPosts(id)).toHaveLength(2);
     // Once the run is over, nothing holds the file any more: the orphan sweep may take it.
     expect(await runs.isPinned(first.masterBlob)).toBe(false);
+  });
+
+  it("tells members the training script's own error, not the launcher's that follows it", async () => {
+    await world.killWorker('SIGTERM');
+    await world.spawnWorker({ ...WORKER_ENV(), STANDIN_CRASH_AT_STEP: '2' });
+    // The model is named: the new worker's first heartbeat may not be there yet.
+    const id = await startRun({ epochs: 2, model: 'base-sd15.safetensors' });
+    const failed = await until('the failure report', () => threadMessages().find((m) => m.content.startsWith(`❌ Run \`${id}\``) && m.content.includes('failed:')));
+    const [headline] = failed.content.split('\n');
+    expect(headline).toMatch(/failed: the trainer exited with code 1: torch\.OutOfMemoryError: CUDA out of memory/);
+    expect(headline).not.toContain('CalledProcessError');
+    // The log tail still shows both tracebacks for whoever debugs it.
+    expect(failed.content).toContain('CalledProcessError');
+    expect((await runs.get(id))?.status).toBe('failed');
   });
 });

@@ -21,6 +21,7 @@ import { planRun } from '../../src/core/plan.ts';
 import type { ResolvedRecipe } from '../../src/core/recipes.ts';
 import { resolveRecipe } from '../../src/core/recipes.ts';
 import { dataSectionSha256, readSafetensorsHeader, writeSafetensors } from '../../src/core/safetensors.ts';
+import { TrainerErrors } from '../../src/worker/trainer-failure.ts';
 
 const STANDIN_DIR = fileURLToPath(new URL('../fixtures/sd-scripts/', import.meta.url));
 const OUTPUT_NAME = 'zkchar-v1';
@@ -59,9 +60,11 @@ interface RunResult {
   tail: string[];
 }
 
-function runStandin(script: string, args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+/** `launcher`: run the script under the `accelerate launch` stand-in, as the worker does. */
+function runStandin(script: string, args: string[], env: Record<string, string> = {}, launcher = false): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn('python3', [join(STANDIN_DIR, script), ...args], {
+    const command = [...(launcher ? [join(STANDIN_DIR, 'accelerate_launch.py'), '--num_cpu_threads_per_process', '1'] : []), join(STANDIN_DIR, script), ...args];
+    const child = spawn('python3', command, {
       env: { ...process.env, PYTHONUNBUFFERED: '1', PYTHONIOENCODING: 'utf-8', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -288,7 +291,10 @@ describe('sd-scripts stand-in with the files of buildKohyaFiles', () => {
     expect(last).toMatchObject({ step: 2 * spe, total: s.plan.totalSteps });
     expect(2 * spe + (last?.step ?? 0)).toBe(s.plan.totalSteps);
     expect(of(r.events, 'checkpoint').map((c) => c.epoch ?? 'final')).toEqual([3, 'final']);
-    expect((await readSafetensorsHeader(join(s.out, `${OUTPUT_NAME}.safetensors`))).metadata.ss_epoch).toBe('4');
+    const finalMeta = (await readSafetensorsHeader(join(s.out, `${OUTPUT_NAME}.safetensors`))).metadata;
+    expect(finalMeta.ss_epoch).toBe('4');
+    // sd-scripts restarts its step counter on a resume: the file counts only the resumed steps
+    expect(finalMeta.ss_steps).toBe(String(2 * spe));
 
     const perEpoch = new Map<string, number>();
     for (const name of await readdir(join(s.out, 'sample'))) {
@@ -409,6 +415,31 @@ describe("the stand-in holds sd-scripts' rules", () => {
     expect(r.code).toBe(1);
     expect(of(r.events, 'error')[0]?.exception).toBe('AssertionError');
     expect(of(r.events, 'error')[0]?.message).toMatch(/cropping and bucketing are disabled|image size is small/);
+  });
+
+  it('under the accelerate launcher: the script\'s traceback, then the launcher\'s; the script\'s error is the reason', async () => {
+    const s = await stage('launched-bad-dataset', resolveRecipe('character', 'sd15', { epochs: 1 }));
+    await writeFile(s.files.paths.datasetToml, s.files.datasetToml.replace('[general]\n', '[general]\nshufle_caption = true\n'));
+    const r = await runStandin(s.files.script, [...s.files.args], {}, true);
+    expect(r.code).toBe(1);
+    const errors = of(r.events, 'error');
+    expect(errors.map((e) => e.exception)).toEqual(['voluptuous.error.MultipleInvalid', 'subprocess.CalledProcessError']);
+    expect(errors[1]?.message).toMatch(/^Command '\[.*train_network\.py.*\]' returned non-zero exit status 1\.$/);
+    const reasons = new TrainerErrors();
+    for (const e of errors) reasons.add(e);
+    expect(reasons.reason({ code: r.code, signal: r.signal })).toBe(
+      "the trainer exited with code 1: voluptuous.error.MultipleInvalid: extra keys not allowed @ data['general']['shufle_caption']",
+    );
+
+    const killed = await stage('launched-killed', resolveRecipe('quick', 'sd15'));
+    const k = await runStandin(killed.files.script, [...killed.files.args], { STANDIN_CRASH_AT_STEP: '3', STANDIN_CRASH_MODE: 'kill' }, true);
+    // The launcher outlives its script and exits 1, saying which signal killed it.
+    expect({ code: k.code, signal: k.signal }).toEqual({ code: 1, signal: null });
+    const launcherErrors = of(k.events, 'error');
+    expect(launcherErrors.map((e) => e.message)).toEqual([expect.stringMatching(/died with <Signals\.SIGKILL: 9>\.$/)]);
+    const killedReasons = new TrainerErrors();
+    for (const e of launcherErrors) killedReasons.add(e);
+    expect(killedReasons.reason({ code: k.code, signal: k.signal })).toBe('the trainer was killed by SIGKILL (out of memory?)');
   });
 
   it('exits 0 having done nothing when there is no dataset at all', async () => {

@@ -128,7 +128,8 @@ async function makeWorld(): Promise<World> {
     DATA_DIR: dataDir,
     MODELS_DIR: modelsDir,
     SD_SCRIPTS_DIR: STANDIN_DIR,
-    TRAINER_CMD: 'python3',
+    // As in production: the script runs under `accelerate launch` (its stand-in here).
+    TRAINER_CMD: `python3 ${join(STANDIN_DIR, 'accelerate_launch.py')} --num_cpu_threads_per_process 1`,
     WORKER_QUEUES: 'training',
     WORKER_HEARTBEAT_SECONDS: '1',
     TRAINING_STALLED_SECONDS: '2',
@@ -462,8 +463,10 @@ describe('training worker', () => {
     await world.add(payloadFor(world, runId));
     const failed = await world.waitForEvent((e) => e.kind === 'failed', 'failed');
     if (failed.kind !== 'failed') throw new Error('unreachable');
+    // The script's own error, not the launcher's CalledProcessError that ends the log.
     expect(failed.reason).toMatch(/^the trainer exited with code 1: torch\.OutOfMemoryError: CUDA out of memory/);
-    expect(failed.logTail.at(-1)).toMatch(/OutOfMemoryError/);
+    expect(failed.logTail.some((l) => l.startsWith('torch.OutOfMemoryError'))).toBe(true);
+    expect(failed.logTail.at(-1)).toMatch(/^subprocess\.CalledProcessError: .* returned non-zero exit status 1\.$/);
     expect(epochEvents((await world.read()).added).map((e) => e.epoch)).toEqual([1]);
   });
 

@@ -168,6 +168,15 @@ describe('enrichLoraMetadata', () => {
     expect(metadata.ss_network_dim).toBe('8');
   });
 
+  it('writes the steps of the whole run as ss_steps (a resumed sd-scripts counts only its own), and keeps the trainer\'s count otherwise', () => {
+    // 4 epochs × 100 steps, resumed after epoch 2: the resumed process wrote 200.
+    const resumed = { ...KOHYA_METADATA, ss_steps: '200' };
+    expect(buildLoraMetadata(resumed, { ...INFO, steps: 400 }, sha256('x')).ss_steps).toBe('400');
+    expect(buildLoraMetadata(resumed, INFO, sha256('x')).ss_steps).toBe('200');
+    expect(() => buildLoraMetadata(resumed, { ...INFO, steps: 0 }, sha256('x'))).toThrow(/steps/);
+    expect(() => buildLoraMetadata(resumed, { ...INFO, steps: 2.5 }, sha256('x'))).toThrow(/steps/);
+  });
+
   it('does not overwrite an existing architecture', () => {
     const meta = buildLoraMetadata({ 'modelspec.architecture': 'stable-diffusion-v2-512/lora' }, INFO, sha256('x'));
     expect(meta['modelspec.architecture']).toBe('stable-diffusion-v2-512/lora');

@@ -76,7 +76,9 @@ async function pick(ctx: BotContext, run: Run, choice: EpochChoice): Promise<{ e
 async function enriched(ctx: BotContext, run: Run, epoch: number, artifact: ArtifactRef): Promise<{ blob: string; bytes: number }> {
   const tally = await ctx.votes.tally(run.id);
   const winner = tally.best === null ? null : { epoch: tally.best, votes: tally.counts.get(tally.best) ?? 0 };
-  const cacheKey = `${ctx.config.REDIS_PREFIX}:run:${run.id}:enriched:${epoch}:${winner ? `${winner.epoch}.${winner.votes}` : 'none'}`;
+  // sd-scripts restarts its step count on a resume: the run's own count goes into the file.
+  const steps = Math.min(run.summary.totalSteps, epoch * run.summary.stepsPerEpoch);
+  const cacheKey = `${ctx.config.REDIS_PREFIX}:run:${run.id}:enriched:${epoch}:${steps}:${winner ? `${winner.epoch}.${winner.votes}` : 'none'}`;
   const cached = await ctx.redis.get(cacheKey);
   if (cached) {
     const ref = JSON.parse(cached) as { blob: string; bytes: number };
@@ -98,6 +100,7 @@ async function enriched(ctx: BotContext, run: Run, epoch: number, artifact: Arti
     epoch: epoch === run.summary.epochs ? 'final' : epoch,
     resolution: run.credits.resolution,
     base: run.credits.base,
+    steps,
     });
     const ref = await ctx.blobLock.run(async () => {
       const put = await ctx.blobs.putFile(dest, { move: true });
