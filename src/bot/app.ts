@@ -16,7 +16,7 @@ import { RedisLocks } from '../store/redis-lock.ts';
 import { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import { NoticeSender } from '../worker/notices.ts';
 import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
-import { captionFromUpload } from './captions.ts';
+import { recogniseUploadCaption } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
 import { startRunReporter } from './run-reporter.ts';
 import { TallyUpdater } from './tally.ts';
@@ -58,6 +58,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
 
   const store = new DatasetStore(redis, config.REDIS_PREFIX);
   const captions = new CaptionStore(redis, config.REDIS_PREFIX);
+  const sentences = new CaptionStore(redis, config.REDIS_PREFIX, 'sentences');
   const notices = new NoticeSender(queueConnection, config.REDIS_PREFIX);
   const blobs = new BlobStore(config.DATA_DIR);
   await blobs.init();
@@ -88,35 +89,33 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     locks,
     logger: logger.child({ unit: 'intake' }),
     onAccepted: async (dataset, nos, captioned) => {
-      // Captions that came with the images (a .txt in a zip) are kept; the rest is tagged.
-      const kept = await keepUploadCaptions(dataset, captioned);
-      const toTag = nos.filter((n) => !kept.includes(n));
-      if (toTag.length === 0) return;
+      // Captions that came with the images (a .txt in a zip) are kept as tags or as a sentence;
+      // the machines fill what the dataset's caption mode needs and is still missing.
+      await keepUploadCaptions(dataset, captioned);
       await taggingQueue.add(JobName.TagImages, {
         guildId: dataset.guildId,
         datasetId: dataset.id,
-        imageNos: toTag,
+        imageNos: nos,
         retag: false,
         requestedBy: 'intake',
       });
     },
   });
-  async function keepUploadCaptions(dataset: Dataset, nos: number[]): Promise<number[]> {
-    const kept: number[] = [];
+  async function keepUploadCaptions(dataset: Dataset, nos: number[]): Promise<void> {
     for (const img of await store.getImages(dataset.id, nos)) {
       const concept = await store.getConcept(dataset.id, img.concept);
-      const tags = captionFromUpload(img.initialCaption ?? '', [dataset.trigger, concept?.trigger ?? ''].filter(Boolean));
-      if (tags.length === 0) continue;
-      await captions.set(dataset.id, img.no, tags, { by: img.contributorId, source: 'upload' });
-      kept.push(img.no);
+      const found = recogniseUploadCaption(img.initialCaption ?? '', [dataset.trigger, concept?.trigger ?? ''].filter(Boolean));
+      if (!found) continue;
+      const meta = { by: img.contributorId, source: 'upload' as const };
+      if (found.track === 'tags') await captions.set(dataset.id, img.no, found.tags, meta);
+      else await sentences.set(dataset.id, img.no, [found.sentence], meta);
     }
-    return kept;
   }
   // Nothing the bot writes pings anyone: names in member text (and <@id> in ours) only display.
   const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL }, allowedMentions: { parse: [], repliedUser: false } });
   const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000 });
   const workers = new WorkerStore(redis, config.REDIS_PREFIX);
-  const ctx: BotContext = { config, logger, redis, store, captions, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers };
+  const ctx: BotContext = { config, logger, redis, store, captions, sentences, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -148,7 +147,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
 
   let tagging: { worker: Worker; service: TaggingService } | null = null;
   if (config.TAGGER_IN_BOT) {
-    tagging = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, queueConnection);
+    tagging = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, sentences, blobs, notices }, queueConnection);
   }
 
   // Remote workers (GPUs lent from anywhere) lease runs over HTTPS; their input links are signed.

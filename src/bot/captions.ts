@@ -1,3 +1,4 @@
+import { looksLikeSentence, normalizeSentence, stripLeadingTriggerPhrase, validateSentence } from '../core/caption-text.ts';
 import { MAX_CAPTION_CHARS, parseTags, stripLeadingTriggers, validateTag } from '../core/tag-ops.ts';
 
 /**
@@ -18,4 +19,24 @@ export function captionFromUpload(text: string, triggers: string[]): string[] {
     length += tag.length + 2;
   }
   return tags;
+}
+
+export type UploadCaption = { track: 'tags'; tags: string[] } | { track: 'sentences'; sentence: string };
+
+/**
+ * What a caption that arrived with an image is: a sentence (kept whole, leading triggers dropped)
+ * or a tag list (see `captionFromUpload`). Null when nothing usable is left.
+ */
+export function recogniseUploadCaption(text: string, triggers: string[]): UploadCaption | null {
+  if (looksLikeSentence(text)) {
+    const sentence = [...stripLeadingTriggerPhrase(normalizeSentence(text), triggers)].slice(0, MAX_CAPTION_CHARS - 200).join('');
+    try {
+      validateSentence(sentence);
+      return { track: 'sentences', sentence };
+    } catch {
+      return null;
+    }
+  }
+  const tags = captionFromUpload(text, triggers);
+  return tags.length > 0 ? { track: 'tags', tags } : null;
 }

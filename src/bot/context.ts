@@ -20,7 +20,10 @@ export interface BotContext {
   logger: Logger;
   redis: Redis;
   store: DatasetStore;
+  /** The tags of each image. */
   captions: CaptionStore;
+  /** The sentence of each image. */
+  sentences: CaptionStore;
   taggingQueue: Queue<TagImagesPayload>;
   trainingQueue: Queue<TrainRunPayload>;
   runs: RunStore;

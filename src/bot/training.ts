@@ -2,10 +2,12 @@ import { UserError } from '../core/errors.ts';
 import { computeDatasetHash } from '../core/lora-metadata.ts';
 import { planRun, type Plan } from '../core/plan.ts';
 import { resolveRecipe, RunOverridesSchema, type ResolvedRecipe, type RunOverrides } from '../core/recipes.ts';
+import { captionModeOf, composeForMode } from '../core/caption-text.ts';
 import { composeCaption } from '../core/tag-ops.ts';
 import type { TrainRunPayload, WorkerInfo } from '../queues/contract.ts';
 import { DEFAULT_CONCEPT, newId, type Dataset } from '../store/dataset-store.ts';
 import type { Run } from '../store/run-store.ts';
+import { sentenceOf, type CaptionVersion } from '../store/caption-store.ts';
 import type { BotContext } from './context.ts';
 import { listNos } from './reports.ts';
 import { trainerLabel, workersForGuild } from './workers.ts';
@@ -44,12 +46,18 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
 
   const images = await ctx.store.listImages(dataset.id);
   if (images.length === 0) throw new UserError(`**${dataset.name}** has no images yet: contribute with \`/dataset add\` first.`);
-  const captions = await ctx.captions.getMany(dataset.id, images.map((i) => i.no));
-  const untagged = images.filter((i) => !captions.has(i.no)).map((i) => i.no);
+  const mode = captionModeOf(dataset);
+  const nos = images.map((i) => i.no);
+  const captions = await ctx.captions.getMany(dataset.id, nos);
+  const sentences = mode === 'tags' ? new Map<number, CaptionVersion>() : await ctx.sentences.getMany(dataset.id, nos);
+  const needsTags = mode !== 'sentences';
+  const needsSentence = mode !== 'tags';
+  const untagged = images.filter((i) => (needsTags && !captions.has(i.no)) || (needsSentence && !sentences.has(i.no))).map((i) => i.no);
   if (untagged.length > 0) {
+    const what = needsTags ? (needsSentence ? 'tagged and described' : 'tagged') : 'described';
     throw new UserError(
-      `${untagged.length} image${untagged.length === 1 ? ' is' : 's are'} not tagged yet (${listNos(untagged)}). ` +
-        'Wait for tagging to finish, or run `/tags retag` for them.',
+      `${untagged.length} image${untagged.length === 1 ? ' is' : 's are'} not ${what} yet (${listNos(untagged)}). ` +
+        (needsTags && !needsSentence ? 'Wait for tagging to finish, or run `/tags retag` for them.' : 'Wait for captioning to finish.'),
     );
   }
 
@@ -98,8 +106,10 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
       ...(c.trigger ? { trigger: c.trigger } : {}),
       isMain: c.name === DEFAULT_CONCEPT,
       images: (byConcept.get(c.name) ?? []).map((img) => {
-        const tags = captions.get(img.no)?.tags ?? [];
-        const caption = composeCaption(dataset.trigger, c.trigger, tags);
+        const tags = captions.get(img.no)?.tags ?? null;
+        const sentence = sentences.get(img.no);
+        const caption =
+          composeForMode(mode, dataset.trigger, c.trigger, tags, sentence ? sentenceOf(sentence) : null) ?? composeCaption(dataset.trigger, c.trigger, []);
         payloadImages[String(img.no)] = { blob: img.masterBlob, caption };
         return { id: String(img.no), width: img.width, height: img.height, captioned: true, caption };
       }),

@@ -49,6 +49,14 @@ export const configSchema = z.object({
   HTTP_TRUST_PROXY_HOPS: int(0, 10).default(0),
   TAGGER_MODEL_DIR: z.string().min(1).optional(),
   TAGGER_MODEL_URL: z.url().default('https://huggingface.co/SmilingWolf/wd-vit-tagger-v3/resolve/main'),
+  /** A folder holding a Florence-2 ONNX export (config, tokenizer, onnx/*.onnx); nothing is downloaded then. */
+  CAPTIONER_MODEL_DIR: z.string().min(1).optional(),
+  /** Where the Florence-2 export is fetched from once, into DATA_DIR/models/captioner/. */
+  CAPTIONER_MODEL_URL: z.url().default('https://huggingface.co/onnx-community/Florence-2-base-ft/resolve/main'),
+  /** Images captioned per model call. */
+  CAPTIONER_BATCH: int(1, 64).default(4),
+  /** Cap on the words of one machine caption, in tokens. */
+  CAPTIONER_MAX_TOKENS: int(16, 1024).default(256),
   TRAINER_CMD: z.string().min(1).optional(),
   SD_SCRIPTS_DIR: z.string().min(1).default('./sd-scripts'),
   MODELS_DIR: z.string().min(1).default('./models'),

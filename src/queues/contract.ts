@@ -31,9 +31,11 @@ export interface TagImagesPayload {
   datasetId: string;
   /** Image numbers to tag. */
   imageNos: number[];
-  /** Tag even images that arrived with a caption (`/tags retag`). */
+  /** Tag even images that arrived with a caption (`/tags retag`); tags only. */
   retag: boolean;
   requestedBy: string;
+  /** What to fill where missing; absent: what the dataset's caption mode trains on. */
+  tracks?: ('tags' | 'sentences')[];
 }
 
 /** A message for a channel (a dataset's thread). The job id is its idempotency key. */

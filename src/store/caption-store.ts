@@ -1,11 +1,16 @@
 import type { Redis } from 'ioredis';
+import { normalizeSentence, validateSentence, type CaptionTrack } from '../core/caption-text.ts';
 import { UserError } from '../core/errors.ts';
 import { tidyTags, validateTags } from '../core/tag-ops.ts';
 import { newId } from './dataset-store.ts';
 import { keys, type Keys } from './keys.ts';
 
 /**
- * Versioned captions. A caption is the tag list of one image (triggers excluded: they are composed
+ * Versioned captions, one store per track (see caption-text.ts): `tags` keeps the tag list of each
+ * image, `sentences` its sentence (stored as a list of one string, so both tracks share the
+ * versions, undo and bulk edits below; read it with `sentenceOf`).
+ *
+ * The tags track: a caption is the tag list of one image (triggers excluded: they are composed
  * in front when the caption is written, see `composeCaption`).
  *
  * Key layout (all under the dataset's `${prefix}:ds:${id}:`):
@@ -15,6 +20,7 @@ import { keys, type Keys } from './keys.ts';
  *                         string as the `captions` field.
  * - `capbatches`    LIST  bulk edits (id, who, when, description, changed images), newest first,
  *                         at most `MAX_BULK_EDITS`.
+ * The sentences track uses `sentences`, `senthist:<no>` and `sentbatches` the same way.
  *
  * Undo marks the current version undone (it stays in the history, with who undid it and when) and
  * makes the previous version that is not undone current again; undoing twice goes back two
@@ -32,7 +38,7 @@ import { keys, type Keys } from './keys.ts';
  * finishing late cannot leave captions behind.
  */
 
-export type CaptionSource = 'tagger' | 'upload' | 'edit' | 'bulk' | 'undo';
+export type CaptionSource = 'tagger' | 'captioner' | 'upload' | 'edit' | 'bulk' | 'undo';
 
 export interface UndoMark {
   by: string;
@@ -43,7 +49,7 @@ export interface CaptionVersion {
   tags: string[];
   /** 1, 2, … per image; never reused. */
   version: number;
-  /** A user id, or 'tagger'. */
+  /** A user id, or 'tagger' / 'captioner'. */
   by: string;
   at: number;
   source: CaptionSource;
@@ -215,23 +221,71 @@ function parseVersion(json: string): CaptionVersion {
   return JSON.parse(json) as CaptionVersion;
 }
 
+/** The sentence of a version of the sentences track. */
+export function sentenceOf(version: Pick<CaptionVersion, 'tags'>): string {
+  return version.tags[0] ?? '';
+}
+
+interface TrackRules {
+  tidy(parts: readonly string[]): string[];
+  validate(parts: readonly string[]): void;
+  current(k: Keys, datasetId: string): string;
+  history(k: Keys, datasetId: string, no: number): string;
+  batches(k: Keys, datasetId: string): string;
+}
+
+const TRACKS: Record<CaptionTrack, TrackRules> = {
+  tags: {
+    tidy: tidyTags,
+    validate: validateTags,
+    current: (k, id) => k.captions(id),
+    history: (k, id, no) => k.captionHistory(id, no),
+    batches: (k, id) => k.captionBatches(id),
+  },
+  sentences: {
+    tidy: (parts) => {
+      const s = normalizeSentence(parts.join(' '));
+      return s === '' ? [] : [s];
+    },
+    validate: (parts) => validateSentence(parts[0] ?? ''),
+    current: (k, id) => k.sentences(id),
+    history: (k, id, no) => k.sentenceHistory(id, no),
+    batches: (k, id) => k.sentenceBatches(id),
+  },
+};
+
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 export class CaptionStore {
   readonly k: Keys;
+  private readonly rules: TrackRules;
 
   constructor(
     private readonly redis: Redis,
     prefix: string,
+    readonly track: CaptionTrack = 'tags',
   ) {
     this.k = keys(prefix);
+    this.rules = TRACKS[track];
+  }
+
+  private currentKey(datasetId: string): string {
+    return this.rules.current(this.k, datasetId);
+  }
+
+  private historyKey(datasetId: string, no: number): string {
+    return this.rules.history(this.k, datasetId, no);
+  }
+
+  private batchesKey(datasetId: string): string {
+    return this.rules.batches(this.k, datasetId);
   }
 
   /** The current caption of an image, or null when it has none. */
   async get(datasetId: string, no: number): Promise<CaptionVersion | null> {
-    const json = await this.redis.hget(this.k.captions(datasetId), String(no));
+    const json = await this.redis.hget(this.currentKey(datasetId), String(no));
     return json === null ? null : parseVersion(json);
   }
 
@@ -239,7 +293,7 @@ export class CaptionStore {
   async getMany(datasetId: string, nos: readonly number[]): Promise<Map<number, CaptionVersion>> {
     const out = new Map<number, CaptionVersion>();
     if (nos.length === 0) return out;
-    const jsons = await this.redis.hmget(this.k.captions(datasetId), ...nos.map(String));
+    const jsons = await this.redis.hmget(this.currentKey(datasetId), ...nos.map(String));
     jsons.forEach((json, i) => {
       if (json !== null) out.set(nos[i]!, parseVersion(json));
     });
@@ -249,7 +303,7 @@ export class CaptionStore {
   /** Kept versions of one image, newest first, undone ones included (marked). */
   async history(datasetId: string, no: number, limit = MAX_VERSIONS): Promise<CaptionVersion[]> {
     if (limit <= 0) return [];
-    const jsons = await this.redis.lrange(this.k.captionHistory(datasetId, no), 0, limit - 1);
+    const jsons = await this.redis.lrange(this.historyKey(datasetId, no), 0, limit - 1);
     return jsons.map(parseVersion);
   }
 
@@ -296,13 +350,13 @@ export class CaptionStore {
     meta: CaptionMeta,
     mode: 'any' | 'untagged' | 'version',
   ): Promise<[number, string]> {
-    const tidy = tidyTags(tags);
-    validateTags(tidy);
+    const tidy = this.rules.tidy(tags);
+    this.rules.validate(tidy);
     const result = (await this.redis.eval(
       SET_LUA,
       3,
-      this.k.captions(datasetId),
-      this.k.captionHistory(datasetId, no),
+      this.currentKey(datasetId),
+      this.historyKey(datasetId, no),
       this.k.image(datasetId, no),
       String(no),
       entryRest(tidy, meta.by, Date.now(), meta.source, null),
@@ -344,10 +398,10 @@ export class CaptionStore {
         let rest = '';
         const result = op([...cur.tags]);
         if (result !== null) {
-          const tags = tidyTags(result);
+          const tags = this.rules.tidy(result);
           if (!sameTags(tags, cur.tags)) {
             try {
-              validateTags(tags);
+              this.rules.validate(tags);
             } catch (err) {
               if (err instanceof UserError) throw new UserError(`Nothing was changed: on #${no}, ${lowerFirst(err.message)}`);
               throw err;
@@ -356,7 +410,7 @@ export class CaptionStore {
             changed.push(no);
           }
         }
-        histKeys.push(this.k.captionHistory(datasetId, no));
+        histKeys.push(this.historyKey(datasetId, no));
         items.push(String(no), String(cur.version), rest);
       }
       if (changed.length === 0) return { batchId, changed, skipped };
@@ -365,8 +419,8 @@ export class CaptionStore {
       const ok = await this.redis.eval(
         BULK_LUA,
         2 + histKeys.length,
-        this.k.captions(datasetId),
-        this.k.captionBatches(datasetId),
+        this.currentKey(datasetId),
+        this.batchesKey(datasetId),
         ...histKeys,
         JSON.stringify(record),
         String(MAX_VERSIONS),
@@ -390,8 +444,8 @@ export class CaptionStore {
     const json = (await this.redis.eval(
       UNDO_LUA,
       2,
-      this.k.captions(datasetId),
-      this.k.captionHistory(datasetId, no),
+      this.currentKey(datasetId),
+      this.historyKey(datasetId, no),
       String(no),
       undoMark(by),
     )) as string | null;
@@ -401,7 +455,7 @@ export class CaptionStore {
   /** Recorded bulk edits, newest first. */
   async listBulkEdits(datasetId: string, limit = 10): Promise<BulkEdit[]> {
     if (limit <= 0) return [];
-    const jsons = await this.redis.lrange(this.k.captionBatches(datasetId), 0, limit - 1);
+    const jsons = await this.redis.lrange(this.batchesKey(datasetId), 0, limit - 1);
     return jsons.map((j) => JSON.parse(j) as BulkEdit);
   }
 
@@ -417,9 +471,9 @@ export class CaptionStore {
       const result = (await this.redis.eval(
         UNDO_BULK_LUA,
         2 + batch.changed.length,
-        this.k.captions(datasetId),
-        this.k.captionBatches(datasetId),
-        ...batch.changed.map((no) => this.k.captionHistory(datasetId, no)),
+        this.currentKey(datasetId),
+        this.batchesKey(datasetId),
+        ...batch.changed.map((no) => this.historyKey(datasetId, no)),
         batch.id,
         undoMark(by),
         ...batch.changed.map(String),
@@ -440,24 +494,27 @@ export class CaptionStore {
     }
   }
 
-  /** Forgets the captions and history of removed images. */
+  /** Forgets the captions and history of removed images, on both tracks. */
   async deleteForImages(datasetId: string, nos: readonly number[]): Promise<void> {
     if (nos.length === 0) return;
-    await this.redis
-      .multi()
-      .hdel(this.k.captions(datasetId), ...nos.map(String))
-      .del(...nos.map((no) => this.k.captionHistory(datasetId, no)))
-      .exec();
+    const multi = this.redis.multi();
+    for (const rules of Object.values(TRACKS)) {
+      multi.hdel(rules.current(this.k, datasetId), ...nos.map(String)).del(...nos.map((no) => rules.history(this.k, datasetId, no)));
+    }
+    await multi.exec();
   }
 
-  /** Forgets every caption, version and bulk edit of a dataset. */
+  /** Forgets every caption, version and bulk edit of a dataset, on both tracks. */
   async deleteDataset(datasetId: string): Promise<void> {
-    const nos = (await this.redis.hkeys(this.k.captions(datasetId))).map(Number);
-    const CHUNK = 500;
-    for (let i = 0; i < nos.length; i += CHUNK) {
-      await this.redis.del(...nos.slice(i, i + CHUNK).map((no) => this.k.captionHistory(datasetId, no)));
+    for (const rules of Object.values(TRACKS)) {
+      const current = rules.current(this.k, datasetId);
+      const nos = (await this.redis.hkeys(current)).map(Number);
+      const CHUNK = 500;
+      for (let i = 0; i < nos.length; i += CHUNK) {
+        await this.redis.del(...nos.slice(i, i + CHUNK).map((no) => rules.history(this.k, datasetId, no)));
+      }
+      await this.redis.del(current, rules.batches(this.k, datasetId));
     }
-    await this.redis.del(this.k.captions(datasetId), this.k.captionBatches(datasetId));
   }
 }
 

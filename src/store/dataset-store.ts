@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { BaseFamily, Size } from '../core/buckets.ts';
+import type { CaptionMode } from '../core/caption-text.ts';
 import { UserError } from '../core/errors.ts';
 import { CAS_LUA, updateJsonRecord } from './json-record.ts';
 import { keys, type Keys } from './keys.ts';
@@ -22,6 +23,8 @@ export interface Dataset {
   createdAt: number;
   /** Tags the tagger leaves out for this dataset (compared after `_` → space). */
   undesiredTags?: string[];
+  /** What the trainer reads; absent: the default for the kind and base (see `captionModeOf`). */
+  captionMode?: CaptionMode;
 }
 
 export interface Concept {
@@ -158,7 +161,7 @@ export class DatasetStore {
   }
 
   /** Changes settings of a dataset (not its name, guild or owner). */
-  async updateDataset(id: string, patch: Partial<Pick<Dataset, 'undesiredTags'>>): Promise<Dataset | null> {
+  async updateDataset(id: string, patch: Partial<Pick<Dataset, 'undesiredTags' | 'captionMode'>>): Promise<Dataset | null> {
     return updateJsonRecord<Dataset>(this.redis, this.k.dataset(id), (ds) => ({ ...ds, ...patch }));
   }
 

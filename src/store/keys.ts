@@ -21,6 +21,9 @@ export function keys(p: string) {
     lock: (name: string) => `${p}:lock:${name}`,
     /** Which process handles a Discord event that every connected bot process receives. */
     eventClaim: (kind: string, id: string) => `${p}:claim:${kind}:${id}`,
+    sentences: (id: string) => `${p}:ds:${id}:sentences`,
+    sentenceHistory: (id: string, no: number) => `${p}:ds:${id}:senthist:${no}`,
+    sentenceBatches: (id: string) => `${p}:ds:${id}:sentbatches`,
   };
 }
 

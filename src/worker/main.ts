@@ -22,13 +22,14 @@ const blobs = new BlobStore(config.DATA_DIR);
 await blobs.init();
 const store = new DatasetStore(redis, config.REDIS_PREFIX);
 const captions = new CaptionStore(redis, config.REDIS_PREFIX);
+const sentences = new CaptionStore(redis, config.REDIS_PREFIX, 'sentences');
 const notices = new NoticeSender(redis, config.REDIS_PREFIX);
 
 const workers: Worker[] = [];
 const closers: (() => Promise<void>)[] = [];
 for (const queue of config.WORKER_QUEUES) {
   if (queue === 'tagging') {
-    const { worker, service } = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, blobs, notices }, redis);
+    const { worker, service } = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, sentences, blobs, notices }, redis);
     workers.push(worker);
     closers.push(() => service.close());
   } else if (queue === 'training') {

@@ -3,6 +3,9 @@ import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blob-store.ts';
 import type { Config } from '../core/config.ts';
 import type { Logger } from '../core/logger.ts';
+import { captionModeOf, tracksOf, type CaptionTrack } from '../core/caption-text.ts';
+import { ensureCaptionerModel } from '../core/captioner-model.ts';
+import { CaptionerImageError, CaptionerUnavailableError, loadCaptioner, type Captioner } from '../core/florence-captioner.ts';
 import { stripLeadingTriggers } from '../core/tag-ops.ts';
 import { ensureTaggerModel, TaggerUnavailableError } from '../core/tagger-model.ts';
 import { loadTagger, TaggerImageError, type Tagger, type TagResult } from '../core/wd14-tagger.ts';
@@ -16,6 +19,7 @@ export interface TaggingDeps {
   logger: Logger;
   store: DatasetStore;
   captions: CaptionStore;
+  sentences: CaptionStore;
   blobs: BlobStore;
   notices: NoticeSender;
 }
@@ -26,15 +30,112 @@ export interface TaggingResult {
   skipped: number[];
 }
 
+export interface DescribeResult {
+  described: number[];
+  /** Already described (kept), removed meanwhile, or unreadable. */
+  skipped: number[];
+}
+
 /**
- * Tags dataset images with the WD14 tagger. The model is loaded once, on first use; while it is
- * unavailable, jobs wait (delayed, not failed) and admins get one clear message in the logs.
+ * Captions dataset images by machine: tags with the WD14 tagger, sentences with the Florence-2
+ * captioner, each only where the dataset's caption mode needs it and the image has none yet. Each
+ * model is loaded once, on first use; while one is unavailable, jobs wait (delayed, not failed) and
+ * admins get one clear message in the logs.
  */
 export class TaggingService {
   private tagger: Promise<Tagger> | null = null;
   private lastProblem: string | null = null;
+  private captioner: Promise<Captioner> | null = null;
+  private lastCaptionerProblem: string | null = null;
 
   constructor(private readonly deps: TaggingDeps) {}
+
+  /** The tracks a job fills: `/tags retag` only tags; otherwise what the dataset's mode trains on. */
+  async tracksFor(payload: TagImagesPayload): Promise<CaptionTrack[]> {
+    if (payload.retag) return ['tags'];
+    if (payload.tracks) return payload.tracks;
+    const dataset = await this.deps.store.getDataset(payload.datasetId);
+    return dataset ? tracksOf(captionModeOf(dataset)) : [];
+  }
+
+  private async loadedCaptioner(): Promise<Captioner> {
+    if (!this.captioner) {
+      const { config } = this.deps;
+      this.captioner = ensureCaptionerModel({
+        modelDir: config.CAPTIONER_MODEL_DIR,
+        modelUrl: config.CAPTIONER_MODEL_URL,
+        dataDir: config.DATA_DIR,
+        logger: this.deps.logger,
+      }).then((dir) => loadCaptioner(dir, { maxNewTokens: config.CAPTIONER_MAX_TOKENS }));
+      this.captioner.catch(() => {
+        this.captioner = null;
+      });
+    }
+    const captioner = await this.captioner;
+    if (this.lastCaptionerProblem !== null) {
+      this.deps.logger.info({ model: captioner.info.modelDir }, 'captioner model available again');
+      this.lastCaptionerProblem = null;
+    }
+    return captioner;
+  }
+
+  /** Writes a sentence for every listed image that has none yet. */
+  async describeImages(payload: TagImagesPayload): Promise<DescribeResult> {
+    const { store, sentences } = this.deps;
+    const dataset = await store.getDataset(payload.datasetId);
+    if (!dataset || dataset.guildId !== payload.guildId) return { described: [], skipped: payload.imageNos };
+    const images = await store.getImages(dataset.id, payload.imageNos);
+    const current = await sentences.getMany(dataset.id, images.map((i) => i.no));
+    const todo = images.filter((i) => !current.has(i.no));
+    const skipped = payload.imageNos.filter((n) => !todo.some((i) => i.no === n));
+    if (todo.length === 0) return { described: [], skipped };
+
+    const captioner = await this.loadedCaptioner();
+    const described: number[] = [];
+    const batch = this.deps.config.CAPTIONER_BATCH;
+    for (let i = 0; i < todo.length; i += batch) {
+      const chunk = todo.slice(i, i + batch);
+      const texts = await this.describeAll(captioner, chunk);
+      for (const [j, img] of chunk.entries()) {
+        const text = texts[j];
+        if (!text) {
+          skipped.push(img.no);
+          continue;
+        }
+        const written = await sentences.setIfUntagged(dataset.id, img.no, [text], { by: 'captioner', source: 'captioner' });
+        (written.written ? described : skipped).push(img.no);
+      }
+    }
+    return { described, skipped: skipped.sort((a, b) => a - b) };
+  }
+
+  /** One batched call; an unreadable image is dropped (null) instead of failing the others. */
+  private async describeAll(captioner: Captioner, images: ImageRecord[]): Promise<(string | null)[]> {
+    const paths = images.map((i) => this.deps.blobs.path(i.masterBlob));
+    try {
+      return await captioner.caption(paths);
+    } catch (err) {
+      if (!(err instanceof CaptionerImageError)) throw err;
+      this.deps.logger.warn({ err }, 'an image could not be described; describing the others one by one');
+      const out: (string | null)[] = [];
+      for (const p of paths) {
+        try {
+          out.push((await captioner.caption([p]))[0] ?? null);
+        } catch (one) {
+          if (!(one instanceof CaptionerImageError)) throw one;
+          out.push(null);
+        }
+      }
+      return out;
+    }
+  }
+
+  /** Logs an unavailable captioner once per distinct problem (admin-facing). */
+  reportCaptionerUnavailable(err: CaptionerUnavailableError): void {
+    if (this.lastCaptionerProblem === err.message) return;
+    this.lastCaptionerProblem = err.message;
+    this.deps.logger.error({ err }, `captioner unavailable: ${err.message}. Captioning jobs wait until it is fixed.`);
+  }
 
   private async loadedTagger(): Promise<Tagger> {
     if (!this.tagger) {
@@ -127,8 +228,11 @@ export class TaggingService {
 
   async close(): Promise<void> {
     const t = this.tagger;
+    const c = this.captioner;
     this.tagger = null;
+    this.captioner = null;
     if (t) await (await t.catch(() => null))?.close();
+    if (c) await (await c.catch(() => null))?.close();
   }
 }
 
@@ -139,12 +243,23 @@ export function startTaggingWorker(deps: TaggingDeps, connection: Redis): { work
     QueueName.Tagging,
     async (job: Job<TagImagesPayload, TaggingResult>, token?: string) => {
       try {
-        const result = await service.tagImages(job.data);
-        if (result.tagged.length > 0) await announce(deps, job, result);
+        // Each part is announced as soon as it is done: when the other waits for its model, a
+        // retry finds the first part's images captioned and says nothing twice.
+        const tracks = await service.tracksFor(job.data);
+        let result: TaggingResult = { tagged: [], skipped: [] };
+        if (tracks.includes('tags')) {
+          result = await service.tagImages(job.data);
+          if (result.tagged.length > 0) await announce(deps, job, result);
+        }
+        if (tracks.includes('sentences')) {
+          const described = await service.describeImages(job.data);
+          if (described.described.length > 0) await announceDescribed(deps, job, described);
+        }
         return result;
       } catch (err) {
-        if (err instanceof TaggerUnavailableError) {
-          service.reportUnavailable(err);
+        if (err instanceof TaggerUnavailableError || err instanceof CaptionerUnavailableError) {
+          if (err instanceof TaggerUnavailableError) service.reportUnavailable(err);
+          else service.reportCaptionerUnavailable(err);
           await job.moveToDelayed(Date.now() + deps.config.TAGGER_RETRY_SECONDS * 1000, token);
           throw new DelayedError();
         }
@@ -168,4 +283,16 @@ async function announce(deps: TaggingDeps, job: Job<TagImagesPayload>, result: T
     `🏷️ Tagged ${n} image${n === 1 ? '' : 's'} of **${dataset.name}** (${range}). ` +
     'Review with `/tags top` and `/caption show`; prune with `/tags remove`.';
   await deps.notices.post(dataset.threadId ?? dataset.channelId, content, `tagged:${job.id ?? ''}:${nos.join(',')}`);
+}
+
+async function announceDescribed(deps: TaggingDeps, job: Job<TagImagesPayload>, result: DescribeResult) {
+  const dataset = await deps.store.getDataset(job.data.datasetId);
+  if (!dataset) return;
+  const nos = result.described;
+  const n = nos.length;
+  const range = n === 1 ? `#${nos[0]}` : `#${nos[0]}–#${nos[n - 1]}`;
+  const content =
+    `📝 Described ${n} image${n === 1 ? '' : 's'} of **${dataset.name}** in a sentence (${range}). ` +
+    'Read them with `/caption show`; change a word everywhere with `/caption replace`.';
+  await deps.notices.post(dataset.threadId ?? dataset.channelId, content, `described:${job.id ?? ''}:${nos.join(',')}`);
 }

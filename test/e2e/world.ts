@@ -94,6 +94,7 @@ export class World {
       // No network in tests: the tagger runs only where a test provides a local model.
       TAGGER_IN_BOT: opts.env?.TAGGER_MODEL_DIR ? 'true' : 'false',
       TAGGER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
+      CAPTIONER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
       ...opts.env,
     };
     return new World(redisServer, discord, dataDir, env);

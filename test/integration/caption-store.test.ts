@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
 import { addTags, changedOrNull, removeTags, replaceTag } from '../../src/core/tag-ops.ts';
-import { CaptionStore, MAX_VERSIONS, type CaptionVersion } from '../../src/store/caption-store.ts';
+import { CaptionStore, MAX_VERSIONS, sentenceOf, type CaptionVersion } from '../../src/store/caption-store.ts';
 import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
 import { imageFacts } from '../fixtures/image-facts.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
@@ -371,5 +371,35 @@ describe('deletion', () => {
     await captions.deleteDataset(ds);
     expect(await redis.keys(`${prefix}:ds:${ds}:cap*`)).toEqual([]);
     expect(tagsOf(await captions.get(keep, 1))).toEqual(['kept']);
+  });
+});
+
+describe('the sentences track', () => {
+  it('keeps one sentence per image beside its tags, versioned and undoable on its own', async () => {
+    const ds = await datasetWithImages(2);
+    const sentences = new CaptionStore(redis, prefix, 'sentences');
+    await captions.set(ds, 1, ['building', 'street'], tagger);
+    await sentences.set(ds, 1, ['A photo of an old\n street.'], { by: 'captioner', source: 'captioner' });
+    expect(sentenceOf((await sentences.get(ds, 1))!)).toBe('A photo of an old street.');
+    expect(tagsOf(await captions.get(ds, 1))).toEqual(['building', 'street']);
+
+    // The machine never overwrites a sentence that is there.
+    expect(await sentences.setIfUntagged(ds, 1, ['Something else.'], { by: 'captioner', source: 'captioner' })).toMatchObject({ written: false, reason: 'captioned' });
+    await expect(sentences.set(ds, 1, ['  '], edit())).rejects.toThrow(UserError);
+    await expect(sentences.set(ds, 1, ['a, b\u0007'], edit())).rejects.toThrow(/control character/);
+
+    const bulk = await sentences.applyBulk(ds, [1, 2], ([s]) => [s!.replace('old', 'narrow')], { by: 'u1', description: 'replaced old' });
+    expect(bulk).toMatchObject({ changed: [1], skipped: [2] });
+    expect(sentenceOf((await sentences.get(ds, 1))!)).toBe('A photo of a narrow street.'.replace('a narrow', 'an narrow'));
+    // A bulk edit of one track is not the other's to undo.
+    expect(await captions.undoLastBulk(ds, 'u1')).toBeNull();
+    expect(await sentences.undoLastBulk(ds, 'u1')).toMatchObject({ restored: [1] });
+    expect(sentenceOf((await sentences.get(ds, 1))!)).toBe('A photo of an old street.');
+
+    await captions.deleteForImages(ds, [1]);
+    expect(await sentences.get(ds, 1)).toBeNull();
+    await sentences.set(ds, 2, ['A second image.'], edit());
+    await captions.deleteDataset(ds);
+    expect(await redis.keys(`${prefix}:ds:${ds}:sent*`)).toEqual([]);
   });
 });

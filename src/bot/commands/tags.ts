@@ -7,6 +7,7 @@ import {
 } from 'discord.js';
 import { tagsCommandData } from '../../../commands/workshop.ts';
 import { parseImageSelection, validateConceptName } from '../../core/dataset-rules.ts';
+import { captionModeOf, phraseFrequencies } from '../../core/caption-text.ts';
 import { UserError } from '../../core/errors.ts';
 import {
   addTags,
@@ -20,6 +21,7 @@ import {
   validateTag,
 } from '../../core/tag-ops.ts';
 import { JobName } from '../../queues/contract.ts';
+import { sentenceOf } from '../../store/caption-store.ts';
 import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, requireEditor, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
@@ -65,26 +67,51 @@ async function top(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
   const concept = conceptOption(interaction);
   const images = await imagesInScope(ctx, dataset, concept);
-  const captions = await captionsOf(ctx, dataset, images);
-  const tagged = captions.filter((c): c is string[] => c !== null);
-  if (tagged.length === 0) {
-    await interaction.editReply(`No captions in ${scopeLabel(dataset, concept)} yet${images.length > 0 ? ': tagging may still be running' : ''}.`);
-    return;
+  const mode = captionModeOf(dataset);
+  const lines: string[] = [];
+  let prune: Awaited<ReturnType<typeof pruneOffer>> = null;
+  if (mode !== 'tags') lines.push(...(await topPhrases(ctx, dataset, concept, images)));
+  if (mode !== 'sentences') {
+    const captions = await captionsOf(ctx, dataset, images);
+    const tagged = captions.filter((c): c is string[] => c !== null);
+    if (tagged.length === 0) {
+      lines.push(`No tags in ${scopeLabel(dataset, concept)} yet${images.length > 0 ? ': tagging may still be running' : ''}.`);
+    } else {
+      const freq = tagFrequencies(tagged);
+      const pages = Math.max(1, Math.ceil(freq.length / TOP_PAGE_SIZE));
+      const page = Math.min(pages, interaction.options.getInteger('page') ?? 1);
+      const shown = freq.slice((page - 1) * TOP_PAGE_SIZE, page * TOP_PAGE_SIZE);
+      lines.push(
+        `Tags of ${scopeLabel(dataset, concept)}: ${tagged.length} captioned of ${images.length} images, ${freq.length} distinct tags` +
+          (pages > 1 ? ` · page ${page}/${pages}` : ''),
+        shown.map((f) => `\`${f.tag}\` ${f.count} (${Math.round(f.share * 100)}%)`).join(' · '),
+      );
+      const untagged = images.filter((_, i) => captions[i] === null).map((i) => i.no);
+      if (untagged.length > 0) lines.push(`Not tagged yet: ${listNos(untagged)}`);
+      prune = await pruneOffer(ctx, dataset, concept ?? 'main');
+      if (prune) lines.push(prune.text);
+    }
   }
-  const freq = tagFrequencies(tagged);
-  const pages = Math.max(1, Math.ceil(freq.length / TOP_PAGE_SIZE));
-  const page = Math.min(pages, interaction.options.getInteger('page') ?? 1);
-  const shown = freq.slice((page - 1) * TOP_PAGE_SIZE, page * TOP_PAGE_SIZE);
-  const lines = [
-    `Tags of ${scopeLabel(dataset, concept)}: ${tagged.length} captioned of ${images.length} images, ${freq.length} distinct tags` +
-      (pages > 1 ? ` · page ${page}/${pages}` : ''),
-    shown.map((f) => `\`${f.tag}\` ${f.count} (${Math.round(f.share * 100)}%)`).join(' · '),
-  ];
-  const untagged = images.filter((_, i) => captions[i] === null).map((i) => i.no);
-  if (untagged.length > 0) lines.push(`Not tagged yet: ${listNos(untagged)}`);
-  const prune = await pruneOffer(ctx, dataset, concept ?? 'main');
-  if (prune) lines.push(prune.text);
   await interaction.editReply({ content: truncate(lines.join('\n'), 1990), components: prune?.components ?? [] });
+}
+
+const TOP_PHRASES = 30;
+
+/** Frequent words and phrases of the sentences in scope (the workshop's `/tags top` for prose). */
+async function topPhrases(ctx: BotContext, dataset: Dataset, concept: string | null, images: ImageRecord[]): Promise<string[]> {
+  const map = await ctx.sentences.getMany(dataset.id, images.map((i) => i.no));
+  const texts = images.map((i) => map.get(i.no)).filter((v) => v !== undefined).map(sentenceOf);
+  if (texts.length === 0) {
+    return [`No sentences in ${scopeLabel(dataset, concept)} yet${images.length > 0 ? ': describing may still be running' : ''}.`];
+  }
+  const freq = phraseFrequencies(texts, texts.length >= 4 ? 2 : 1).slice(0, TOP_PHRASES);
+  const lines = [
+    `Words and phrases in the sentences of ${scopeLabel(dataset, concept)} (${texts.length} of ${images.length} images described):`,
+    freq.length > 0 ? freq.map((f) => `\`${f.phrase}\` ${f.count} (${Math.round(f.share * 100)}%)`).join(' · ') : 'No word comes back in two sentences.',
+  ];
+  const missing = images.filter((i) => !map.has(i.no)).map((i) => i.no);
+  if (missing.length > 0) lines.push(`Not described yet: ${listNos(missing)}`);
+  return lines;
 }
 
 /** Suggested pruning for a concept, with a one-click button (the list is kept for a day). */
