@@ -66,18 +66,49 @@ export const tagsCommandData = new SlashCommandBuilder()
   })
   .toJSON();
 
+const partOption = (s: SlashCommandSubcommandBuilder) =>
+  s.addStringOption((o) =>
+    o
+      .setName('part')
+      .setDescription('Tags or the sentence (default: what the dataset’s caption mode leads with)')
+      .addChoices({ name: 'tags', value: 'tags' }, { name: 'sentence', value: 'sentences' }),
+  );
+
 export const captionCommandData = new SlashCommandBuilder()
   .setName('caption')
-  .setDescription('The caption of one image')
+  .setDescription('Captions: one image, sentences across a dataset, and the caption mode')
   .setContexts(InteractionContextType.Guild)
-  .addSubcommand((s) => datasetOption(imageOption(s.setName('show').setDescription('The image and its caption'))))
-  .addSubcommand((s) => datasetOption(imageOption(s.setName('edit').setDescription('Edit a caption in a form'))))
+  .addSubcommand((s) => datasetOption(imageOption(s.setName('show').setDescription('The image, its sentence, its tags and what the trainer reads'))))
+  .addSubcommand((s) => datasetOption(partOption(imageOption(s.setName('edit').setDescription('Edit the tags or the sentence of an image in a form')))))
+  .addSubcommand((s) =>
+    datasetOption(
+      partOption(
+        s
+          .setName('undo')
+          .setDescription('Undo the last change of one image, or (without image) the last bulk edit')
+          .addIntegerOption((o) => o.setName('image').setDescription('Image number (leave out to undo the last bulk edit)').setMinValue(1)),
+      ),
+    ),
+  )
+  .addSubcommand((s) => {
+    s.setName('replace')
+      .setDescription('Replace a word or phrase in every sentence, e.g. street → alley')
+      .addStringOption((o) => o.setName('from').setDescription('Word or phrase to find (whole words, any case)').setRequired(true).setMaxLength(100))
+      .addStringOption((o) => o.setName('to').setDescription('What to write instead (leave out to remove it)').setMaxLength(100));
+    conceptOption(s);
+    return datasetOption(s);
+  })
   .addSubcommand((s) =>
     datasetOption(
       s
-        .setName('undo')
-        .setDescription('Undo the last change of one image, or (without image) the last bulk edit')
-        .addIntegerOption((o) => o.setName('image').setDescription('Image number (leave out to undo the last bulk edit)').setMinValue(1)),
+        .setName('mode')
+        .setDescription('What the trainer reads: tags, sentences, or both')
+        .addStringOption((o) =>
+          o
+            .setName('mode')
+            .setDescription('Leave out to see the current mode')
+            .addChoices({ name: 'tags', value: 'tags' }, { name: 'sentences', value: 'sentences' }, { name: 'both (sentence, then tags)', value: 'both' }),
+        ),
     ),
   )
   .toJSON();

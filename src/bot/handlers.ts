@@ -1,4 +1,4 @@
-import { captionCommand, captionEditModal } from './commands/caption.ts';
+import { captionCommand, captionEditModal, captionSentenceModal } from './commands/caption.ts';
 import { conceptCommand } from './commands/concept.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
 import { loraCommand } from './commands/lora.ts';
@@ -17,6 +17,7 @@ export const componentHandlers: ComponentHandler<unknown>[] = [
   showPageButtons,
   pruneButton,
   captionEditModal,
+  captionSentenceModal,
   startButton,
   voteButtonHandler,
   voteSelectHandler,
