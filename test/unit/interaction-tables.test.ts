@@ -1,7 +1,7 @@
 import { ApplicationCommandOptionType } from 'discord.js';
 import { describe, expect, it } from 'vitest';
 import { allCommandData } from '../../commands/all.ts';
-import { captionEditModal } from '../../src/bot/commands/caption.ts';
+import { captionEditModal, captionSentenceModal } from '../../src/bot/commands/caption.ts';
 import { showPageButtons } from '../../src/bot/commands/dataset.ts';
 import { pruneButton } from '../../src/bot/commands/tags.ts';
 import { startButton } from '../../src/bot/commands/train.ts';
@@ -18,6 +18,7 @@ const samples = [
   sample(showPageButtons, { datasetId: 'ds01abc', page: 12 }),
   sample(pruneButton, { suggestionId: 'p9x2kq' }),
   sample(captionEditModal, { datasetId: 'ds01abc', imageNo: 40, version: 0 }),
+  sample(captionSentenceModal, { datasetId: 'ds01abc', imageNo: 40, version: 7 }),
   sample(startButton, { planId: 'pl4n01' }),
   sample(voteButtonHandler, { runId: 'r0n1x', epoch: 3 }),
   sample(voteSelectHandler, { runId: 'r0n1x' }),
