@@ -41,6 +41,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     prefix: config.REDIS_PREFIX,
     workerId,
     modelsDir: config.MODELS_DIR,
+    diskDir: config.DATA_DIR,
     intervalSeconds: config.WORKER_HEARTBEAT_SECONDS,
     logger: log,
     ...(deps.gpu ? { gpu: deps.gpu } : {}),

@@ -5,8 +5,8 @@
  * choices). The key is removed on a clean shutdown.
  */
 import { execFile } from 'node:child_process';
-import { readdir, stat } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { readdir, stat, statfs } from 'node:fs/promises';
+import { hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger.ts';
@@ -19,6 +19,7 @@ type CompanionInfo = NonNullable<WorkerInfo['companions']>[number];
 type GpuInfo = WorkerInfo['gpu'];
 
 const MODEL_FILE = /\.(safetensors|ckpt)$/i;
+const MiB = 1024 * 1024;
 
 /** The family a checkpoint's file name announces, if any (`…XL…` → sdxl, `sd15`/`v1-5` → sd15). */
 export function baseFromFileName(file: string): ModelInfo['base'] {
@@ -123,6 +124,22 @@ export interface WorkerRegistryOptions {
   logger: Logger;
   /** Finds the GPU (default: nvidia-smi). */
   gpu?: () => Promise<GpuInfo>;
+  /** The folder whose free disk space the heartbeat reports (DATA_DIR, or a lent GPU's cache). */
+  diskDir?: string;
+}
+
+/** System memory, and the free space of the disk holding `diskDir` (omitted when it cannot be read). */
+export async function machineFacts(diskDir: string | undefined): Promise<Pick<WorkerInfo, 'ramMiB' | 'diskFreeMiB'>> {
+  const facts: Pick<WorkerInfo, 'ramMiB' | 'diskFreeMiB'> = { ramMiB: Math.round(totalmem() / MiB) };
+  if (diskDir !== undefined) {
+    try {
+      const fs = await statfs(diskDir);
+      facts.diskFreeMiB = Math.floor((fs.bavail * fs.bsize) / MiB);
+    } catch {
+      // Not there yet, or not readable: the heartbeat goes without it.
+    }
+  }
+  return facts;
 }
 
 export class WorkerRegistry {
@@ -163,6 +180,7 @@ export class WorkerRegistry {
       busyWith: this.#busyWith,
       startedAt: this.startedAt,
       at: Date.now(),
+      ...(await machineFacts(this.opts.diskDir)),
     };
   }
 

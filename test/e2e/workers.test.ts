@@ -219,8 +219,16 @@ describe('lending a GPU', () => {
     const post = world.discord.calls.find((c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('🚀'));
     expect(post?.json).toMatchObject({ allowed_mentions: { parse: [] } });
 
+    // The server's own worker is busy with a run of another server: neither its id nor its dataset shows.
+    await beat({ id: 'rack-1', gpu: { name: 'NVIDIA A100-SXM4-80GB', memoryMiB: 81920 }, models: [{ file: 'base-sd15.safetensors', base: 'sd15' }], busyWith: 'otherrun1' });
     const list = await done(command('list', alice));
     expect(list).toContain(`Training \`${runId}\` (hero, epoch 0/10)`);
+    expect(list).toContain('Training a run of another server');
+    const queue = await done(world.discord.sendCommand({ name: 'train', subcommand: 'queue', user: bob }));
+    expect(queue).toContain(`**gaming-pc** (NVIDIA GeForce RTX 4090, 24 GiB, busy with \`${runId}\`)`);
+    expect(queue).toContain('`rack-1` (NVIDIA A100-SXM4-80GB, 80 GiB, busy with another server’s run)');
+    expect(queue).not.toMatch(/otherrun1|elsewhere/);
+    await beat({ id: 'rack-1', gpu: { name: 'NVIDIA A100-SXM4-80GB', memoryMiB: 81920 }, models: [{ file: 'base-sd15.safetensors', base: 'sd15' }] });
   });
 
   it('still offers an offline GPU’s models, marked offline', async () => {

@@ -6,8 +6,8 @@
  * add would show as BullMQ's `duplicated` event.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Job, Queue } from 'bullmq';
@@ -596,6 +596,10 @@ describe('training worker', () => {
     const key = sharedKeys.worker(world.prefix, 'gpu-box-1');
     const info = await waitFor('heartbeat', async () => (await listWorkers(conn, world.prefix))[0]);
     expect(info).toMatchObject({ id: 'gpu-box-1', gpu: null, busyWith: null });
+    // System memory, and the free space of the disk DATA_DIR is on.
+    expect(info.ramMiB).toBe(Math.round(totalmem() / 2 ** 20));
+    const disk = await statfs(world.dataDir);
+    expect(Math.abs(info.diskFreeMiB! - (disk.bavail * disk.bsize) / 2 ** 20)).toBeLessThan(1024);
     expect(info.models).toEqual([
       { file: 'mystery.ckpt', base: null },
       { file: 'ponyDiffusionV6XL.safetensors', base: 'sdxl' },

@@ -248,13 +248,16 @@ async function queue(interaction: ChatInputCommandInteraction, ctx: BotContext) 
   const guildId = guildIdOf(interaction);
   const runs = (await ctx.runs.listForGuild(guildId, 100)).filter((r) => ACTIVE_STATUSES.includes(r.status)).reverse();
   const workers = workersServing(await listWorkers(ctx.redis, ctx.config.REDIS_PREFIX), guildId);
+  // A worker serving every server may be busy with another server's run: its id is not shown here.
+  const ours = new Set(runs.map((r) => r.id));
+  const busyText = (runId: string | null) => (runId === null ? ', idle' : ours.has(runId) ? `, busy with \`${runId}\`` : ', busy with another server’s run');
   const lines = [
     runs.length === 0 ? 'No runs waiting or running.' : `Runs (${runs.length}):`,
     ...runs.map((r) => `• ${describeRun(r)}`),
     workers.length === 0
       ? '⚠️ No training worker is online.'
       : `Workers: ${workers
-          .map((w) => `${w.remote ? `**${w.remote.name}**` : `\`${w.id}\``} (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${w.busyWith ? `, busy with \`${w.busyWith}\`` : ', idle'})`)
+          .map((w) => `${w.remote ? `**${w.remote.name}**` : `\`${w.id}\``} (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${busyText(w.busyWith)})`)
           .join(' · ')}`,
   ];
   await interaction.editReply({ content: truncate(lines.join('\n'), 1900) });
