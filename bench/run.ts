@@ -1,4 +1,5 @@
 /** `npm run bench`: every benchmark in turn; each prints its own numbers. */
+import { benchCaptioning } from './captioning.ts';
 import { benchDownload } from './download.ts';
 import { benchIntakeLoad } from './intake-load.ts';
 import { benchNormalize } from './normalize.ts';
@@ -9,6 +10,7 @@ const benches: [string, () => Promise<void>][] = [
   ['normalisation', benchNormalize],
   ['intake under load', benchIntakeLoad],
   ['tagging', benchTagging],
+  ['captioning', benchCaptioning],
   ['training', benchTraining],
   ['download', benchDownload],
 ];
