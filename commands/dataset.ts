@@ -1,4 +1,5 @@
 import { InteractionContextType, SlashCommandBuilder } from 'discord.js';
+import { BASE_FAMILIES, familyLabel } from '../src/core/model-family.ts';
 
 export const IMAGE_OPTION_COUNT = 10;
 
@@ -31,12 +32,12 @@ const builder = new SlashCommandBuilder()
           .setName('base')
           .setDescription('Base model family')
           .setRequired(true)
-          .addChoices({ name: 'SD 1.5', value: 'sd15' }, { name: 'SDXL', value: 'sdxl' }),
+          .addChoices(...BASE_FAMILIES.map((f) => ({ name: familyLabel(f), value: f }))),
       )
       .addIntegerOption((o) =>
         o
           .setName('resolution')
-          .setDescription('Training resolution (default 512 for SD 1.5, 1024 for SDXL)')
+          .setDescription('Training resolution (default 512 for SD 1.5, 1024 for the others)')
           .setMinValue(256)
           .setMaxValue(2048),
       ),

@@ -1,5 +1,5 @@
 import { InteractionContextType, PermissionFlagsBits, SlashCommandBuilder } from 'discord.js';
-import { OPTIMIZERS, RECIPE_NAMES } from '../src/core/recipes.ts';
+import { NETWORK_LABELS, NETWORK_TYPES, OPTIMIZERS, RECIPE_NAMES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
 
 export const trainCommandData = new SlashCommandBuilder()
   .setName('train')
@@ -13,7 +13,7 @@ export const trainCommandData = new SlashCommandBuilder()
       .addStringOption((o) =>
         o
           .setName('recipe')
-          .setDescription('Training recipe (default: character)')
+          .setDescription('Training recipe (default: the one for the dataset’s kind)')
           .addChoices(...RECIPE_NAMES.map((r) => ({ name: r, value: r }))),
       )
       .addStringOption((o) => o.setName('model').setDescription('Base checkpoint (offered by the training workers)').setAutocomplete(true).setMaxLength(200))
@@ -30,7 +30,19 @@ export const trainCommandData = new SlashCommandBuilder()
       .addIntegerOption((o) => o.setName('resolution').setDescription('Resolution, multiple of 64 (256–2048)').setMinValue(256).setMaxValue(2048))
       .addIntegerOption((o) => o.setName('batch').setDescription('Batch size (1–16)').setMinValue(1).setMaxValue(16))
       .addIntegerOption((o) => o.setName('seed').setDescription('Seed').setMinValue(0).setMaxValue(4294967295))
-      .addBooleanOption((o) => o.setName('flip').setDescription('Mirror images (only for symmetric subjects)')),
+      .addBooleanOption((o) => o.setName('flip').setDescription('Mirror images (only for symmetric subjects)'))
+      .addStringOption((o) =>
+        o
+          .setName('network')
+          .setDescription('Network type (default LoRA; LyCORIS types and DoRA for SD 1.5/SDXL)')
+          .addChoices(...NETWORK_TYPES.map((n) => ({ name: NETWORK_LABELS[n], value: n }))),
+      )
+      .addStringOption((o) =>
+        o
+          .setName('vram')
+          .setDescription('FLUX.1/Chroma memory preset (default: the largest the worker’s GPU fits)')
+          .addChoices(...VRAM_PRESETS.map((p) => ({ name: VRAM_PRESET_INFO[p].label, value: p }))),
+      ),
   )
   .addSubcommand((s) =>
     s

@@ -1,4 +1,5 @@
 import { AttachmentBuilder } from 'discord.js';
+import { familyLabel } from '../core/model-family.ts';
 import { bucketLabel } from '../core/buckets.ts';
 import { makeContactSheet } from '../core/image-sheets.ts';
 import type { Dataset, ImageRecord } from '../store/dataset-store.ts';
@@ -108,7 +109,7 @@ export function renderDatasetSummary({ dataset, images, concepts, captioned: wit
   const top = <K>(m: Map<K, number>) => [...m].sort((a, b) => b[1] - a[1]);
   const lines = [
     `**${dataset.name}** — ${dataset.kind} LoRA · trigger \`${dataset.trigger}\` · class \`${dataset.className}\` · ` +
-      `${dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5'} at ${dataset.resolution} px`,
+      `${familyLabel(dataset.base)} at ${dataset.resolution} px`,
     `Owner <@${dataset.ownerId}>${dataset.threadId ? ` · thread <#${dataset.threadId}>` : ''}`,
     `**${images.length}** image${images.length === 1 ? '' : 's'} from **${byContributor.size}** contributor${byContributor.size === 1 ? '' : 's'}` +
       (byContributor.size > 0

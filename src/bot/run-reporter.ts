@@ -4,6 +4,7 @@ import type { BlobStore } from '../core/blob-store.ts';
 import { formatBytes } from '../core/download.ts';
 import { stackRows } from '../core/image-sheets.ts';
 import type { Logger } from '../core/logger.ts';
+import { licenceNoteOf } from '../core/lora-metadata.ts';
 import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
 import type { Run, RunStore, VoteStore } from '../store/run-store.ts';
 import { truncate } from './reports.ts';
@@ -171,10 +172,12 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       await runs.releaseBlobs(run.id);
       if (await runs.eventDone(eventId)) return;
       await refreshStatus(deps, updated!, `${eventId}.status`, `✅ Run \`${run.id}\` of **${run.datasetName}** finished in ${duration(event.seconds)}.`);
+      const licence = await licenceNoteOf(deps.blobs.path(event.final.blob));
       await send(deps, updated!, eventId, {
         content:
           `✅ Run \`${run.id}\` of **${run.datasetName}** finished in ${duration(event.seconds)}: ` +
-          `\`${run.outputName}.safetensors\`, ${formatBytes(event.final.bytes)}, sha256 \`${event.final.sha256.slice(0, 16)}…\``,
+          `\`${run.outputName}.safetensors\`, ${formatBytes(event.final.bytes)}, sha256 \`${event.final.sha256.slice(0, 16)}…\`` +
+          (licence ? `\n⚖️ ${licence}` : ''),
       });
       await runs.markEventDone(eventId);
       await postSummary(deps, updated!, `${eventId}.summary`);

@@ -1,8 +1,19 @@
 import { UserError } from '../core/errors.ts';
 import { computeDatasetHash } from '../core/lora-metadata.ts';
 import { planRun, type Plan } from '../core/plan.ts';
-import { resolveRecipe, RunOverridesSchema, type ResolvedRecipe, type RunOverrides } from '../core/recipes.ts';
 import { captionModeOf, composeForMode } from '../core/caption-text.ts';
+import { FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily } from '../core/model-family.ts';
+import {
+  NETWORK_LABELS,
+  pickCompanions,
+  resolveRecipe,
+  ResolvedRecipeSchema,
+  RunOverridesSchema,
+  VRAM_PRESET_INFO,
+  type CompanionFiles,
+  type ResolvedRecipe,
+  type RunOverrides,
+} from '../core/recipes.ts';
 import { composeCaption } from '../core/tag-ops.ts';
 import type { TrainRunPayload, WorkerInfo } from '../queues/contract.ts';
 import { DEFAULT_CONCEPT, newId, type Dataset } from '../store/dataset-store.ts';
@@ -23,16 +34,53 @@ export interface PreparedRun {
   recipe: ResolvedRecipe;
   model: string;
   workers: WorkerInfo[];
+  /** The worker the memory preset and companion files were chosen for (null: none online). */
+  worker: { id: string; memoryMiB: number | null } | null;
   /** Problems that are not the planner's: no worker online, a model nobody has confirmed… */
   notes: string[];
   images: TrainRunPayload['images'];
 }
 
-/** Base checkpoints offered by live workers for a family. */
+/**
+ * Whether a checkpoint of family `found` (null: its header couldn't tell) can train a `wanted`
+ * dataset. v-prediction can't be seen in most SDXL files, so an SDXL v-pred dataset also takes
+ * plain SDXL checkpoints; a file marked v-pred never trains as epsilon SDXL. FLUX.1 and Chroma need
+ * a file whose header says so.
+ */
+export function modelFits(found: BaseFamily | null, wanted: BaseFamily): boolean {
+  if (found === null) return !isTransformerFamily(wanted);
+  return found === wanted || (wanted === 'sdxl-vpred' && found === 'sdxl');
+}
+
+/** Base checkpoints offered by live workers for a family (files marked with the family first). */
 export function modelsFor(workers: WorkerInfo[], base: Dataset['base']): string[] {
-  const files = new Set<string>();
-  for (const w of workers) for (const m of w.models) if (m.base === base || m.base === null) files.add(m.file);
-  return [...files].sort();
+  const exact = new Set<string>();
+  const other = new Set<string>();
+  for (const w of workers) {
+    for (const m of w.models) {
+      if (m.base === base) exact.add(m.file);
+      else if (modelFits(m.base, base)) other.add(m.file);
+    }
+  }
+  return [...[...exact].sort(), ...[...other].filter((f) => !exact.has(f)).sort()];
+}
+
+/** The plan's line on where and how the run trains: family, network, memory preset, text encoders. */
+export function describeSetup(prepared: PreparedRun): string {
+  const { recipe, worker } = prepared;
+  const parts = [`${familyLabel(recipe.base)}`, NETWORK_LABELS[recipe.network.type]];
+  const memory = recipe.memory;
+  if (memory.preset !== null) {
+    const preset = VRAM_PRESET_INFO[memory.preset];
+    const how = [memory.fp8Base ? 'fp8 base' : 'bf16 base', memory.blocksToSwap !== null ? `${memory.blocksToSwap} blocks swapped` : 'no block swap', `batch ${recipe.batchSize}`];
+    const gpu = worker?.memoryMiB ? ` for \`${worker.id}\` (${Math.round(worker.memoryMiB / 1024)} GB)` : '';
+    parts.push(`memory preset **${preset.label}** (${how.join(', ')})${gpu}`);
+  }
+  if (recipe.companions) {
+    const files = [recipe.companions.clip_l, recipe.companions.t5xxl, recipe.companions.ae].filter((f): f is string => f !== null);
+    parts.push(`with ${files.map((f) => `\`${f}\``).join(', ')}`);
+  }
+  return parts.join(' · ');
 }
 
 /**
@@ -42,7 +90,6 @@ export function modelsFor(workers: WorkerInfo[], base: Dataset['base']): string[
 export async function prepareRun(ctx: BotContext, dataset: Dataset, request: PlanRequest): Promise<PreparedRun> {
   const parsed = RunOverridesSchema.safeParse(request.overrides);
   if (!parsed.success) throw new UserError(parsed.error.issues.map((i) => i.message).join('; '));
-  const recipe = resolveRecipe(request.recipe, dataset.base, parsed.data);
 
   const images = await ctx.store.listImages(dataset.id);
   if (images.length === 0) throw new UserError(`**${dataset.name}** has no images yet: contribute with \`/dataset add\` first.`);
@@ -67,7 +114,7 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
   const known = views.filter((v) => v.info).map((v) => v.info!);
   const offered = modelsFor(online, dataset.base);
   const offeredOffline = modelsFor(known, dataset.base).filter((m) => !offered.includes(m));
-  const family = dataset.base === 'sdxl' ? 'SDXL' : 'SD 1.5';
+  const family = familyLabel(dataset.base);
   const notes: string[] = [];
   let model = request.model?.trim() || null;
   if (model !== null) {
@@ -95,6 +142,35 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
   }
   const workers = online;
 
+  // The workers that could take the run: they have the checkpoint (and FLUX's companion files).
+  const chosen = model;
+  const holders = workers.filter((w) => w.models.some((m) => m.file === chosen && modelFits(m.base, dataset.base)));
+  let recipe: ResolvedRecipe;
+  let worker: PreparedRun['worker'] = null;
+  if (FAMILY_INFO[dataset.base].companions.length > 0) {
+    if (holders.length === 0) {
+      throw new UserError(`${familyLabel(dataset.base)} runs are planned on a worker that is online: its text encoders and memory preset come from what it has. Start a worker with \`${chosen}\`, then plan again.`);
+    }
+    let companions: CompanionFiles | null = null;
+    let lastError: unknown = null;
+    for (const w of holders) {
+      try {
+        companions = pickCompanions(dataset.base, w.companions ?? [], holders.length === 1 ? `the worker \`${w.id}\`` : `any worker offering \`${chosen}\``);
+        worker = { id: w.id, memoryMiB: w.gpu?.memoryMiB ?? null };
+        break;
+      } catch (err) {
+        lastError = err;
+      }
+    }
+    if (companions === null) throw lastError instanceof Error ? lastError : new UserError('No worker has the files this family needs.');
+    const resolved = resolveRecipe(request.recipe, dataset.base, parsed.data, { vramMiB: worker?.memoryMiB ?? null, ...(worker ? { workerName: worker.id } : {}) });
+    recipe = ResolvedRecipeSchema.parse({ ...resolved, companions });
+  } else {
+    const first = holders[0];
+    if (first) worker = { id: first.id, memoryMiB: first.gpu?.memoryMiB ?? null };
+    recipe = resolveRecipe(request.recipe, dataset.base, parsed.data);
+  }
+
   const concepts = await ctx.store.getConcepts(dataset.id);
   const byConcept = new Map<string, typeof images>();
   for (const img of images) byConcept.set(img.concept, [...(byConcept.get(img.concept) ?? []), img]);
@@ -115,7 +191,7 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
       }),
     }));
   const plan = planRun({ base: dataset.base, trigger: dataset.trigger, className: dataset.className, concepts: planConcepts, recipe });
-  return { plan, recipe, model, workers, notes, images: payloadImages };
+  return { plan, recipe, model, workers, worker, notes, images: payloadImages };
 }
 
 /** Credits and dataset facts for a run's metadata, from what is being trained. */

@@ -93,6 +93,15 @@ export const BASE_MODEL_VERSION: Record<LoraBase, string> = {
   chroma: 'chroma',
 };
 
+/** The licence note of a LoRA file on disk (read from its header); null when none or unreadable. */
+export async function licenceNoteOf(path: string): Promise<string | null> {
+  try {
+    return licenceNote((await readSafetensorsHeader(path)).metadata);
+  } catch {
+    return null;
+  }
+}
+
 /** The licence note a delivered LoRA needs, from its metadata; null when none. */
 export function licenceNote(metadata: Readonly<Record<string, string>>): string | null {
   const arch = metadata['modelspec.architecture'] ?? '';

@@ -853,7 +853,7 @@ export function pickCompanions(base: BaseFamily, available: readonly { file: str
   if (missing.length > 0) {
     const labels = missing.map((k) => `\`${k}\``);
     throw new UserError(
-      `${familyLabel(base)} also needs ${labels.join(' and ')} (${missing.map((k) => COMPANION_LABELS_SHORT[k]).join(', ')}), which ${where} doesn't have. Put the file${missing.length === 1 ? '' : 's'} in the worker's models folder.`,
+      `${familyLabel(base)} also needs ${labels.join(' and ')} (${missing.map((k) => COMPANION_LABELS_SHORT[k]).join(', ')}), and ${missing.length === 1 ? 'it is' : 'they are'} not in the models folder of ${where}.`,
     );
   }
   return picked;

@@ -251,8 +251,8 @@ describe('companions', () => {
     expect(pickCompanions('flux1', COMPANIONS, 'w')).toEqual({ clip_l: 'clip_l.safetensors', t5xxl: 't5xxl_fp16.safetensors', ae: 'ae.safetensors' });
     expect(pickCompanions('chroma', COMPANIONS, 'w')).toEqual({ clip_l: null, t5xxl: 't5xxl_fp16.safetensors', ae: 'ae.safetensors' });
     expect(pickCompanions('sdxl', [], 'w')).toBeNull();
-    expect(userError(() => pickCompanions('flux1', COMPANIONS.filter((c) => c.kind !== 't5xxl'), 'any worker with flux1-dev.safetensors'))).toBe(
-      "FLUX.1 also needs `t5xxl` (the T5-XXL text encoder), which any worker with flux1-dev.safetensors doesn't have. Put the file in the worker's models folder.",
+    expect(userError(() => pickCompanions('flux1', COMPANIONS.filter((c) => c.kind !== 't5xxl'), 'any worker offering `flux1-dev.safetensors`'))).toBe(
+      'FLUX.1 also needs `t5xxl` (the T5-XXL text encoder), and it is not in the models folder of any worker offering `flux1-dev.safetensors`.',
     );
     expect(userError(() => pickCompanions('chroma', [], 'w'))).toMatch(/`t5xxl` and `ae`/);
   });

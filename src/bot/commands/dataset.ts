@@ -19,6 +19,7 @@ import {
   validateTrigger,
 } from '../../core/dataset-rules.ts';
 import { UserError } from '../../core/errors.ts';
+import { BASE_FAMILIES, familyLabel, isBaseFamily } from '../../core/model-family.ts';
 import { makeContactSheet } from '../../core/image-sheets.ts';
 import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
@@ -42,7 +43,7 @@ async function create(interaction: ChatInputCommandInteraction, ctx: BotContext)
   const kind = interaction.options.getString('kind', true) as DatasetKind;
   const base = interaction.options.getString('base', true);
   if (!['character', 'style', 'concept'].includes(kind)) throw new UserError('Kind must be character, style or concept.');
-  if (base !== 'sd15' && base !== 'sdxl') throw new UserError('Base must be SD 1.5 or SDXL.');
+  if (!isBaseFamily(base)) throw new UserError(`Base must be one of ${BASE_FAMILIES.map(familyLabel).join(', ')}.`);
   const resolution = validateResolution(interaction.options.getInteger('resolution'), base);
 
   const channel = interaction.channel;
@@ -77,7 +78,7 @@ async function create(interaction: ChatInputCommandInteraction, ctx: BotContext)
       await ctx.store.setThread(dataset.id, thread.id);
       await thread.send({
         content:
-          `**${name}** — a ${kind} LoRA for ${base === 'sdxl' ? 'SDXL' : 'SD 1.5'} at ${resolution} px, trigger \`${trigger}\`, class \`${className}\`.\n` +
+          `**${name}** — a ${kind} LoRA for ${familyLabel(base)} at ${resolution} px, trigger \`${trigger}\`, class \`${className}\`.\n` +
           `Contribute with \`/dataset add\` here (up to 10 images or a zip at a time)` +
           (ctx.config.DISCORD_MESSAGE_CONTENT ? ', or just post images in this thread.' : '.') +
           ` Withdraw yours any time with \`/dataset remove images:mine\`.`,
@@ -89,7 +90,7 @@ async function create(interaction: ChatInputCommandInteraction, ctx: BotContext)
     }
   }
   await interaction.editReply({
-    content: `Created dataset **${name}** (${kind}, ${base === 'sdxl' ? 'SDXL' : 'SD 1.5'}, ${resolution} px, trigger \`${trigger}\`).${threadNote}`,
+    content: `Created dataset **${name}** (${kind}, ${familyLabel(base)}, ${resolution} px, trigger \`${trigger}\`).${threadNote}`,
   });
 }
 
@@ -170,7 +171,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const counts = await Promise.all(datasets.map((d) => ctx.store.imageCount(d.id)));
   const lines = datasets.map(
     (d, i) =>
-      `**${d.name}** · ${d.kind} · ${d.base === 'sdxl' ? 'SDXL' : 'SD 1.5'} ${d.resolution} px · ${counts[i]} image${counts[i] === 1 ? '' : 's'} · owner <@${d.ownerId}>` +
+      `**${d.name}** · ${d.kind} · ${familyLabel(d.base)} ${d.resolution} px · ${counts[i]} image${counts[i] === 1 ? '' : 's'} · owner <@${d.ownerId}>` +
       (d.threadId ? ` · <#${d.threadId}>` : ''),
   );
   let content = `Datasets in this server (${datasets.length}):\n`;

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { loraCommandData } from '../../../commands/lora.ts';
 import { formatBytes } from '../../core/download.ts';
 import { UserError } from '../../core/errors.ts';
-import { enrichLoraMetadata } from '../../core/lora-metadata.ts';
+import { enrichLoraMetadata, licenceNoteOf } from '../../core/lora-metadata.ts';
+import { familyLabel } from '../../core/model-family.ts';
 import { downloadFileName, makeDownloadUrl } from '../../core/signed-url.ts';
 import { sharedKeys, type ArtifactRef } from '../../queues/contract.ts';
 import type { Run } from '../../store/run-store.ts';
@@ -120,7 +121,10 @@ async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotConte
   const { epoch, artifact, label } = await pick(ctx, run, parseEpoch(interaction.options.getString('epoch')));
   const file = await enriched(ctx, run, epoch, artifact);
   const fileName = downloadFileName(epoch === run.summary.epochs ? run.outputName : `${run.outputName}-e${epoch}`, '.safetensors');
-  const what = `**${run.datasetName}** · run \`${run.id}\` · ${label} · \`${fileName}\` (${formatBytes(file.bytes)}) · trigger \`${run.credits.triggers.join(', ')}\``;
+  const licence = await licenceNoteOf(ctx.blobs.path(file.blob));
+  const what =
+    `**${run.datasetName}** · run \`${run.id}\` · ${label} · \`${fileName}\` (${formatBytes(file.bytes)}) · ${familyLabel(run.credits.base)} · trigger \`${run.credits.triggers.join(', ')}\`` +
+    (licence ? `\n⚖️ ${licence}` : '');
   // Discord tells each interaction how large a file the bot may attach there.
   const limit = interaction.attachmentSizeLimit;
   if (file.bytes <= limit) {

@@ -8,7 +8,7 @@ import {
 } from 'discord.js';
 import { trainCommandData } from '../../../commands/train.ts';
 import { UserError } from '../../core/errors.ts';
-import type { RunOverrides } from '../../core/recipes.ts';
+import { defaultRecipeFor, type RunOverrides } from '../../core/recipes.ts';
 import { JobName, sharedKeys, workersServing } from '../../queues/contract.ts';
 import { newId } from '../../store/dataset-store.ts';
 import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
@@ -18,7 +18,7 @@ import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type Guil
 import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
-import { creditsFor, modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
+import { creditsFor, describeSetup, modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
 
 const PLAN_TTL_SECONDS = 3600;
 
@@ -32,6 +32,7 @@ export function renderPlan(datasetName: string, prepared: PreparedRun): string {
   const { plan, recipe } = prepared;
   const lines = [
     `**Plan for ${datasetName}** · recipe \`${recipe.name}\` · base \`${prepared.model}\` · ${plan.resolution} px · batch ${plan.batchSize}`,
+    describeSetup(prepared),
     `Network dim ${recipe.network.dim} / alpha ${recipe.network.alpha} · ${recipe.optimizer.type} lr ${recipe.optimizer.learningRate} · ${recipe.scheduler.type}`,
     ...plan.concepts.map(
       (c) => `\`${c.folder}\` — ${c.images.length} image${c.images.length === 1 ? '' : 's'} × ${c.repeats} repeats = ${c.stepsPerEpoch} per epoch`,
@@ -67,6 +68,10 @@ function overridesFrom(interaction: ChatInputCommandInteraction): RunOverrides {
   if (batch !== null) o.batchSize = batch;
   if (seed !== null) o.seed = seed;
   if (flip !== null) o.flip = flip;
+  const network = interaction.options.getString('network');
+  const vram = interaction.options.getString('vram');
+  if (network !== null) o.network = network as NonNullable<RunOverrides['network']>;
+  if (vram !== null) o.vram = vram as NonNullable<RunOverrides['vram']>;
   return o;
 }
 
@@ -79,7 +84,7 @@ interface StoredPlan {
 async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
   const request: PlanRequest = {
-    recipe: interaction.options.getString('recipe') ?? 'character',
+    recipe: interaction.options.getString('recipe') ?? defaultRecipeFor(dataset.kind),
     overrides: overridesFrom(interaction),
     model: interaction.options.getString('model'),
   };
