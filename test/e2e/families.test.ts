@@ -1,0 +1,231 @@
+/**
+ * FLUX.1 and Chroma end to end through the fake Discord: a worker with a given GPU (a fake
+ * nvidia-smi) and models folder (sparse files with the real key layouts), plans that pick the
+ * memory preset from that GPU, refusals with nothing queued, and runs of the sd-scripts stand-in's
+ * flux_train_network.py whose delivered files carry the family metadata.
+ */
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bullPrefix, QueueName, type WorkerInfo } from '../../src/queues/contract.ts';
+import { RunStore } from '../../src/store/run-store.ts';
+import { listWorkers } from '../../src/worker/worker-registry.ts';
+import { chromaLayout, clipLLayout, fluxAeLayout, fluxLayout, t5xxlLayout, writeModelFile } from '../fixtures/model-layouts.ts';
+import { writeTestModel } from '../fixtures/onnx-model.ts';
+import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import { World } from './world.ts';
+
+const admin = { id: '300000000000000001', username: 'admin' };
+const alice = { id: '300000000000000002', username: 'alice' };
+const MANAGE_GUILD = String(1n << 5n);
+const FAKE_NVIDIA_SMI = fileURLToPath(new URL('../fixtures/nvidia-smi/', import.meta.url));
+const GPUS = {
+  12: 'NVIDIA GeForce RTX 3060, 12288',
+  16: 'NVIDIA GeForce RTX 4060 Ti, 16380',
+  24: 'NVIDIA GeForce RTX 4090, 24564',
+} as const;
+
+let world: World;
+let tmp: string;
+let models: string;
+let runs: RunStore;
+let trainingQueue: Queue;
+const threads: Record<string, string> = {};
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function done(h: InteractionHandle): Promise<string> {
+  await Promise.race([
+    h.waitForEdit(undefined, 60_000),
+    h.waitForFollowup(undefined, 60_000).then((f) => {
+      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
+    }),
+  ]);
+  return h.lastReply()?.content ?? '';
+}
+
+async function refusal(h: InteractionHandle): Promise<string> {
+  return ((await h.waitForFollowup(undefined, 30_000)).json as { content: string }).content;
+}
+
+async function until<T>(what: string, check: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function threadMessages(threadId: string): MessageSnapshot[] {
+  return world.discord
+    .channelMessages(threadId)
+    .filter((m) => !m.deleted)
+    .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
+}
+
+/** (Re)starts the training worker with a GPU of `gb` GB, and waits until its heartbeat says so. */
+async function workerWithGpu(gb: keyof typeof GPUS): Promise<WorkerInfo> {
+  await world.killWorker('SIGTERM');
+  await world.spawnWorker({
+    WORKER_QUEUES: 'training',
+    WORKER_ID: 'gpu-test',
+    TRAINER_CMD: 'python3',
+    SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
+    MODELS_DIR: models,
+    TRAINING_STALLED_SECONDS: '2',
+    WORKER_HEARTBEAT_SECONDS: '1',
+    STANDIN_STEP_SECONDS: '0.003',
+    STANDIN_STRICT_CONFIG: '1',
+    PATH: `${FAKE_NVIDIA_SMI}:${process.env.PATH ?? ''}`,
+    FAKE_GPU: GPUS[gb],
+  });
+  const mib = Number(GPUS[gb].split(', ')[1]);
+  return until(`a ${gb} GB worker`, async () => (await listWorkers(world.redis, world.env.REDIS_PREFIX!)).find((w) => w.gpu?.memoryMiB === mib));
+}
+
+async function createDataset(name: string, kind: string, base: string): Promise<void> {
+  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name, trigger: `ohwx_${name}`, class: 'woman', kind, base } }));
+  const threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === `dataset · ${name}`)!.id;
+  threads[name] = threadId;
+  const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
+  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
+  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: name, ...options } }));
+  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
+}
+
+function plan(dataset: string, options: Record<string, string | number> = {}): InteractionHandle {
+  return world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset, ...options } });
+}
+
+async function nothingQueued(): Promise<void> {
+  expect(await runs.listForGuild(world.discord.guildId)).toHaveLength(0);
+  expect(await trainingQueue.getJobCountByTypes('waiting', 'active', 'delayed', 'completed', 'failed')).toBe(0);
+}
+
+/** Presses Start on a shown plan and follows the run to its end; returns its id and the fetched final file's metadata. */
+async function startAndFinish(shown: InteractionHandle, dataset: string, epochs: number) {
+  const row = shown.lastReply()!.components[0] as { components: { custom_id: string }[] };
+  const start = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: shown.lastReply()!.id });
+  const runId = /Queued run `([a-z0-9]+)`/.exec(await done(start))?.[1];
+  if (!runId) throw new Error('no run queued');
+  const threadId = threads[dataset]!;
+  const finished = await until('the finished message', () => threadMessages(threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')), 120_000);
+  const grids = threadMessages(threadId).filter((m) => m.content.startsWith('🖼️') && m.content.includes(`of run \`${runId}\``));
+  expect(grids.map((m) => new RegExp(`Epoch (\\d+)/${epochs}`).exec(m.content)?.[1])).toEqual(Array.from({ length: epochs }, (_, i) => String(i + 1)));
+  for (const g of grids) expect(g.attachments).toHaveLength(1);
+  const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: alice, options: { run: runId } });
+  const delivered = await done(fetch);
+  const file = fetch.lastReply()!.attachments[0]!;
+  const headerLength = Number(file.data.readBigUInt64LE(0));
+  const meta = (JSON.parse(file.data.subarray(8, 8 + headerLength).toString('utf8')) as { __metadata__: Record<string, string> }).__metadata__;
+  return { runId, finished: finished.content, delivered, meta };
+}
+
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-families-'));
+  await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
+  models = join(tmp, 'models');
+  await mkdir(models);
+  // The worker's models folder: FLUX.1 dev, Chroma, CLIP-L and the AE; no T5-XXL yet.
+  await writeModelFile(join(models, 'flux1-dev.safetensors'), fluxLayout({ dtype: 'F8_E4M3' }));
+  await writeModelFile(join(models, 'Chroma1-Base.safetensors'), chromaLayout());
+  await writeModelFile(join(models, 'clip_l.safetensors'), clipLLayout());
+  await writeModelFile(join(models, 'ae.safetensors'), fluxAeLayout());
+  const port = await freePort();
+  world = await World.start({
+    env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), HTTP_PORT: String(port), PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789', PROGRESS_INTERVAL_SECONDS: '1' },
+  });
+  await world.startBot();
+  runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
+  trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(world.env.REDIS_PREFIX!) });
+  await createDataset('fluxhero', 'character', 'flux1');
+  await createDataset('chromastyle', 'style', 'chroma');
+});
+
+afterAll(async () => {
+  await trainingQueue?.close();
+  await world?.close();
+  await rm(tmp, { recursive: true, force: true });
+});
+
+describe('FLUX.1 and Chroma', () => {
+  it('refuses with its reason and queues nothing: no T5-XXL anywhere, LoHa on FLUX.1, a 24 GB preset on a 12 GB worker', async () => {
+    const worker = await workerWithGpu(12);
+    expect(worker.models).toEqual([
+      { file: 'Chroma1-Base.safetensors', base: 'chroma' },
+      { file: 'flux1-dev.safetensors', base: 'flux1', variant: 'dev' },
+    ]);
+    expect(worker.companions?.map((c) => c.kind).sort()).toEqual(['ae', 'clip_l']);
+
+    expect(await refusal(plan('fluxhero'))).toBe(
+      '⚠️ FLUX.1 also needs `t5xxl` (the T5-XXL text encoder), and it is not in the models folder of the worker `gpu-test`.',
+    );
+    expect(await refusal(plan('chromastyle'))).toMatch(/^⚠️ Chroma also needs `t5xxl`/);
+    await nothingQueued();
+
+    await writeModelFile(join(models, 't5xxl_fp16.safetensors'), t5xxlLayout());
+    await until('the worker to advertise T5-XXL', async () =>
+      (await listWorkers(world.redis, world.env.REDIS_PREFIX!))[0]?.companions?.some((c) => c.kind === 't5xxl'),
+    );
+    expect(await refusal(plan('fluxhero', { network: 'loha' }))).toMatch(/^⚠️ LoHa can't be trained on FLUX\.1 here/);
+    expect(await refusal(plan('fluxhero', { vram: '24gb' }))).toBe(
+      '⚠️ The 24 GB memory preset needs a GPU with 24 GB or more; the worker `gpu-test` has 12 GB. Leave `vram` out to use the 12 GB preset.',
+    );
+    // Without a preset named, the 12 GB one is planned.
+    expect(await done(plan('fluxhero'))).toMatch(/memory preset \*\*12 GB\*\* \(fp8 base, 16 blocks swapped, batch 1\) for `gpu-test` \(12 GB\)/);
+    await nothingQueued();
+  });
+
+  it('FLUX.1 on a 16 GB worker: the 16 GB preset, one grid per epoch, a flux-1-dev file and its licence', async () => {
+    await workerWithGpu(16);
+    const shown = plan('fluxhero', { epochs: 2 });
+    const text = await done(shown);
+    expect(text).toMatch(/recipe `character`/);
+    expect(text).toMatch(/FLUX\.1 · LoRA · memory preset \*\*16 GB\*\* \(fp8 base, 8 blocks swapped, batch 1\) for `gpu-test` \(16 GB\)/);
+    expect(text).toMatch(/`clip_l.safetensors`, `t5xxl_fp16.safetensors`, `ae.safetensors`/);
+    const { finished, delivered, meta } = await startAndFinish(shown, 'fluxhero', 2);
+    expect(meta).toMatchObject({
+      ss_base_model_version: 'flux1',
+      'modelspec.architecture': 'flux-1-dev/lora',
+      ss_model_type: 'flux',
+      ss_network_module: 'networks.lora_flux',
+      ss_guidance_scale: '1.0',
+    });
+    expect(finished).toMatch(/non-commercial licence/);
+    expect(delivered).toMatch(/FLUX\.1 · trigger/);
+    expect(delivered).toMatch(/FLUX\.1 \[dev\].*non-commercial licence/);
+  });
+
+  it('Chroma on a 24 GB worker: the style dataset gets the style recipe, the 24 GB preset, and a chroma file', async () => {
+    await workerWithGpu(24);
+    const shown = plan('chromastyle', { epochs: 2 });
+    const text = await done(shown);
+    expect(text).toMatch(/recipe `style`/);
+    expect(text).toMatch(/Chroma · LoRA · memory preset \*\*24 GB\*\* \(fp8 base, no block swap, batch 2\) for `gpu-test` \(24 GB\)/);
+    expect(text).not.toMatch(/clip_l/);
+    const { finished, delivered, meta } = await startAndFinish(shown, 'chromastyle', 2);
+    expect(meta).toMatchObject({
+      ss_base_model_version: 'chroma',
+      'modelspec.architecture': 'chroma/lora',
+      ss_model_type: 'chroma',
+      ss_apply_t5_attn_mask: 'True',
+      ss_guidance_scale: '0.0',
+    });
+    expect(finished).not.toMatch(/licence/);
+    expect(delivered).not.toMatch(/licence/);
+  });
+});
