@@ -1,5 +1,6 @@
 import { UserError } from './errors.ts';
 import { MAX_CAPTION_CHARS, normalizeTag, stripLeadingTriggers, tagKey } from './tag-ops.ts';
+import { isBaseFamily, isTransformerFamily } from './model-family.ts';
 
 /**
  * Sentence captions and caption modes.
@@ -30,11 +31,11 @@ export function tracksOf(mode: CaptionMode): CaptionTrack[] {
 
 /**
  * The mode a dataset starts with: sentences for styles (mostly photos and paintings) and for any
- * base trained on natural language (everything but SD 1.5 and SDXL: FLUX, Chroma), tags for
- * characters and concepts on SD 1.5/SDXL (booru-tagged anime checkpoints).
+ * base trained on natural language (FLUX.1, Chroma), tags for characters and concepts on SD 1.5
+ * and SDXL, v-prediction included (booru-tagged anime checkpoints such as NoobAI).
  */
 export function defaultCaptionMode(kind: string, base: string): CaptionMode {
-  if (base !== 'sd15' && base !== 'sdxl') return 'sentences';
+  if (isBaseFamily(base) && isTransformerFamily(base)) return 'sentences';
   return kind === 'style' ? 'sentences' : 'tags';
 }
 

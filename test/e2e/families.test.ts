@@ -15,6 +15,7 @@ import { bullPrefix, QueueName, type WorkerInfo } from '../../src/queues/contrac
 import { RunStore } from '../../src/store/run-store.ts';
 import { listWorkers } from '../../src/worker/worker-registry.ts';
 import { chromaLayout, clipLLayout, fluxAeLayout, fluxLayout, t5xxlLayout, writeModelFile } from '../fixtures/model-layouts.ts';
+import { writeTestCaptioner } from '../fixtures/florence-model.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
@@ -104,7 +105,7 @@ async function createDataset(name: string, kind: string, base: string): Promise<
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
   const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
   await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: name, ...options } }));
-  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
+  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Described 3 images'), 60_000);
 }
 
 function plan(dataset: string, options: Record<string, string | number> = {}): InteractionHandle {
@@ -138,6 +139,8 @@ async function startAndFinish(shown: InteractionHandle, dataset: string, epochs:
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'lora-guild-families-'));
   await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
+  // FLUX.1 and Chroma datasets are captioned with sentences.
+  await writeTestCaptioner(join(tmp, 'florence'));
   models = join(tmp, 'models');
   await mkdir(models);
   // The worker's models folder: FLUX.1 dev, Chroma, CLIP-L and the AE; no T5-XXL yet.
@@ -147,7 +150,7 @@ beforeAll(async () => {
   await writeModelFile(join(models, 'ae.safetensors'), fluxAeLayout());
   const port = await freePort();
   world = await World.start({
-    env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), HTTP_PORT: String(port), PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789', PROGRESS_INTERVAL_SECONDS: '1' },
+    env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), CAPTIONER_MODEL_DIR: join(tmp, 'florence'), HTTP_PORT: String(port), PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789', PROGRESS_INTERVAL_SECONDS: '1' },
   });
   await world.startBot();
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);

@@ -38,8 +38,10 @@ describe('caption modes', () => {
     expect(defaultCaptionMode('character', 'sd15')).toBe('tags');
     expect(defaultCaptionMode('concept', 'sdxl')).toBe('tags');
     expect(defaultCaptionMode('style', 'sdxl')).toBe('sentences');
-    expect(defaultCaptionMode('character', 'flux')).toBe('sentences');
+    expect(defaultCaptionMode('character', 'flux1')).toBe('sentences');
     expect(defaultCaptionMode('character', 'chroma')).toBe('sentences');
+    // v-prediction SDXL checkpoints (NoobAI) are booru-tagged like the rest of SDXL.
+    expect(defaultCaptionMode('character', 'sdxl-vpred')).toBe('tags');
   });
 
   it('a chosen mode wins over the default', () => {
