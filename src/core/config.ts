@@ -89,7 +89,7 @@ export const configSchema = z.object({
   /** Plain-http remote workers (PUBLIC_URL / LORA_GUILD_URL not https): for tests and local networks only. */
   ALLOW_INSECURE_WORKER_HTTP: bool.default(false),
   /** A remote worker's lease on a run lapses when its heartbeats stop for this long. */
-  LEASE_SECONDS: int(5, 3600).default(90),
+  LEASE_SECONDS: int(2, 3600).default(90),
   /** The largest file a remote worker may upload (checkpoints, states). */
   WORKER_UPLOAD_MAX_BYTES: int(1024, 64 * 1024 * MiB).default(4096 * MiB),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

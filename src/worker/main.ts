@@ -11,11 +11,31 @@ import { CaptionStore } from '../store/caption-store.ts';
 import { DatasetStore } from '../store/dataset-store.ts';
 import { NoticeSender } from './notices.ts';
 import { startTaggingWorker } from './tagging.ts';
+import { remoteSettingsProblems, startRemoteWorker } from './remote-worker.ts';
 import { startTrainingWorker } from './training.ts';
 
 const config = loadProcessConfig();
 
 const logger = createLogger(config.LOG_LEVEL).child({ process: 'worker' });
+
+// A GPU lent from elsewhere: only the bot's URL and a token; no Redis, no shared disk.
+if (config.LORA_GUILD_URL !== undefined || config.WORKER_TOKEN !== undefined) {
+  const problems = remoteSettingsProblems(config);
+  if (problems.length > 0 || !config.WORKER_QUEUES.includes('training')) {
+    if (!config.WORKER_QUEUES.includes('training')) problems.push('WORKER_QUEUES: a remote worker trains; set WORKER_QUEUES=training');
+    process.stderr.write(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}\n`);
+    process.exit(2);
+  }
+  const remote = startRemoteWorker(config, { config, logger: logger.child({ unit: 'training' }), env: process.env });
+  const stop = (signal: string) => {
+    logger.info({ signal }, 'worker shutting down');
+    void remote.close().then(() => process.exit(0));
+  };
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  const why = await remote.done;
+  process.exit(why === 'token-refused' ? 3 : 0);
+}
 const redis = new Redis(config.REDIS_URL, { maxRetriesPerRequest: null });
 redis.on('error', (err) => logger.warn({ err }, 'redis connection error'));
 const blobs = new BlobStore(config.DATA_DIR);

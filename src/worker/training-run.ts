@@ -616,3 +616,13 @@ export class TrainingRun {
     if (this.trainer && this.trainer.groupAlive()) await this.trainer.stop(this.graceMs);
   }
 }
+
+/**
+ * How a run that threw is reported: the reason members read, the trainer's last lines, and whether
+ * it is the run's own failure (bad input, a failed trainer: never retried) or the worker's.
+ */
+export function describeRunError(err: unknown): { reason: string; logTail: string[]; runFailure: boolean } {
+  if (err instanceof RunFailure) return { reason: err.reason, logTail: err.logTail, runFailure: true };
+  if (err instanceof StagingError) return { reason: err.message, logTail: [], runFailure: true };
+  return { reason: `the worker failed: ${err instanceof Error ? err.message : String(err)}`, logTail: [], runFailure: false };
+}

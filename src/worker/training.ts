@@ -12,8 +12,7 @@ import { bullPrefix, QueueName, type TrainRunPayload, type WorkerInfo } from '..
 import { checkPayload } from '../queues/train-payload.ts';
 import { RunEventQueue } from '../queues/run-events.ts';
 import { LocalRunHost } from './run-host.ts';
-import { StagingError } from './staging.ts';
-import { RunFailure, TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
+import { describeRunError, TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
 import { WorkerRegistry } from './worker-registry.ts';
 
 
@@ -71,12 +70,10 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     } catch (err) {
       if (err instanceof WaitingError) throw err;
       await run.stopTrainer();
-      const failure = err instanceof RunFailure || err instanceof StagingError;
-      const reason =
-        err instanceof RunFailure ? err.reason : err instanceof StagingError ? err.message : `the worker failed: ${err instanceof Error ? err.message : String(err)}`;
-      await run.reportFailure(reason, err instanceof RunFailure ? err.logTail : []);
+      const { reason, logTail, runFailure } = describeRunError(err);
+      await run.reportFailure(reason, logTail);
       // Bad input and failed runs are never retried; anything else keeps its own error for the job.
-      throw failure ? new UnrecoverableError(reason) : err;
+      throw runFailure ? new UnrecoverableError(reason) : err;
     } finally {
       signal?.removeEventListener('abort', onAbort);
       current = null;

@@ -115,9 +115,12 @@ export async function scanModels(dir: string, cache = new Map<string, Detected>(
 }
 
 export interface WorkerRegistryOptions {
-  redis: Redis;
+  /** In-cluster: the heartbeat is a Redis key the bot reads. */
+  redis?: Redis;
   /** The deployment's Redis prefix (REDIS_PREFIX). */
-  prefix: string;
+  prefix?: string;
+  /** Remote: the heartbeat is sent to the bot instead (over HTTPS). */
+  publish?: (info: WorkerInfo) => Promise<void>;
   workerId: string;
   modelsDir: string;
   intervalSeconds: number;
@@ -153,7 +156,7 @@ export class WorkerRegistry {
   readonly #modelCache = new Map<string, Detected>();
 
   constructor(private readonly opts: WorkerRegistryOptions) {
-    this.key = sharedKeys.worker(opts.prefix, opts.workerId);
+    this.key = sharedKeys.worker(opts.prefix ?? '', opts.workerId);
   }
 
   /** Probes the GPU, beats once, then every interval. */
@@ -191,7 +194,8 @@ export class WorkerRegistry {
       try {
         const info = await this.info();
         if (this.#closed) return;
-        await this.opts.redis.set(this.key, JSON.stringify(info), 'EX', Math.max(3, 3 * this.opts.intervalSeconds));
+        if (this.opts.publish) await this.opts.publish(info);
+        else await this.opts.redis?.set(this.key, JSON.stringify(info), 'EX', Math.max(3, 3 * this.opts.intervalSeconds));
       } catch (err) {
         this.opts.logger.warn({ err }, 'worker heartbeat failed');
       }
@@ -205,7 +209,7 @@ export class WorkerRegistry {
     this.#timer = null;
     this.#closed = true;
     await this.#beating;
-    await this.opts.redis.del(this.key);
+    await this.opts.redis?.del(this.key);
   }
 }
 

@@ -146,12 +146,16 @@ export class World {
 
   worker: { process: ChildProcess; log: LogSink; exited: Promise<number | null> } | null = null;
 
-  /** Runs a training worker (`npm run worker`'s entry point) as its own process group. */
-  async spawnWorker(env: Record<string, string>, timeoutMs = 30_000): Promise<void> {
+  /**
+   * Runs a training worker (`npm run worker`'s entry point) as its own process group. A remote one
+   * gets only `env` (no Redis URL, no data dir of the bot's), as on a member's own machine.
+   */
+  async spawnWorker(env: Record<string, string>, timeoutMs = 30_000, opts: { remote?: boolean } = {}): Promise<void> {
     const log = new LogSink();
+    const base = opts.remote ? { LOG_LEVEL: this.env.LOG_LEVEL ?? 'info' } : this.env;
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/worker/main.ts'], {
       cwd: process.cwd(),
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...this.env, ...env },
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...base, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
@@ -160,7 +164,8 @@ export class World {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     this.worker = { process: child, log, exited };
     const deadline = Date.now() + timeoutMs;
-    while (!log.lines.some((l) => l.msg === 'worker ready')) {
+    const ready = opts.remote ? 'remote worker ready: waiting for runs' : 'worker ready';
+    while (!log.lines.some((l) => l.msg === ready)) {
       if (child.exitCode !== null) throw new Error(`worker exited early (${child.exitCode}):\n${log.raw.slice(-20).join('\n')}`);
       if (Date.now() > deadline) throw new Error(`worker did not become ready:\n${log.raw.slice(-20).join('\n')}`);
       await new Promise((r) => setTimeout(r, 50));
