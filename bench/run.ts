@@ -3,6 +3,7 @@ import { benchCaptioning } from './captioning.ts';
 import { benchDownload } from './download.ts';
 import { benchIntakeLoad } from './intake-load.ts';
 import { benchNormalize } from './normalize.ts';
+import { benchRemoteWorker } from './remote-worker.ts';
 import { benchTagging } from './tagging.ts';
 import { benchTraining } from './training.ts';
 
@@ -12,6 +13,7 @@ const benches: [string, () => Promise<void>][] = [
   ['tagging', benchTagging],
   ['captioning', benchCaptioning],
   ['training', benchTraining],
+  ['remote worker', benchRemoteWorker],
   ['download', benchDownload],
 ];
 

@@ -161,6 +161,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       queueConnection,
       prefix: config.REDIS_PREFIX,
       leaseMs: config.LEASE_SECONDS * 1000,
+      stalledMs: config.TRAINING_STALLED_SECONDS * 1000,
       workers,
       logger,
       onBlobsReleased: async (ids) => {

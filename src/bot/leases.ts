@@ -61,6 +61,11 @@ export interface LeaseManagerOptions {
   queueConnection: Redis;
   prefix: string;
   leaseMs: number;
+  /**
+   * How often BullMQ's stall check runs here (at most 5 s is used). BullMQ lets one checker run
+   * per interval across all workers, so a long one here would delay the in-cluster workers' own.
+   */
+  stalledMs: number;
   workers: WorkerStore;
   logger: Logger;
   /** Called when blobs stop being needed (a superseded resume state); the caller frees them. */
@@ -92,7 +97,7 @@ export class LeaseManager {
       connection: opts.queueConnection,
       prefix,
       lockDuration: opts.leaseMs,
-      stalledInterval: opts.leaseMs,
+      stalledInterval: Math.min(5_000, opts.stalledMs),
       maxStalledCount: 10,
       name: 'lease-manager',
     });
