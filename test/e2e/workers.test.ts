@@ -146,6 +146,12 @@ describe('lending a GPU', () => {
     expect(await refusal(command('add', bob, { name: 'my/pc' }))).toMatch(/1–32 letters, digits/);
     expect(await refusal(command('add', bob, { name: '  ' }))).toMatch(/1–32 letters, digits/);
     expect(await done(command('add', bob, { name: 'bobs laptop' }))).toContain('**bobs laptop** may now train');
+    // One member lends at most three GPUs (an admin is not limited but by the server's total).
+    expect(await done(command('add', bob, { name: 'spare 1' }))).toContain('may now train');
+    expect(await done(command('add', bob, { name: 'spare 2' }))).toContain('may now train');
+    expect(await refusal(command('add', bob, { name: 'spare 3' }))).toMatch(/You already lend 3 GPUs here/);
+    await done(command('remove', bob, { worker: 'spare 1' }));
+    await done(command('remove', bob, { worker: 'spare 2' }));
     expect((await workerStore.listForGuild(world.discord.guildId)).map((w) => w.name).sort()).toEqual(['bobs laptop', 'gaming-pc']);
   });
 

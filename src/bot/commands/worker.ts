@@ -12,6 +12,8 @@ import { ago, familyText, forgetWorker, gpuText, mib, workersForGuild, type Work
 
 /** GPUs a guild may have lent at once (an autocomplete shows at most 25). */
 export const MAX_WORKERS_PER_GUILD = 25;
+/** GPUs one member without Manage Server may lend at once, so that nobody fills the server's list alone. */
+export const MAX_WORKERS_PER_MEMBER = 3;
 
 const adds = new KeyedMutex();
 
@@ -72,6 +74,9 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
       throw new UserError(`This server already has a GPU named **${name}**: pick another name, or remove that one first.`);
     }
     if (existing.length >= MAX_WORKERS_PER_GUILD) throw new UserError(`This server already has ${MAX_WORKERS_PER_GUILD} lent GPUs; remove one first.`);
+    if (!isAdmin(interaction) && existing.filter((w) => w.ownerId === interaction.user.id).length >= MAX_WORKERS_PER_MEMBER) {
+      throw new UserError(`You already lend ${MAX_WORKERS_PER_MEMBER} GPUs here; remove one with \`/worker remove\` first.`);
+    }
     return ctx.workers.add({ guildId, name, ownerId: interaction.user.id });
   });
   ctx.logger.info({ guildId, workerId: worker.id, ownerId: worker.ownerId }, 'worker added');
