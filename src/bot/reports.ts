@@ -1,4 +1,5 @@
 import { AttachmentBuilder } from 'discord.js';
+import { CAPTION_MODE_LABELS, captionModeOf } from '../core/caption-text.ts';
 import { familyLabel } from '../core/model-family.ts';
 import { bucketLabel } from '../core/buckets.ts';
 import { makeContactSheet } from '../core/image-sheets.ts';
@@ -88,7 +89,7 @@ export interface DatasetSummary {
   dataset: Dataset;
   images: ImageRecord[];
   concepts: { name: string; trigger: string | null }[];
-  /** Image numbers that have a caption (from the tagger, an upload or an edit). */
+  /** Image numbers that have every caption the dataset's mode trains on (machine, upload or edit). */
   captioned: Set<number>;
 }
 
@@ -130,10 +131,13 @@ export function renderDatasetSummary({ dataset, images, concepts, captioned: wit
   }
   if (images.length > 0) {
     const untagged = images.filter((i) => !withCaption.has(i.no)).map((i) => i.no);
+    const mode = captionModeOf(dataset);
+    const missing = mode === 'tags' ? 'not tagged yet' : mode === 'sentences' ? 'not described yet' : 'not tagged and described yet';
     lines.push(
       `Captions: ${images.length - untagged.length}/${images.length}` +
         (captioned > 0 ? ` (${captioned} arrived with one)` : '') +
-        (untagged.length > 0 ? ` · not tagged yet: ${listNos(untagged, 10)}` : ''),
+        (untagged.length > 0 ? ` · ${missing}: ${listNos(untagged, 10)}` : '') +
+        (mode !== 'tags' ? ` · the trainer reads ${CAPTION_MODE_LABELS[mode]}` : ''),
     );
   }
   const warnings: string[] = [];

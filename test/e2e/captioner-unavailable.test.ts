@@ -70,6 +70,10 @@ describe('a missing or corrupt captioner model', () => {
     await caption.waitForEdit();
     expect(caption.lastReply()?.content).toContain('No caption yet');
 
+    const show = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', options: { dataset: 'streets' } });
+    await show.waitForEdit();
+    expect(show.lastReply()?.content).toContain('Captions: 0/1 · not described yet: #1 · the trainer reads sentences');
+
     const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'streets' } });
     const refusal = await plan.waitForFollowup();
     expect((refusal.json as { content: string }).content).toMatch(/1 image is not described yet \(#1\)\. Wait for captioning to finish/);

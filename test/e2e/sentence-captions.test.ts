@@ -99,6 +99,7 @@ describe('sentence captions for photos', () => {
     const posted = await notice(threadId, 'Described 3 images');
     expect(JSON.stringify(posted.json)).toContain('#1–#3');
     expect(await done(command('caption', 'mode', { dataset: 'oldtown' }))).toMatch(/captioned with sentences \(the default for a style dataset\)/);
+    expect(await done(command('dataset', 'show', { dataset: 'oldtown' }))).toContain('Captions: 3/3 · the trainer reads sentences');
   });
 
   it('shows the sentence and what the trainer reads: the trigger first, as a short phrase', async () => {

@@ -10,6 +10,7 @@ import {
   type ChatInputCommandInteraction,
 } from 'discord.js';
 import { datasetCommandData, IMAGE_OPTION_COUNT } from '../../../commands/dataset.ts';
+import { captionModeOf } from '../../core/caption-text.ts';
 import {
   parseImageSelection,
   validateClassWord,
@@ -129,7 +130,13 @@ async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number
   const page = Math.min(Math.max(1, requestedPage), pages);
   const slice = images.slice((page - 1) * SHEET_PAGE_SIZE, page * SHEET_PAGE_SIZE);
   const range = slice.length > 0 ? `#${slice[0]!.no}–#${slice[slice.length - 1]!.no}` : '';
-  const captioned = new Set((await ctx.captions.getMany(dataset.id, images.map((i) => i.no))).keys());
+  const nos = images.map((i) => i.no);
+  const mode = captionModeOf(dataset);
+  const [tags, sentences] = await Promise.all([
+    mode === 'sentences' ? null : ctx.captions.getMany(dataset.id, nos),
+    mode === 'tags' ? null : ctx.sentences.getMany(dataset.id, nos),
+  ]);
+  const captioned = new Set(nos.filter((no) => (tags === null || tags.has(no)) && (sentences === null || sentences.has(no))));
   const content = renderDatasetSummary({ dataset, images, concepts, captioned }, page, pages, range);
   const files: AttachmentBuilder[] = [];
   if (slice.length > 0) {
