@@ -63,13 +63,21 @@ function errText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Largest image side decoded before the processor resizes (Florence-2 reads 768²). */
+/** Largest image side decoded when the processor's input size is not a fixed one. */
 const DECODE_MAX_SIDE = 1024;
 
-async function readImage(file: string): Promise<RawImage> {
+/**
+ * Decodes an image as RGB. With the processor's fixed input size (Florence-2: 768×768, stretched,
+ * bicubic), it is resized to exactly that here, in one antialiased pass as Pillow does; the
+ * processor then finds nothing to resize.
+ */
+async function readImage(file: string, size: { width: number; height: number } | null): Promise<RawImage> {
+  const resize = size
+    ? { width: size.width, height: size.height, fit: 'fill' as const, kernel: 'cubic' as const }
+    : { width: DECODE_MAX_SIDE, height: DECODE_MAX_SIDE, fit: 'inside' as const, withoutEnlargement: true };
   const { data, info } = await sharp(file, { failOn: 'error' })
     .rotate()
-    .resize({ width: DECODE_MAX_SIDE, height: DECODE_MAX_SIDE, fit: 'inside', withoutEnlargement: true })
+    .resize(resize)
     .removeAlpha()
     .toColourspace('srgb')
     .raw()
@@ -119,6 +127,11 @@ export async function loadCaptioner(dir: string, opts: LoadCaptionerOptions = {}
     );
   }
   const maxNewTokens = opts.maxNewTokens ?? 256;
+  const configured = (processor.image_processor?.config as { size?: { height?: unknown; width?: unknown } }).size;
+  const inputSize =
+    typeof configured?.height === 'number' && typeof configured.width === 'number' && configured.height > 0 && configured.width > 0
+      ? { width: configured.width, height: configured.height }
+      : null;
   let closed = false;
 
   async function captionTimed(images: readonly string[]) {
@@ -127,7 +140,7 @@ export async function loadCaptioner(dir: string, opts: LoadCaptionerOptions = {}
     const t0 = performance.now();
     const raws = await Promise.all(
       images.map((file, index) =>
-        readImage(file).catch((err: unknown) => {
+        readImage(file, inputSize).catch((err: unknown) => {
           throw new CaptionerImageError(index, `Image ${index + 1} (${file}) could not be read: ${errText(err)}`, { cause: err });
         }),
       ),
