@@ -1,6 +1,6 @@
 import { UserError } from '../core/errors.ts';
 import { computeDatasetHash } from '../core/lora-metadata.ts';
-import { planRun, type Plan } from '../core/plan.ts';
+import { measuredSecondsPerStep, planRun, type Plan, type SpeedSample } from '../core/plan.ts';
 import { captionModeOf, composeForMode } from '../core/caption-text.ts';
 import { FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily } from '../core/model-family.ts';
 import {
@@ -190,7 +190,24 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
         return { id: String(img.no), width: img.width, height: img.height, captioned: true, caption };
       }),
     }));
-  const plan = planRun({ base: dataset.base, trigger: dataset.trigger, className: dataset.className, concepts: planConcepts, recipe });
+  // The chosen worker's own speed for this family, from the runs it finished here.
+  let secondsPerStep: number | undefined;
+  if (worker) {
+    const workerId = worker.id;
+    const samples: SpeedSample[] = (await ctx.runs.listForGuild(dataset.guildId, 100))
+      .filter((r) => r.status === 'finished' && r.workerId === workerId && r.recipe.base === dataset.base && r.startedAt !== null && r.finishedAt !== null)
+      .map((r) => ({ secondsPerStep: r.summary.secondsPerStep ?? 0, estimateSeconds: r.summary.estimateSeconds, actualSeconds: (r.finishedAt! - r.startedAt!) / 1000 }));
+    secondsPerStep = measuredSecondsPerStep(samples) ?? undefined;
+  }
+  const plan = planRun({
+    base: dataset.base,
+    trigger: dataset.trigger,
+    className: dataset.className,
+    concepts: planConcepts,
+    recipe,
+    ...(secondsPerStep !== undefined ? { secondsPerStep } : {}),
+  });
+  if (plan.timing === 'measured' && worker) notes.push(`Time estimated from \`${worker.id}\`'s own ${familyLabel(dataset.base)} runs.`);
   return { plan, recipe, model, workers, worker, notes, images: payloadImages };
 }
 

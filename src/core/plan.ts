@@ -113,6 +113,12 @@ export interface Plan {
   /** Main-trigger images × repeats × epochs: the guides' total for the main concept. */
   mainConceptSteps: number;
   estimateSeconds: number;
+  /**
+   * Seconds per step at batch 1, native resolution and no block swapping that the estimate used:
+   * the worker's measured figure (`timing: 'measured'`) or the family's table value.
+   */
+  secondsPerStep: number;
+  timing: 'measured' | 'table';
   warnings: PlanWarning[];
 }
 
@@ -440,8 +446,39 @@ export function planRun(input: PlanInput): Plan {
     epochs: recipe.epochs,
     mainConceptSteps,
     estimateSeconds: estimateSeconds(input, totalSteps, planned),
+    ...baseSpeed(input),
     warnings,
   };
+}
+
+function baseSpeed(input: PlanInput): { secondsPerStep: number; timing: 'measured' | 'table' } {
+  const measured = input.secondsPerStep !== undefined && input.secondsPerStep > 0;
+  return measured ? { secondsPerStep: input.secondsPerStep!, timing: 'measured' } : { secondsPerStep: BASE_TIMING[input.base].secondsPerStep, timing: 'table' };
+}
+
+/** A finished run of the same family on the same worker: what its plan assumed and how long it took. */
+export interface SpeedSample {
+  /** The plan's `secondsPerStep`. */
+  secondsPerStep: number;
+  estimateSeconds: number;
+  /** Start to finish, measured. */
+  actualSeconds: number;
+}
+
+/**
+ * The worker's own seconds per step (batch 1, native resolution, no swapping), from its finished
+ * runs: each run's assumed figure scaled by how much longer or shorter the run really took than
+ * its estimate; the median of up to five. Null without a usable sample.
+ */
+export function measuredSecondsPerStep(samples: readonly SpeedSample[]): number | null {
+  const values = samples
+    .filter((s) => s.secondsPerStep > 0 && s.estimateSeconds > 0 && s.actualSeconds > 0 && Number.isFinite(s.actualSeconds))
+    .slice(0, 5)
+    .map((s) => s.secondsPerStep * (s.actualSeconds / s.estimateSeconds))
+    .sort((a, b) => a - b);
+  if (values.length === 0) return null;
+  const mid = Math.floor(values.length / 2);
+  return values.length % 2 ? values[mid]! : (values[mid - 1]! + values[mid]!) / 2;
 }
 
 /** Start-up (model load, latent caching) + steps + sampling after every epoch, in seconds. */

@@ -30,6 +30,8 @@ export interface Run {
     stepsPerEpoch: number;
     totalSteps: number;
     estimateSeconds: number;
+    /** The plan's seconds per step (batch 1, native resolution); absent on runs from before it was kept. */
+    secondsPerStep?: number;
     images: number;
     concepts: { name: string; folder: string; repeats: number; images: number }[];
   };

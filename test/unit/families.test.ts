@@ -4,7 +4,7 @@ import { UserError } from '../../src/core/errors.ts';
 import { configValueProblem, isKohyaArg, KOHYA_ARGS, scriptKnows, type KohyaArgName } from '../../src/core/kohya-args.ts';
 import { buildKohyaFiles, kohyaScriptFor } from '../../src/core/kohya-config.ts';
 import { BASE_FAMILIES, isTransformerFamily, type BaseFamily } from '../../src/core/model-family.ts';
-import { planRun, type PlanConceptInput } from '../../src/core/plan.ts';
+import { measuredSecondsPerStep, planRun, type PlanConceptInput } from '../../src/core/plan.ts';
 import {
   defaultRecipeFor,
   NETWORK_TYPES,
@@ -243,6 +243,29 @@ describe('memory presets', () => {
     expect(sixteen.totalSteps).toBe(twelve.totalSteps);
     expect(twelve.estimateSeconds).toBeGreaterThan(sixteen.estimateSeconds);
     expect(sixteen.estimateSeconds).toBeGreaterThan(sdxl.estimateSeconds);
+  });
+});
+
+describe('measured speed', () => {
+  it('scales each run’s assumed seconds per step by how long it really took, median of the latest five', () => {
+    expect(measuredSecondsPerStep([])).toBeNull();
+    expect(measuredSecondsPerStep([{ secondsPerStep: 3, estimateSeconds: 1000, actualSeconds: 500 }])).toBe(1.5);
+    const samples = [
+      { secondsPerStep: 3, estimateSeconds: 100, actualSeconds: 200 },
+      { secondsPerStep: 3, estimateSeconds: 100, actualSeconds: 100 },
+      { secondsPerStep: 0, estimateSeconds: 100, actualSeconds: 100 }, // from before the figure was kept
+      { secondsPerStep: 3, estimateSeconds: 100, actualSeconds: 50 },
+    ];
+    expect(measuredSecondsPerStep(samples)).toBe(3);
+  });
+
+  it('a plan with a measured figure says so and scales its estimate', () => {
+    const recipe = withCompanions(resolveRecipe('character', 'flux1', {}, { vramMiB: 24_564 }));
+    const table = planRun({ base: 'flux1', trigger: 'zkchar', recipe, concepts: concepts(1024) });
+    const measured = planRun({ base: 'flux1', trigger: 'zkchar', recipe, concepts: concepts(1024), secondsPerStep: 1.5 });
+    expect(table).toMatchObject({ timing: 'table', secondsPerStep: 3 });
+    expect(measured).toMatchObject({ timing: 'measured', secondsPerStep: 1.5 });
+    expect(measured.estimateSeconds).toBeLessThan(table.estimateSeconds);
   });
 });
 

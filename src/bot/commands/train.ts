@@ -165,6 +165,7 @@ export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
         stepsPerEpoch: prepared.plan.stepsPerEpoch,
         totalSteps: prepared.plan.totalSteps,
         estimateSeconds: prepared.plan.estimateSeconds,
+        secondsPerStep: prepared.plan.secondsPerStep,
         images: prepared.plan.concepts.reduce((n, c) => n + c.images.length, 0),
         concepts: prepared.plan.concepts.map((c) => ({ name: c.name, folder: c.folder, repeats: c.repeats, images: c.images.length })),
       },
