@@ -13,6 +13,7 @@ import { Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Logger } from '../core/logger.ts';
+import { VRAM_PRESET_INFO } from '../core/recipes.ts';
 import { bullPrefix, QueueName, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { checkPayload } from '../queues/train-payload.ts';
 import type { RemoteWorker, WorkerStore } from '../store/worker-store.ts';
@@ -75,11 +76,22 @@ export interface LeaseManagerOptions {
 
 const EMPTY_RECORD: RemoteRunRecord = { reportedEpochs: [], firstStartedAt: null, resume: null };
 
-/** Whether a waiting run fits a remote worker: its guild, and a base model the worker has. */
-export function runFits(payload: TrainRunPayload, worker: RemoteWorker, info: WorkerInfo | null): boolean {
-  if (payload.guildId !== worker.guildId) return false;
-  if (!info) return false;
-  return info.models.some((m) => m.file === payload.baseModel);
+/**
+ * Whether a waiting run fits a remote worker: the worker's own guild, the base model, the text
+ * encoders and autoencoder FLUX.1/Chroma need, and enough GPU memory for the run's memory preset
+ * (a worker that could not read its GPU is trusted with it).
+ */
+export function runFits(payload: TrainRunPayload, worker: Pick<RemoteWorker, 'guildId'>, info: WorkerInfo | null): boolean {
+  if (payload.guildId !== worker.guildId || !info) return false;
+  if (!info.models.some((m) => m.file === payload.baseModel)) return false;
+  const companions = payload.recipe.companions;
+  if (companions) {
+    const files = new Set((info.companions ?? []).map((c) => c.file));
+    if ([companions.clip_l, companions.t5xxl, companions.ae].some((f) => f !== null && !files.has(f))) return false;
+  }
+  const preset = payload.recipe.memory.preset;
+  if (preset !== null && info.gpu !== null && info.gpu.memoryMiB < VRAM_PRESET_INFO[preset].minMiB) return false;
+  return true;
 }
 
 export class LeaseManager {

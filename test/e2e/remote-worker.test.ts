@@ -205,6 +205,14 @@ describe('a GPU lent from elsewhere', () => {
       await client.heartbeat(modelsInfo(), null);
 
       const runId = await startRun({ epochs: 2 });
+      // A GPU lent to another server never gets this server's run.
+      const elsewhere = await workers.add({ guildId: '999999999999999999', name: 'elsewhere', ownerId: alice.id });
+      const stranger = new GuildClient({ baseUrl: baseUrl(), token: elsewhere.token, logger: silent, retryForMs: 5_000 });
+      await stranger.heartbeat(modelsInfo(), null);
+      expect(await stranger.poll(2)).toBeNull();
+      await stranger.close();
+      await workers.remove(elsewhere.worker);
+
       const grant = (await client.poll(10)) as LeaseGrant;
       expect(grant).not.toBeNull();
       expect((grant.payload as { runId: string }).runId).toBe(runId);
@@ -291,6 +299,18 @@ describe('a GPU lent from elsewhere', () => {
     // The worker's images came into its own cache; the bot's data folder was never shared.
     expect((await readdir(join(tmp, 'a-cache', 'blobs'))).length).toBeGreaterThan(0);
     expect(world.worker!.log.raw.join('\n')).not.toContain(token);
+    expect(world.log.raw.join('\n')).not.toContain(token.slice(-43));
+  });
+
+  it('a cancel reaches the lent GPU while it trains: the trainer stops and the saved epochs are kept', async () => {
+    const id = await startRun({ epochs: 20 });
+    await until('epoch 1 of the run to cancel', () => epochNumbers(id).includes(1));
+    const cancel = world.discord.sendCommand({ name: 'train', subcommand: 'cancel', user: admin, permissions: MANAGE_GUILD, options: { run: id } });
+    expect(await done(cancel)).toMatch(/Stopping run/);
+    await until('the cancelled message', () => threadMessages().find((m) => m.content.startsWith(`⏹️ Run \`${id}\``) && m.content.includes('kept')));
+    expect((await runs.get(id))?.status).toBe('cancelled');
+    expect(epochNumbers(id).length).toBeLessThan(20);
+    expect(world.worker!.log.lines.some((l) => l.msg === 'stopping the run' && l.reason === 'cancel')).toBe(true);
     await world.killWorker('SIGTERM');
   });
 
