@@ -6,6 +6,7 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bullPrefix, JobName, QueueName, runEventId, sharedKeys, type RunEvent, type WorkerInfo } from '../../src/queues/contract.ts';
 import { WorkerStore } from '../../src/store/worker-store.ts';
+import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
@@ -261,5 +262,34 @@ describe('lending a GPU', () => {
     const list = await done(command('list', alice));
     expect(list).not.toMatch(/gaming-pc|bobs laptop/);
     expect(list).toContain('(1 of 1 online)');
+  });
+
+  it('the command shown with a token starts a worker that comes online here; removing the GPU stops it', async () => {
+    const reply = await done(command('add', alice, { name: 'studio' }));
+    const line = /^(LORA_GUILD_URL=\S+ .*) npm run worker$/m.exec(reply)?.[1];
+    expect(line).toBeDefined();
+    const shown = Object.fromEntries(line!.split(' ').map((pair) => pair.split('=', 2) as [string, string]));
+    expect(Object.keys(shown).sort()).toEqual(['ALLOW_INSECURE_WORKER_HTTP', 'LORA_GUILD_URL', 'MODELS_DIR', 'SD_SCRIPTS_DIR', 'WORKER_QUEUES', 'WORKER_TOKEN']);
+    const models = join(tmp, 'studio-models');
+    await mkdir(models);
+    // A checkpoint with SD 1.5's tensor layout, under a name that does not say so.
+    await writeModelFile(join(models, 'my-favourite.safetensors'), sd15Layout());
+    // The member's machine: what the reply said, with its own folders (no Redis, no data dir of the bot's).
+    await world.spawnWorker(
+      { ...shown, MODELS_DIR: models, SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts', TRAINER_CMD: 'python3', WORKER_CACHE_DIR: join(tmp, 'studio-cache'), WORKER_HEARTBEAT_SECONDS: '1' },
+      30_000,
+      { remote: true },
+    );
+    const studio = (await workerStore.find(world.discord.guildId, 'studio'))!;
+    await until('the worker’s first heartbeat', async () => (await world.redis.exists(sharedKeys.worker(prefix, studio.id))) === 1);
+    const list = await done(command('list', alice));
+    expect(list).toMatch(new RegExp(`🟢 \\*\\*studio\\*\\* · lent by <@${alice.id}> · (no GPU found|.+ \\d+ GiB) · \\d+ GiB RAM · \\d+ (GiB|MiB) disk free`));
+    expect(list).toContain('Base models: `my-favourite.safetensors` (SD 1.5)');
+
+    expect(await done(command('remove', alice, { worker: 'studio' }))).toContain('Removed **studio**');
+    // The worker learns at its next request that its token is gone, and stops (exit status 3).
+    expect(await world.worker!.exited).toBe(3);
+    expect(world.worker!.log.lines.some((l) => /refused this worker's token/.test(String(l.msg)))).toBe(true);
+    world.worker = null;
   });
 });

@@ -18,6 +18,11 @@ describe('lending a GPU', () => {
     expect(text).toContain('LORA_GUILD_URL=https://lora.example.org WORKER_TOKEN=lgw_wabcdefghij_x WORKER_QUEUES=training');
     expect(text).toContain('-e LORA_GUILD_URL=https://lora.example.org -e WORKER_TOKEN=lgw_wabcdefghij_x');
     expect(text.length).toBeLessThan(1500);
+    expect(text).not.toContain('ALLOW_INSECURE_WORKER_HTTP');
+    // On a private network over plain http (the operator allowed it), the worker must allow it too.
+    const lan = workerInstructions('http://10.0.0.2:8080', 'lgw_wabcdefghij_x');
+    expect(lan).toContain('SD_SCRIPTS_DIR=~/sd-scripts ALLOW_INSECURE_WORKER_HTTP=true npm run worker');
+    expect(lan).toContain('-e WORKER_QUEUES=training -e ALLOW_INSECURE_WORKER_HTTP=true -e WORKER_CACHE_DIR=/cache');
   });
 
   it('names a GPU the way members say it, and whose it is', () => {

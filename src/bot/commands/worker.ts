@@ -43,14 +43,18 @@ export function lendingRefusal(config: Pick<Config, 'PUBLIC_URL' | 'ALLOW_INSECU
 /** What to run on the lent machine: with npm, and with Docker. */
 export function workerInstructions(publicUrl: string, token: string): string {
   const url = publicUrl.replace(/\/+$/, '');
+  // Plain http is allowed by the bot's operator only for tests and private networks; the worker must allow it too.
+  const insecure = new URL(url).protocol === 'http:';
+  const npmInsecure = insecure ? 'ALLOW_INSECURE_WORKER_HTTP=true ' : '';
+  const dockerInsecure = insecure ? '-e ALLOW_INSECURE_WORKER_HTTP=true ' : '';
   return [
     'On the machine with the GPU (Linux, or Windows with WSL), in a copy of LoRA Guild, with sd-scripts’ Python environment active:',
     '```sh',
-    `LORA_GUILD_URL=${url} WORKER_TOKEN=${token} WORKER_QUEUES=training MODELS_DIR=~/models SD_SCRIPTS_DIR=~/sd-scripts npm run worker`,
+    `LORA_GUILD_URL=${url} WORKER_TOKEN=${token} WORKER_QUEUES=training MODELS_DIR=~/models SD_SCRIPTS_DIR=~/sd-scripts ${npmInsecure}npm run worker`,
     '```',
     'Or with Docker (build once: `docker build -f docker/worker.Dockerfile -t lora-guild-worker .`):',
     '```sh',
-    `docker run -d --gpus all --restart unless-stopped -e LORA_GUILD_URL=${url} -e WORKER_TOKEN=${token} -e WORKER_QUEUES=training -e WORKER_CACHE_DIR=/cache -v ~/models:/models:ro -v lora-guild-cache:/cache lora-guild-worker`,
+    `docker run -d --gpus all --restart unless-stopped -e LORA_GUILD_URL=${url} -e WORKER_TOKEN=${token} -e WORKER_QUEUES=training ${dockerInsecure}-e WORKER_CACHE_DIR=/cache -v ~/models:/models:ro -v lora-guild-cache:/cache lora-guild-worker`,
     '```',
     'Put your base checkpoints (`.safetensors`) in `~/models`. Step by step: “Lend a GPU” in the README.',
   ].join('\n');
