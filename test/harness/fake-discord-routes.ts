@@ -582,9 +582,11 @@ export class RestRoutes {
     if (
       state.ackType === InteractionResponseType.DeferredChannelMessageWithSource &&
       original &&
+      !original.deleted &&
       (original.flags & MessageFlags.Loading) !== 0
     ) {
-      // The first followup after a deferred reply fills in the "thinking…" message.
+      // The first followup after a deferred reply fills in the "thinking…" message (unless that
+      // message was deleted: the followup is then a message of its own).
       applyEdit(this.world, original, body, files);
       this.announce(GatewayDispatchEvents.MessageUpdate, original);
       message = original;

@@ -264,6 +264,25 @@ describe('FakeDiscord: slash commands', () => {
     expect(fake.channelMessages().map((m) => m.id)).toEqual([second.id]);
   });
 
+  it('sends a followup after a deleted deferred reply as a new message, never into the deleted one', async () => {
+    const client = await connect();
+    const received = nextInteraction(client);
+    const handle = fake.sendCommand({ name: 'status' });
+    const interaction = await received;
+    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    await interaction.deferReply();
+    const placeholder = handle.lastReply();
+    expect(placeholder?.flags).toBe(128);
+    await interaction.deleteReply();
+    const after = await interaction.followUp({ content: 'only you see this', flags: 'Ephemeral' });
+
+    expect(after.id).not.toBe(placeholder?.id);
+    expect(fake.message(placeholder!.id)).toMatchObject({ deleted: true, content: '' });
+    expect(fake.message(after.id)).toMatchObject({ content: 'only you see this', flags: 64, deleted: false });
+    // Nothing public is left in the channel.
+    expect(fake.channelMessages().filter((m) => !m.deleted)).toEqual([]);
+  });
+
   it('answers an autocomplete with the choices recorded on the callback', async () => {
     const client = await connect();
     const received = nextInteraction(client);
