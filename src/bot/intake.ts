@@ -207,14 +207,15 @@ export class IntakeService {
       }
       try {
         lost.throwIfAborted();
-        const near = nearestDuplicate(n.phash, phashes, config.NEAR_DUPLICATE_DISTANCE);
-        if (near !== null) {
-          report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, near, 'a near duplicate of') });
-          continue;
-        }
+        // The exact check first: a byte-for-byte copy is the same picture, not a near one.
         const exact = await store.pixelOwner(req.dataset.id, n.pixelSha256);
         if (exact !== null) {
           report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, exact, 'the same picture as') });
+          continue;
+        }
+        const near = nearestDuplicate(n.phash, phashes, config.NEAR_DUPLICATE_DISTANCE);
+        if (near !== null) {
+          report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, near, 'a near duplicate of') });
           continue;
         }
         // Blobs first, record second: a crash in between leaves an unreferenced blob (swept

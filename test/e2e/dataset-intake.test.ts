@@ -166,6 +166,16 @@ describe('/dataset add', () => {
     expect([...cutout.data.subarray(0, 3)]).toEqual([255, 255, 255]);
   });
 
+  it('calls a byte-for-byte copy the same picture, not a near duplicate, and names who added it', async () => {
+    await createDataset('copies');
+    const photo = await normalJpeg(41);
+    await addImages('copies', [photo], alice);
+    const h = await addImages('copies', [{ ...photo, name: 'c08.jpeg' }], bob);
+    expect(reply(h)).toMatch(/0 added, 1 refused/);
+    expect(lineFor(reply(h), 'c08.jpeg')).toMatch(/^❌ .*the same picture as #1 \(added by alice\)/);
+    expect(reply(h)).not.toMatch(/near duplicate/);
+  });
+
   it('answers within Discord’s 3 s by deferring first', async () => {
     await createDataset('quick');
     const h = world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'quick', ...attach([await normalJpeg(7)]) } });
