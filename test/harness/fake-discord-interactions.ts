@@ -69,6 +69,8 @@ export interface InteractionFactoryOptions {
   hasCommands(guildId: string): boolean;
   /** The layout of the last modal the bot showed with this custom id, if any. */
   modalLayout(customId: string): 'rows' | 'labels' | undefined;
+  /** The text inputs of the last modal the bot showed with this custom id, with their limits. */
+  modalInputs(customId: string): { customId: string; maxLength: number; minLength: number }[];
 }
 
 interface BuiltOption {
@@ -134,6 +136,17 @@ export class InteractionFactory {
   modalSubmit(spec: ModalSubmitSpec): BuiltInteraction {
     const ctx = this.context(spec);
     const layout = spec.layout ?? this.opts.modalLayout(spec.customId) ?? 'rows';
+    // Discord's form does not let a member submit more (or fewer) characters than a field allows.
+    for (const input of this.opts.modalInputs(spec.customId)) {
+      const value = spec.fields[input.customId];
+      if (typeof value !== 'string') continue;
+      const length = [...value].length;
+      if (length > input.maxLength || (length > 0 && length < input.minLength)) {
+        throw new Error(
+          `FakeDiscord: the form's field "${input.customId}" takes ${input.minLength}–${input.maxLength} characters; a member cannot submit ${length}`,
+        );
+      }
+    }
     let nextId = 1;
     const components = Object.entries(spec.fields).map(([customId, value]) => {
       const inner = Array.isArray(value)

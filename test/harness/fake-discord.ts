@@ -123,6 +123,7 @@ export class FakeDiscord {
       hasCommands: (guildId) =>
         (this.commandSets.get(guildId)?.length ?? 0) + (this.commandSets.get('global')?.length ?? 0) > 0,
       modalLayout: (customId) => this.modalLayout(customId),
+      modalInputs: (customId) => this.modalInputs(customId),
     });
     this.server = createServer((req, res) => {
       this.onRequest(req, res).catch((err: unknown) => {
@@ -502,17 +503,42 @@ export class FakeDiscord {
     };
   }
 
-  private modalLayout(customId: string): 'rows' | 'labels' | undefined {
+  /** The components of the last modal the bot showed with this custom id. */
+  private shownModal(customId: string): unknown[] | undefined {
     for (let i = this.log.items.length - 1; i >= 0; i--) {
       const call = this.log.items[i];
       if (!call || call.route !== 'POST /interactions/:id/:token/callback' || call.status >= 300) continue;
       const json = call.json;
       if (!isRecord(json) || json.type !== InteractionResponseType.Modal || !isRecord(json.data)) continue;
       if (json.data.custom_id !== customId || !Array.isArray(json.data.components)) continue;
-      const first: unknown = json.data.components[0];
-      return isRecord(first) && first.type === 18 ? 'labels' : 'rows';
+      return json.data.components as unknown[];
     }
     return undefined;
+  }
+
+  private modalLayout(customId: string): 'rows' | 'labels' | undefined {
+    const components = this.shownModal(customId);
+    if (!components) return undefined;
+    const first: unknown = components[0];
+    return isRecord(first) && first.type === 18 ? 'labels' : 'rows';
+  }
+
+  /** The text inputs of the last modal shown with this custom id, with their limits. */
+  private modalInputs(customId: string): { customId: string; maxLength: number; minLength: number }[] {
+    const out: { customId: string; maxLength: number; minLength: number }[] = [];
+    for (const top of this.shownModal(customId) ?? []) {
+      if (!isRecord(top)) continue;
+      const inner: unknown[] = Array.isArray(top.components) ? (top.components as unknown[]) : [top.component];
+      for (const c of inner) {
+        if (!isRecord(c) || c.type !== 4 || typeof c.custom_id !== 'string') continue;
+        out.push({
+          customId: c.custom_id,
+          maxLength: typeof c.max_length === 'number' ? c.max_length : 4000,
+          minLength: typeof c.min_length === 'number' ? c.min_length : 0,
+        });
+      }
+    }
+    return out;
   }
 
   /** Closes sockets and the server; pending waits reject. Safe to call twice. */

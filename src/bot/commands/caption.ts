@@ -5,9 +5,10 @@ import {
   TextInputBuilder,
   TextInputStyle,
   type ChatInputCommandInteraction,
+  type ModalSubmitInteraction,
 } from 'discord.js';
 import { captionCommandData } from '../../../commands/workshop.ts';
-import { UserError } from '../../core/errors.ts';
+import { isUserError, UserError } from '../../core/errors.ts';
 import {
   CAPTION_MODE_LABELS,
   captionModeOf,
@@ -21,7 +22,7 @@ import {
   type CaptionTrack,
 } from '../../core/caption-text.ts';
 import { validateConceptName } from '../../core/dataset-rules.ts';
-import { composeCaption, parseTags, stripLeadingTriggers, validateCaptionText } from '../../core/tag-ops.ts';
+import { composeCaption, MAX_CAPTION_CHARS, parseTags, stripLeadingTriggers, validateCaptionText } from '../../core/tag-ops.ts';
 import { JobName } from '../../queues/contract.ts';
 import { MAX_BULK_EDITS, sentenceOf, type CaptionStore, type CaptionVersion } from '../../store/caption-store.ts';
 import type { Dataset, ImageRecord } from '../../store/dataset-store.ts';
@@ -104,7 +105,8 @@ async function edit(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     part === 'tags'
       ? new TextInputBuilder().setCustomId(EDIT_FIELD).setLabel('Tags, comma-separated (triggers are added)').setRequired(false)
       : new TextInputBuilder().setCustomId(SENTENCE_FIELD).setLabel('The sentence (triggers are added in front)').setRequired(true);
-  input.setStyle(TextInputStyle.Paragraph).setMaxLength(4000);
+  // The form takes exactly what the bot accepts, so nothing typed is refused for its length.
+  input.setStyle(TextInputStyle.Paragraph).setMaxLength(MAX_CAPTION_CHARS);
   const current = caption ? (part === 'tags' ? caption.tags.join(', ') : sentenceOf(caption)) : '';
   if (current) input.setValue(current);
   const form = { datasetId: dataset.id, imageNo: image.no, version: caption?.version ?? 0 };
@@ -114,6 +116,26 @@ async function edit(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     .addComponents(new ActionRowBuilder<TextInputBuilder>().addComponents(input));
   await interaction.showModal(modal);
 }
+/**
+ * Runs a form's save; when it is refused, the member gets the reason and their text back (in the
+ * reply, or as a file when it does not fit), so nothing they typed is lost with the form.
+ */
+async function savingForm(interaction: ModalSubmitInteraction, text: string, save: () => Promise<void>): Promise<void> {
+  try {
+    await save();
+  } catch (err) {
+    if (!isUserError(err)) throw err;
+    const head = `⚠️ ${err.message}\nNothing was saved. Here is your text, to fix and paste into \`/caption edit\` again:`;
+    const inline = `\`\`\`\n${text.replaceAll('`', 'ˋ')}\n\`\`\``;
+    if (head.length + 1 + inline.length <= 2000) {
+      await interaction.editReply({ content: `${head}\n${inline}` });
+    } else {
+      const file = new AttachmentBuilder(Buffer.from(text, 'utf8'), { name: 'your-caption.txt' });
+      await interaction.editReply({ content: `${head} (attached)`, files: [file] });
+    }
+  }
+}
+
 /** The caption editing form; `version` is the caption it started from (0: none), so a concurrent edit is not overwritten. */
 export const captionEditModal: ComponentHandler<{ datasetId: string; imageNo: number; version: number }, 'modal'> = {
   family: 'capedit',
@@ -129,16 +151,18 @@ export const captionEditModal: ComponentHandler<{ datasetId: string; imageNo: nu
     const image = await imageOf(ctx, dataset, imageNo);
     await requireEditor(interaction, ctx, dataset);
     const text = interaction.fields.getTextInputValue(EDIT_FIELD);
-    validateCaptionText(text);
-    const t = await triggersOf(ctx, dataset, image);
-    const tags = stripLeadingTriggers(parseTags(text), [t.dataset, ...(t.concept ? [t.concept] : [])]);
-    const saved = await ctx.captions.set(dataset.id, image.no, tags, {
-      by: interaction.user.id,
-      source: 'edit',
-      ...(version > 0 ? { ifVersion: version } : {}),
-    });
-    await interaction.editReply({
-      content: `Saved the caption of **#${image.no}** (version ${saved.version}):\n\`\`\`\n${(await writtenCaption(ctx, dataset, image, saved.tags)).replaceAll('`', 'ˋ').slice(0, 1800)}\n\`\`\``,
+    await savingForm(interaction, text, async () => {
+      validateCaptionText(text);
+      const t = await triggersOf(ctx, dataset, image);
+      const tags = stripLeadingTriggers(parseTags(text), [t.dataset, ...(t.concept ? [t.concept] : [])]);
+      const saved = await ctx.captions.set(dataset.id, image.no, tags, {
+        by: interaction.user.id,
+        source: 'edit',
+        ...(version > 0 ? { ifVersion: version } : {}),
+      });
+      await interaction.editReply({
+        content: `Saved the caption of **#${image.no}** (version ${saved.version}):\n\`\`\`\n${(await writtenCaption(ctx, dataset, image, saved.tags)).replaceAll('`', 'ˋ').slice(0, 1800)}\n\`\`\``,
+      });
     });
   },
 };
@@ -158,15 +182,17 @@ export const captionSentenceModal: ComponentHandler<{ datasetId: string; imageNo
     const image = await imageOf(ctx, dataset, imageNo);
     await requireEditor(interaction, ctx, dataset);
     const text = interaction.fields.getTextInputValue(SENTENCE_FIELD);
-    validateSentence(text);
-    const t = await triggersOf(ctx, dataset, image);
-    const sentence = stripLeadingTriggerPhrase(text, [t.dataset, ...(t.concept ? [t.concept] : [])]);
-    const saved = await ctx.sentences.set(dataset.id, image.no, [sentence], {
-      by: interaction.user.id,
-      source: 'edit',
-      ...(version > 0 ? { ifVersion: version } : {}),
+    await savingForm(interaction, text, async () => {
+      validateSentence(text);
+      const t = await triggersOf(ctx, dataset, image);
+      const sentence = stripLeadingTriggerPhrase(text, [t.dataset, ...(t.concept ? [t.concept] : [])]);
+      const saved = await ctx.sentences.set(dataset.id, image.no, [sentence], {
+        by: interaction.user.id,
+        source: 'edit',
+        ...(version > 0 ? { ifVersion: version } : {}),
+      });
+      await interaction.editReply({ content: `Saved the sentence of **#${image.no}** (version ${saved.version}):\n${fenced(sentenceOf(saved), 1800)}` });
     });
-    await interaction.editReply({ content: `Saved the sentence of **#${image.no}** (version ${saved.version}):\n${fenced(sentenceOf(saved), 1800)}` });
   },
 };
 
