@@ -2,6 +2,7 @@ import { DelayedError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blob-store.ts';
 import type { Config } from '../core/config.ts';
+import { isUserError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { captionModeOf, tracksOf, type CaptionTrack } from '../core/caption-text.ts';
 import { ensureCaptionerModel } from '../core/captioner-model.ts';
@@ -164,7 +165,10 @@ export class TaggingService {
     if (!dataset || dataset.guildId !== payload.guildId) return { tagged: [], skipped: payload.imageNos };
     const images = await store.getImages(dataset.id, payload.imageNos);
     const current = await captions.getMany(dataset.id, images.map((i) => i.no));
-    const todo = payload.retag ? images : images.filter((i) => !current.has(i.no));
+    // A caption that arrived with the image (and nobody edited since) is still tagged: the
+    // tagger's tags are added after it, and the uploaded version stays in the history.
+    const fromUpload = (no: number) => current.get(no)?.source === 'upload';
+    const todo = payload.retag ? images : images.filter((i) => !current.has(i.no) || fromUpload(i.no));
     const skipped = payload.imageNos.filter((n) => !todo.some((i) => i.no === n));
     if (todo.length === 0) return { tagged: [], skipped };
 
@@ -184,6 +188,17 @@ export class TaggingService {
       if (payload.retag) {
         await captions.set(dataset.id, img.no, tags, meta);
         tagged.push(img.no);
+      } else if (fromUpload(img.no)) {
+        const uploaded = current.get(img.no)!;
+        const merged = [...uploaded.tags, ...tags];
+        try {
+          await captions.set(dataset.id, img.no, merged, { ...meta, ifVersion: uploaded.version });
+          tagged.push(img.no);
+        } catch (err) {
+          // Edited or removed while the tagger ran: the member's caption stays as it is.
+          if (!isUserError(err)) throw err;
+          skipped.push(img.no);
+        }
       } else {
         const written = await captions.setIfUntagged(dataset.id, img.no, tags, meta);
         (written.written ? tagged : skipped).push(img.no);

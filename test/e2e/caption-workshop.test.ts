@@ -127,12 +127,28 @@ describe('tagging and the caption workshop', () => {
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).toContain('red theme');
   });
 
-  it('refuses captions over 2000 characters or with control characters, and changes nothing', async () => {
-    const customId = ((await command('caption', 'edit', { dataset: 'aria', image: 2 }).callback()).json as { data: { custom_id: string } }).data.custom_id;
-    const long = world.discord.sendModalSubmit({ customId, fields: { tags: 'x, '.repeat(700) }, user: alice });
-    expect((await long.waitForEdit()).json).toMatchObject({ content: expect.stringMatching(/at most 2000/) as unknown });
+  it('offers a form that takes at most what the bot accepts, and gives a refused text back', async () => {
+    const callback = await command('caption', 'edit', { dataset: 'aria', image: 2 }).callback();
+    const data = (callback.json as { data: { custom_id: string; components: { components: { max_length: number }[] }[] } }).data;
+    expect(data.components[0]!.components[0]!.max_length).toBe(2000);
+    const customId = data.custom_id;
+    // Discord's form itself stops a member at the limit.
+    expect(() => world.discord.sendModalSubmit({ customId, fields: { tags: 'x'.repeat(2001) }, user: alice })).toThrow(/1–2000|0–2000/);
+
+    // Refused for another reason: the reply says why and gives the text back.
     const control = world.discord.sendModalSubmit({ customId, fields: { tags: 'smile,\u0007bell' }, user: alice });
-    expect((await control.waitForEdit()).json).toMatchObject({ content: expect.stringMatching(/control character/) as unknown });
+    const refused = (await control.waitForEdit()).json as { content: string };
+    expect(refused.content).toMatch(/control character/);
+    expect(refused.content).toContain('smile,\u0007bell');
+
+    // A long text that does not fit beside the reason comes back as a file, byte for byte.
+    const long = `smile, ${'a'.repeat(150)}, ${'long hair, '.repeat(160)}tiara`;
+    expect(long.length).toBeLessThanOrEqual(2000);
+    const big = world.discord.sendModalSubmit({ customId, fields: { tags: long }, user: alice });
+    await big.waitForEdit();
+    const reply = big.lastReply()!;
+    expect(reply.content).toMatch(/at most 100[\s\S]*Nothing was saved/);
+    expect(reply.attachments.find((a) => a.filename === 'your-caption.txt')?.data.toString('utf8')).toBe(long);
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('circlet');
   });
 
@@ -157,5 +173,34 @@ describe('tagging and the caption workshop', () => {
     const h = world.discord.sendAutocomplete({ name: 'tags', subcommand: 'remove', options: { dataset: 'aria', tags: 'smile, lo' }, focused: 'tags', user: alice });
     const cb = await h.callback();
     expect(cb.json).toMatchObject({ type: 8, data: { choices: [{ value: 'smile, long hair' }] } });
+  });
+});
+
+describe('images that arrive with a caption', () => {
+  it('are tagged like the others: the tagger adds its tags after what arrived, which stays in the history', async () => {
+    const { buildZip } = await import('../fixtures/zip.ts');
+    await done(command('dataset', 'create', { name: 'kept', trigger: 'ohwx_kept', class: 'woman', kind: 'character', base: 'sd15' }));
+    const threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · kept')!.id;
+    const [red, blue] = [await tinted(5, '#ff2020'), await tinted(6, '#2040ff')];
+    const zip = buildZip([
+      { name: 'a.jpg', data: red.data },
+      { name: 'a.txt', data: 'ohwx_kept, red dress, smile\n' },
+      { name: 'b.jpg', data: blue.data },
+    ]);
+    const file = world.discord.addAttachment({ filename: 'set.zip', data: zip, contentType: 'application/zip' });
+    expect(await done(command('dataset', 'add', { dataset: 'kept', zip: file as never }))).toMatch(/2 added/);
+    await world.discord.waitForCall(
+      (c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 2 images'),
+      30_000,
+    );
+    const shown = await done(command('caption', 'show', { dataset: 'kept', image: 1 }));
+    // What arrived first, in its order; the tagger's tags after it, without repeating `smile`.
+    expect(shown).toContain('ohwx_kept, red dress, smile, red theme, long hair, tiara');
+    expect(shown).toMatch(/Tags \(version 2 · tagger/);
+    // Undo goes back to the caption as it arrived.
+    await done(command('caption', 'undo', { dataset: 'kept', image: 1 }));
+    const undone = await done(command('caption', 'show', { dataset: 'kept', image: 1 }));
+    expect(undone).toMatch(/Tags \(version 1 · upload/);
+    expect(undone).toContain('ohwx_kept, red dress, smile\n');
   });
 });
