@@ -84,4 +84,21 @@ export const settingsCommandData = new SlashCommandBuilder()
       .setDescription('Who may lend a GPU to this server with /worker add')
       .addBooleanOption((o) => o.setName('members-may-lend').setDescription('true: any member; false: Manage Server only (the default)').setRequired(true)),
   )
+  .addSubcommand((s) =>
+    s
+      .setName('captions')
+      .setDescription('What new datasets are captioned with (each can change it with /caption mode)')
+      .addStringOption((o) =>
+        o
+          .setName('mode')
+          .setDescription('auto: sentences for styles, FLUX and Chroma, tags otherwise')
+          .setRequired(true)
+          .addChoices(
+            { name: 'auto (by kind and base)', value: 'auto' },
+            { name: 'tags', value: 'tags' },
+            { name: 'sentences', value: 'sentences' },
+            { name: 'both (sentence, then tags)', value: 'both' },
+          ),
+      ),
+  )
   .toJSON();

@@ -1,3 +1,4 @@
+import type { CaptionMode } from '../core/caption-text.ts';
 import type { BaseFamily } from '../core/model-family.ts';
 import type { Redis } from 'ioredis';
 import type { ResolvedRecipe } from '../core/recipes.ts';
@@ -168,9 +169,17 @@ export interface GuildSettings {
   maxQueuedPerGuild: number;
   /** Any member may lend a GPU with `/worker add`; false: Manage Guild only. */
   membersMayLend: boolean;
+  /** The caption mode new datasets start with; null: by their kind and base (see caption-text.ts). */
+  captionMode: CaptionMode | null;
 }
 
-export const DEFAULT_GUILD_SETTINGS: GuildSettings = { trainerRoleId: null, maxQueuedPerMember: 2, maxQueuedPerGuild: 5, membersMayLend: false };
+export const DEFAULT_GUILD_SETTINGS: GuildSettings = {
+  trainerRoleId: null,
+  maxQueuedPerMember: 2,
+  maxQueuedPerGuild: 5,
+  membersMayLend: false,
+  captionMode: null,
+};
 
 export class GuildSettingsStore {
   constructor(

@@ -323,7 +323,7 @@ describe('/dataset show and list', () => {
 
 describe('/settings', () => {
   const MANAGE_GUILD = String(1n << 5n);
-  async function settings(subcommand: string, options: Record<string, number | boolean> = {}, permissions = MANAGE_GUILD) {
+  async function settings(subcommand: string, options: Record<string, number | boolean | string> = {}, permissions = MANAGE_GUILD) {
     const h = world.discord.sendCommand({ name: 'settings', subcommand, user: carol, permissions, options });
     expect((await h.callback()).json).toMatchObject({ type: 5, data: { flags: 64 } });
     await h.waitForEdit();
@@ -332,7 +332,8 @@ describe('/settings', () => {
 
   it('shows and changes the queue limits, refusing a member limit above the server limit', async () => {
     expect(await settings('show')).toBe(
-      'Trainer role: none (Manage Server only) · runs waiting or running at once: 2 per member, 5 per server · GPUs may be lent (`/worker add`) by Manage Server only',
+      'Trainer role: none (Manage Server only) · runs waiting or running at once: 2 per member, 5 per server · ' +
+        'new datasets are captioned with sentences or tags by their kind and base · GPUs may be lent (`/worker add`) by Manage Server only',
     );
     expect(await settings('limits', { 'per-member': 3, 'per-server': 4 })).toMatch(/3 per member, 4 per server · /);
     expect(await settings('limits', { 'per-member': 5 })).toBe('⚠️ The per-member limit cannot be above the per-server limit.');
@@ -343,6 +344,15 @@ describe('/settings', () => {
     expect(await settings('workers', { 'members-may-lend': true })).toMatch(/by any member$/);
     expect(await settings('show')).toMatch(/by any member$/);
     expect(await settings('workers', { 'members-may-lend': false })).toMatch(/by Manage Server only$/);
+  });
+
+  it('sets what new datasets are captioned with; a dataset made then starts with it', async () => {
+    expect(await settings('captions', { mode: 'both' })).toMatch(/new datasets are captioned with a sentence, then tags · /);
+    await world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: carol, options: { name: 'bothds', trigger: 'ohwx_b', class: 'woman', kind: 'character', base: 'sd15' } }).waitForEdit();
+    const mode = world.discord.sendCommand({ name: 'caption', subcommand: 'mode', user: carol, options: { dataset: 'bothds' } });
+    await mode.waitForEdit();
+    expect(reply(mode)).toMatch(/^\*\*bothds\*\* is captioned with a sentence, then tags\. /);
+    expect(await settings('captions', { mode: 'auto' })).toMatch(/captioned with sentences or tags by their kind and base · /);
   });
 
   it('needs Manage Server', async () => {

@@ -49,6 +49,7 @@ async function create(interaction: ChatInputCommandInteraction, ctx: BotContext)
 
   const channel = interaction.channel;
   const parent = channel?.isThread() ? channel.parent : channel;
+  const captionMode = (await ctx.settings.get(guildId)).captionMode;
   const dataset = await ctx.store.createDataset({
     guildId,
     name,
@@ -59,6 +60,7 @@ async function create(interaction: ChatInputCommandInteraction, ctx: BotContext)
     resolution,
     ownerId: interaction.user.id,
     channelId: parent?.id ?? interaction.channelId,
+    ...(captionMode ? { captionMode } : {}),
   });
 
   let threadNote = '';

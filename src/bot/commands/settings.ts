@@ -1,5 +1,6 @@
 import { PermissionFlagsBits, type ChatInputCommandInteraction } from 'discord.js';
 import { settingsCommandData } from '../../../commands/train.ts';
+import { CAPTION_MODE_LABELS, isCaptionMode } from '../../core/caption-text.ts';
 import { UserError } from '../../core/errors.ts';
 import type { GuildSettings } from '../../store/run-store.ts';
 import type { BotContext } from '../context.ts';
@@ -26,6 +27,7 @@ function settingsSubcommand(change?: (settings: GuildSettings, interaction: Chat
       await interaction.editReply(
         `Trainer role: ${settings.trainerRoleId ? `<@&${settings.trainerRoleId}>` : 'none (Manage Server only)'} · ` +
           `runs waiting or running at once: ${settings.maxQueuedPerMember} per member, ${settings.maxQueuedPerGuild} per server · ` +
+          `new datasets are captioned with ${settings.captionMode ? CAPTION_MODE_LABELS[settings.captionMode] : 'sentences or tags by their kind and base'} · ` +
           `GPUs may be lent (\`/worker add\`) by ${settings.membersMayLend ? 'any member' : 'Manage Server only'}`,
       );
     },
@@ -46,6 +48,11 @@ export const settingsCommand: SlashCommand = {
     }),
     workers: settingsSubcommand((settings, interaction) => {
       settings.membersMayLend = interaction.options.getBoolean('members-may-lend', true);
+    }),
+    captions: settingsSubcommand((settings, interaction) => {
+      const mode = interaction.options.getString('mode', true);
+      if (mode !== 'auto' && !isCaptionMode(mode)) throw new UserError('The mode must be auto, tags, sentences or both.');
+      settings.captionMode = mode === 'auto' ? null : mode;
     }),
   },
 };
