@@ -2,7 +2,7 @@ import { UserError } from '../core/errors.ts';
 import { computeDatasetHash } from '../core/lora-metadata.ts';
 import { measuredSecondsPerStep, planRun, type Plan, type SpeedSample } from '../core/plan.ts';
 import { captionModeOf, composeForMode } from '../core/caption-text.ts';
-import { FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily } from '../core/model-family.ts';
+import { COMPANION_KINDS, FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily, type CompanionKind } from '../core/model-family.ts';
 import {
   NETWORK_LABELS,
   pickCompanions,
@@ -63,6 +63,16 @@ export function modelsFor(workers: WorkerInfo[], base: Dataset['base']): string[
     }
   }
   return [...[...exact].sort(), ...[...other].filter((f) => !exact.has(f)).sort()];
+}
+
+/** A heartbeat's companion files, keeping only well-formed entries (a lent GPU's heartbeat is not ours to trust). */
+export function companionsOf(info: WorkerInfo): NonNullable<WorkerInfo['companions']> {
+  const list: unknown = info.companions;
+  if (!Array.isArray(list)) return [];
+  return list.filter(
+    (c): c is NonNullable<WorkerInfo['companions']>[number] =>
+      typeof c === 'object' && c !== null && typeof (c as { file?: unknown }).file === 'string' && COMPANION_KINDS.includes((c as { kind?: unknown }).kind as CompanionKind),
+  );
 }
 
 /** The plan's line on where and how the run trains: family, network, memory preset, text encoders. */
@@ -155,7 +165,7 @@ export async function prepareRun(ctx: BotContext, dataset: Dataset, request: Pla
     let lastError: unknown = null;
     for (const w of holders) {
       try {
-        companions = pickCompanions(dataset.base, w.companions ?? [], holders.length === 1 ? `the worker \`${w.id}\`` : `any worker offering \`${chosen}\``);
+        companions = pickCompanions(dataset.base, companionsOf(w), holders.length === 1 ? `the worker \`${w.id}\`` : `any worker offering \`${chosen}\``);
         worker = { id: w.id, memoryMiB: w.gpu?.memoryMiB ?? null };
         break;
       } catch (err) {

@@ -1,6 +1,8 @@
 import { parse } from 'smol-toml';
 import { describe, expect, it } from 'vitest';
+import { companionsOf, modelFits, modelsFor } from '../../src/bot/training.ts';
 import { UserError } from '../../src/core/errors.ts';
+import type { WorkerInfo } from '../../src/queues/contract.ts';
 import { configValueProblem, isKohyaArg, KOHYA_ARGS, scriptKnows, type KohyaArgName } from '../../src/core/kohya-args.ts';
 import { buildKohyaFiles, kohyaScriptFor } from '../../src/core/kohya-config.ts';
 import { BASE_FAMILIES, isTransformerFamily, type BaseFamily } from '../../src/core/model-family.ts';
@@ -286,6 +288,35 @@ describe('companions', () => {
     expect(() =>
       buildKohyaFiles(plan, recipe, { runId: 'r', outputName: 'o', outputDir: '/o', stagingDir: '/s', baseModelPath: '/m/f.safetensors', samplePrompts: [], seed: 1 }),
     ).toThrow(/flux1 needs clip_l, t5xxl, ae/);
+  });
+});
+
+describe('what workers offer', () => {
+  const worker = (models: WorkerInfo['models'], companions?: unknown): WorkerInfo =>
+    ({ id: 'w', host: 'h', gpu: null, models, busyWith: null, startedAt: 0, at: 0, ...(companions !== undefined ? { companions } : {}) }) as WorkerInfo;
+
+  it('offers a checkpoint only to the families its header allows', () => {
+    const w = worker([
+      { file: 'anime-xl.safetensors', base: 'sdxl' },
+      { file: 'noob-vpred.safetensors', base: 'sdxl-vpred' },
+      { file: 'flux1-dev.safetensors', base: 'flux1', variant: 'dev' },
+      { file: 'old.ckpt', base: null },
+    ]);
+    expect(modelsFor([w], 'sdxl')).toEqual(['anime-xl.safetensors', 'old.ckpt']);
+    // v-pred can't be seen in most SDXL files: plain SDXL checkpoints may train a v-pred dataset, after the marked ones.
+    expect(modelsFor([w], 'sdxl-vpred')).toEqual(['noob-vpred.safetensors', 'anime-xl.safetensors', 'old.ckpt']);
+    expect(modelsFor([w], 'flux1')).toEqual(['flux1-dev.safetensors']);
+    expect(modelsFor([w], 'chroma')).toEqual([]);
+    expect(modelFits(null, 'flux1')).toBe(false);
+    expect(modelFits('sdxl-vpred', 'sdxl')).toBe(false);
+  });
+
+  it('keeps only well-formed companion entries from a heartbeat', () => {
+    expect(companionsOf(worker([]))).toEqual([]);
+    expect(companionsOf(worker([], 'not a list'))).toEqual([]);
+    expect(companionsOf(worker([], [{ file: 'ae.safetensors', kind: 'ae' }, { file: 3, kind: 'ae' }, { file: 'x.safetensors', kind: 'vae' }, null]))).toEqual([
+      { file: 'ae.safetensors', kind: 'ae' },
+    ]);
   });
 });
 
