@@ -10,13 +10,14 @@ import { mutexOf } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type TagImagesPayload, type TrainRunPayload } from '../queues/contract.ts';
 import { CaptionStore } from '../store/caption-store.ts';
-import { DatasetStore, newId, type Dataset } from '../store/dataset-store.ts';
+import { DatasetStore, newId } from '../store/dataset-store.ts';
+import { ExpiringStore } from '../store/expiring-store.ts';
 import { EventClaims } from '../store/event-claims.ts';
 import { RedisLocks } from '../store/redis-lock.ts';
 import { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import { NoticeSender } from '../worker/notices.ts';
 import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
-import { recogniseUploadCaption } from './captions.ts';
+import { keepUploadCaptions } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
 import { startRunReporter } from './run-reporter.ts';
 import { TallyUpdater } from './tally.ts';
@@ -28,6 +29,9 @@ import { createWorkerApi, WORKER_API_PREFIX } from './worker-api.ts';
 import { RunEventQueue } from '../queues/run-events.ts';
 import { WorkerStore } from '../store/worker-store.ts';
 import { IntakeService } from './intake.ts';
+import { ImageRemovalService } from './image-removal.ts';
+import { DeliveryService } from './delivery.ts';
+import { TrainingService } from './training.ts';
 import { componentHandlers, slashCommands } from './handlers.ts';
 import { createInteractionRouter } from './interactions.ts';
 import { handleThreadMessage } from './message-intake.ts';
@@ -91,7 +95,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     onAccepted: async (dataset, nos, captioned) => {
       // Captions that came with the images (a .txt in a zip) are kept as tags or as a sentence;
       // the machines fill what the dataset's caption mode needs and is still missing.
-      await keepUploadCaptions(dataset, captioned);
+      await keepUploadCaptions({ store, captions, sentences }, dataset, captioned);
       await taggingQueue.add(JobName.TagImages, {
         guildId: dataset.guildId,
         datasetId: dataset.id,
@@ -101,21 +105,27 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       });
     },
   });
-  async function keepUploadCaptions(dataset: Dataset, nos: number[]): Promise<void> {
-    for (const img of await store.getImages(dataset.id, nos)) {
-      const concept = await store.getConcept(dataset.id, img.concept);
-      const found = recogniseUploadCaption(img.initialCaption ?? '', [dataset.trigger, concept?.trigger ?? ''].filter(Boolean));
-      if (!found) continue;
-      const meta = { by: img.contributorId, source: 'upload' as const };
-      if (found.track === 'tags') await captions.set(dataset.id, img.no, found.tags, meta);
-      else await sentences.set(dataset.id, img.no, [found.sentence], meta);
-    }
-  }
   // Nothing the bot writes pings anyone: names in member text (and <@id> in ours) only display.
   const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL }, allowedMentions: { parse: [], repliedUser: false } });
   const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000 });
   const workers = new WorkerStore(redis, config.REDIS_PREFIX);
-  const ctx: BotContext = { config, logger, redis, store, captions, sentences, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers };
+  const expiring = new ExpiringStore(redis, config.REDIS_PREFIX);
+  const training = new TrainingService({
+    redis,
+    redisPrefix: config.REDIS_PREFIX,
+    store,
+    captions,
+    sentences,
+    runs,
+    settings,
+    trainingQueue,
+    workerStore: workers,
+    expiring,
+    logger: logger.child({ unit: 'training' }),
+  });
+  const removal = new ImageRemovalService({ store, captions, runs, blobs, blobLock, logger: logger.child({ unit: 'removal' }) });
+  const delivery = new DeliveryService({ redis, redisPrefix: config.REDIS_PREFIX, votes, blobs, blobLock, expiring });
+  const ctx: BotContext = { config, logger, redis, store, captions, sentences, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers, training, removal, delivery, expiring };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).

@@ -1,5 +1,7 @@
 import { looksLikeSentence, normalizeSentence, stripLeadingTriggerPhrase, validateSentence } from '../core/caption-text.ts';
 import { MAX_CAPTION_CHARS, parseTags, stripLeadingTriggers, validateTag } from '../core/tag-ops.ts';
+import type { CaptionStore } from '../store/caption-store.ts';
+import type { Dataset, DatasetStore } from '../store/dataset-store.ts';
 
 /**
  * The tags of a caption that arrived with an image (a `.txt` in a zip): triggers we add ourselves
@@ -39,4 +41,23 @@ export function recogniseUploadCaption(text: string, triggers: string[]): Upload
   }
   const tags = captionFromUpload(text, triggers);
   return tags.length > 0 ? { track: 'tags', tags } : null;
+}
+
+/**
+ * Keeps the captions that came with newly accepted images (a `.txt` beside an image in a zip) as
+ * their first version: as tags, or as a sentence.
+ */
+export async function keepUploadCaptions(
+  deps: { store: DatasetStore; captions: CaptionStore; sentences: CaptionStore },
+  dataset: Dataset,
+  nos: number[],
+): Promise<void> {
+  for (const img of await deps.store.getImages(dataset.id, nos)) {
+    const concept = await deps.store.getConcept(dataset.id, img.concept);
+    const found = recogniseUploadCaption(img.initialCaption ?? '', [dataset.trigger, concept?.trigger ?? ''].filter(Boolean));
+    if (!found) continue;
+    const meta = { by: img.contributorId, source: 'upload' as const };
+    if (found.track === 'tags') await deps.captions.set(dataset.id, img.no, found.tags, meta);
+    else await deps.sentences.set(dataset.id, img.no, [found.sentence], meta);
+  }
 }

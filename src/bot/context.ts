@@ -9,10 +9,14 @@ import type { TagImagesPayload, TrainRunPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore } from '../store/dataset-store.ts';
 import type { EventClaims } from '../store/event-claims.ts';
+import type { ExpiringStore } from '../store/expiring-store.ts';
 import type { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import type { TallyUpdater } from './tally.ts';
 import type { NoticeSender } from '../worker/notices.ts';
 import type { IntakeService } from './intake.ts';
+import type { TrainingService } from './training.ts';
+import type { ImageRemovalService } from './image-removal.ts';
+import type { DeliveryService } from './delivery.ts';
 
 /** What every command and handler gets: the wired services of this bot process. */
 export interface BotContext {
@@ -33,6 +37,11 @@ export interface BotContext {
   notices: NoticeSender;
   blobs: BlobStore;
   intake: IntakeService;
+  training: TrainingService;
+  removal: ImageRemovalService;
+  delivery: DeliveryService;
+  /** Plans waiting for Start, prune suggestions, delivered files: values that expire. */
+  expiring: ExpiringStore;
   /** Held around blob writes with their records, and removals with their blob deletes (by every bot process). */
   blobLock: Mutex;
   /** Which bot process handles an event that all of them receive. */

@@ -13,6 +13,9 @@ export function keys(p: string) {
     concepts: (id: string) => `${p}:ds:${id}:concepts`,
     blobRefs: () => `${p}:blobrefs`,
     pruneSuggestion: (id: string) => `${p}:prune:${id}`,
+    pendingPlan: (id: string) => `${p}:plan:${id}`,
+    /** A delivered LoRA file of a run's epoch, as of one vote result (`winnerEpoch.votes` or `none`). */
+    deliveredFile: (runId: string, epoch: number, steps: number, winner: string) => `${p}:run:${runId}:enriched:${epoch}:${steps}:${winner}`,
     datasetKeyPattern: (id: string) => `${p}:ds:${id}:*`,
     captions: (id: string) => `${p}:ds:${id}:captions`,
     captionHistory: (id: string, no: number) => `${p}:ds:${id}:caphist:${no}`,

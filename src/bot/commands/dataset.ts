@@ -197,41 +197,8 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
 async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
   const selection = parseImageSelection(interaction.options.getString('images', true));
-  const userId = interaction.user.id;
-  let targets: number[];
-  if (selection.mine) {
-    const images = await ctx.store.listImages(dataset.id);
-    targets = images.filter((i) => i.contributorId === userId).map((i) => i.no);
-    if (targets.length === 0) throw new UserError(`You have no images in **${dataset.name}**.`);
-  } else {
-    const found = await ctx.store.getImages(dataset.id, selection.nos);
-    const missing = selection.nos.filter((n) => !found.some((f) => f.no === n));
-    if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}. Nothing was removed.`);
-    const others = found.filter((i) => i.contributorId !== userId);
-    if (others.length > 0 && !isModerator(interaction, dataset)) {
-      throw new UserError(
-        `You can remove only your own images: ${listNos(others.map((o) => o.no))} ${others.length === 1 ? 'was' : 'were'} added by someone else. ` +
-          'The dataset owner or a member with Manage Messages can remove them. Nothing was removed.',
-      );
-    }
-    targets = found.map((i) => i.no);
-  }
-  const removed = await removeImages(ctx, dataset.id, targets);
-  ctx.logger.info({ datasetId: dataset.id, userId, removed: removed.length }, 'images removed');
+  const removed = await ctx.removal.removeSelected(dataset, selection, { userId: interaction.user.id, moderator: isModerator(interaction, dataset) });
   await interaction.editReply(`Removed ${removed.length} image${removed.length === 1 ? '' : 's'} from **${dataset.name}**: ${listNos(removed)}.`);
-}
-
-/** Removes records and deletes the files nothing else refers to. */
-export async function removeImages(ctx: BotContext, datasetId: string, nos: number[]): Promise<number[]> {
-  return ctx.blobLock.run(async () => {
-    const { removed, freedBlobs } = await ctx.store.removeImages(datasetId, nos);
-    const gone = removed.map((r) => r.no);
-    await ctx.captions.deleteForImages(datasetId, gone);
-    // Files a queued or running run still needs stay until it ends; the orphan sweep takes them then.
-    const deletable = await Promise.all(freedBlobs.map(async (id) => ((await ctx.runs.isPinned(id)) ? null : id)));
-    await Promise.all(deletable.filter((id): id is string => id !== null).map((id) => ctx.blobs.delete(id)));
-    return gone;
-  });
 }
 
 async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {

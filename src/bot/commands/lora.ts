@@ -1,13 +1,11 @@
 import { AttachmentBuilder, type AutocompleteInteraction, type ChatInputCommandInteraction } from 'discord.js';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { loraCommandData } from '../../../commands/lora.ts';
 import { formatBytes } from '../../core/download.ts';
 import { UserError } from '../../core/errors.ts';
-import { enrichLoraMetadata, licenceNoteOf } from '../../core/lora-metadata.ts';
+import { licenceNoteOf } from '../../core/lora-metadata.ts';
 import { familyLabel } from '../../core/model-family.ts';
 import { downloadFileName, makeDownloadUrl } from '../../core/signed-url.ts';
-import { sharedKeys, type ArtifactRef } from '../../queues/contract.ts';
+import type { ArtifactRef } from '../../queues/contract.ts';
 import type { Run } from '../../store/run-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
@@ -73,53 +71,10 @@ async function pick(ctx: BotContext, run: Run, choice: EpochChoice): Promise<{ e
   return { epoch, artifact: saved, label };
 }
 
-/** The delivered file: the trainer's output with our metadata added (header rewritten, tensors untouched), cached per epoch. */
-async function enriched(ctx: BotContext, run: Run, epoch: number, artifact: ArtifactRef): Promise<{ blob: string; bytes: number }> {
-  const tally = await ctx.votes.tally(run.id);
-  const winner = tally.best === null ? null : { epoch: tally.best, votes: tally.counts.get(tally.best) ?? 0 };
-  // sd-scripts restarts its step count on a resume: the run's own count goes into the file.
-  const steps = Math.min(run.summary.totalSteps, epoch * run.summary.stepsPerEpoch);
-  const cacheKey = `${ctx.config.REDIS_PREFIX}:run:${run.id}:enriched:${epoch}:${steps}:${winner ? `${winner.epoch}.${winner.votes}` : 'none'}`;
-  const cached = await ctx.redis.get(cacheKey);
-  if (cached) {
-    const ref = JSON.parse(cached) as { blob: string; bytes: number };
-    if (await ctx.blobs.has(ref.blob)) return ref;
-  }
-  const tmpDir = ctx.blobs.tempPath('enrich');
-  await mkdir(tmpDir, { recursive: true });
-  const dest = join(tmpDir, 'lora.safetensors');
-  try {
-    await enrichLoraMetadata(ctx.blobs.path(artifact.blob), dest, {
-    triggerWords: run.credits.triggers,
-    tagFrequency: run.credits.tagFrequency,
-    contributors: run.credits.contributors,
-    datasetHash: run.credits.datasetHash,
-    recipe: { ...run.recipe },
-    voteWinner: winner,
-    title: `${run.datasetName} (LoRA Guild run ${run.id})`,
-    runId: run.id,
-    epoch: epoch === run.summary.epochs ? 'final' : epoch,
-    resolution: run.credits.resolution,
-    base: run.credits.base,
-    steps,
-    });
-    const ref = await ctx.blobLock.run(async () => {
-      const put = await ctx.blobs.putFile(dest, { move: true });
-      await ctx.redis.sadd(sharedKeys.artifacts(ctx.config.REDIS_PREFIX), put.id);
-      return put;
-    });
-    const value = { blob: ref.id, bytes: ref.size };
-    await ctx.redis.set(cacheKey, JSON.stringify(value), 'EX', 30 * 24 * 3600);
-    return value;
-  } finally {
-    await rm(tmpDir, { recursive: true, force: true });
-  }
-}
-
 async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const run = await resolveRun(interaction, ctx);
   const { epoch, artifact, label } = await pick(ctx, run, parseEpoch(interaction.options.getString('epoch')));
-  const file = await enriched(ctx, run, epoch, artifact);
+  const file = await ctx.delivery.file(run, epoch, artifact);
   const fileName = downloadFileName(epoch === run.summary.epochs ? run.outputName : `${run.outputName}-e${epoch}`, '.safetensors');
   const licence = await licenceNoteOf(ctx.blobs.path(file.blob));
   const what =

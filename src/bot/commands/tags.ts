@@ -29,7 +29,6 @@ import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type Slash
 import { listNos, truncate } from '../reports.ts';
 
 const TOP_PAGE_SIZE = 40;
-const PRUNE_TTL_SECONDS = 24 * 3600;
 
 /** The images a bulk operation covers: one concept, or the whole dataset. */
 export async function imagesInScope(ctx: BotContext, dataset: Dataset, concept: string | null): Promise<ImageRecord[]> {
@@ -114,7 +113,7 @@ async function topPhrases(ctx: BotContext, dataset: Dataset, concept: string | n
   return lines;
 }
 
-/** Suggested pruning for a concept, with a one-click button (the list is kept for a day). */
+/** Suggested pruning for a concept, with a one-click button (the list is kept for a day: store/expiring-store.ts). */
 async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
   const images = await imagesInScope(ctx, dataset, concept);
   const captions = (await captionsOf(ctx, dataset, images)).filter((c): c is string[] => c !== null);
@@ -122,7 +121,7 @@ async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
   const tags = pruneSuggestions(captions, { exclude: [dataset.trigger, ...(conceptTrigger ? [conceptTrigger] : [])] });
   if (tags.length === 0) return null;
   const id = newId(6);
-  await ctx.redis.set(ctx.store.k.pruneSuggestion(id), JSON.stringify({ datasetId: dataset.id, concept, tags }), 'EX', PRUNE_TTL_SECONDS);
+  await ctx.expiring.pruneSuggestions.put(id, { datasetId: dataset.id, concept, tags });
   return {
     text:
       `✂️ In ≥ 90% of \`${concept}\`: ${tags.map((t) => `\`${t}\``).join(', ')}. ` +
@@ -280,9 +279,8 @@ export const pruneButton: ComponentHandler<{ suggestionId: string }, 'button'> =
   },
   defer: 'public',
   async handle(interaction, ctx, { suggestionId }) {
-    const json = await ctx.redis.get(ctx.store.k.pruneSuggestion(suggestionId));
-    if (!json) throw new UserError('This suggestion has expired: run `/tags prune` again.');
-    const offer = JSON.parse(json) as { datasetId: string; concept: string; tags: string[] };
+    const offer = await ctx.expiring.pruneSuggestions.get(suggestionId);
+    if (!offer) throw new UserError('This suggestion has expired: run `/tags prune` again.');
     const dataset = await datasetById(interaction, ctx, offer.datasetId);
     const text = await bulk(
       interaction,

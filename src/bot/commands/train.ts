@@ -9,8 +9,7 @@ import {
 import { trainCommandData } from '../../../commands/train.ts';
 import { UserError } from '../../core/errors.ts';
 import { defaultRecipeFor, type RunOverrides } from '../../core/recipes.ts';
-import { JobName, sharedKeys, workersServing } from '../../queues/contract.ts';
-import { newId } from '../../store/dataset-store.ts';
+import { sharedKeys, workersServing } from '../../queues/contract.ts';
 import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../worker/worker-registry.ts';
 import type { BotContext } from '../context.ts';
@@ -18,9 +17,7 @@ import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type Guil
 import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
-import { creditsFor, describeSetup, modelsFor, newRunId, prepareRun, type PlanRequest, type PreparedRun } from '../training.ts';
-
-const PLAN_TTL_SECONDS = 3600;
+import { describeSetup, modelsFor, type PlanRequest, type PreparedRun } from '../training.ts';
 
 function duration(seconds: number): string {
   if (seconds < 90) return `${Math.round(seconds)} s`;
@@ -75,12 +72,6 @@ function overridesFrom(interaction: ChatInputCommandInteraction): RunOverrides {
   return o;
 }
 
-interface StoredPlan {
-  datasetId: string;
-  request: PlanRequest;
-  createdBy: string;
-}
-
 async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
   const request: PlanRequest = {
@@ -88,11 +79,7 @@ async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     overrides: overridesFrom(interaction),
     model: interaction.options.getString('model'),
   };
-  const prepared = await prepareRun(ctx, dataset, request);
-  request.model = prepared.model;
-  const planId = newId(6);
-  const stored: StoredPlan = { datasetId: dataset.id, request, createdBy: interaction.user.id };
-  await ctx.redis.set(`${ctx.config.REDIS_PREFIX}:plan:${planId}`, JSON.stringify(stored), 'EX', PLAN_TTL_SECONDS);
+  const { planId, prepared } = await ctx.training.offer(dataset, request, interaction.user.id);
   await interaction.editReply({
     content: renderPlan(dataset.name, prepared),
     components: [
@@ -117,12 +104,6 @@ async function requireTrainer(interaction: GuildInteraction, ctx: BotContext) {
   );
 }
 
-async function queuePosition(ctx: BotContext, runId: string): Promise<number | null> {
-  const waiting = await ctx.trainingQueue.getWaiting(0, 500);
-  const index = waiting.findIndex((j) => j.id === runId);
-  return index < 0 ? null : waiting.length - index;
-}
-
 export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
   family: 'trainstart',
   kind: 'button',
@@ -133,80 +114,13 @@ export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
   },
   defer: 'public',
   async handle(interaction, ctx, { planId }) {
-    const json = await ctx.redis.get(`${ctx.config.REDIS_PREFIX}:plan:${planId}`);
-    if (!json) throw new UserError('This plan has expired: run `/train plan` again.');
-    const stored = JSON.parse(json) as StoredPlan;
+    const plan = await ctx.training.pendingPlan(planId);
     await requireTrainer(interaction, ctx);
-    const dataset = await datasetById(interaction, ctx, stored.datasetId);
-    const settings = await ctx.settings.get(dataset.guildId);
-    const active = (await ctx.runs.listForGuild(dataset.guildId, 200)).filter((r) => ACTIVE_STATUSES.includes(r.status));
-    if (active.filter((r) => r.createdBy === interaction.user.id).length >= settings.maxQueuedPerMember) {
-      throw new UserError(`You already have ${settings.maxQueuedPerMember} run(s) waiting or running; wait for one to finish or cancel it.`);
-    }
-    if (active.length >= settings.maxQueuedPerGuild) {
-      throw new UserError(`This server already has ${settings.maxQueuedPerGuild} run(s) waiting or running.`);
-    }
-    // The dataset may have changed since the plan was shown: plan again from what it is now.
-    const prepared = await prepareRun(ctx, dataset, stored.request);
-    const runId = newRunId();
-    const run: Run = {
-      id: runId,
-      guildId: dataset.guildId,
-      datasetId: dataset.id,
-      datasetName: dataset.name,
-      channelId: dataset.threadId ?? dataset.channelId,
-      createdBy: interaction.user.id,
-      createdAt: Date.now(),
-      recipe: prepared.recipe,
-      baseModel: prepared.model,
-      outputName: `${dataset.name}-${runId}`,
-      summary: {
-        epochs: prepared.plan.epochs,
-        stepsPerEpoch: prepared.plan.stepsPerEpoch,
-        totalSteps: prepared.plan.totalSteps,
-        estimateSeconds: prepared.plan.estimateSeconds,
-        secondsPerStep: prepared.plan.secondsPerStep,
-        images: prepared.plan.concepts.reduce((n, c) => n + c.images.length, 0),
-        concepts: prepared.plan.concepts.map((c) => ({ name: c.name, folder: c.folder, repeats: c.repeats, images: c.images.length })),
-      },
-      status: 'queued',
-      workerId: null,
-      startedAt: null,
-      finishedAt: null,
-      progress: null,
-      statusMessageId: null,
-      statusEditedAt: null,
-      epochs: {},
-      final: null,
-      failure: null,
-      cancelRequestedBy: null,
-      credits: await creditsFor(ctx, dataset, prepared),
-    };
-    await ctx.runs.create(run);
-    await ctx.runs.pinBlobs(runId, Object.values(prepared.images).map((i) => i.blob));
-    await ctx.trainingQueue.add(
-      JobName.TrainRun,
-      {
-        runId,
-        guildId: dataset.guildId,
-        datasetId: dataset.id,
-        datasetName: dataset.name,
-        baseModel: prepared.model,
-        plan: prepared.plan,
-        recipe: prepared.recipe,
-        images: prepared.images,
-        samplePrompts: [],
-        seed: prepared.recipe.seed ?? Math.floor(Math.random() * 2 ** 31),
-        outputName: run.outputName,
-      },
-      { jobId: runId },
-    );
-    await ctx.redis.del(`${ctx.config.REDIS_PREFIX}:plan:${planId}`);
-    ctx.logger.info({ runId, datasetId: dataset.id, userId: interaction.user.id }, 'run queued');
-    const position = await queuePosition(ctx, runId);
+    const dataset = await datasetById(interaction, ctx, plan.datasetId);
+    const { run, prepared, position } = await ctx.training.start(dataset, planId, plan, interaction.user.id);
     await interaction.editReply({
       content:
-        `Queued run \`${runId}\` for **${dataset.name}**: ${prepared.plan.totalSteps} steps over ${prepared.plan.epochs} epochs` +
+        `Queued run \`${run.id}\` for **${dataset.name}**: ${prepared.plan.totalSteps} steps over ${prepared.plan.epochs} epochs` +
         `${position !== null ? ` · position ${position} in the queue` : ''}. Progress and one sample grid per epoch will appear in <#${run.channelId}>.`,
     });
   },
@@ -244,7 +158,7 @@ async function findRun(interaction: ChatInputCommandInteraction, ctx: BotContext
 
 async function status(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const run = await findRun(interaction, ctx, false);
-  const position = run.status === 'queued' ? await queuePosition(ctx, run.id) : null;
+  const position = run.status === 'queued' ? await ctx.training.queuePosition(run.id) : null;
   await interaction.editReply({
     content: describeRun(run) + (position !== null ? ` · position ${position} in the queue` : ''),
   });

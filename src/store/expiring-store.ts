@@ -1,0 +1,84 @@
+import type { Redis } from 'ioredis';
+import { z } from 'zod';
+import { RunOverridesSchema } from '../core/recipes.ts';
+import { keys, type Keys } from './keys.ts';
+
+/** A `/train plan` waiting for its Start button. */
+export const PendingPlanSchema = z.object({
+  datasetId: z.string(),
+  request: z.object({ recipe: z.string(), overrides: RunOverridesSchema, model: z.string().nullable() }),
+  createdBy: z.string(),
+});
+export type PendingPlan = z.infer<typeof PendingPlanSchema>;
+
+/** Tags offered for pruning, waiting for the "Prune these" button. */
+export const PruneSuggestionSchema = z.object({ datasetId: z.string(), concept: z.string(), tags: z.array(z.string()) });
+export type PruneSuggestion = z.infer<typeof PruneSuggestionSchema>;
+
+/** A delivered LoRA file (the trainer's output with our metadata), kept in the blob store. */
+export const DeliveredFileSchema = z.object({ blob: z.string(), bytes: z.number().int().nonnegative() });
+export type DeliveredFile = z.infer<typeof DeliveredFileSchema>;
+
+/** Which delivered file: a run's epoch with its step count, as of one vote result (both are in its metadata). */
+export interface DeliveredFileId {
+  runId: string;
+  epoch: number;
+  steps: number;
+  winner: { epoch: number; votes: number } | null;
+}
+
+/** One kind of value: where it lives, how long, and its shape. */
+export interface ExpiringSlot<Id, T> {
+  put(id: Id, value: T): Promise<void>;
+  /** The value, or null when it expired, never existed, or no longer has the expected shape. */
+  get(id: Id): Promise<T | null>;
+  delete(id: Id): Promise<void>;
+}
+
+/**
+ * Values that matter for a while and then go: plans waiting for Start, prune suggestions, the
+ * cache of delivered files. Each is checked against its schema when read, so a value written by
+ * another version of the bot reads as gone rather than as something it is not.
+ */
+export class ExpiringStore {
+  private readonly k: Keys;
+  readonly plans: ExpiringSlot<string, PendingPlan>;
+  readonly pruneSuggestions: ExpiringSlot<string, PruneSuggestion>;
+  readonly deliveredFiles: ExpiringSlot<DeliveredFileId, DeliveredFile>;
+
+  constructor(
+    private readonly redis: Redis,
+    prefix: string,
+  ) {
+    this.k = keys(prefix);
+    this.plans = this.slot(PendingPlanSchema, 3600, (id: string) => this.k.pendingPlan(id));
+    this.pruneSuggestions = this.slot(PruneSuggestionSchema, 24 * 3600, (id: string) => this.k.pruneSuggestion(id));
+    this.deliveredFiles = this.slot(DeliveredFileSchema, 30 * 24 * 3600, (id: DeliveredFileId) =>
+      this.k.deliveredFile(id.runId, id.epoch, id.steps, id.winner ? `${id.winner.epoch}.${id.winner.votes}` : 'none'),
+    );
+  }
+
+  private slot<Id, T>(schema: z.ZodType<T>, ttlSeconds: number, key: (id: Id) => string): ExpiringSlot<Id, T> {
+    const redis = this.redis;
+    return {
+      async put(id, value) {
+        await redis.set(key(id), JSON.stringify(schema.parse(value)), 'EX', ttlSeconds);
+      },
+      async get(id) {
+        const json = await redis.get(key(id));
+        if (json === null) return null;
+        let raw: unknown;
+        try {
+          raw = JSON.parse(json);
+        } catch {
+          return null;
+        }
+        const parsed = schema.safeParse(raw);
+        return parsed.success ? parsed.data : null;
+      },
+      async delete(id) {
+        await redis.del(key(id));
+      },
+    };
+  }
+}
