@@ -15,7 +15,7 @@ import { ExpiringStore } from '../store/expiring-store.ts';
 import { EventClaims } from '../store/event-claims.ts';
 import { RedisLocks } from '../store/redis-lock.ts';
 import { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
-import { NoticeSender } from '../worker/notices.ts';
+import { NoticeSender } from '../queues/notices.ts';
 import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
 import { keepUploadCaptions } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';

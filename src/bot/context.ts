@@ -12,7 +12,7 @@ import type { EventClaims } from '../store/event-claims.ts';
 import type { ExpiringStore } from '../store/expiring-store.ts';
 import type { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import type { TallyUpdater } from './tally.ts';
-import type { NoticeSender } from '../worker/notices.ts';
+import type { NoticeSender } from '../queues/notices.ts';
 import type { IntakeService } from './intake.ts';
 import type { TrainingService } from './training.ts';
 import type { ImageRemovalService } from './image-removal.ts';

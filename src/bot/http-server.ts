@@ -16,7 +16,7 @@ import { isBlobId, type BlobStore } from '../core/blob-store.ts';
 import type { Logger } from '../core/logger.ts';
 import { parseDownloadPath, verifyDownload } from '../core/signed-url.ts';
 import { bullPrefix, QueueName } from '../queues/contract.ts';
-import { listWorkers } from '../worker/worker-registry.ts';
+import { listWorkers } from '../store/worker-heartbeats.ts';
 import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE, type Counter, type Gauge } from './metrics.ts';
 import { codeOf } from '../core/fs-errors.ts';
 import { addressKey, clientAddress, KeyedRateLimiter, type RatePolicy, type RefusalReason } from './rate-limit.ts';

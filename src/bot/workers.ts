@@ -7,7 +7,7 @@ import type { Redis } from 'ioredis';
 import { familyLabel, type BaseFamily } from '../core/model-family.ts';
 import { sharedKeys, workersServing, type WorkerInfo } from '../queues/contract.ts';
 import type { RemoteWorker, WorkerStore } from '../store/worker-store.ts';
-import { listWorkers } from '../worker/worker-registry.ts';
+import { listWorkers } from '../store/worker-heartbeats.ts';
 
 export interface WorkerDirectoryDeps {
   redis: Redis;

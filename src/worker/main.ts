@@ -9,7 +9,7 @@ import { loadProcessConfig } from '../core/config.ts';
 import { createLogger } from '../core/logger.ts';
 import { CaptionStore } from '../store/caption-store.ts';
 import { DatasetStore } from '../store/dataset-store.ts';
-import { NoticeSender } from './notices.ts';
+import { NoticeSender } from '../queues/notices.ts';
 import { startTaggingWorker } from './tagging.ts';
 import { remoteSettingsProblems, startRemoteWorker } from './remote-worker.ts';
 import { startTrainingWorker } from './training.ts';

@@ -13,7 +13,7 @@ import { loadTagger, TaggerImageError, type Tagger, type TagResult } from '../co
 import { bullPrefix, QueueName, type TagImagesPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore, ImageRecord } from '../store/dataset-store.ts';
-import type { NoticeSender } from './notices.ts';
+import type { NoticeSender } from '../queues/notices.ts';
 
 export interface TaggingDeps {
   config: Config;

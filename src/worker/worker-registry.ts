@@ -1,8 +1,8 @@
 /**
  * A training worker's heartbeat: every WORKER_HEARTBEAT_SECONDS it writes what it is (id, host,
  * GPU, the base checkpoints it has, the run it is busy with) to `sharedKeys.worker`, expiring after
- * three missed beats; the bot lists the live ones with `listWorkers` (/train status, base model
- * choices). The key is removed on a clean shutdown.
+ * three missed beats; the bot lists the live ones with `listWorkers` (store/worker-heartbeats.ts: /train status,
+ * base model choices). The key is removed on a clean shutdown.
  */
 import { execFile } from 'node:child_process';
 import { readdir, stat, statfs } from 'node:fs/promises';
@@ -211,28 +211,4 @@ export class WorkerRegistry {
     await this.#beating;
     await this.opts.redis?.del(this.key);
   }
-}
-
-/** The live training workers (those that beat within three intervals), sorted by id. */
-export async function listWorkers(redis: Redis, prefix: string): Promise<WorkerInfo[]> {
-  const keys = new Set<string>();
-  let cursor = '0';
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', sharedKeys.workerPattern(prefix), 'COUNT', 200);
-    cursor = next;
-    for (const key of batch) keys.add(key);
-  } while (cursor !== '0');
-  if (keys.size === 0) return [];
-  const values = await redis.mget(...keys);
-  const workers: WorkerInfo[] = [];
-  for (const value of values) {
-    if (value === null) continue;
-    try {
-      const info = JSON.parse(value) as WorkerInfo;
-      if (typeof info.id === 'string' && Array.isArray(info.models)) workers.push(info);
-    } catch {
-      // Not a heartbeat we wrote: skip it.
-    }
-  }
-  return workers.sort((a, b) => a.id.localeCompare(b.id));
 }

@@ -23,7 +23,7 @@ import { resolveRecipe, type ResolvedRecipe } from '../../src/core/recipes.ts';
 import { readSafetensorsHeader } from '../../src/core/safetensors.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type RunEvent, type TrainRunPayload } from '../../src/queues/contract.ts';
 import { startTrainingWorker, type TrainingWorkerHandle } from '../../src/worker/training.ts';
-import { listWorkers } from '../../src/worker/worker-registry.ts';
+import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 

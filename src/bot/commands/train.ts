@@ -11,7 +11,7 @@ import { UserError } from '../../core/errors.ts';
 import { defaultRecipeFor, type RunOverrides } from '../../core/recipes.ts';
 import { sharedKeys, workersServing } from '../../queues/contract.ts';
 import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
-import { listWorkers } from '../../worker/worker-registry.ts';
+import { listWorkers } from '../../store/worker-heartbeats.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
 import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';

@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { createHash } from 'node:crypto';
-import { bullPrefix, defaultJobOptions, JobName, QueueName, type PostNoticePayload } from '../queues/contract.ts';
+import { bullPrefix, defaultJobOptions, JobName, QueueName, type PostNoticePayload } from './contract.ts';
 
 /** How workers (and the bot) hand a message to the bot's durable poster. */
 export class NoticeSender {
