@@ -108,20 +108,6 @@ export function runEventId(event: RunEvent): string {
   }
 }
 
-export interface JobPayloads {
-  [JobName.TagImages]: TagImagesPayload;
-  [JobName.PostNotice]: PostNoticePayload;
-  [JobName.TrainRun]: TrainRunPayload;
-  [JobName.RunEvent]: RunEvent;
-}
-
-export const jobQueue: Record<JobName, QueueName> = {
-  [JobName.TagImages]: QueueName.Tagging,
-  [JobName.PostNotice]: QueueName.Notices,
-  [JobName.TrainRun]: QueueName.Training,
-  [JobName.RunEvent]: QueueName.RunEvents,
-};
-
 export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
   [QueueName.Tagging]: {
     attempts: 5,
