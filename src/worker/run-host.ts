@@ -10,6 +10,7 @@
 import { WaitingError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobRef, BlobStore } from '../core/blob-store.ts';
+import { jobLockKey } from '../queues/bullmq-internals.ts';
 import { sharedKeys, type ArtifactRef, type RunEvent, type TrainRunPayload } from '../queues/contract.ts';
 import type { RunEventQueue } from '../queues/run-events.ts';
 
@@ -93,6 +94,6 @@ export class LocalRunHost implements RunHost {
 
   async stillOwned(): Promise<boolean> {
     if (this.token === undefined || this.job.id === undefined) return true;
-    return (await this.connection.get(`${this.job.queueQualifiedName}:${this.job.id}:lock`)) === this.token;
+    return (await this.connection.get(jobLockKey(this.job))) === this.token;
   }
 }

@@ -8,6 +8,7 @@ import { resolve } from 'node:path';
 import { UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blob-store.ts';
+import { failedForStalling } from '../queues/bullmq-internals.ts';
 import { bullPrefix, QueueName, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { checkPayload } from '../queues/train-payload.ts';
 import { RunEventQueue } from '../queues/run-events.ts';
@@ -94,7 +95,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
   worker.on('failed', (job, err) => {
     log.warn({ jobId: job?.id, reason: err.message }, 'training job failed');
     // Stalled too often: BullMQ fails it without calling us, so the bot hears it from here.
-    if (job && /stalled more than allowable limit/.test(err.message)) {
+    if (job && failedForStalling(err)) {
       const checked = checkPayload(job.data);
       const runId = checked.ok ? checked.payload.runId : checked.runId;
       if (runId !== null) {
