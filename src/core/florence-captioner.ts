@@ -7,8 +7,8 @@ import {
   RawImage,
   type Tensor,
 } from '@huggingface/transformers';
-import sharp from 'sharp';
 import { CAPTIONER_MODEL_FILES as CAPTIONER_FILES, CaptionerUnavailableError } from './captioner-model.ts';
+import { decodeForModel } from './sharp.ts';
 
 export { CaptionerUnavailableError };
 
@@ -75,7 +75,7 @@ async function readImage(file: string, size: { width: number; height: number } |
   const resize = size
     ? { width: size.width, height: size.height, fit: 'fill' as const, kernel: 'cubic' as const }
     : { width: DECODE_MAX_SIDE, height: DECODE_MAX_SIDE, fit: 'inside' as const, withoutEnlargement: true };
-  const { data, info } = await sharp(file, { failOn: 'error' })
+  const { data, info } = await decodeForModel(file)
     .rotate()
     .resize(resize)
     .removeAlpha()

@@ -25,10 +25,10 @@ sharp.cache({ memory: 16, files: 0, items: 32 });
  */
 const UPLOAD_FAIL_ON = 'truncated' as const;
 /**
- * For the tagger's input (masters we wrote, or files given to it directly): any decoder error
- * fails the image, as it would fail PIL in kohya's tagger.
+ * For a model's input (the tagger's, the captioner's: masters we wrote, or files given to it
+ * directly): any decoder error fails the image, as it would fail PIL in kohya's scripts.
  */
-const TAGGER_FAIL_ON = 'error' as const;
+const MODEL_FAIL_ON = 'error' as const;
 
 /** A pathological file must not hold a libvips thread forever. */
 export const DECODE_TIMEOUT_SECONDS = 60;
@@ -50,9 +50,9 @@ export function decodeImage(input: ImageInput, options: SharpOptions & { limitIn
   return sharp(input, { failOn: UPLOAD_FAIL_ON, ...options }).timeout({ seconds: DECODE_TIMEOUT_SECONDS });
 }
 
-/** A decoder for the tagger's input. */
-export function decodeForTagger(input: ImageInput): Sharp {
-  return sharp(input, { failOn: TAGGER_FAIL_ON });
+/** A decoder for a model's input (tagger, captioner). */
+export function decodeForModel(input: ImageInput): Sharp {
+  return sharp(input, { failOn: MODEL_FAIL_ON });
 }
 
 /** A sharp instance over raw 8-bit pixels we produced ourselves. */

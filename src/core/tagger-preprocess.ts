@@ -13,7 +13,7 @@
  * would take the raw values.
  */
 import type { OutputInfo, Sharp } from 'sharp';
-import { decodeForTagger, fromRaw } from './sharp.ts';
+import { decodeForModel, fromRaw } from './sharp.ts';
 
 /**
  * The model input for one image: `size × size × 3` float32, BGR, 0–255, row-major (HWC), as
@@ -43,8 +43,8 @@ const SWAP_RB: [[number, number, number], [number, number, number], [number, num
 export async function taggerBgr(input: Buffer | string, size: number): Promise<Buffer> {
   // `pipelineColourspace('srgb')` makes grey images three channels from the start, and keeps sharp
   // from shrinking JPEGs while decoding them (kohya decodes at full size).
-  const decode = () => decodeForTagger(input).pipelineColourspace('srgb');
-  const meta = await decodeForTagger(input).metadata();
+  const decode = () => decodeForModel(input).pipelineColourspace('srgb');
+  const meta = await decodeForModel(input).metadata();
   const width = meta.width ?? 0;
   const height = meta.height ?? 0;
   if (!(width > 0 && height > 0)) throw new Error('the image has no dimensions');
