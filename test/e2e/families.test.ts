@@ -13,7 +13,7 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bullPrefix, QueueName, type WorkerInfo } from '../../src/queues/contract.ts';
 import { RunStore } from '../../src/store/run-store.ts';
-import { listWorkers } from '../../src/worker/worker-registry.ts';
+import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { chromaLayout, clipLLayout, fluxAeLayout, fluxLayout, t5xxlLayout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { writeTestCaptioner } from '../fixtures/florence-model.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
