@@ -211,10 +211,18 @@ export function phraseFrequencies(sentences: readonly string[], minCount = 1): P
     for (const p of seen) counts.set(p, (counts.get(p) ?? 0) + 1);
   }
   const entries = [...counts.entries()].filter(([, c]) => c >= minCount);
-  const kept = entries.filter(([p, c]) => {
-    const padded = ` ${p} `;
-    return !entries.some(([q, d]) => d === c && q !== p && ` ${q} `.includes(padded));
-  });
+  // Each phrase drops its shorter parts that are in exactly as many sentences (linear, not pairwise).
+  const said = new Set<string>();
+  for (const [p, c] of entries) {
+    const words = p.split(' ');
+    for (let n = 1; n < words.length; n++) {
+      for (let i = 0; i + n <= words.length; i++) {
+        const part = words.slice(i, i + n).join(' ');
+        if (counts.get(part) === c) said.add(part);
+      }
+    }
+  }
+  const kept = entries.filter(([p]) => !said.has(p));
   const total = sentences.length;
   return kept
     .sort(([pa, a], [pb, b]) => b - a || pb.split(' ').length - pa.split(' ').length || (pa < pb ? -1 : pa > pb ? 1 : 0))
