@@ -1,11 +1,9 @@
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
-import { DiscordAPIError, type Client } from 'discord.js';
+import type { Client } from 'discord.js';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger.ts';
 import { bullPrefix, QueueName, type PostNoticePayload } from '../queues/contract.ts';
-
-/** Discord errors that no retry will fix: unknown channel, missing access or permissions. */
-const PERMANENT_CODES = new Set([10003, 50001, 50013, 50035]);
+import { isPermanentDiscordError } from './discord-errors.ts';
 
 /**
  * Posts what workers report, from a durable queue: while the bot or Discord is down, notices wait;
@@ -30,7 +28,7 @@ export function startNoticePoster(client: Client, connection: Redis, redisPrefix
           enforceNonce: true,
         });
       } catch (err) {
-        if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
+        if (isPermanentDiscordError(err)) {
           throw new UnrecoverableError(`Discord refused the notice (${err.code}): ${err.message}`);
         }
         throw err;

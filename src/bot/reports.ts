@@ -6,6 +6,13 @@ import { makeContactSheet } from '../core/image-sheets.ts';
 import type { Dataset, ImageRecord } from '../store/dataset-store.ts';
 import type { FileOutcome, IntakeReport } from './intake.ts';
 
+/** A time span as members read it: `45 s`, `12 min`, `2.5 h`. */
+export function duration(seconds: number): string {
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
 /** Discord's content limit, with room for a closing line. */
 const CONTENT_LIMIT = 1900;
 

@@ -1,5 +1,5 @@
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
-import { AttachmentBuilder, DiscordAPIError, type Client, type MessageCreateOptions, type SendableChannels } from 'discord.js';
+import { AttachmentBuilder, type Client, type MessageCreateOptions, type SendableChannels } from 'discord.js';
 import type { BlobStore } from '../core/blob-store.ts';
 import { formatBytes } from '../core/download.ts';
 import { stackRows } from '../core/image-sheets.ts';
@@ -7,13 +7,13 @@ import type { Logger } from '../core/logger.ts';
 import { licenceNoteOf } from '../core/lora-metadata.ts';
 import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
 import type { Run, RunStore, VoteStore } from '../store/run-store.ts';
-import { truncate } from './reports.ts';
+import { isPermanentDiscordError, isUneditableMessageError } from './discord-errors.ts';
+import { duration, truncate } from './reports.ts';
 import { summaryContent } from './tally.ts';
 import { voteButton, voteSelect } from './votes.ts';
 
 /** Discord refuses many edits of a message older than an hour: start a new status message before that. */
 const STATUS_MESSAGE_MAX_AGE_MS = 50 * 60_000;
-const PERMANENT_CODES = new Set([10003, 50001, 50013]);
 /** Tries in place (about a minute of backoff) before the queue takes over the retrying. */
 const INLINE_ATTEMPTS = 7;
 
@@ -27,12 +27,6 @@ export interface RunReporterDeps {
   statusEditIntervalMs: number;
   /** How run messages name a worker ("<@member>'s RTX 4090"); default its id. */
   workerLabel?: (workerId: string) => Promise<string>;
-}
-
-function duration(seconds: number): string {
-  if (seconds < 90) return `${Math.round(seconds)} s`;
-  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
-  return `${(seconds / 3600).toFixed(1)} h`;
 }
 
 export function statusText(run: Run): string {
@@ -66,7 +60,7 @@ export function startRunReporter(deps: RunReporterDeps, connection: import('iore
           await handle(deps, job.data);
           return;
         } catch (err) {
-          if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
+          if (isPermanentDiscordError(err)) {
             throw new UnrecoverableError(`Discord refused a run message (${err.code}): ${err.message}`);
           }
           if (err instanceof UnrecoverableError || attempt >= INLINE_ATTEMPTS) throw err;
@@ -252,7 +246,7 @@ async function refreshStatus(deps: RunReporterDeps, run: Run, eventId: string, c
       await deps.runs.update(run.id, (r) => ({ ...r, statusEditedAt: Date.now() }));
       return;
     } catch (err) {
-      if (!(err instanceof DiscordAPIError && (err.code === 10008 || err.code === 30046))) throw err;
+      if (!isUneditableMessageError(err)) throw err;
     }
   }
   const message = await channel.send({ content, nonce: nonceFor(eventId), enforceNonce: true });

@@ -15,15 +15,9 @@ import { listWorkers } from '../../store/worker-heartbeats.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
 import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
-import { truncate } from '../reports.ts';
+import { duration, truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
 import { describeSetup, modelsFor, type PlanRequest, type PreparedRun } from '../training.ts';
-
-function duration(seconds: number): string {
-  if (seconds < 90) return `${Math.round(seconds)} s`;
-  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
-  return `${(seconds / 3600).toFixed(1)} h`;
-}
 
 export function renderPlan(datasetName: string, prepared: PreparedRun): string {
   const { plan, recipe } = prepared;
