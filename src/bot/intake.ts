@@ -8,7 +8,7 @@ import { errorMessage, isUserError, UserError } from '../core/errors.ts';
 import { Limiter, LockTimeoutError, type Mutex, type NamedLocks } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import { normalizeImage, normalizeOptionsFromConfig, type NormalizeResult } from '../core/media.ts';
-import { hammingDistance } from '../core/phash.ts';
+import { nearestDuplicate } from '../core/phash.ts';
 import { extractZip } from '../core/zip-intake.ts';
 import type { Dataset, DatasetStore, ImageFacts } from '../store/dataset-store.ts';
 
@@ -293,19 +293,6 @@ export class IntakeService {
     const other = await this.deps.store.getImage(datasetId, no);
     return other ? `${what} #${no} (added by ${other.contributorName})` : `${what} #${no}`;
   }
-}
-
-export function nearestDuplicate(phash: string, known: Map<number, string>, maxDistance: number): number | null {
-  let best: number | null = null;
-  let bestDistance = Infinity;
-  for (const [no, other] of known) {
-    const d = hammingDistance(phash, other);
-    if (d <= maxDistance && d < bestDistance) {
-      best = no;
-      bestDistance = d;
-    }
-  }
-  return best;
 }
 
 /** A file name fit for display inside a code span: no path, no control characters or backticks, bounded. */

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { NEAR_DUPLICATE_DISTANCE } from './phash.ts';
 
 /**
  * The configuration contract (design.md). Parsed once at boot; no other module reads
@@ -103,7 +104,7 @@ export const configSchema = z.object({
   MASTER_MAX_PIXELS: int(262_144, 100_000_000).default(4_194_304),
   MIN_SHORT_SIDE: int(64, 4096).default(256),
   FLATTEN_BACKGROUND: colour.default('#ffffff'),
-  NEAR_DUPLICATE_DISTANCE: int(0, 32).default(6),
+  NEAR_DUPLICATE_DISTANCE: int(0, 32).default(NEAR_DUPLICATE_DISTANCE),
 });
 
 export type Config = z.infer<typeof configSchema>;

@@ -76,7 +76,19 @@ export function hammingDistance(a: string, b: string): number {
   return distance;
 }
 
-/** True when two hashes are within `maxDistance` bits (default NEAR_DUPLICATE_DISTANCE). */
-export function isNearDuplicate(a: string, b: string, maxDistance = NEAR_DUPLICATE_DISTANCE): boolean {
-  return hammingDistance(a, b) <= maxDistance;
+/**
+ * Of the `known` hashes (by image number), the closest one within `maxDistance` bits of `phash`
+ * (the first of equally close ones), or null when none is that close.
+ */
+export function nearestDuplicate(phash: string, known: ReadonlyMap<number, string>, maxDistance: number): number | null {
+  let best: number | null = null;
+  let bestDistance = Infinity;
+  for (const [no, other] of known) {
+    const d = hammingDistance(phash, other);
+    if (d <= maxDistance && d < bestDistance) {
+      best = no;
+      bestDistance = d;
+    }
+  }
+  return best;
 }

@@ -14,8 +14,6 @@ export { BASE_FAMILIES };
 
 export const RECIPE_NAMES = ['character', 'character-adamw', 'quick', 'photo', 'style', 'flexible-concept'] as const;
 export type RecipeName = (typeof RECIPE_NAMES)[number];
-export const DEFAULT_RECIPE: RecipeName = 'character';
-
 /** What a dataset teaches (its `kind`). */
 export type DatasetKindName = 'character' | 'style' | 'concept';
 

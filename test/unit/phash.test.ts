@@ -2,7 +2,7 @@ import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/core/config.ts';
 import { normalizeImage, normalizeOptionsFromConfig } from '../../src/core/media.ts';
-import { NEAR_DUPLICATE_DISTANCE, hammingDistance, isNearDuplicate, phashFromGrey32 } from '../../src/core/phash.ts';
+import { NEAR_DUPLICATE_DISTANCE, hammingDistance, nearestDuplicate, phashFromGrey32 } from '../../src/core/phash.ts';
 import {
   animatedGif,
   cmykJpeg,
@@ -95,11 +95,22 @@ describe('hammingDistance', () => {
     expect(() => hammingDistance('000000000000000g', '0000000000000000')).toThrow(RangeError);
   });
 
-  it('calls hashes within the default distance near-duplicates', () => {
-    expect(NEAR_DUPLICATE_DISTANCE).toBe(6);
-    expect(isNearDuplicate('0000000000000000', '000000000000003f')).toBe(true);
-    expect(isNearDuplicate('0000000000000000', '000000000000007f')).toBe(false);
-    expect(isNearDuplicate('0000000000000000', '000000000000007f', 7)).toBe(true);
+  it('finds the closest known hash within the distance, the first of equally close ones', () => {
+    const known = new Map([
+      [1, '000000000000007f'], // 7 bits away
+      [2, '000000000000003f'], // 6
+      [3, '0000000000000007'], // 3
+      [4, '0000000000000070'], // 3
+    ]);
+    expect(nearestDuplicate('0000000000000000', known, 6)).toBe(3);
+    expect(nearestDuplicate('0000000000000000', new Map([...known].slice(0, 2)), 6)).toBe(2);
+    expect(nearestDuplicate('0000000000000000', new Map([...known].slice(0, 1)), 6)).toBeNull();
+    expect(nearestDuplicate('0000000000000000', new Map([...known].slice(0, 1)), 7)).toBe(1);
+    expect(nearestDuplicate('0000000000000000', new Map(), 64)).toBeNull();
+  });
+
+  it('is the distance intake is configured with by default', () => {
+    expect(loadConfig({}).NEAR_DUPLICATE_DISTANCE).toBe(NEAR_DUPLICATE_DISTANCE);
   });
 });
 

@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
 import {
-  DEFAULT_RECIPE,
   getRecipe,
   listRecipes,
   RECIPE_NAMES,
@@ -22,9 +21,8 @@ function userErrorOf(fn: () => unknown): UserError {
 }
 
 describe('built-in recipes match reference/recipes.md', () => {
-  it('has the six recipes, character first and the default', () => {
+  it('has the six recipes, character first', () => {
     expect(RECIPE_NAMES).toEqual(['character', 'character-adamw', 'quick', 'photo', 'style', 'flexible-concept']);
-    expect(DEFAULT_RECIPE).toBe('character');
     expect(listRecipes().map((r) => r.name)).toEqual([...RECIPE_NAMES]);
     for (const r of listRecipes()) expect(r.description.length).toBeGreaterThan(10);
   });
