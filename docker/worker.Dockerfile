@@ -20,7 +20,8 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -r requirements.txt \
  && /opt/venv/bin/pip install prodigyopt bitsandbytes \
  && /opt/venv/bin/accelerate config default --mixed_precision bf16
-ENV PATH=/opt/venv/bin:$PATH SD_SCRIPTS_DIR=/opt/sd-scripts MODELS_DIR=/models DATA_DIR=/data
+ENV PATH=/opt/venv/bin:$PATH SD_SCRIPTS_DIR=/opt/sd-scripts MODELS_DIR=/models DATA_DIR=/data \
+    WORKER_QUEUES=training WORKER_CACHE_DIR=/data/worker-cache
 
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 WORKDIR /app
