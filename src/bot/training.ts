@@ -198,12 +198,16 @@ export class TrainingService {
         }
       }
       if (companions === null) throw lastError instanceof Error ? lastError : new UserError('No worker has the files this family needs.');
-      const resolved = resolveRecipe(request.recipe, dataset.base, parsed.data, { vramMiB: worker?.memoryMiB ?? null, ...(worker ? { workerName: worker.id } : {}) });
+      const resolved = resolveRecipe(request.recipe, dataset.base, parsed.data, {
+        vramMiB: worker?.memoryMiB ?? null,
+        captionMode: captionModeOf(dataset),
+        ...(worker ? { workerName: worker.id } : {}),
+      });
       recipe = ResolvedRecipeSchema.parse({ ...resolved, companions });
     } else {
       const first = holders[0];
       if (first) worker = { id: first.id, memoryMiB: first.gpu?.memoryMiB ?? null };
-      recipe = resolveRecipe(request.recipe, dataset.base, parsed.data);
+      recipe = resolveRecipe(request.recipe, dataset.base, parsed.data, { captionMode: captionModeOf(dataset) });
     }
 
     const concepts = await this.deps.store.getConcepts(dataset.id);

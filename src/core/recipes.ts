@@ -7,6 +7,7 @@
  * the batch size.
  */
 import { z } from 'zod';
+import type { CaptionMode } from './caption-text.ts';
 import { UserError } from './errors.ts';
 import { BASE_FAMILIES, COMPANION_KINDS, FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily, type CompanionKind } from './model-family.ts';
 
@@ -531,7 +532,7 @@ export type RunOverrides = z.infer<typeof RunOverridesSchema>;
 // ---------------------------------------------------------------------------------------------
 // Resolved recipe (what a plan and the kohya files are made from; JSON-safe, travels in jobs)
 
-export const RECIPE_WARNING_CODES = ['alpha-above-dim', 'optimizer-steps', 'scale-weight-norms', 'network-dim', 'memory', 'family-settings'] as const;
+export const RECIPE_WARNING_CODES = ['alpha-above-dim', 'optimizer-steps', 'scale-weight-norms', 'network-dim', 'memory', 'family-settings', 'caption-mode'] as const;
 export const RecipeWarningSchema = z.strictObject({ code: z.enum(RECIPE_WARNING_CODES), message: z.string() });
 export type RecipeWarning = z.infer<typeof RecipeWarningSchema>;
 
@@ -639,6 +640,8 @@ export interface ResolveContext {
   vramMiB?: number | null;
   /** Its name, for messages. */
   workerName?: string;
+  /** What the captions are (caption-text.ts): sentences are never shuffled or cut at their commas. */
+  captionMode?: CaptionMode;
 }
 
 function gib(mib: number): string {
@@ -789,6 +792,13 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
     shuffleCaption = false;
     captionTagDropoutRate = 0;
     warnings.push({ code: 'family-settings', message: `${familyLabel(base)} keeps captions as written (no shuffling or tag dropout): its text encoders run once, before training.` });
+  }
+
+  // kohya shuffles and drops comma-separated pieces: that would cut sentences apart.
+  if (context.captionMode !== undefined && context.captionMode !== 'tags' && (shuffleCaption || captionTagDropoutRate > 0)) {
+    shuffleCaption = false;
+    captionTagDropoutRate = 0;
+    warnings.push({ code: 'caption-mode', message: 'Sentence captions are kept as written (no shuffling or tag dropout), so they are never cut apart at their commas.' });
   }
 
   const transformerSample = base === 'flux1' || base === 'chroma' ? TRANSFORMER_SAMPLES[base] : null;

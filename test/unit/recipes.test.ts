@@ -81,6 +81,18 @@ describe('built-in recipes match reference/recipes.md', () => {
     expect(r.sample).toMatchObject({ width: 768, height: 640, negativePrompt: 'Anime, Cartoon, Drawing, Illustration, 3D render' });
   });
 
+  it('keeps sentence captions as written: no shuffling or tag dropout unless the captions are tags', () => {
+    const tags = resolveRecipe('character', 'sd15', {}, { captionMode: 'tags' });
+    expect(tags).toMatchObject({ shuffleCaption: true });
+    expect(tags.warnings.map((w) => w.code)).not.toContain('caption-mode');
+    for (const captionMode of ['sentences', 'both'] as const) {
+      const r = resolveRecipe('character', 'sd15', {}, { captionMode });
+      expect(r).toMatchObject({ shuffleCaption: false, captionTagDropoutRate: 0 });
+      expect(r.warnings.find((w) => w.code === 'caption-mode')?.message).toMatch(/never cut apart at their commas/);
+    }
+    expect(resolveRecipe('style', 'sdxl', {}, { captionMode: 'sentences' }).captionTagDropoutRate).toBe(0);
+  });
+
   it('style drops tags after the kept trigger; flexible-concept uses one repeat', () => {
     expect(resolveRecipe('style', 'sd15').captionTagDropoutRate).toBeGreaterThan(0);
     expect(resolveRecipe('flexible-concept', 'sd15').repeats).toEqual({ mode: 'fixed', repeats: 1 });
