@@ -872,3 +872,21 @@ const COMPANION_LABELS_SHORT: Record<CompanionKind, string> = {
   t5xxl: 'the T5-XXL text encoder',
   ae: 'the FLUX autoencoder',
 };
+
+/**
+ * Why a worker can't train `recipe` (null when it can): a FLUX.1/Chroma companion file it lacks,
+ * or a memory preset larger than its GPU. For a worker to check a run before it starts; `hasFile`
+ * tells whether a file is in its models folder.
+ */
+export function runFitProblem(recipe: ResolvedRecipe, gpuMiB: number | null, hasFile: (file: string) => boolean): string | null {
+  for (const kind of FAMILY_INFO[recipe.base].companions) {
+    const file = recipe.companions?.[kind] ?? null;
+    if (file === null) return `the run names no file for ${COMPANION_LABELS_SHORT[kind]}`;
+    if (!hasFile(file)) return `${COMPANION_LABELS_SHORT[kind]} ${file} is not in this worker's models folder`;
+  }
+  const preset = recipe.memory.preset;
+  if (preset !== null && gpuMiB !== null && VRAM_PRESET_INFO[preset].minMiB > gpuMiB) {
+    return `the ${VRAM_PRESET_INFO[preset].label} memory preset needs a larger GPU than this worker's ${Math.round(gpuMiB / 1024)} GB`;
+  }
+  return null;
+}

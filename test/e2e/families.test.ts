@@ -184,6 +184,9 @@ describe('FLUX.1 and Chroma', () => {
     await until('the worker to advertise T5-XXL', async () =>
       (await listWorkers(world.redis, world.env.REDIS_PREFIX!))[0]?.companions?.some((c) => c.kind === 't5xxl'),
     );
+    const list = await done(world.discord.sendCommand({ name: 'worker', subcommand: 'list', user: admin, permissions: MANAGE_GUILD }));
+    expect(list).toContain('Base models: `Chroma1-Base.safetensors` (Chroma), `flux1-dev.safetensors` (FLUX.1)');
+    expect(list).toContain('FLUX.1/Chroma files: `ae.safetensors` (ae), `clip_l.safetensors` (clip_l), `t5xxl_fp16.safetensors` (t5xxl)');
     expect(await refusal(plan('fluxhero', { network: 'loha' }))).toMatch(/^⚠️ LoHa can't be trained on FLUX\.1 here/);
     expect(await refusal(plan('fluxhero', { vram: '24gb' }))).toBe(
       '⚠️ The 24 GB memory preset needs a GPU with 24 GB or more; the worker `gpu-test` has 12 GB. Leave `vram` out to use the 12 GB preset.',

@@ -16,6 +16,7 @@ import {
   RECIPE_NAMES,
   resolveRecipe,
   ResolvedRecipeSchema,
+  runFitProblem,
   type ResolvedRecipe,
   type RunOverrides,
 } from '../../src/core/recipes.ts';
@@ -317,6 +318,19 @@ describe('what workers offer', () => {
     expect(companionsOf(worker([], [{ file: 'ae.safetensors', kind: 'ae' }, { file: 3, kind: 'ae' }, { file: 'x.safetensors', kind: 'vae' }, null]))).toEqual([
       { file: 'ae.safetensors', kind: 'ae' },
     ]);
+  });
+});
+
+describe('a worker checking a run before it starts', () => {
+  it('names a missing companion file or a preset larger than its GPU', () => {
+    const recipe = withCompanions(resolveRecipe('character', 'flux1', {}, { vramMiB: 24_564 }));
+    const all = () => true;
+    expect(runFitProblem(recipe, 24_564, all)).toBeNull();
+    expect(runFitProblem(recipe, null, all)).toBeNull();
+    expect(runFitProblem(recipe, 12_288, all)).toBe("the 24 GB memory preset needs a larger GPU than this worker's 12 GB");
+    expect(runFitProblem(recipe, 24_564, (f) => f !== 't5xxl_fp16.safetensors')).toBe("the T5-XXL text encoder t5xxl_fp16.safetensors is not in this worker's models folder");
+    expect(runFitProblem({ ...recipe, companions: null }, 24_564, all)).toBe('the run names no file for the CLIP-L text encoder');
+    expect(runFitProblem(resolveRecipe('character', 'sdxl'), 8_000, () => false)).toBeNull();
   });
 });
 

@@ -8,6 +8,7 @@ import type { BotContext } from '../context.ts';
 import { guildIdOf } from '../dataset-access.ts';
 import type { SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
+import { companionsOf } from '../training.ts';
 import { ago, familyText, forgetWorker, gpuText, mib, workersForGuild, type WorkerView } from '../workers.ts';
 
 /** GPUs a guild may have lent at once (an autocomplete shows at most 25). */
@@ -115,6 +116,8 @@ function describe(view: WorkerView, guildId: string, runs: Map<string, { dataset
         ? '  Base models: none yet'
         : `  Base models: ${info.models.map((m) => `\`${m.file}\` (${familyText(m.base)})`).join(', ')}`,
     );
+    const companions = companionsOf(info);
+    if (companions.length > 0) lines.push(`  FLUX.1/Chroma files: ${companions.map((c) => `\`${c.file}\` (${c.kind})`).join(', ')}`);
   }
   if (view.online && info) {
     if (!info.busyWith) lines.push('  Idle, ready to train');
