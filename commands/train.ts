@@ -74,9 +74,10 @@ export const settingsCommandData = new SlashCommandBuilder()
   .addSubcommand((s) =>
     s
       .setName('limits')
-      .setDescription('How many runs may wait or run at once')
+      .setDescription('How many runs and images may wait or run at once')
       .addIntegerOption((o) => o.setName('per-member').setDescription('Per member (1–10)').setMinValue(1).setMaxValue(10))
-      .addIntegerOption((o) => o.setName('per-server').setDescription('For the whole server (1–50)').setMinValue(1).setMaxValue(50)),
+      .addIntegerOption((o) => o.setName('per-server').setDescription('For the whole server (1–50)').setMinValue(1).setMaxValue(50))
+      .addIntegerOption((o) => o.setName('images-per-member').setDescription('Images (/lora try, /lora compare) a member may have waiting at once (1–20)').setMinValue(1).setMaxValue(20)),
   )
   .addSubcommand((s) =>
     s

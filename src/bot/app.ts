@@ -20,6 +20,7 @@ import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
 import { keepUploadCaptions } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
 import { startRunReporter } from './run-reporter.ts';
+import { generationQueues, startGenerationPoster } from './generation.ts';
 import { TallyUpdater } from './tally.ts';
 import { labelOfWorker } from './workers.ts';
 import type { BotContext } from './context.ts';
@@ -125,7 +126,20 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   });
   const removal = new ImageRemovalService({ store, captions, runs, blobs, blobLock, logger: logger.child({ unit: 'removal' }) });
   const delivery = new DeliveryService({ redis, redisPrefix: config.REDIS_PREFIX, votes, blobs, blobLock, expiring });
-  const ctx: BotContext = { config, logger, redis, store, captions, sentences, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers, training, removal, delivery, expiring };
+  const genQueues = generationQueues(queueConnection, config.REDIS_PREFIX);
+  const generations = {
+    redis,
+    prefix: config.REDIS_PREFIX,
+    queue: genQueues.generate,
+    results: genQueues.generated,
+    runs,
+    store,
+    settings,
+    blobs,
+    workers,
+    logger: logger.child({ unit: 'generations' }),
+  };
+  const ctx: BotContext = { config, logger, redis, store, captions, sentences, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers, training, removal, delivery, expiring, generations };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -236,6 +250,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     queueConnection,
     config.REDIS_PREFIX,
   );
+  const generationPoster: Worker = startGenerationPoster({ ...generations, client }, queueConnection, config.REDIS_PREFIX);
   logger.info({ user: client.user?.tag, guilds: client.guilds.cache.size, httpPort: http.port }, 'bot ready');
 
   let stopped = false;
@@ -250,6 +265,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       await tagging?.service.close();
       await poster.close();
       await reporter.close();
+      await generationPoster.close();
       tallies.stop();
       await client.destroy();
       await http.close();
@@ -257,6 +273,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       await runEvents?.close();
       await taggingQueue.close();
       await trainingQueue.close();
+      await genQueues.generate.close();
+      await genQueues.generated.close();
       await notices.close();
       queueConnection.disconnect();
       redis.disconnect();

@@ -17,6 +17,7 @@ import type { IntakeService } from './intake.ts';
 import type { TrainingService } from './training.ts';
 import type { ImageRemovalService } from './image-removal.ts';
 import type { DeliveryService } from './delivery.ts';
+import type { GenerationDeps } from './generation.ts';
 
 /** What every command and handler gets: the wired services of this bot process. */
 export interface BotContext {
@@ -48,4 +49,6 @@ export interface BotContext {
   claims: EventClaims;
   /** GPUs members lend to a guild (remote training workers). */
   workers: WorkerStore;
+  /** `/lora try` and `/lora compare`: their queues and stores. */
+  generations: GenerationDeps;
 }

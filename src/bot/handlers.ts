@@ -1,7 +1,7 @@
 import { captionCommand, captionEditModal, captionSentenceModal } from './commands/caption.ts';
 import { conceptCommand } from './commands/concept.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
-import { loraCommand } from './commands/lora.ts';
+import { loraCommand, tryButtonHandler } from './commands/lora.ts';
 import { settingsCommand } from './commands/settings.ts';
 import { pruneButton, tagsCommand } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
@@ -21,4 +21,5 @@ export const componentHandlers: ComponentHandler<unknown>[] = [
   startButton,
   voteButtonHandler,
   voteSelectHandler,
+  tryButtonHandler,
 ];

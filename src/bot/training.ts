@@ -328,7 +328,7 @@ export class TrainingService {
         plan: prepared.plan,
         recipe: prepared.recipe,
         images: prepared.images,
-        samplePrompts: [],
+        samplePrompts: dataset.samplePrompts ?? [],
         seed: prepared.recipe.seed ?? Math.floor(Math.random() * 2 ** 31),
         outputName: run.outputName,
       },

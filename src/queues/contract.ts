@@ -15,6 +15,10 @@ export const QueueName = {
   Training: 'training',
   /** GPU workers → bot: what a run did (started, progress, each epoch, the end), in order. */
   RunEvents: 'run-events',
+  /** Bot → GPU workers: short image generations with a trained LoRA, served between runs, before waiting runs. */
+  Generate: 'generate',
+  /** GPU workers → bot: the images a generation made (or why it could not), consumed by the bot with retries. */
+  Generated: 'generated',
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
@@ -23,6 +27,8 @@ export const JobName = {
   PostNotice: 'post-notice',
   TrainRun: 'train-run',
   RunEvent: 'run-event',
+  Generate: 'generate',
+  Generated: 'generated',
 } as const;
 export type JobName = (typeof JobName)[keyof typeof JobName];
 
@@ -108,6 +114,36 @@ export function runEventId(event: RunEvent): string {
   }
 }
 
+/** One image of a generation: a LoRA file (an artifact blob) at a weight. */
+export interface GenerateCell {
+  epoch: number;
+  weight: number;
+  /** Blob id of the epoch's LoRA file (a run artifact). */
+  lora: string;
+}
+
+/** A generation as a worker receives it: the base model, the LoRA files and the settings. */
+export interface GeneratePayload {
+  requestId: string;
+  guildId: string;
+  runId: string;
+  /** File name of the base checkpoint inside the worker's MODELS_DIR (the run's). */
+  baseModel: string;
+  base: BaseFamily;
+  prompt: string;
+  negative: string;
+  seed: number;
+  width: number;
+  height: number;
+  cells: GenerateCell[];
+  /** After this (ms) a worker that cannot take it lets it fail rather than wait on. */
+  expiresAt: number;
+}
+
+export type GeneratedPayload =
+  | { requestId: string; ok: true; workerId: string; cells: { epoch: number; weight: number; blob: string }[]; seconds: number }
+  | { requestId: string; ok: false; workerId: string | null; reason: string };
+
 export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
   [QueueName.Tagging]: {
     attempts: 5,
@@ -126,6 +162,18 @@ export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
     attempts: 20,
     backoff: { type: 'exponential', delay: 1000 },
     removeOnComplete: { age: 7 * 24 * 3600, count: 10000 },
+    removeOnFail: { age: 30 * 24 * 3600 },
+  },
+  [QueueName.Generate]: {
+    // A generation is short: a crashed worker's job comes back through stall detection once or twice.
+    attempts: 1,
+    removeOnComplete: { age: 24 * 3600, count: 1000 },
+    removeOnFail: { age: 7 * 24 * 3600 },
+  },
+  [QueueName.Generated]: {
+    attempts: 12,
+    backoff: { type: 'exponential', delay: 1000 },
+    removeOnComplete: { age: 7 * 24 * 3600, count: 5000 },
     removeOnFail: { age: 30 * 24 * 3600 },
   },
   [QueueName.Notices]: {

@@ -25,6 +25,8 @@ export interface Dataset {
   undesiredTags?: string[];
   /** What the trainer reads; absent: the default for the kind and base (see `captionModeOf`). */
   captionMode?: CaptionMode;
+  /** Prompts the trainer samples each epoch with (at most 4); absent: derived from the plan. */
+  samplePrompts?: string[];
 }
 
 export interface Concept {
@@ -161,7 +163,7 @@ export class DatasetStore {
   }
 
   /** Changes settings of a dataset (not its name, guild or owner). */
-  async updateDataset(id: string, patch: Partial<Pick<Dataset, 'undesiredTags' | 'captionMode'>>): Promise<Dataset | null> {
+  async updateDataset(id: string, patch: Partial<Pick<Dataset, 'undesiredTags' | 'captionMode' | 'samplePrompts'>>): Promise<Dataset | null> {
     return updateJsonRecord<Dataset>(this.redis, this.k.dataset(id), (ds) => ({ ...ds, ...patch }));
   }
 

@@ -171,6 +171,8 @@ export interface GuildSettings {
   membersMayLend: boolean;
   /** The caption mode new datasets start with; null: by their kind and base (see caption-text.ts). */
   captionMode: CaptionMode | null;
+  /** Images (`/lora try`, `/lora compare`) a member may have waiting or being drawn at once. */
+  maxGenerationsPerMember: number;
 }
 
 export const DEFAULT_GUILD_SETTINGS: GuildSettings = {
@@ -179,6 +181,7 @@ export const DEFAULT_GUILD_SETTINGS: GuildSettings = {
   maxQueuedPerGuild: 5,
   membersMayLend: false,
   captionMode: null,
+  maxGenerationsPerMember: 3,
 };
 
 export class GuildSettingsStore {

@@ -12,6 +12,7 @@ import { failedForStalling } from '../queues/bullmq-internals.ts';
 import { bullPrefix, QueueName, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { checkPayload } from '../queues/train-payload.ts';
 import { RunEventQueue } from '../queues/run-events.ts';
+import { startGenerationWorker } from './generation.ts';
 import { LocalRunHost } from './run-host.ts';
 import { describeRunError, TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
 import { WorkerRegistry } from './worker-registry.ts';
@@ -21,6 +22,8 @@ export interface TrainingDeps extends TrainingRunDeps {
   blobs: BlobStore;
   /** Finds the GPU for the heartbeat (default: nvidia-smi). */
   gpu?: () => Promise<WorkerInfo['gpu']>;
+  /** false: this worker takes no image generations (default: it does). */
+  generations?: boolean;
 }
 
 export interface TrainingWorkerHandle {
@@ -47,6 +50,8 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     ...(deps.gpu ? { gpu: deps.gpu } : {}),
   });
   const registryStarted = registry.start().catch((err: unknown) => log.error({ err }, 'worker registry did not start'));
+  // Generations share this worker's GPU: served between runs and before waiting runs, never beside one.
+  const generations = deps.generations === false ? null : startGenerationWorker({ config, logger: deps.logger, env: deps.env, blobs: deps.blobs, workerId }, connection);
   let current: TrainingRun | null = null;
   let shuttingDown = false;
 
@@ -67,6 +72,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     if (signal?.aborted) onAbort();
     await registry.setBusy(run.runId);
     try {
+      await generations?.yieldToGenerations();
       return await run.execute();
     } catch (err) {
       if (err instanceof WaitingError) throw err;
@@ -79,6 +85,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
       signal?.removeEventListener('abort', onAbort);
       current = null;
       await registry.setBusy(null);
+      generations?.resume();
     }
   };
 
@@ -114,6 +121,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
       const closed = worker.close();
       current?.requestStop('shutdown');
       await closed;
+      await generations?.close();
       await registryStarted;
       await registry.close();
       await events.close();

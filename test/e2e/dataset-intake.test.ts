@@ -333,8 +333,9 @@ describe('/settings', () => {
   it('shows and changes the queue limits, refusing a member limit above the server limit', async () => {
     expect(await settings('show')).toBe(
       'Trainer role: none (Manage Server only) · runs waiting or running at once: 2 per member, 5 per server · ' +
-        'new datasets are captioned with sentences or tags by their kind and base · GPUs may be lent (`/worker add`) by Manage Server only',
+        'new datasets are captioned with sentences or tags by their kind and base · images waiting at once: 3 per member · GPUs may be lent (`/worker add`) by Manage Server only',
     );
+    expect(await settings('limits', { 'images-per-member': 5 })).toMatch(/images waiting at once: 5 per member · /);
     expect(await settings('limits', { 'per-member': 3, 'per-server': 4 })).toMatch(/3 per member, 4 per server · /);
     expect(await settings('limits', { 'per-member': 5 })).toBe('⚠️ The per-member limit cannot be above the per-server limit.');
     expect(await settings('show')).toMatch(/3 per member, 4 per server · /);

@@ -4,6 +4,7 @@ import { allCommandData } from '../../commands/all.ts';
 import { captionEditModal, captionSentenceModal } from '../../src/bot/commands/caption.ts';
 import { showPageButtons } from '../../src/bot/commands/dataset.ts';
 import { pruneButton } from '../../src/bot/commands/tags.ts';
+import { tryButtonHandler } from '../../src/bot/commands/lora.ts';
 import { startButton } from '../../src/bot/commands/train.ts';
 import { componentHandlers, slashCommands } from '../../src/bot/handlers.ts';
 import { joinCustomId, type ComponentHandler, type ComponentKind } from '../../src/bot/interactions.ts';
@@ -22,6 +23,7 @@ const samples = [
   sample(startButton, { planId: 'pl4n01' }),
   sample(voteButtonHandler, { runId: 'r0n1x', epoch: 3 }),
   sample(voteSelectHandler, { runId: 'r0n1x' }),
+  sample(tryButtonHandler, { action: 'down', requestId: 'g3n0r1x9qa' }),
 ];
 
 describe('slash command table', () => {

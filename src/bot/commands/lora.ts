@@ -3,12 +3,14 @@ import { loraCommandData } from '../../../commands/lora.ts';
 import { formatBytes } from '../../core/download.ts';
 import { UserError } from '../../core/errors.ts';
 import { licenceNoteOf } from '../../core/lora-metadata.ts';
-import { familyLabel } from '../../core/model-family.ts';
+import { checkPromptText, checkWeight, parseSize, parseWeights } from '../../core/generate-args.ts';
+import { FAMILY_INFO, familyLabel } from '../../core/model-family.ts';
 import { downloadFileName, makeDownloadUrl } from '../../core/signed-url.ts';
 import type { ArtifactRef } from '../../queues/contract.ts';
 import type { Run } from '../../store/run-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
+import { getRequest, MAX_COMPARE_CELLS, queuedText, randomSeed, requestGeneration, tryButtonCodec, weightText, type TryButtonHandler } from '../generation.ts';
 import type { SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { renderTally } from '../tally.ts';
@@ -104,6 +106,104 @@ async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotConte
   });
 }
 
+/** `best` when members voted, else the final epoch. */
+async function defaultTryEpoch(ctx: BotContext, run: Run): Promise<EpochChoice> {
+  return (await ctx.votes.tally(run.id)).best === null ? { kind: 'final' } : { kind: 'best' };
+}
+
+async function tryLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const run = await resolveRun(interaction, ctx);
+  const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
+  const negative = checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt');
+  const weight = checkWeight(interaction.options.getNumber('weight') ?? 1);
+  const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
+  const rawEpoch = interaction.options.getString('epoch');
+  const { epoch, label } = await pick(ctx, run, rawEpoch === null ? await defaultTryEpoch(ctx, run) : parseEpoch(rawEpoch));
+  const queued = await requestGeneration(ctx.generations, run, {
+    kind: 'try',
+    userId: interaction.user.id,
+    channelId: interaction.channelId,
+    prompt,
+    negative,
+    seed: interaction.options.getInteger('seed') ?? randomSeed(),
+    ...size,
+    epochs: [epoch],
+    weights: [weight],
+    epochLabel: label,
+  });
+  await interaction.editReply({ content: queuedText(queued) });
+}
+
+/** Epochs named for a comparison, in order: numbers, `final`, `best`. */
+async function parseEpochs(ctx: BotContext, run: Run, raw: string): Promise<number[]> {
+  const parts = raw.split(/[,\s]+/).filter((p) => p.length > 0);
+  if (parts.length === 0) throw new UserError('Name at least one epoch, e.g. `6, 8, final`.');
+  if (parts.length > 8) throw new UserError('At most 8 epochs.');
+  const epochs: number[] = [];
+  for (const part of parts) epochs.push((await pick(ctx, run, parseEpoch(part))).epoch);
+  if (new Set(epochs).size !== epochs.length) throw new UserError('An epoch is named twice.');
+  return epochs;
+}
+
+async function compareLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const run = await resolveRun(interaction, ctx);
+  const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
+  const negative = checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt');
+  const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
+  const epochs = await parseEpochs(ctx, run, interaction.options.getString('epochs', true));
+  const weights = parseWeights(interaction.options.getString('weights', true), 6);
+  if (epochs.length * weights.length > MAX_COMPARE_CELLS) throw new UserError(`That is ${epochs.length * weights.length} images; a comparison has at most ${MAX_COMPARE_CELLS}.`);
+  const queued = await requestGeneration(ctx.generations, run, {
+    kind: 'compare',
+    userId: interaction.user.id,
+    channelId: run.channelId,
+    prompt,
+    negative,
+    seed: interaction.options.getInteger('seed') ?? randomSeed(),
+    ...size,
+    epochs,
+    weights,
+    epochLabel: '',
+  });
+  await interaction.editReply({ content: queuedText(queued) });
+}
+
+/** 🎲, weight − / + and "use as a sample prompt" under a tried image. */
+export const tryButtonHandler: TryButtonHandler = {
+  ...tryButtonCodec,
+  kind: 'button',
+  defer: 'ephemeral',
+  async handle(interaction, ctx, { action, requestId }) {
+    const before = await getRequest(ctx.generations, requestId);
+    const guildId = guildIdOf(interaction);
+    if (!before || before.guildId !== guildId || before.kind !== 'try') throw new UserError('That image is too old to vary; use `/lora try`.');
+    const run = await ctx.runs.get(before.runId);
+    if (!run || run.guildId !== guildId) throw new UserError('That run no longer exists.');
+    if (action === 'sample') {
+      const dataset = await ctx.store.getDataset(run.datasetId);
+      if (!dataset) throw new UserError('That run’s dataset no longer exists.');
+      const prompts = dataset.samplePrompts ?? [];
+      if (prompts.includes(before.prompt)) throw new UserError(`**${dataset.name}** already samples that prompt.`);
+      if (prompts.length >= 4) throw new UserError(`**${dataset.name}** already has 4 sample prompts, the most a run samples.`);
+      await ctx.store.updateDataset(dataset.id, { samplePrompts: [...prompts, before.prompt] });
+      ctx.logger.info({ datasetId: dataset.id, userId: interaction.user.id }, 'sample prompt added');
+      await interaction.editReply({ content: `📌 Added to **${dataset.name}**’s sample prompts (${prompts.length + 1} of 4): the next runs draw it after every epoch.` });
+      return;
+    }
+    const weight = before.weights[0]!;
+    const next = action === 'seed' ? weight : checkWeight(weight + (action === 'up' ? 0.1 : -0.1));
+    const queued = await requestGeneration(ctx.generations, run, {
+      ...before,
+      userId: interaction.user.id,
+      channelId: interaction.channelId,
+      seed: action === 'seed' ? randomSeed() : before.seed,
+      weights: [next],
+    });
+    ctx.logger.info({ requestId: queued.request.id, from: requestId, action, weight: weightText(next) }, 'image varied');
+    await interaction.editReply({ content: queuedText(queued) });
+  },
+};
+
 async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const guildId = guildIdOf(interaction);
   const name = interaction.options.getString('dataset')?.trim();
@@ -145,6 +245,8 @@ export const loraCommand: SlashCommand = {
   data: loraCommandData,
   subcommands: {
     fetch: { defer: 'public', execute: fetchLora },
+    try: { defer: 'public', execute: tryLora },
+    compare: { defer: 'public', execute: compareLora },
     list: { defer: 'public', execute: list },
   },
   autocomplete,

@@ -28,6 +28,7 @@ function settingsSubcommand(change?: (settings: GuildSettings, interaction: Chat
         `Trainer role: ${settings.trainerRoleId ? `<@&${settings.trainerRoleId}>` : 'none (Manage Server only)'} · ` +
           `runs waiting or running at once: ${settings.maxQueuedPerMember} per member, ${settings.maxQueuedPerGuild} per server · ` +
           `new datasets are captioned with ${settings.captionMode ? CAPTION_MODE_LABELS[settings.captionMode] : 'sentences or tags by their kind and base'} · ` +
+          `images waiting at once: ${settings.maxGenerationsPerMember} per member · ` +
           `GPUs may be lent (\`/worker add\`) by ${settings.membersMayLend ? 'any member' : 'Manage Server only'}`,
       );
     },
@@ -44,6 +45,7 @@ export const settingsCommand: SlashCommand = {
     limits: settingsSubcommand((settings, interaction) => {
       settings.maxQueuedPerMember = interaction.options.getInteger('per-member') ?? settings.maxQueuedPerMember;
       settings.maxQueuedPerGuild = interaction.options.getInteger('per-server') ?? settings.maxQueuedPerGuild;
+      settings.maxGenerationsPerMember = interaction.options.getInteger('images-per-member') ?? settings.maxGenerationsPerMember;
       if (settings.maxQueuedPerMember > settings.maxQueuedPerGuild) throw new UserError('The per-member limit cannot be above the per-server limit.');
     }),
     workers: settingsSubcommand((settings, interaction) => {

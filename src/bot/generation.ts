@@ -1,0 +1,347 @@
+/**
+ * Trying a trained LoRA in chat: `/lora try` draws one image, `/lora compare` a grid of epochs ×
+ * weights on one seed. A request is recorded in Redis (its buttons name it), its images that were
+ * drawn before come from the cache by (run, epoch, weight, prompt, negative prompt, seed, size), and
+ * the rest go to the GPU workers as one job on the `generate` queue. Workers answer on the
+ * `generated` queue, which any bot process consumes to post the result.
+ */
+import { createHash, randomInt } from 'node:crypto';
+import { ActionRowBuilder, AttachmentBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type Client } from 'discord.js';
+import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { BlobStore } from '../core/blob-store.ts';
+import { UserError } from '../core/errors.ts';
+import { canGenerate, roundWeight, SEED_MAX, WEIGHT_MAX, WEIGHT_MIN, WEIGHT_STEP } from '../core/generate-args.ts';
+import { makeSampleGrid, stackRows } from '../core/image-sheets.ts';
+import type { Logger } from '../core/logger.ts';
+import { familyLabel } from '../core/model-family.ts';
+import { bullPrefix, defaultJobOptions, JobName, QueueName, type GeneratedPayload, type GeneratePayload } from '../queues/contract.ts';
+import { newId, type DatasetStore } from '../store/dataset-store.ts';
+import type { GuildSettingsStore, Run, RunStore } from '../store/run-store.ts';
+import type { WorkerStore } from '../store/worker-store.ts';
+import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler } from './interactions.ts';
+import { truncate } from './reports.ts';
+import { workersForGuild } from './workers.ts';
+
+export interface GenerationRequest {
+  id: string;
+  kind: 'try' | 'compare';
+  guildId: string;
+  runId: string;
+  userId: string;
+  /** Where the result is posted: where it was asked (try), the run's thread (compare). */
+  channelId: string;
+  prompt: string;
+  negative: string;
+  seed: number;
+  width: number;
+  height: number;
+  /** Rows of a comparison (one for a try), in the order asked. */
+  epochs: number[];
+  /** Columns of a comparison (one for a try), in the order asked. */
+  weights: number[];
+  /** How the epoch was chosen, for a try ("epoch 2, the community’s pick"). */
+  epochLabel: string;
+  createdAt: number;
+}
+
+export interface Queued {
+  request: GenerationRequest;
+  /** null: every image came from the cache and is being posted. */
+  position: number | null;
+  /** The GPUs with the model are all training: the request waits for the first to finish. */
+  waitingForRun: string | null;
+}
+
+export interface GenerationDeps {
+  redis: Redis;
+  prefix: string;
+  queue: Queue<GeneratePayload>;
+  /** Where a request served wholly from the cache is answered, as a worker would. */
+  results: Queue<GeneratedPayload>;
+  runs: RunStore;
+  store: DatasetStore;
+  settings: GuildSettingsStore;
+  blobs: BlobStore;
+  workers: WorkerStore;
+  logger: Logger;
+}
+
+/** How long a request counts against its member's limit at most (a lost job frees it then). */
+const HELD_MS = 6 * 3600_000;
+const REQUEST_TTL_S = 30 * 24 * 3600;
+const CACHE_TTL_S = 30 * 24 * 3600;
+const QUEUE_TTL_MS = 12 * 3600_000;
+export const MAX_COMPARE_CELLS = 24;
+
+const keys = {
+  request: (p: string, id: string) => `${p}:gen:${id}`,
+  held: (p: string, guildId: string, userId: string) => `${p}:gen:held:${guildId}:${userId}`,
+  cache: (p: string, hash: string) => `${p}:gencache:${hash}`,
+  posted: (p: string, id: string) => `${p}:gen:${id}:posted`,
+};
+
+function cacheHash(r: GenerationRequest, epoch: number, weight: number): string {
+  return createHash('sha256')
+    .update(JSON.stringify([r.runId, epoch, weight, r.prompt, r.negative, r.seed, r.width, r.height]))
+    .digest('hex');
+}
+
+export function randomSeed(): number {
+  return randomInt(0, SEED_MAX);
+}
+
+export function weightText(w: number): string {
+  return String(roundWeight(w));
+}
+
+export async function getRequest(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, id: string): Promise<GenerationRequest | null> {
+  const json = await deps.redis.get(keys.request(deps.prefix, id));
+  return json ? (JSON.parse(json) as GenerationRequest) : null;
+}
+
+/** Why nothing can draw this run now, or null. */
+async function noWorkerReason(deps: GenerationDeps, run: Run): Promise<{ reason: string | null; busyWith: string | null }> {
+  if (!canGenerate(run.credits.base)) return { reason: `Drawing with ${familyLabel(run.credits.base)} LoRAs is not supported yet.`, busyWith: null };
+  const views = await workersForGuild({ redis: deps.redis, prefix: deps.prefix, workerStore: deps.workers }, run.guildId);
+  // Lent GPUs take only training runs for now; in-cluster workers draw.
+  const withModel = views.filter((v) => v.online && v.lent === null && v.info?.models.some((m) => m.file === run.baseModel));
+  if (withModel.length === 0) {
+    return {
+      reason: `No GPU online has the base model \`${run.baseModel}\` that run \`${run.id}\` was trained on, so I can’t draw with it right now. Try again when one is back.`,
+      busyWith: null,
+    };
+  }
+  const free = withModel.some((v) => v.info?.busyWith === null);
+  return { reason: null, busyWith: free ? null : (withModel[0]?.info?.busyWith ?? null) };
+}
+
+/**
+ * Records a request and queues what the cache does not have. Refuses (UserError) a run nothing can
+ * draw now, and a member over the server's limit.
+ */
+export async function requestGeneration(deps: GenerationDeps, run: Run, req: Omit<GenerationRequest, 'id' | 'createdAt' | 'guildId' | 'runId'>): Promise<Queued> {
+  const { reason, busyWith } = await noWorkerReason(deps, run);
+  if (reason) throw new UserError(reason);
+  const settings = await deps.settings.get(run.guildId);
+  const limit = settings.maxGenerationsPerMember;
+  const heldKey = keys.held(deps.prefix, run.guildId, req.userId);
+  await deps.redis.zremrangebyscore(heldKey, 0, Date.now() - HELD_MS);
+  const held = await deps.redis.zcard(heldKey);
+  if (held >= limit) {
+    throw new UserError(
+      `You already have ${held} image${held === 1 ? '' : 's'} waiting or being drawn; the limit is ${limit} per member (\`/settings limits\`). Try again when ${held === 1 ? 'it is' : 'one is'} posted.`,
+    );
+  }
+  const request: GenerationRequest = { ...req, id: newId(10), guildId: run.guildId, runId: run.id, createdAt: Date.now() };
+  const cells: GeneratePayload['cells'] = [];
+  for (const epoch of request.epochs) {
+    const lora = run.epochs[String(epoch)]?.checkpoint ?? (epoch === run.summary.epochs ? run.final : null);
+    if (!lora) throw new UserError(`Run \`${run.id}\` has no saved file for epoch ${epoch}.`);
+    for (const weight of request.weights) {
+      if ((await cached(deps, request, epoch, weight)) === null) cells.push({ epoch, weight, lora: lora.blob });
+    }
+  }
+  await deps.redis.set(keys.request(deps.prefix, request.id), JSON.stringify(request), 'EX', REQUEST_TTL_S);
+  if (cells.length === 0) {
+    await deps.results.add(JobName.Generated, { requestId: request.id, ok: true, workerId: 'cache', cells: [], seconds: 0 }, { jobId: `generated-${request.id}` });
+    return { request, position: null, waitingForRun: null };
+  }
+  await deps.redis.zadd(heldKey, request.createdAt, request.id);
+  const payload: GeneratePayload = {
+    requestId: request.id,
+    guildId: run.guildId,
+    runId: run.id,
+    baseModel: run.baseModel,
+    base: run.credits.base,
+    prompt: request.prompt,
+    negative: request.negative,
+    seed: request.seed,
+    width: request.width,
+    height: request.height,
+    cells,
+    expiresAt: Date.now() + QUEUE_TTL_MS,
+  };
+  await deps.queue.add(JobName.Generate, payload, { jobId: `gen-${request.id}` });
+  // Oldest first: where this request stands among the generations waiting for a GPU.
+  const waiting = (await deps.queue.getWaiting(0, 499)).map((j) => j.id).reverse();
+  const at = waiting.indexOf(`gen-${request.id}`);
+  deps.logger.info({ requestId: request.id, runId: run.id, images: cells.length, position: at + 1 }, 'generation queued');
+  return { request, position: at < 0 ? 1 : at + 1, waitingForRun: busyWith };
+}
+
+async function cached(deps: Pick<GenerationDeps, 'redis' | 'prefix' | 'blobs'>, r: GenerationRequest, epoch: number, weight: number): Promise<string | null> {
+  const blob = await deps.redis.get(keys.cache(deps.prefix, cacheHash(r, epoch, weight)));
+  return blob && (await deps.blobs.has(blob)) ? blob : null;
+}
+
+function ordinal(n: number): string {
+  const s = n % 100 >= 11 && n % 100 <= 13 ? 'th' : (['th', 'st', 'nd', 'rd'][n % 10] ?? 'th');
+  return `${n}${s}`;
+}
+
+/** What the member is told right away. */
+export function queuedText(q: Queued): string {
+  const r = q.request;
+  const what =
+    r.kind === 'try'
+      ? `🎨 Drawing **${truncate(r.prompt, 200)}** with run \`${r.runId}\`, ${r.epochLabel}, weight ${weightText(r.weights[0]!)}, seed ${r.seed}.`
+      : `🧪 Drawing epochs ${r.epochs.join(', ')} × weights ${r.weights.map(weightText).join(', ')} of run \`${r.runId}\` (seed ${r.seed}); the grid goes to the run’s thread.`;
+  if (q.position === null) return `${what}\nFound in the cache: posting it now.`;
+  if (q.waitingForRun !== null) return `${what}\n⏳ ${ordinal(q.position)} in line: the GPU is training run \`${q.waitingForRun}\`; your image comes as soon as it finishes.`;
+  return q.position > 1 ? `${what}\n⏳ ${ordinal(q.position)} in line for a GPU.` : `${what}\nIt will be posted here in a moment.`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buttons under a tried image.
+
+export type TryAction = 'seed' | 'down' | 'up' | 'sample';
+const ACTION = /^(seed|down|up|sample)$/;
+
+export function tryButtons(requestId: string, weight: number) {
+  const b = (action: TryAction) => tryButtonCodec.encode({ action, requestId });
+  return new ActionRowBuilder<ButtonBuilder>().addComponents(
+    new ButtonBuilder().setCustomId(b('seed')).setLabel('Another seed').setEmoji('🎲').setStyle(ButtonStyle.Primary),
+    new ButtonBuilder()
+      .setCustomId(b('down'))
+      .setLabel(`Weight ${weightText(Math.max(WEIGHT_MIN, weight - WEIGHT_STEP))}`)
+      .setEmoji('➖')
+      .setStyle(ButtonStyle.Secondary)
+      .setDisabled(weight - WEIGHT_STEP < WEIGHT_MIN - 1e-9),
+    new ButtonBuilder()
+      .setCustomId(b('up'))
+      .setLabel(`Weight ${weightText(Math.min(WEIGHT_MAX, weight + WEIGHT_STEP))}`)
+      .setEmoji('➕')
+      .setStyle(ButtonStyle.Secondary)
+      .setDisabled(weight + WEIGHT_STEP > WEIGHT_MAX + 1e-9),
+    new ButtonBuilder().setCustomId(b('sample')).setLabel('Use as a sample prompt').setEmoji('📌').setStyle(ButtonStyle.Secondary),
+  );
+}
+
+export const tryButtonCodec = {
+  family: 'try',
+  encode: ({ action, requestId }: { action: TryAction; requestId: string }) => joinCustomId('try', action, requestId),
+  parse(customId: string): { action: TryAction; requestId: string } | null {
+    const p = splitCustomId(customId, 'try', [ACTION, ID_PART]);
+    return p && { action: p[0] as TryAction, requestId: p[1]! };
+  },
+};
+export type TryButtonHandler = ComponentHandler<{ action: TryAction; requestId: string }, 'button'>;
+
+// ---------------------------------------------------------------------------------------------
+// Posting the results (bot side of the `generated` queue).
+
+export interface GenerationPosterDeps extends Omit<GenerationDeps, 'queue' | 'results'> {
+  client: Client;
+}
+
+const PERMANENT_CODES = new Set([10003, 50001, 50013, 50035]);
+
+/** One labelled grid: a row per epoch, a column per weight, in the order asked. */
+export async function compareGrid(r: GenerationRequest, image: (epoch: number, weight: number) => string, runLabel: string): Promise<Buffer> {
+  const rows: { image: Buffer; label: string }[] = [];
+  for (const epoch of r.epochs) {
+    const grid = await makeSampleGrid(
+      r.weights.map((w) => ({ image: image(epoch, w), label: `weight ${weightText(w)}` })),
+      { title: `${runLabel} - epoch ${epoch}`, maxCell: 384 },
+    );
+    rows.push({ image: grid, label: '' });
+  }
+  return stackRows(rows);
+}
+
+async function post(deps: GenerationPosterDeps, result: GeneratedPayload): Promise<void> {
+  const r = await getRequest(deps, result.requestId);
+  if (!r) {
+    deps.logger.warn({ requestId: result.requestId }, 'result of an unknown generation dropped');
+    return;
+  }
+  const multi = deps.redis.multi();
+  if (result.ok) {
+    for (const c of result.cells) multi.set(keys.cache(deps.prefix, cacheHash(r, c.epoch, c.weight)), c.blob, 'EX', CACHE_TTL_S);
+  }
+  multi.zrem(keys.held(deps.prefix, r.guildId, r.userId), r.id);
+  await multi.exec();
+  if (await deps.redis.exists(keys.posted(deps.prefix, r.id))) return;
+
+  const channel = await deps.client.channels.fetch(r.channelId).catch(() => null);
+  if (!channel?.isSendable()) {
+    deps.logger.warn({ requestId: r.id, channelId: r.channelId }, 'generation result dropped: channel not sendable');
+    return;
+  }
+  const nonce = `gen${r.id}`.slice(0, 25);
+  const run = await deps.runs.get(r.runId);
+  const runLabel = run ? `${run.datasetName} ${run.id}` : r.runId;
+  if (!result.ok) {
+    await channel.send({ content: `⚠️ <@${r.userId}> I could not draw **${truncate(r.prompt, 200)}** with run \`${r.runId}\`: ${truncate(result.reason, 500)}`, nonce, enforceNonce: true });
+  } else {
+    const images = new Map<string, string>();
+    for (const c of result.cells) images.set(`${c.epoch}:${c.weight}`, deps.blobs.path(c.blob));
+    for (const epoch of r.epochs) {
+      for (const weight of r.weights) {
+        if (images.has(`${epoch}:${weight}`)) continue;
+        const blob = await cached(deps, r, epoch, weight);
+        if (!blob) throw new Error(`image of epoch ${epoch} at weight ${weight} is missing`);
+        images.set(`${epoch}:${weight}`, deps.blobs.path(blob));
+      }
+    }
+    const size = `${r.width}×${r.height}`;
+    const negative = r.negative ? ` · negative: ${truncate(r.negative, 150)}` : '';
+    if (r.kind === 'try') {
+      const epoch = r.epochs[0]!;
+      const weight = r.weights[0]!;
+      await channel.send({
+        content: truncate(
+          `🎨 **${r.prompt}**\nrun \`${r.runId}\`${run ? ` · ${run.datasetName}` : ''} · ${r.epochLabel} · weight ${weightText(weight)} · seed ${r.seed} · ${size}${negative} · asked by <@${r.userId}>`,
+          1990,
+        ),
+        files: [new AttachmentBuilder(images.get(`${epoch}:${weight}`)!, { name: `try-${r.runId}-e${epoch}-w${weightText(weight)}-s${r.seed}.png` })],
+        components: [tryButtons(r.id, weight)],
+        nonce,
+        enforceNonce: true,
+      });
+    } else {
+      const grid = await compareGrid(r, (e, w) => images.get(`${e}:${w}`)!, runLabel);
+      await channel.send({
+        content: truncate(
+          `🧪 **${r.prompt}** · run \`${r.runId}\` · seed ${r.seed} · ${size}${negative} · asked by <@${r.userId}>\n` +
+            `Rows: ${r.epochs.map((e) => `epoch ${e}`).join(', ')} · columns: ${r.weights.map((w) => `weight ${weightText(w)}`).join(', ')}`,
+          1990,
+        ),
+        files: [new AttachmentBuilder(grid, { name: `compare-${r.runId}-s${r.seed}.jpg` })],
+        nonce,
+        enforceNonce: true,
+      });
+    }
+  }
+  await deps.redis.set(keys.posted(deps.prefix, r.id), '1', 'EX', REQUEST_TTL_S);
+}
+
+export function startGenerationPoster(deps: GenerationPosterDeps, connection: Redis, redisPrefix: string): Worker {
+  const log = deps.logger.child({ queue: QueueName.Generated });
+  const worker = new Worker<GeneratedPayload>(
+    QueueName.Generated,
+    async (job: Job<GeneratedPayload>) => {
+      try {
+        await post(deps, job.data);
+      } catch (err) {
+        if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
+          throw new UnrecoverableError(`Discord refused a generated image (${err.code}): ${err.message}`);
+        }
+        throw err;
+      }
+    },
+    { connection, prefix: bullPrefix(redisPrefix), concurrency: 2 },
+  );
+  worker.on('failed', (job, err) => log.warn({ err, jobId: job?.id, attempts: job?.attemptsMade }, 'posting a generated image failed'));
+  worker.on('error', (err) => log.error({ err }, 'generation poster error'));
+  return worker;
+}
+
+export function generationQueues(connection: Redis, redisPrefix: string) {
+  const prefix = bullPrefix(redisPrefix);
+  return {
+    generate: new Queue<GeneratePayload>(QueueName.Generate, { connection, prefix, defaultJobOptions: defaultJobOptions[QueueName.Generate] }),
+    generated: new Queue<GeneratedPayload>(QueueName.Generated, { connection, prefix, defaultJobOptions: defaultJobOptions[QueueName.Generated] }),
+  };
+}

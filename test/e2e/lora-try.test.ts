@@ -1,0 +1,313 @@
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlobStore } from '../../src/core/blob-store.ts';
+import { sampleGridLayout } from '../../src/core/image-sheets.ts';
+import { RunStore } from '../../src/store/run-store.ts';
+import { writeTestModel } from '../fixtures/onnx-model.ts';
+import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import { World } from './world.ts';
+
+const admin = { id: '300000000000000001', username: 'admin' };
+const alice = { id: '300000000000000002', username: 'alice' };
+const bob = { id: '300000000000000003', username: 'bob' };
+const MANAGE_GUILD = String(1n << 5n);
+
+let world: World;
+let tmp: string;
+let runs: RunStore;
+let blobs: BlobStore;
+let threadId: string;
+let runId = '';
+
+const WORKER_ENV = (extra: Record<string, string> = {}) => ({
+  WORKER_QUEUES: 'training',
+  WORKER_ID: 'gpu-try',
+  TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
+  SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
+  MODELS_DIR: join(tmp, 'models'),
+  TRAINING_STALLED_SECONDS: '2',
+  WORKER_HEARTBEAT_SECONDS: '1',
+  STANDIN_STEP_SECONDS: '0.003',
+  ...extra,
+});
+
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-try-'));
+  await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
+  await mkdir(join(tmp, 'models'));
+  await writeFile(join(tmp, 'models', 'base-sd15.safetensors'), Buffer.alloc(64));
+  world = await World.start({ env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), PROGRESS_INTERVAL_SECONDS: '1' } });
+  await world.startBot();
+  runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
+  blobs = new BlobStore(world.dataDir);
+
+  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' } }));
+  threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
+  const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
+  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
+  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } }));
+  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
+  await spawnWorker();
+});
+
+afterAll(async () => {
+  await world?.close();
+  await rm(tmp, { recursive: true, force: true });
+});
+
+async function done(h: InteractionHandle): Promise<string> {
+  await Promise.race([
+    h.waitForEdit(undefined, 60_000),
+    h.waitForFollowup(undefined, 60_000).then((f) => {
+      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
+    }),
+  ]);
+  return h.lastReply()?.content ?? '';
+}
+
+async function refusal(h: InteractionHandle): Promise<string> {
+  return ((await h.waitForFollowup(undefined, 30_000)).json as { content: string }).content;
+}
+
+function messages(channelId: string): MessageSnapshot[] {
+  return world.discord
+    .channelMessages(channelId)
+    .filter((m) => !m.deleted)
+    .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
+}
+
+async function until<T>(what: string, check: () => T | null | undefined | false, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Starts a worker and waits for its first heartbeat (what the bot sees of it). */
+async function spawnWorker(extra: Record<string, string> = {}): Promise<void> {
+  await world.spawnWorker(WORKER_ENV(extra));
+  const key = `${world.env.REDIS_PREFIX!}:worker:gpu-try`;
+  const deadline = Date.now() + 30_000;
+  while ((await world.redis.exists(key)) === 0) {
+    if (Date.now() > deadline) throw new Error('the worker never beat');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function startRun(options: Record<string, string | number> = {}): Promise<string> {
+  const plan = world.discord.sendCommand({
+    name: 'train',
+    subcommand: 'plan',
+    user: admin,
+    permissions: MANAGE_GUILD,
+    options: { dataset: 'hero', model: 'base-sd15.safetensors', ...options },
+  });
+  await done(plan);
+  const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
+  const start = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id });
+  const reply = await done(start);
+  const id = /Queued run `([a-z0-9]+)`/.exec(reply)?.[1];
+  if (!id) throw new Error(`no run queued: ${reply}`);
+  return id;
+}
+
+/** Tried images in the main channel, oldest first. */
+function tried(): MessageSnapshot[] {
+  return messages(world.discord.channelId).filter((m) => m.content.startsWith('🎨 **') && m.attachments.length === 1);
+}
+
+function buttonsOf(m: MessageSnapshot): { custom_id: string; label: string; disabled?: boolean }[] {
+  return (m.components[0] as unknown as { components: { custom_id: string; label: string; disabled?: boolean }[] }).components;
+}
+
+/** The stand-in's colour for a file's bytes (sha256 of its sha256, three bytes into 40..239). */
+async function loraColour(blob: string): Promise<number[]> {
+  const digest = createHash('sha256').update(await readFile(blobs.path(blob))).digest();
+  return [...createHash('sha256').update(digest).digest().subarray(0, 3)].map((b) => 40 + (b % 200));
+}
+
+/** Colour and filled share of the stand-in's bottom bar, read in a `w`×`h` region at (left, top). */
+async function bar(image: Buffer, region: { left: number; top: number; width: number; height: number }) {
+  const { data, info } = await sharp(image).extract(region).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const y = info.height - Math.round(info.height / 24); // inside the bar
+  const pixel = (x: number) => {
+    const i = (y * info.width + x) * 3;
+    return [data[i]!, data[i + 1]!, data[i + 2]!];
+  };
+  let lit = 0;
+  for (let x = 0; x < info.width; x++) if (Math.max(...pixel(x)) > 0x30) lit++;
+  // The middle of the filled part: away from the edges a scaled JPEG blurs.
+  return { share: lit / info.width, colour: pixel(Math.floor(lit / 2)) };
+}
+
+function pngText(png: Buffer, key: string): string | null {
+  let at = 8;
+  while (at < png.length) {
+    const len = png.readUInt32BE(at);
+    const type = png.subarray(at + 4, at + 8).toString('latin1');
+    if (type === 'tEXt') {
+      const body = png.subarray(at + 8, at + 8 + len).toString('latin1');
+      const [k, v] = body.split('\0');
+      if (k === key) return v ?? null;
+    }
+    at += 12 + len;
+  }
+  return null;
+}
+
+function near(a: number[], b: number[], tolerance: number): boolean {
+  return a.every((v, i) => Math.abs(v - b[i]!) <= tolerance);
+}
+
+describe('trying a trained LoRA', () => {
+  it('draws the community’s pick after a run, and 🎲 / weight + draw it again with another seed or weight', async () => {
+    runId = await startRun({ epochs: 3 });
+    await until('the run to finish', () => messages(threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``)), 90_000);
+    await done(world.discord.sendButton({ customId: `vote:${runId}:2`, user: alice }));
+
+    const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero smiling in a garden', run: runId, epoch: 'best', seed: 7 } });
+    expect(await done(ask)).toMatch(/Drawing \*\*ohwx_hero smiling in a garden\*\* with run `\w+`, epoch 2, the community’s pick .*weight 1, seed 7/);
+    const first = await until('the image', () => tried()[0]);
+    expect(first.content).toMatch(/epoch 2, the community’s pick \(1 of 1 votes\) · weight 1 · seed 7 · 512×512 · asked by <@300000000000000003>/);
+    const png = first.attachments[0]!.data;
+    expect(png.subarray(1, 4).toString()).toBe('PNG');
+    expect(pngText(png, 'seed')).toBe('7');
+    expect(pngText(png, 'prompt')).toBe('ohwx_hero smiling in a garden');
+    // The stand-in drew epoch 2's file at weight 1: the bar has that file's colour, filled (1 + 2) / 4.
+    const run = (await runs.get(runId))!;
+    const bar1 = await bar(png, { left: 0, top: 0, width: 512, height: 512 });
+    expect(bar1.colour).toEqual(await loraColour(run.epochs['2']!.checkpoint!.blob));
+    expect(bar1.share).toBeCloseTo(0.75, 2);
+    expect(buttonsOf(first).map((b) => b.label)).toEqual(['Another seed', 'Weight 0.9', 'Weight 1.1', 'Use as a sample prompt']);
+
+    // 🎲: same everything, another seed.
+    const reroll = world.discord.sendButton({ customId: buttonsOf(first)[0]!.custom_id, user: bob, message: first.id });
+    expect(await done(reroll)).toMatch(/seed \d+/);
+    const second = await until('the second image', () => tried()[1]);
+    const seed2 = /seed (\d+)/.exec(second.content)![1]!;
+    expect(seed2).not.toBe('7');
+    expect(second.content).toMatch(/epoch 2, the community’s pick \(1 of 1 votes\) · weight 1 · seed \d+/);
+    expect(pngText(second.attachments[0]!.data, 'seed')).toBe(seed2);
+    expect(second.attachments[0]!.data.equals(png)).toBe(false);
+
+    // Weight +: same seed, weight 1.1.
+    const heavier = world.discord.sendButton({ customId: buttonsOf(first)[2]!.custom_id, user: bob, message: first.id });
+    expect(await done(heavier)).toMatch(/weight 1\.1, seed 7/);
+    const third = await until('the heavier image', () => tried()[2]);
+    expect(third.content).toMatch(/weight 1\.1 · seed 7 /);
+    const bar3 = await bar(third.attachments[0]!.data, { left: 0, top: 0, width: 512, height: 512 });
+    expect(bar3.colour).toEqual(bar1.colour);
+    expect(bar3.share).toBeCloseTo(3.1 / 4, 2);
+
+    // The same image asked again comes from the cache, without a worker drawing it.
+    const drawnBefore = world.worker!.log.lines.filter((l) => l.msg === 'generating').length;
+    const again = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero smiling in a garden', run: runId, epoch: '2', seed: 7 } });
+    expect(await done(again)).toMatch(/Found in the cache/);
+    const fourth = await until('the cached image', () => tried()[3]);
+    expect(fourth.attachments[0]!.data.equals(png)).toBe(true);
+    expect(world.worker!.log.lines.filter((l) => l.msg === 'generating').length).toBe(drawnBefore);
+
+    // "Use as a sample prompt": the next runs sample it.
+    const pin = world.discord.sendButton({ customId: buttonsOf(first)[3]!.custom_id, user: alice, message: first.id });
+    expect(await done(pin)).toMatch(/Added to \*\*hero\*\*’s sample prompts \(1 of 4\)/);
+  });
+
+  it('refuses bad settings with a clear message', async () => {
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'a --n trick', run: runId } }))).toMatch(/may not contain `--`/);
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, size: '500' } }))).toMatch(/multiple of 64/);
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, epoch: '9' } }))).toMatch(/no saved file for epoch 9/);
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'compare', options: { prompt: 'ohwx_hero', run: runId, epochs: '1', weights: '0.5, 7' } }))).toMatch(/between -2 and 2/);
+  });
+
+  it('posts one labelled grid of epochs × weights in the run’s thread, in the order asked, and caches it', async () => {
+    const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'compare', user: bob, options: { run: runId, epochs: '3, 1', weights: '0.5, 1, 1.5', prompt: 'ohwx_hero portrait', seed: 11 } });
+    expect(await done(ask)).toMatch(/epochs 3, 1 × weights 0\.5, 1, 1\.5 .*the grid goes to the run’s thread/);
+    const isGrid = (m: MessageSnapshot) => m.content.startsWith('🧪 **ohwx_hero portrait**') && m.attachments.length === 1;
+    const post = await until('the grid', () => messages(threadId).find(isGrid));
+    expect(post.content).toContain('Rows: epoch 3, epoch 1 · columns: weight 0.5, weight 1, weight 1.5');
+    const grid = post.attachments[0]!.data;
+    const meta = await sharp(grid).metadata();
+    // Each row is a sample grid of three 384 px cells; rows are stacked with a gap around them.
+    const row = sampleGridLayout(3, { width: 384, height: 384 });
+    const gap = 4 * Math.max(1, Math.round(row.width / 512));
+    expect(meta.width).toBe(row.width + 2 * gap);
+    expect(meta.height).toBe(gap + 2 * (row.height + gap));
+    const run = (await runs.get(runId))!;
+    const colours = [await loraColour(run.epochs['3']!.checkpoint!.blob), await loraColour(run.epochs['1']!.checkpoint!.blob)];
+    for (const [r, colour] of colours.entries()) {
+      for (const [c, weight] of [0.5, 1, 1.5].entries()) {
+        const cell = row.cells[c]!;
+        const found = await bar(grid, { left: gap + cell.left, top: gap + r * (row.height + gap) + cell.top, width: 384, height: 384 });
+        expect(near(found.colour, colour, 24), `row ${r} column ${c}: ${found.colour.join()} vs ${colour.join()}`).toBe(true);
+        expect(found.share).toBeCloseTo((weight + 2) / 4, 1);
+      }
+    }
+
+    const drawnBefore = world.worker!.log.lines.filter((l) => l.msg === 'generating').length;
+    const again = world.discord.sendCommand({ name: 'lora', subcommand: 'compare', user: bob, options: { run: runId, epochs: '3, 1', weights: '0.5, 1, 1.5', prompt: 'ohwx_hero portrait', seed: 11 } });
+    expect(await done(again)).toMatch(/Found in the cache/);
+    await until('the cached grid', () => messages(threadId).filter(isGrid).length === 2);
+    expect(world.worker!.log.lines.filter((l) => l.msg === 'generating').length).toBe(drawnBefore);
+  });
+
+  it('caps the images a member has waiting, naming the limit', async () => {
+    await done(world.discord.sendCommand({ name: 'settings', subcommand: 'limits', user: admin, permissions: MANAGE_GUILD, options: { 'images-per-member': 1 } }));
+    await world.killWorker('SIGTERM');
+    await spawnWorker({ STANDIN_GEN_SECONDS: '1.5' });
+    const before = tried().length;
+    await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at the beach', run: runId } }));
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at night', run: runId } }))).toMatch(
+      /You already have 1 image waiting or being drawn; the limit is 1 per member/,
+    );
+    // Another member is not held by bob's image.
+    await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { prompt: 'ohwx_hero at night', run: runId } }));
+    await until('both images', () => tried().length === before + 2);
+    // Once posted, bob may ask again.
+    await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero in the rain', run: runId } }));
+    await until('bob’s next image', () => tried().length === before + 3);
+    await done(world.discord.sendCommand({ name: 'settings', subcommand: 'limits', user: admin, permissions: MANAGE_GUILD, options: { 'images-per-member': 3 } }));
+  });
+
+  it('serves a generation before a waiting run, waits for a training run without disturbing it, and shows its place in line', async () => {
+    await world.killWorker('SIGTERM');
+    await spawnWorker({ STANDIN_STEP_SECONDS: '0.02' });
+    const training = await startRun({ epochs: 4 });
+    await until('the run to train', () => messages(threadId).find((m) => m.content.startsWith(`🚀 Run \`${training}\``)));
+    const waiting = await startRun({ epochs: 1 });
+    expect((await runs.get(waiting))?.status).toBe('queued');
+
+    const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero reading', run: runId, seed: 5 } });
+    expect(await done(ask)).toMatch(new RegExp(`1st in line: the GPU is training run \`${training}\``));
+    await until('the image', () => tried().find((m) => m.content.startsWith('🎨 **ohwx_hero reading**')), 120_000);
+    await until('the waiting run to finish', () => messages(threadId).find((m) => m.content.startsWith(`✅ Run \`${waiting}\``)), 120_000);
+
+    // On the worker: the training run ended by itself, then the image was drawn, then the waiting run started.
+    const lines = world.worker!.log.lines;
+    const at = (test: (l: Record<string, unknown>) => boolean) => lines.findIndex(test);
+    const trainedEnd = at((l) => l.runId === training && l.msg === 'run finished');
+    const drawn = at((l) => l.msg === 'generating');
+    const nextStart = at((l) => l.runId === waiting && l.msg === 'trainer started');
+    expect(trainedEnd).toBeGreaterThanOrEqual(0);
+    expect(drawn).toBeGreaterThan(trainedEnd);
+    expect(nextStart).toBeGreaterThan(drawn);
+    expect(lines.some((l) => l.runId === training && l.msg === 'stopping the run')).toBe(false);
+    const run = (await runs.get(training))!;
+    expect(run.status).toBe('finished');
+    expect(Object.keys(run.epochs)).toEqual(['1', '2', '3', '4']);
+  });
+
+  it('refuses when no GPU online has the run’s base model', async () => {
+    await world.killWorker('SIGTERM');
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero', run: runId } }))).toMatch(
+      /No GPU online has the base model `base-sd15\.safetensors` that run `\w+` was trained on/,
+    );
+  });
+});
