@@ -6,20 +6,17 @@
  * `generated` queue, which any bot process consumes to post the result.
  */
 import { createHash, randomInt } from 'node:crypto';
-import { ActionRowBuilder, AttachmentBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type Client } from 'discord.js';
-import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blob-store.ts';
 import { UserError } from '../core/errors.ts';
-import { canGenerate, roundWeight, SEED_MAX, WEIGHT_MAX, WEIGHT_MIN, WEIGHT_STEP } from '../core/generate-args.ts';
-import { makeSampleGrid, stackRows } from '../core/image-sheets.ts';
+import { canGenerate, roundWeight, SEED_MAX } from '../core/generate-args.ts';
 import type { Logger } from '../core/logger.ts';
 import { familyLabel } from '../core/model-family.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, type GeneratedPayload, type GeneratePayload } from '../queues/contract.ts';
 import { newId, type DatasetStore } from '../store/dataset-store.ts';
 import type { GuildSettingsStore, Run, RunStore } from '../store/run-store.ts';
 import type { WorkerStore } from '../store/worker-store.ts';
-import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler } from './interactions.ts';
 import { truncate } from './reports.ts';
 import { workersForGuild } from './workers.ts';
 
@@ -85,6 +82,22 @@ function cacheHash(r: GenerationRequest, epoch: number, weight: number): string 
   return createHash('sha256')
     .update(JSON.stringify([r.runId, epoch, weight, r.prompt, r.negative, r.seed, r.width, r.height]))
     .digest('hex');
+}
+
+/** A result arrived: its images go into the cache, and the request stops counting against its member. */
+export async function rememberImages(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, r: GenerationRequest, cells: { epoch: number; weight: number; blob: string }[]): Promise<void> {
+  const multi = deps.redis.multi();
+  for (const c of cells) multi.set(keys.cache(deps.prefix, cacheHash(r, c.epoch, c.weight)), c.blob, 'EX', CACHE_TTL_S);
+  multi.zrem(keys.held(deps.prefix, r.guildId, r.userId), r.id);
+  await multi.exec();
+}
+
+export async function wasPosted(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, id: string): Promise<boolean> {
+  return (await deps.redis.exists(keys.posted(deps.prefix, id))) === 1;
+}
+
+export async function markPosted(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, id: string): Promise<void> {
+  await deps.redis.set(keys.posted(deps.prefix, id), '1', 'EX', REQUEST_TTL_S);
 }
 
 export function randomSeed(): number {
@@ -170,7 +183,7 @@ export async function requestGeneration(deps: GenerationDeps, run: Run, req: Omi
   return { request, position: at < 0 ? 1 : at + 1, waitingForRun: busyWith };
 }
 
-async function cached(deps: Pick<GenerationDeps, 'redis' | 'prefix' | 'blobs'>, r: GenerationRequest, epoch: number, weight: number): Promise<string | null> {
+export async function cached(deps: Pick<GenerationDeps, 'redis' | 'prefix' | 'blobs'>, r: GenerationRequest, epoch: number, weight: number): Promise<string | null> {
   const blob = await deps.redis.get(keys.cache(deps.prefix, cacheHash(r, epoch, weight)));
   return blob && (await deps.blobs.has(blob)) ? blob : null;
 }
@@ -190,152 +203,6 @@ export function queuedText(q: Queued): string {
   if (q.position === null) return `${what}\nFound in the cache: posting it now.`;
   if (q.waitingForRun !== null) return `${what}\n⏳ ${ordinal(q.position)} in line: the GPU is training run \`${q.waitingForRun}\`; your image comes as soon as it finishes.`;
   return q.position > 1 ? `${what}\n⏳ ${ordinal(q.position)} in line for a GPU.` : `${what}\nIt will be posted here in a moment.`;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Buttons under a tried image.
-
-export type TryAction = 'seed' | 'down' | 'up' | 'sample';
-const ACTION = /^(seed|down|up|sample)$/;
-
-export function tryButtons(requestId: string, weight: number) {
-  const b = (action: TryAction) => tryButtonCodec.encode({ action, requestId });
-  return new ActionRowBuilder<ButtonBuilder>().addComponents(
-    new ButtonBuilder().setCustomId(b('seed')).setLabel('Another seed').setEmoji('🎲').setStyle(ButtonStyle.Primary),
-    new ButtonBuilder()
-      .setCustomId(b('down'))
-      .setLabel(`Weight ${weightText(Math.max(WEIGHT_MIN, weight - WEIGHT_STEP))}`)
-      .setEmoji('➖')
-      .setStyle(ButtonStyle.Secondary)
-      .setDisabled(weight - WEIGHT_STEP < WEIGHT_MIN - 1e-9),
-    new ButtonBuilder()
-      .setCustomId(b('up'))
-      .setLabel(`Weight ${weightText(Math.min(WEIGHT_MAX, weight + WEIGHT_STEP))}`)
-      .setEmoji('➕')
-      .setStyle(ButtonStyle.Secondary)
-      .setDisabled(weight + WEIGHT_STEP > WEIGHT_MAX + 1e-9),
-    new ButtonBuilder().setCustomId(b('sample')).setLabel('Use as a sample prompt').setEmoji('📌').setStyle(ButtonStyle.Secondary),
-  );
-}
-
-export const tryButtonCodec = {
-  family: 'try',
-  encode: ({ action, requestId }: { action: TryAction; requestId: string }) => joinCustomId('try', action, requestId),
-  parse(customId: string): { action: TryAction; requestId: string } | null {
-    const p = splitCustomId(customId, 'try', [ACTION, ID_PART]);
-    return p && { action: p[0] as TryAction, requestId: p[1]! };
-  },
-};
-export type TryButtonHandler = ComponentHandler<{ action: TryAction; requestId: string }, 'button'>;
-
-// ---------------------------------------------------------------------------------------------
-// Posting the results (bot side of the `generated` queue).
-
-export interface GenerationPosterDeps extends Omit<GenerationDeps, 'queue' | 'results'> {
-  client: Client;
-}
-
-const PERMANENT_CODES = new Set([10003, 50001, 50013, 50035]);
-
-/** One labelled grid: a row per epoch, a column per weight, in the order asked. */
-export async function compareGrid(r: GenerationRequest, image: (epoch: number, weight: number) => string, runLabel: string): Promise<Buffer> {
-  const rows: { image: Buffer; label: string }[] = [];
-  for (const epoch of r.epochs) {
-    const grid = await makeSampleGrid(
-      r.weights.map((w) => ({ image: image(epoch, w), label: `weight ${weightText(w)}` })),
-      { title: `${runLabel} - epoch ${epoch}`, maxCell: 384 },
-    );
-    rows.push({ image: grid, label: '' });
-  }
-  return stackRows(rows);
-}
-
-async function post(deps: GenerationPosterDeps, result: GeneratedPayload): Promise<void> {
-  const r = await getRequest(deps, result.requestId);
-  if (!r) {
-    deps.logger.warn({ requestId: result.requestId }, 'result of an unknown generation dropped');
-    return;
-  }
-  const multi = deps.redis.multi();
-  if (result.ok) {
-    for (const c of result.cells) multi.set(keys.cache(deps.prefix, cacheHash(r, c.epoch, c.weight)), c.blob, 'EX', CACHE_TTL_S);
-  }
-  multi.zrem(keys.held(deps.prefix, r.guildId, r.userId), r.id);
-  await multi.exec();
-  if (await deps.redis.exists(keys.posted(deps.prefix, r.id))) return;
-
-  const channel = await deps.client.channels.fetch(r.channelId).catch(() => null);
-  if (!channel?.isSendable()) {
-    deps.logger.warn({ requestId: r.id, channelId: r.channelId }, 'generation result dropped: channel not sendable');
-    return;
-  }
-  const nonce = `gen${r.id}`.slice(0, 25);
-  const run = await deps.runs.get(r.runId);
-  const runLabel = run ? `${run.datasetName} ${run.id}` : r.runId;
-  if (!result.ok) {
-    await channel.send({ content: `⚠️ <@${r.userId}> I could not draw **${truncate(r.prompt, 200)}** with run \`${r.runId}\`: ${truncate(result.reason, 500)}`, nonce, enforceNonce: true });
-  } else {
-    const images = new Map<string, string>();
-    for (const c of result.cells) images.set(`${c.epoch}:${c.weight}`, deps.blobs.path(c.blob));
-    for (const epoch of r.epochs) {
-      for (const weight of r.weights) {
-        if (images.has(`${epoch}:${weight}`)) continue;
-        const blob = await cached(deps, r, epoch, weight);
-        if (!blob) throw new Error(`image of epoch ${epoch} at weight ${weight} is missing`);
-        images.set(`${epoch}:${weight}`, deps.blobs.path(blob));
-      }
-    }
-    const size = `${r.width}×${r.height}`;
-    const negative = r.negative ? ` · negative: ${truncate(r.negative, 150)}` : '';
-    if (r.kind === 'try') {
-      const epoch = r.epochs[0]!;
-      const weight = r.weights[0]!;
-      await channel.send({
-        content: truncate(
-          `🎨 **${r.prompt}**\nrun \`${r.runId}\`${run ? ` · ${run.datasetName}` : ''} · ${r.epochLabel} · weight ${weightText(weight)} · seed ${r.seed} · ${size}${negative} · asked by <@${r.userId}>`,
-          1990,
-        ),
-        files: [new AttachmentBuilder(images.get(`${epoch}:${weight}`)!, { name: `try-${r.runId}-e${epoch}-w${weightText(weight)}-s${r.seed}.png` })],
-        components: [tryButtons(r.id, weight)],
-        nonce,
-        enforceNonce: true,
-      });
-    } else {
-      const grid = await compareGrid(r, (e, w) => images.get(`${e}:${w}`)!, runLabel);
-      await channel.send({
-        content: truncate(
-          `🧪 **${r.prompt}** · run \`${r.runId}\` · seed ${r.seed} · ${size}${negative} · asked by <@${r.userId}>\n` +
-            `Rows: ${r.epochs.map((e) => `epoch ${e}`).join(', ')} · columns: ${r.weights.map((w) => `weight ${weightText(w)}`).join(', ')}`,
-          1990,
-        ),
-        files: [new AttachmentBuilder(grid, { name: `compare-${r.runId}-s${r.seed}.jpg` })],
-        nonce,
-        enforceNonce: true,
-      });
-    }
-  }
-  await deps.redis.set(keys.posted(deps.prefix, r.id), '1', 'EX', REQUEST_TTL_S);
-}
-
-export function startGenerationPoster(deps: GenerationPosterDeps, connection: Redis, redisPrefix: string): Worker {
-  const log = deps.logger.child({ queue: QueueName.Generated });
-  const worker = new Worker<GeneratedPayload>(
-    QueueName.Generated,
-    async (job: Job<GeneratedPayload>) => {
-      try {
-        await post(deps, job.data);
-      } catch (err) {
-        if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
-          throw new UnrecoverableError(`Discord refused a generated image (${err.code}): ${err.message}`);
-        }
-        throw err;
-      }
-    },
-    { connection, prefix: bullPrefix(redisPrefix), concurrency: 2 },
-  );
-  worker.on('failed', (job, err) => log.warn({ err, jobId: job?.id, attempts: job?.attemptsMade }, 'posting a generated image failed'));
-  worker.on('error', (err) => log.error({ err }, 'generation poster error'));
-  return worker;
 }
 
 export function generationQueues(connection: Redis, redisPrefix: string) {
