@@ -359,7 +359,8 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
     console_log_simple: true,
     training_comment: `LoRA Guild run ${options.runId}; triggers: ${triggers.join(', ')}`,
     metadata_title: options.outputName,
-    metadata_trigger_phrase: triggers.join(', '),
+    // The dataset's trigger only: concepts' own triggers are added to it, not one phrase with it.
+    metadata_trigger_phrase: plan.trigger,
     ...(plan.base === 'sdxl' || plan.base === 'sdxl-vpred' ? { no_half_vae: true } : {}),
     ...(recipe.memory.gradientCheckpointing ? { gradient_checkpointing: true } : {}),
   };

@@ -180,7 +180,9 @@ export function buildLoraMetadata(existing: Readonly<Record<string, string>>, in
   setIfMissing('modelspec.resolution', `${info.resolution}x${info.resolution}`);
   out['modelspec.title'] = info.title;
   const words = triggers(info.triggerWords);
-  if (words.length > 0) out['modelspec.trigger_phrase'] = words.join(', ');
+  // The phrase a prompt starts with is the dataset's trigger; concepts' own triggers are
+  // alternatives to add, listed in loraguild.trigger_words, never joined into one phrase.
+  if (words.length > 0) out['modelspec.trigger_phrase'] = words[0]!;
 
   out[LORAGUILD_KEYS.version] = LORAGUILD_METADATA_VERSION;
   out[LORAGUILD_KEYS.runId] = info.runId;

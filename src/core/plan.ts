@@ -373,7 +373,7 @@ export function planRun(input: PlanInput): Plan {
     if (n < minImages) {
       warnings.push({
         code: 'too-few-images',
-        message: `Concept "${concept.name}" has ${plural(n, 'image')}; the ${recipe.name} recipe wants at least ${minImages} ${concept.isMain ? 'for the main concept' : 'per sub-concept (outfit)'}.`,
+        message: `Concept "${concept.name}" has ${plural(n, 'image')}; the ${recipe.name} recipe wants at least ${minImages} ${concept.isMain ? 'for the main concept' : `per sub-concept${recipe.name.startsWith('character') ? ' (outfit)' : ''}`}.`,
       });
     }
 

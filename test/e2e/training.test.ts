@@ -96,9 +96,9 @@ async function refusal(h: InteractionHandle): Promise<string> {
 }
 
 /** The thread's messages, oldest first. */
-function threadMessages(): MessageSnapshot[] {
+function threadMessages(channelId = threadId): MessageSnapshot[] {
   return world.discord
-    .channelMessages(threadId)
+    .channelMessages(channelId)
     .filter((m) => !m.deleted)
     .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
 }
@@ -143,12 +143,25 @@ describe('a training run', () => {
     );
     expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'hero', optimizer: 'AdamW', lr: 5 } }))).toMatch(/learning rate/i);
 
-    // A member without the trainer role (or Manage Server) cannot press Start.
-    const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: bob, options: { dataset: 'hero' } });
-    expect(await done(plan)).toMatch(/steps per epoch/);
+    // A member without the trainer role (or Manage Server) sees the plan and who may start it: no button.
+    const own = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: bob, permissions: '0', options: { dataset: 'hero' } });
+    const ownPlan = await done(own);
+    expect(ownPlan).toMatch(/steps per epoch/);
+    expect(ownPlan).toMatch(/🔒 Starting a run needs Manage Server/);
+    expect(own.lastReply()!.components).toEqual([]);
+
+    // Pressing Start on someone else's plan is answered to them alone: nothing appears in public.
+    const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero' } });
+    await done(plan);
     const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
+    const publicBefore = world.discord.channelMessages().filter((m) => !m.deleted).length;
     const press = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: bob, permissions: '0', message: plan.lastReply()!.id });
-    expect(await refusal(press)).toMatch(/needs Manage Server/);
+    expect((await press.callback()).json).toMatchObject({ type: 5, data: { flags: 64 } });
+    await press.waitForEdit();
+    expect(press.lastReply()).toMatchObject({ flags: 64, content: expect.stringMatching(/needs Manage Server/) as unknown });
+    const seen = world.discord.channelMessages();
+    expect(seen.filter((m) => !m.deleted)).toHaveLength(publicBefore);
+    expect(seen.filter((m) => m.deleted && m.createdAt >= press.sentAt)).toEqual([]);
     expect(await runs.listForGuild(world.discord.guildId)).toHaveLength(0);
     expect(await trainingQueue.getJobCountByTypes('waiting', 'active', 'delayed', 'completed')).toBe(0);
   });
@@ -218,6 +231,46 @@ describe('a training run', () => {
     expect(tampered.status).toBe(403);
     await tampered.arrayBuffer();
     expect(world.log.raw.join('\n')).not.toContain(new URL(url!).searchParams.get('sig')!);
+  });
+
+  it('trains a style dataset with the style recipe, and gives a concept’s own trigger apart from the dataset’s', async () => {
+    const create = world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'city', trigger: 'mdvl_city', class: 'city', kind: 'style', base: 'sd15' } });
+    await done(create);
+    const cityThread = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · city')!.id;
+    await done(world.discord.sendCommand({ name: 'caption', subcommand: 'mode', user: alice, options: { dataset: 'city', mode: 'tags' } }));
+    await done(world.discord.sendCommand({ name: 'concept', subcommand: 'add', user: alice, options: { dataset: 'city', name: 'flowers', trigger: 'flower closeup' } }));
+    const add = async (files: Awaited<ReturnType<typeof tinted>>[], concept?: string) => {
+      const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
+      await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'city', ...options, ...(concept ? { concept } : {}) } }));
+    };
+    await add([await tinted(31, '#ff2020'), await tinted(32, '#2040ff')]);
+    await add([await tinted(33, '#20c020')], 'flowers');
+    await until('the city images tagged', () =>
+      world.discord.channelMessages(cityThread).filter((m) => /Tagged \d+ image/.test(m.content)).reduce((n, m) => n + Number(/Tagged (\d+)/.exec(m.content)![1]), 0) >= 3,
+    );
+
+    const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'city', epochs: 1 } });
+    const planText = await done(plan);
+    expect(planText).toMatch(/recipe `style`/);
+    expect(planText).not.toMatch(/outfit/i);
+    const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
+    const started = await done(world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id }));
+    const id = /Queued run `([a-z0-9]+)`/.exec(started)![1]!;
+    await until('the city run to finish', () => threadMessages(cityThread).find((m) => m.content.includes(`Run \`${id}\``) && m.content.startsWith('✅')), 90_000);
+    expect((await runs.get(id))?.status).toBe('finished');
+
+    expect(await done(world.discord.sendCommand({ name: 'train', subcommand: 'status', options: { run: id } }))).toMatch(/· style ·/);
+    const list = await done(world.discord.sendCommand({ name: 'lora', subcommand: 'list', options: {} }));
+    expect(list.split('\n').find((l) => l.includes(id))).toMatch(/style/);
+    expect(list).not.toMatch(new RegExp(`${id}.*character`));
+
+    const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: id } });
+    const fetched = await done(fetch);
+    expect(fetched).toContain('trigger `mdvl_city` · for a sub-concept add `flower closeup`');
+    expect(fetched).not.toContain('mdvl_city, flower closeup');
+    const meta = safetensorsMetadata(fetch.lastReply()!.attachments[0]!.data);
+    expect(meta['modelspec.trigger_phrase']).toBe('mdvl_city');
+    expect(JSON.parse(meta['loraguild.trigger_words']!)).toEqual(['mdvl_city', 'flower closeup']);
   });
 
   it('stops a run on /train cancel and keeps what was saved', async () => {

@@ -225,7 +225,7 @@ describe('sd-scripts stand-in with the files of buildKohyaFiles', () => {
         ss_num_epochs: '3',
         ss_seed: '1234',
         ss_base_model_version: 'sd_v1',
-        'modelspec.trigger_phrase': 'zkchar, zkuniform',
+        'modelspec.trigger_phrase': 'zkchar',
       });
       expect(h.metadata.sshs_model_hash).toBe(await dataSectionSha256(path));
       const frequency = JSON.parse(h.metadata.ss_tag_frequency ?? '{}') as Record<string, Record<string, number>>;

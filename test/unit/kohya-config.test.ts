@@ -104,7 +104,7 @@ describe('config TOML', () => {
       sample_sampler: 'euler_a',
       logging_dir: `${OUT}/logs`,
       console_log_simple: true,
-      metadata_trigger_phrase: 'zkchar, zkuniform',
+      metadata_trigger_phrase: 'zkchar',
     });
     expect(c).not.toHaveProperty('network_args');
     expect(files.config.max_train_epochs).toBe(plan.epochs);

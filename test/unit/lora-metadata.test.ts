@@ -137,7 +137,7 @@ describe('enrichLoraMetadata', () => {
     await enrichLoraMetadata(src, dest, INFO);
     const meta = (await rawParts(dest)).header.__metadata__ as Record<string, string>;
 
-    expect(meta['modelspec.trigger_phrase']).toBe('aria, aria_casual');
+    expect(meta['modelspec.trigger_phrase']).toBe('aria');
     expect(meta['modelspec.title']).toBe('Aria (community LoRA)');
     expect(JSON.parse(meta.ss_tag_frequency!)).toEqual(INFO.tagFrequency);
     // What a web UI does with it: the top tags per folder.

@@ -74,6 +74,14 @@ async function pick(ctx: BotContext, run: Run, choice: EpochChoice): Promise<{ e
   return { epoch, artifact: saved, label };
 }
 
+/** The dataset's trigger, and concepts' own triggers apart: they are not one phrase. */
+export function triggerText(triggers: readonly string[]): string {
+  const [main, ...others] = triggers;
+  if (main === undefined) return 'no trigger';
+  const rest = others.length === 0 ? '' : ` · for a sub-concept add ${others.map((t) => `\`${t.replaceAll('`', 'ˋ')}\``).join(' or ')}`;
+  return `trigger \`${main.replaceAll('`', 'ˋ')}\`${rest}`;
+}
+
 async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const run = await resolveRun(interaction, ctx);
   const { epoch, artifact, label } = await pick(ctx, run, parseEpoch(interaction.options.getString('epoch')));
@@ -81,7 +89,7 @@ async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotConte
   const fileName = downloadFileName(epoch === run.summary.epochs ? run.outputName : `${run.outputName}-e${epoch}`, '.safetensors');
   const licence = await licenceNoteOf(ctx.blobs.path(file.blob));
   const what =
-    `**${run.datasetName}** · run \`${run.id}\` · ${label} · \`${fileName}\` (${formatBytes(file.bytes)}) · ${familyLabel(run.credits.base)} · trigger \`${run.credits.triggers.join(', ')}\`` +
+    `**${run.datasetName}** · run \`${run.id}\` · ${label} · \`${fileName}\` (${formatBytes(file.bytes)}) · ${familyLabel(run.credits.base)} · ${triggerText(run.credits.triggers)}` +
     (licence ? `\n⚖️ ${licence}` : '');
   // Discord tells each interaction how large a file the bot may attach there.
   const limit = interaction.attachmentSizeLimit;

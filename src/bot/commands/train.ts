@@ -74,28 +74,37 @@ async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     model: interaction.options.getString('model'),
   };
   const { planId, prepared } = await ctx.training.offer(dataset, request, interaction.user.id);
+  // A member who may not start it sees who may, not a button that would only refuse them.
+  const who = await whoMayNotStart(interaction, ctx);
   await interaction.editReply({
-    content: renderPlan(dataset.name, prepared),
-    components: [
-      new ActionRowBuilder<ButtonBuilder>().addComponents(
-        new ButtonBuilder().setCustomId(startButton.encode({ planId })).setLabel('Start training').setStyle(ButtonStyle.Success),
-      ),
-    ],
+    content: who === null ? renderPlan(dataset.name, prepared) : truncate(`${renderPlan(dataset.name, prepared)}\n🔒 ${who} One of them can plan it with \`/train plan\` and start it.`, 1990),
+    components:
+      who === null
+        ? [
+            new ActionRowBuilder<ButtonBuilder>().addComponents(
+              new ButtonBuilder().setCustomId(startButton.encode({ planId })).setLabel('Start training').setStyle(ButtonStyle.Success),
+            ),
+          ]
+        : [],
   });
+}
+
+/** Null when the member may spend GPU time (the trainer role or Manage Server); else who may, in words. */
+async function whoMayNotStart(interaction: GuildInteraction, ctx: BotContext): Promise<string | null> {
+  if (interaction.memberPermissions?.has(PermissionFlagsBits.ManageGuild)) return null;
+  const settings = await ctx.settings.get(guildIdOf(interaction));
+  const member = interaction.member;
+  const roles = member ? (Array.isArray(member.roles) ? member.roles : [...member.roles.cache.keys()]) : [];
+  if (settings.trainerRoleId && roles.includes(settings.trainerRoleId)) return null;
+  return settings.trainerRoleId
+    ? `Starting a run needs the <@&${settings.trainerRoleId}> role or Manage Server.`
+    : 'Starting a run needs Manage Server (an admin can name a trainer role with `/settings trainer-role`).';
 }
 
 /** Only the trainer role or Manage Server may spend GPU time. */
 async function requireTrainer(interaction: GuildInteraction, ctx: BotContext) {
-  if (interaction.memberPermissions?.has(PermissionFlagsBits.ManageGuild)) return;
-  const settings = await ctx.settings.get(guildIdOf(interaction));
-  const member = interaction.member;
-  const roles = member ? (Array.isArray(member.roles) ? member.roles : [...member.roles.cache.keys()]) : [];
-  if (settings.trainerRoleId && roles.includes(settings.trainerRoleId)) return;
-  throw new UserError(
-    settings.trainerRoleId
-      ? `Starting a run needs the <@&${settings.trainerRoleId}> role or Manage Server.`
-      : 'Starting a run needs Manage Server (an admin can name a trainer role with `/settings trainer-role`).',
-  );
+  const who = await whoMayNotStart(interaction, ctx);
+  if (who !== null) throw new UserError(who);
 }
 
 export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
@@ -106,7 +115,9 @@ export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
     const p = splitCustomId(customId, 'trainstart', [ID_PART]);
     return p && { planId: p[0]! };
   },
-  defer: 'public',
+  // Pressing Start may well be refused (role, limits, an expired plan): only the presser sees
+  // the answer; the run itself is announced in the dataset's thread.
+  defer: 'ephemeral',
   async handle(interaction, ctx, { planId }) {
     const plan = await ctx.training.pendingPlan(planId);
     await requireTrainer(interaction, ctx);
