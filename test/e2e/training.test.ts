@@ -73,6 +73,13 @@ beforeAll(async () => {
   await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } }));
   await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
   await world.spawnWorker(WORKER_ENV());
+  // "worker ready" comes before its first heartbeat: plans know the worker's models only after it.
+  const { listWorkers } = await import('../../src/store/worker-heartbeats.ts');
+  const deadline = Date.now() + 30_000;
+  while (!(await listWorkers(world.redis, world.env.REDIS_PREFIX!)).some((w) => w.id === 'gpu-test')) {
+    if (Date.now() > deadline) throw new Error('the worker never sent a heartbeat');
+    await new Promise((r) => setTimeout(r, 50));
+  }
 });
 
 afterAll(async () => {
