@@ -550,13 +550,27 @@ const MemorySchema = z.strictObject({
   cacheTextEncoderOutputs: z.boolean(),
 });
 
-export const ResolvedRecipeSchema = z
+/**
+ * A recipe resolved before memory settings existed (a run still queued across an upgrade) gets the
+ * ones it was planned with: SDXL used gradient checkpointing, SD 1.5 did not.
+ */
+function withLegacyMemory(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null || 'memory' in value) return value;
+  const base = (value as { base?: unknown }).base;
+  return {
+    ...value,
+    memory: { preset: null, forMiB: null, fp8Base: false, blocksToSwap: null, gradientCheckpointing: base !== 'sd15', cacheTextEncoderOutputs: false },
+  };
+}
+
+const ResolvedRecipeObject = z
   .strictObject({
     name: z.enum(RECIPE_NAMES),
     base: z.enum(BASE_FAMILIES),
     description: z.string(),
     network: z.strictObject({
-      type: z.enum(NETWORK_TYPES),
+      // Defaults below let a run planned before these fields existed (still queued) parse.
+      type: z.enum(NETWORK_TYPES).default('lora'),
       module: z.enum(NETWORK_MODULES),
       dim: z.number().int().min(1).max(256),
       alpha: z.number().min(0.1).max(256),
@@ -584,17 +598,17 @@ export const ResolvedRecipeSchema = z
     /** Main-concept total (images × repeats × epochs) above which the plan warns. */
     maxMainConceptSteps: z.number().int().positive(),
     /** `guidance`: FLUX.1/Chroma's embedded guidance (`--g`); null for SD. */
-    sample: SampleSchema.extend({ width: sampleSideSchema, height: sampleSideSchema, guidance: z.number().min(0).max(10).nullable() }),
+    sample: SampleSchema.extend({ width: sampleSideSchema, height: sampleSideSchema, guidance: z.number().min(0).max(10).nullable().default(null) }),
     /** SDXL v-prediction: `--v_parameterization`, and `--zero_terminal_snr` when set. */
-    vPrediction: z.strictObject({ zeroTerminalSnr: z.boolean() }).nullable(),
+    vPrediction: z.strictObject({ zeroTerminalSnr: z.boolean() }).nullable().default(null),
     /** FLUX.1 / Chroma only. */
-    flux: FluxSettingsSchema.nullable(),
+    flux: FluxSettingsSchema.nullable().default(null),
     memory: MemorySchema,
     /**
      * The text encoder and autoencoder files (in the worker's models folder) FLUX.1 and Chroma
      * train with; null until the plan picks them from what the workers advertise.
      */
-    companions: z.strictObject({ clip_l: modelFileName.nullable(), t5xxl: modelFileName.nullable(), ae: modelFileName.nullable() }).nullable(),
+    companions: z.strictObject({ clip_l: modelFileName.nullable(), t5xxl: modelFileName.nullable(), ae: modelFileName.nullable() }).nullable().default(null),
     /** null: the run picks one when it is created. */
     seed: z.number().int().min(0).max(2 ** 32 - 1).nullable(),
     warnings: z.array(RecipeWarningSchema),
@@ -608,6 +622,7 @@ export const ResolvedRecipeSchema = z
     }
     if (r.flux?.modelType === 'chroma' && !r.flux.applyT5AttnMask) ctx.addIssue({ code: 'custom', message: 'Chroma needs apply_t5_attn_mask', path: ['flux'] });
   });
+export const ResolvedRecipeSchema = z.preprocess(withLegacyMemory, ResolvedRecipeObject);
 export type ResolvedRecipe = z.infer<typeof ResolvedRecipeSchema>;
 export type CompanionFiles = NonNullable<ResolvedRecipe['companions']>;
 

@@ -334,6 +334,21 @@ describe('a worker checking a run before it starts', () => {
   });
 });
 
+describe('a run planned before the families', () => {
+  it('still parses: LoRA, no FLUX or v-pred settings, and the memory settings it was planned with', () => {
+    for (const base of ['sd15', 'sdxl'] as const) {
+      const current = resolveRecipe('character', base) as Record<string, unknown>;
+      const { vPrediction: _v, flux: _f, memory: _m, companions: _c, ...old } = current;
+      const network = { ...(current.network as Record<string, unknown>) };
+      delete network.type;
+      const sample = { ...(current.sample as Record<string, unknown>) };
+      delete sample.guidance;
+      const parsed = ResolvedRecipeSchema.parse({ ...old, network, sample });
+      expect(parsed).toEqual(current);
+    }
+  });
+});
+
 describe('default recipe', () => {
   it('follows what the dataset teaches', () => {
     expect(defaultRecipeFor('character')).toBe('character');
