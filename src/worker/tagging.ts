@@ -257,29 +257,39 @@ export function startTaggingWorker(deps: TaggingDeps, connection: Redis): { work
   const worker = new Worker<TagImagesPayload, TaggingResult>(
     QueueName.Tagging,
     async (job: Job<TagImagesPayload, TaggingResult>, token?: string) => {
-      try {
-        // Each part is announced as soon as it is done: when the other waits for its model, a
-        // retry finds the first part's images captioned and says nothing twice.
-        const tracks = await service.tracksFor(job.data);
-        let result: TaggingResult = { tagged: [], skipped: [] };
-        if (tracks.includes('tags')) {
+      // Each part is announced as soon as it is done, and one model being unavailable does not
+      // hold back the other: the job then waits, and a retry finds the done part's images
+      // captioned and says nothing twice.
+      const tracks = await service.tracksFor(job.data);
+      let result: TaggingResult = { tagged: [], skipped: [] };
+      let waiting = false;
+      const part = async (run: () => Promise<void>) => {
+        try {
+          await run();
+        } catch (err) {
+          if (err instanceof TaggerUnavailableError) service.reportUnavailable(err);
+          else if (err instanceof CaptionerUnavailableError) service.reportCaptionerUnavailable(err);
+          else throw err;
+          waiting = true;
+        }
+      };
+      if (tracks.includes('tags')) {
+        await part(async () => {
           result = await service.tagImages(job.data);
           if (result.tagged.length > 0) await announce(deps, job, result);
-        }
-        if (tracks.includes('sentences')) {
+        });
+      }
+      if (tracks.includes('sentences')) {
+        await part(async () => {
           const described = await service.describeImages(job.data);
           if (described.described.length > 0) await announceDescribed(deps, job, described);
-        }
-        return result;
-      } catch (err) {
-        if (err instanceof TaggerUnavailableError || err instanceof CaptionerUnavailableError) {
-          if (err instanceof TaggerUnavailableError) service.reportUnavailable(err);
-          else service.reportCaptionerUnavailable(err);
-          await job.moveToDelayed(Date.now() + deps.config.TAGGER_RETRY_SECONDS * 1000, token);
-          throw new DelayedError();
-        }
-        throw err;
+        });
       }
+      if (waiting) {
+        await job.moveToDelayed(Date.now() + deps.config.TAGGER_RETRY_SECONDS * 1000, token);
+        throw new DelayedError();
+      }
+      return result;
     },
     { connection, prefix: bullPrefix(deps.config.REDIS_PREFIX), concurrency: 1 },
   );

@@ -95,4 +95,33 @@ describe('a missing or corrupt captioner model', () => {
     // The tagger was never needed, so it never complained.
     expect(world.log.lines.some((l) => String(l.msg).startsWith('tagger unavailable'))).toBe(false);
   });
+
+  it('with tags and sentences, a missing tagger does not hold back the sentences', async () => {
+    const create = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      options: { name: 'both', trigger: 'ohwx_both', class: 'woman', kind: 'character', base: 'sd15' },
+    });
+    await create.waitForEdit();
+    const mode = world.discord.sendCommand({ name: 'caption', subcommand: 'mode', options: { dataset: 'both', mode: 'both' } });
+    await mode.waitForEdit();
+    expect(mode.lastReply()?.content).toBe('**both** is now captioned with a sentence, then tags.');
+    const image = await tinted(6, '#2040ff');
+    const add = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'add',
+      options: { dataset: 'both', image1: world.discord.addAttachment({ filename: image.name, data: image.data }) },
+    });
+    await add.waitForEdit();
+    const threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · both')!.id;
+    await world.discord.waitForCall(
+      (c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Described 1 image'),
+      30_000,
+    );
+    await until(() => world.log.lines.some((l) => l.level === 50 && String(l.msg).startsWith('tagger unavailable')), 'the missing-tagger error');
+    const show = world.discord.sendCommand({ name: 'caption', subcommand: 'show', options: { dataset: 'both', image: 1 } });
+    await show.waitForEdit();
+    expect(show.lastReply()?.content).toContain(testCaptionFor('blue'));
+    expect(show.lastReply()?.content).toContain('No tags yet (tagging may still be running).');
+  });
 });
