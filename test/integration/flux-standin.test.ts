@@ -14,7 +14,7 @@ import { planRun, type PlanConceptInput } from '../../src/core/plan.ts';
 import { pickCompanions, resolveRecipe, type ResolvedRecipe, type RunOverrides } from '../../src/core/recipes.ts';
 import { readSafetensorsHeader } from '../../src/core/safetensors.ts';
 import { scanModelFiles } from '../../src/worker/worker-registry.ts';
-import { chromaLayout, clipLLayout, fluxAeLayout, fluxLayout, t5xxlLayout, writeModelFile } from '../fixtures/model-layouts.ts';
+import { chromaLayout, clipLLayout, fluxAeLayout, fluxLayout, sdxlLayout, t5xxlLayout, writeModelFile } from '../fixtures/model-layouts.ts';
 
 const STANDIN_DIR = fileURLToPath(new URL('../fixtures/sd-scripts/', import.meta.url));
 const OUTPUT_NAME = 'zkflux-v1';
@@ -94,6 +94,7 @@ beforeAll(async () => {
   await writeModelFile(join(models, 'clip_l.safetensors'), clipLLayout());
   await writeModelFile(join(models, 't5xxl_fp16.safetensors'), t5xxlLayout());
   await writeModelFile(join(models, 'ae.safetensors'), fluxAeLayout());
+  await writeModelFile(join(models, 'noob-vpred.safetensors'), sdxlLayout({ vpred: true, ztsnr: true }));
 });
 
 afterAll(async () => {
@@ -187,5 +188,28 @@ describe('flux_train_network.py stand-in', () => {
     const sdModule = await runStandin(s.files);
     expect(sdModule.code).toBe(1);
     expect(sdModule.stderr).toMatch(/ValueError: optimizer got an empty parameter list/);
+  });
+
+  it('trains SDXL v-pred through sdxl_train_network.py with v-parameterization: prediction type v', async () => {
+    const dir = join(root, 'vpred');
+    const staging = join(dir, 'staging');
+    const recipe = resolveRecipe('character', 'sdxl-vpred', { epochs: 1 });
+    const plan = planRun({ base: 'sdxl-vpred', trigger: 'zkflux', className: 'woman', recipe, concepts: concepts() });
+    for (const c of plan.concepts) {
+      await mkdir(join(staging, c.folder), { recursive: true });
+      for (const image of c.images) {
+        await writeFile(join(staging, c.folder, `${image.id}.png`), await sharp({ create: { width: image.width, height: image.height, channels: 3, background: '#3050a0' } }).png().toBuffer());
+        await writeFile(join(staging, c.folder, `${image.id}.txt`), 'zkflux, 1girl, red hair\n');
+      }
+    }
+    const files = buildKohyaFiles(plan, recipe, { runId: 'vpred', outputName: OUTPUT_NAME, outputDir: join(dir, 'out'), stagingDir: staging, baseModelPath: join(models, 'noob-vpred.safetensors'), samplePrompts: [], seed: 3 });
+    await writeFile(files.paths.datasetToml, files.datasetToml);
+    await writeFile(files.paths.configToml, files.configToml);
+    await writeFile(files.paths.samplePromptsTxt, files.samplePromptsTxt);
+    expect(files.script).toBe('sdxl_train_network.py');
+    const r = await runStandin(files);
+    expect(r.code, r.stderr).toBe(0);
+    const h = await readSafetensorsHeader(join(dir, 'out', `${OUTPUT_NAME}.safetensors`));
+    expect(h.metadata).toMatchObject({ ss_base_model_version: 'sdxl_base_v1-0', 'modelspec.prediction_type': 'v', ss_zero_terminal_snr: 'True' });
   });
 });
