@@ -102,4 +102,17 @@ export const settingsCommandData = new SlashCommandBuilder()
           ),
       ),
   )
+  .addSubcommand((s) => {
+    s.setName('moderation').setDescription('What images may be posted and taken in channels that are not age-restricted');
+    const ratings = [
+      { name: 'general', value: 'general' },
+      { name: 'sensitive', value: 'sensitive' },
+      { name: 'questionable', value: 'questionable' },
+      { name: 'explicit', value: 'explicit' },
+    ];
+    return s
+      .addStringOption((o) => o.setName('shown').setDescription('Highest rating posted as it is (default general)').addChoices(...ratings))
+      .addStringOption((o) => o.setName('spoilered').setDescription('Highest rating posted behind a spoiler (default sensitive)').addChoices(...ratings))
+      .addStringOption((o) => o.setName('accepted').setDescription('Highest rating a dataset takes at all (default sensitive)').addChoices(...ratings));
+  })
   .toJSON();

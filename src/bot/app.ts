@@ -31,6 +31,8 @@ import { createWorkerApi, WORKER_API_PREFIX } from './worker-api.ts';
 import { RunEventQueue } from '../queues/run-events.ts';
 import { WorkerStore } from '../store/worker-store.ts';
 import { IntakeService } from './intake.ts';
+import { RatingService } from './rater.ts';
+import { channelPolicy } from './content-policy.ts';
 import { ImageRemovalService } from './image-removal.ts';
 import { DeliveryService } from './delivery.ts';
 import { TrainingService } from './training.ts';
@@ -87,8 +89,15 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   const settings = new GuildSettingsStore(redis, config.REDIS_PREFIX);
   const votes = new VoteStore(redis, config.REDIS_PREFIX);
 
+  const rating = new RatingService(config, logger.child({ unit: 'rating' }));
   const intake = new IntakeService({
     config,
+    rater: rating,
+    // A dataset takes what its own channel allows: more when it lives in an age-restricted one.
+    acceptLimit: async (dataset) => {
+      const policy = await channelPolicy(client, settings, dataset.guildId, dataset.channelId);
+      return { limit: policy.accepted, where: policy.ageRestricted ? 'this dataset' : 'a dataset outside age-restricted channels' };
+    },
     store,
     blobs,
     blobLock,
@@ -264,6 +273,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       stopped = true;
       await tagging?.worker.close();
       await tagging?.service.close();
+      await rating.close();
       await poster.close();
       await reporter.close();
       await generationPoster.close();

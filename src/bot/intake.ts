@@ -9,6 +9,7 @@ import { Limiter, LockTimeoutError, type Mutex, type NamedLocks } from '../core/
 import type { Logger } from '../core/logger.ts';
 import { normalizeImage, normalizeOptionsFromConfig, type NormalizeResult } from '../core/media.ts';
 import { nearestDuplicate } from '../core/phash.ts';
+import { isAbove, type Rating } from '../core/rating.ts';
 import { extractZip } from '../core/zip-intake.ts';
 import type { Dataset, DatasetStore, ImageFacts } from '../store/dataset-store.ts';
 
@@ -51,8 +52,8 @@ export interface IntakeReport {
   skipped: { name: string; reason: string }[];
   /** A problem with the zip as a whole (too many entries, not a zip…). */
   zipProblem: string | null;
-  /** Thumbnails of the accepted images, in outcome order, for the contact sheet. */
-  thumbnails: { no: number; image: Buffer }[];
+  /** Thumbnails of the accepted images, in outcome order, for the contact sheet (with their rating, when rated). */
+  thumbnails: { no: number; image: Buffer; rating: Rating | null }[];
 }
 
 interface Prepared {
@@ -81,6 +82,10 @@ export class IntakeService {
       locks: NamedLocks;
       logger: Logger;
       onAccepted?: (dataset: Dataset, nos: number[], captioned: number[]) => Promise<void>;
+      /** Rates images (one rating or null each); absent: images arrive unrated. */
+      rater?: { rate(images: readonly Buffer[]): Promise<(Rating | null)[]> };
+      /** The highest rating the dataset takes, and why (for the refusal); absent: everything is taken. */
+      acceptLimit?: (dataset: Dataset) => Promise<{ limit: Rating; where: string }>;
     },
   ) {}
 
@@ -111,8 +116,15 @@ export class IntakeService {
         ),
       );
 
+      const ratings = await this.rate(normalized);
+      const accept = (await this.deps.acceptLimit?.(req.dataset)) ?? null;
+      for (const [i, rating] of ratings.entries()) {
+        if (rating === null || accept === null || !isAbove(rating, accept.limit)) continue;
+        normalized[i] = { ok: false, reason: `rated ${rating}: ${accept.where} takes images up to ${accept.limit}` };
+      }
+
       try {
-        await this.deps.locks.run(`intake:${req.dataset.id}`, (lost) => this.commit(req, prepared, normalized, report, lost));
+        await this.deps.locks.run(`intake:${req.dataset.id}`, (lost) => this.commit(req, prepared, normalized, ratings, report, lost));
       } catch (err) {
         if (!(err instanceof LockTimeoutError)) throw err;
         log.warn({ err }, 'intake waited too long for the dataset');
@@ -179,6 +191,17 @@ export class IntakeService {
     }
   }
 
+  /** One rating (or null) per normalised file, from its master image. */
+  private async rate(normalized: NormalizeResult[]): Promise<(Rating | null)[]> {
+    const out: (Rating | null)[] = normalized.map(() => null);
+    const rater = this.deps.rater;
+    if (!rater) return out;
+    const todo = normalized.flatMap((n, i) => (n.ok ? [{ i, master: n.master }] : []));
+    const got = await rater.rate(todo.map((t) => t.master));
+    todo.forEach((t, j) => (out[t.i] = got[j] ?? null));
+    return out;
+  }
+
   private async normalize(path: string): Promise<NormalizeResult> {
     const { config } = this.deps;
     try {
@@ -194,13 +217,21 @@ export class IntakeService {
    * Runs under the dataset's lock: duplicate checks see every earlier file, this upload's too.
    * Should the lock be lost (`lost` aborts), the files not yet recorded are refused.
    */
-  private async commit(req: IntakeRequest, prepared: Prepared[], normalized: NormalizeResult[], report: IntakeReport, lost: AbortSignal) {
+  private async commit(
+    req: IntakeRequest,
+    prepared: Prepared[],
+    normalized: NormalizeResult[],
+    ratings: (Rating | null)[],
+    report: IntakeReport,
+    lost: AbortSignal,
+  ) {
     const { store, blobs, config } = this.deps;
     const settings = bucketSettingsFor(req.dataset.base, req.dataset.resolution);
     const phashes = await store.phashes(req.dataset.id);
     for (let i = 0; i < prepared.length; i++) {
       const p = prepared[i]!;
       const n = normalized[i]!;
+      const rating = ratings[i] ?? null;
       if (!n.ok) {
         report.outcomes.push({ status: 'refused', name: p.name, reason: n.reason });
         continue;
@@ -257,6 +288,7 @@ export class IntakeService {
           notes: n.notes,
           initialCaption: p.caption,
           addedAt: Date.now(),
+          ...(rating !== null ? { ratings: { classifier: rating } } : {}),
           };
           return store.addImage(req.dataset.id, facts);
         });
@@ -265,7 +297,7 @@ export class IntakeService {
           continue;
         }
         phashes.set(added.no, n.phash);
-        report.thumbnails.push({ no: added.no, image: n.thumbnail });
+        report.thumbnails.push({ no: added.no, image: n.thumbnail, rating });
         report.outcomes.push({
           status: 'accepted',
           name: p.name,

@@ -2,6 +2,7 @@ import type { Message } from 'discord.js';
 import { isUserError } from '../core/errors.ts';
 import { DEFAULT_CONCEPT } from '../store/dataset-store.ts';
 import type { BotContext } from './context.ts';
+import { channelPolicy } from './content-policy.ts';
 import { intakeReply } from './reports.ts';
 
 const MAX_FILES_PER_MESSAGE = 10;
@@ -29,7 +30,8 @@ export async function handleThreadMessage(message: Message, ctx: BotContext): Pr
       files: images.map((a) => ({ name: a.name, url: a.url, size: a.size })),
       zip: zip ? { name: zip.name, url: zip.url, size: zip.size } : undefined,
     });
-    await message.reply(await intakeReply(report));
+    const policy = await channelPolicy(message.client, ctx.settings, dataset.guildId, message.channelId);
+    await message.reply(await intakeReply(report, policy));
   } catch (err) {
     if (isUserError(err)) {
       await message.reply({ content: `⚠️ ${err.message}` }).catch(() => undefined);

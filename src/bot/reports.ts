@@ -3,6 +3,7 @@ import { CAPTION_MODE_LABELS, captionModeOf } from '../core/caption-text.ts';
 import { familyLabel } from '../core/model-family.ts';
 import { bucketLabel } from '../core/buckets.ts';
 import { makeContactSheet } from '../core/image-sheets.ts';
+import { postingOf, type ContentPolicy } from '../core/rating.ts';
 import type { Dataset, ImageRecord } from '../store/dataset-store.ts';
 import type { FileOutcome, IntakeReport } from './intake.ts';
 
@@ -75,15 +76,29 @@ export function renderIntakeReport(report: IntakeReport): RenderedReport {
 }
 
 /** What an upload's reply carries: the summary, a contact sheet of what was added, the full report if long. */
-export async function intakeReply(report: IntakeReport): Promise<{ content: string; files: AttachmentBuilder[] }> {
+export async function intakeReply(report: IntakeReport, policy: ContentPolicy | null = null): Promise<{ content: string; files: AttachmentBuilder[] }> {
   const rendered = renderIntakeReport(report);
   const files: AttachmentBuilder[] = [];
-  if (report.thumbnails.length > 0) {
-    const sheet = await makeContactSheet(report.thumbnails.map((t) => ({ image: t.image, label: `#${t.no}` })));
+  // A contact sheet is one picture: a tile that this channel may not show as it is stays out.
+  const tiles = policy ? report.thumbnails.filter((t) => postingOf(t.rating, policy) === 'show') : report.thumbnails;
+  const hidden = report.thumbnails.filter((t) => !tiles.includes(t));
+  if (tiles.length > 0) {
+    const sheet = await makeContactSheet(tiles.map((t) => ({ image: t.image, label: `#${t.no}` })));
     files.push(new AttachmentBuilder(sheet, { name: 'contact-sheet.jpg' }));
   }
+  if (hidden.length > 0 && policy) rendered.content = truncate(`${rendered.content}
+${hiddenLine(hidden, policy)}`, 1990);
   if (rendered.fullText) files.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
   return { content: rendered.content, files };
+}
+
+/** Why some added images are not on the contact sheet. */
+export function hiddenLine(hidden: { no: number }[], policy: ContentPolicy): string {
+  const n = hidden.length;
+  return (
+    `🙈 ${n} added image${n === 1 ? ' is' : 's are'} not on the contact sheet (${listNos(hidden.map((h) => h.no), 10)}): ` +
+    `rated above ${policy.shown}, more than this channel shows. They are kept in the dataset.`
+  );
 }
 
 function summarizeSkipped(skipped: { name: string; reason: string }[]): string {

@@ -58,6 +58,12 @@ export const configSchema = z.object({
   CAPTIONER_BATCH: int(1, 64).default(4),
   /** Cap on the words of one machine caption, in tokens. */
   CAPTIONER_MAX_TOKENS: int(16, 1024).default(256),
+  /** Rate every contributed image with a photo classifier at intake (off: only the tagger rates, when it tags). */
+  IMAGE_RATING: bool.default(true),
+  /** A folder holding the photo classifier (model_quantized.onnx, config.json, preprocessor_config.json). */
+  RATER_MODEL_DIR: z.string().min(1).optional(),
+  /** Where the classifier is fetched from once, into DATA_DIR/models/rater/ (its hash recorded). */
+  RATER_MODEL_URL: z.url().default('https://huggingface.co/AdamCodd/vit-base-nsfw-detector/resolve/main/onnx'),
   TRAINER_CMD: z.string().min(1).optional(),
   SD_SCRIPTS_DIR: z.string().min(1).default('./sd-scripts'),
   MODELS_DIR: z.string().min(1).default('./models'),

@@ -5,6 +5,7 @@ import type { CaptionMode } from '../core/caption-text.ts';
 import { UserError } from '../core/errors.ts';
 import { CAS_LUA, updateJsonRecord } from './json-record.ts';
 import { keys, type Keys } from './keys.ts';
+import type { Rating, RatingSource } from '../core/rating.ts';
 
 export type DatasetKind = 'character' | 'style' | 'concept';
 
@@ -62,6 +63,8 @@ export interface ImageFacts {
   notes: string[];
   initialCaption: string | null;
   addedAt: number;
+  /** Content ratings by source (the classifier at intake, the tagger when it tags); the highest counts. */
+  ratings?: Partial<Record<RatingSource, Rating>>;
 }
 
 export interface ImageRecord extends ImageFacts {
@@ -255,6 +258,14 @@ export class DatasetStore {
       }
     }
     return moved;
+  }
+
+  /** Records one source's rating of an image (a no-op when the image is gone). */
+  async setRating(datasetId: string, no: number, source: RatingSource, rating: Rating): Promise<ImageRecord | null> {
+    const next = await updateJsonRecord<ImageFacts>(this.redis, this.k.image(datasetId, no), (facts) =>
+      facts.ratings?.[source] === rating ? null : { ...facts, ratings: { ...facts.ratings, [source]: rating } },
+    );
+    return next ? { ...next, no, datasetId } : null;
   }
 
   /** Image numbers with their perceptual hashes, for near-duplicate checks. */

@@ -1,4 +1,5 @@
 import type { CaptionMode } from '../core/caption-text.ts';
+import { DEFAULT_POLICY, type ContentPolicy } from '../core/rating.ts';
 import type { BaseFamily } from '../core/model-family.ts';
 import type { Redis } from 'ioredis';
 import type { ResolvedRecipe } from '../core/recipes.ts';
@@ -173,9 +174,12 @@ export interface GuildSettings {
   captionMode: CaptionMode | null;
   /** Images (`/lora try`, `/lora compare`) a member may have waiting or being drawn at once. */
   maxGenerationsPerMember: number;
+  /** What channels that are not age-restricted show, spoiler and take (see rating.ts). */
+  moderation: ContentPolicy;
 }
 
 export const DEFAULT_GUILD_SETTINGS: GuildSettings = {
+  moderation: DEFAULT_POLICY,
   trainerRoleId: null,
   maxQueuedPerMember: 2,
   maxQueuedPerGuild: 5,

@@ -7,6 +7,7 @@ import type { Logger } from '../core/logger.ts';
 import { captionModeOf, tracksOf, type CaptionTrack } from '../core/caption-text.ts';
 import { ensureCaptionerModel } from '../core/captioner-model.ts';
 import { CaptionerImageError, CaptionerUnavailableError, loadCaptioner, type Captioner } from '../core/florence-captioner.ts';
+import { isRating } from '../core/rating.ts';
 import { stripLeadingTriggers } from '../core/tag-ops.ts';
 import { ensureTaggerModel, TaggerUnavailableError } from '../core/tagger-model.ts';
 import { loadTagger, TaggerImageError, type Tagger, type TagResult } from '../core/wd14-tagger.ts';
@@ -182,6 +183,7 @@ export class TaggingService {
         skipped.push(img.no);
         continue;
       }
+      if (isRating(result.rating)) await store.setRating(dataset.id, img.no, 'tagger', result.rating);
       const triggers = [dataset.trigger, concepts.get(img.concept)?.trigger ?? ''].filter(Boolean);
       const tags = stripLeadingTriggers(result.tags, triggers);
       const meta = { by: 'tagger', source: 'tagger' as const };
@@ -214,6 +216,7 @@ export class TaggingService {
       generalThreshold: config.TAGGER_GENERAL_THRESHOLD,
       characterThreshold: config.TAGGER_CHARACTER_THRESHOLD,
       undesired,
+      includeRating: true,
     };
     const paths = images.map((i) => blobs.path(i.masterBlob));
     try {

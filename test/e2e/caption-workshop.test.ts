@@ -76,7 +76,9 @@ describe('tagging and the caption workshop', () => {
     expect(red).toContain('ohwx_aria, red theme, smile, long hair, tiara');
     expect(red).not.toContain('blue theme');
     expect(red).not.toContain('aria (game)'); // a character tag under its 0.85 threshold
-    expect(red).not.toMatch(/general|sensitive/); // rating tags are left out
+    // Rating tags are left out of the caption; the rating has a line of its own.
+    expect(red.replace(/^Rating: .*$/m, '')).not.toMatch(/general|sensitive/);
+    expect(red).toMatch(/^Rating: \*\*general\*\* \(tagger: general\)$/m);
     const blue = await done(command('caption', 'show', { dataset: 'aria', image: 2 }));
     expect(blue).toContain('ohwx_aria, blue theme, smile, long hair, tiara');
   });

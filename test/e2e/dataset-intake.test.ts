@@ -333,7 +333,8 @@ describe('/settings', () => {
   it('shows and changes the queue limits, refusing a member limit above the server limit', async () => {
     expect(await settings('show')).toBe(
       'Trainer role: none (Manage Server only) · runs waiting or running at once: 2 per member, 5 per server · ' +
-        'new datasets are captioned with sentences or tags by their kind and base · images waiting at once: 3 per member · GPUs may be lent (`/worker add`) by Manage Server only',
+        'new datasets are captioned with sentences or tags by their kind and base · images waiting at once: 3 per member · GPUs may be lent (`/worker add`) by Manage Server only · ' +
+        'outside age-restricted channels: up to general shown, up to sensitive behind a spoiler, above sensitive refused',
     );
     expect(await settings('limits', { 'images-per-member': 5 })).toMatch(/images waiting at once: 5 per member · /);
     expect(await settings('limits', { 'per-member': 3, 'per-server': 4 })).toMatch(/3 per member, 4 per server · /);
@@ -342,9 +343,9 @@ describe('/settings', () => {
   });
 
   it('says who may lend a GPU: Manage Server only by default, or any member', async () => {
-    expect(await settings('workers', { 'members-may-lend': true })).toMatch(/by any member$/);
-    expect(await settings('show')).toMatch(/by any member$/);
-    expect(await settings('workers', { 'members-may-lend': false })).toMatch(/by Manage Server only$/);
+    expect(await settings('workers', { 'members-may-lend': true })).toMatch(/by any member · /);
+    expect(await settings('show')).toMatch(/by any member · /);
+    expect(await settings('workers', { 'members-may-lend': false })).toMatch(/by Manage Server only · /);
   });
 
   it('sets what new datasets are captioned with; a dataset made then starts with it', async () => {
@@ -359,7 +360,7 @@ describe('/settings', () => {
   it('needs Manage Server', async () => {
     expect(await settings('limits', { 'per-member': 1 }, '0')).toBe('⚠️ Settings need Manage Server.');
     expect(await settings('workers', { 'members-may-lend': true }, '0')).toBe('⚠️ Settings need Manage Server.');
-    expect(await settings('show')).toMatch(/3 per member, 4 per server · .*by Manage Server only$/);
+    expect(await settings('show')).toMatch(/3 per member, 4 per server · .*by Manage Server only · /);
   });
 });
 

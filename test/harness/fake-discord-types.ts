@@ -32,6 +32,8 @@ export interface FakeChannelSpec {
   type?: number;
   parentId?: string | null;
   topic?: string | null;
+  /** Age-restricted (Discord's `nsfw` flag; threads take their parent's). */
+  nsfw?: boolean;
 }
 
 export interface FakeGuildSpec {

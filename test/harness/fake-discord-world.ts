@@ -119,6 +119,8 @@ export interface ChannelState {
   messageCount: number;
   archived: boolean;
   locked: boolean;
+  /** Age-restricted; threads carry none of their own (Discord reads the parent's). */
+  nsfw?: boolean;
 }
 
 export interface MessageState {
@@ -253,6 +255,7 @@ export class World {
         messageCount: 0,
         archived: false,
         locked: false,
+        nsfw: c.nsfw ?? false,
       });
     });
   }
@@ -504,7 +507,7 @@ export class World {
         },
       };
     }
-    const sortable = { ...base, position: c.position, permission_overwrites: [], parent_id: c.parentId, nsfw: false };
+    const sortable = { ...base, position: c.position, permission_overwrites: [], parent_id: c.parentId, nsfw: c.nsfw ?? false };
     if (c.type === ChannelType.GuildCategory) return sortable;
     return {
       ...sortable,

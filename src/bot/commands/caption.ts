@@ -22,6 +22,7 @@ import {
   type CaptionTrack,
 } from '../../core/caption-text.ts';
 import { validateConceptName } from '../../core/dataset-rules.ts';
+import { effectiveRating } from '../../core/rating.ts';
 import { composeCaption, MAX_CAPTION_CHARS, parseTags, stripLeadingTriggers, validateCaptionText } from '../../core/tag-ops.ts';
 import { JobName } from '../../queues/contract.ts';
 import { MAX_BULK_EDITS, sentenceOf, type CaptionStore, type CaptionVersion } from '../../store/caption-store.ts';
@@ -66,6 +67,7 @@ async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const lines = [
     `**#${image.no}** of **${dataset.name}** · \`${image.sourceName}\` by ${image.contributorName} · ${image.width}×${image.height} · concept \`${image.concept}\``,
   ];
+  lines.push(ratingLine(image));
   if (!caption && !sentence) {
     lines.push('No caption yet (captioning may still be running).');
   } else {
@@ -78,6 +80,14 @@ async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   }
   const preview = new AttachmentBuilder(await ctx.blobs.read(image.thumbBlob), { name: `image-${image.no}.webp` });
   await interaction.editReply({ content: truncate(lines.join('\n'), 1990), files: [preview] });
+}
+
+/** The image's rating and who gave it (the highest counts). */
+function ratingLine(image: ImageRecord): string {
+  const rating = effectiveRating(image.ratings);
+  if (rating === null) return 'Rating: not rated yet.';
+  const by = Object.entries(image.ratings ?? {}).map(([source, r]) => `${source === 'tagger' ? 'tagger' : 'photo classifier'}: ${r}`);
+  return `Rating: **${rating}** (${by.join(', ')})`;
 }
 
 /** Which caption a command works on: the one named, else the one the dataset's mode leads with. */

@@ -26,9 +26,11 @@ import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dat
 import type { BotContext } from '../context.ts';
 import { MAX_CONCEPTS } from './concept.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
+import { channelPolicy } from '../content-policy.ts';
 import type { IncomingFile } from '../intake.ts';
 import { COUNT_PART, ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
-import { intakeReply, listNos, renderDatasetSummary } from '../reports.ts';
+import { effectiveRating, postingOf, type ContentPolicy } from '../../core/rating.ts';
+import { hiddenLine, intakeReply, listNos, renderDatasetSummary, truncate } from '../reports.ts';
 
 export const SHEET_PAGE_SIZE = 40;
 
@@ -123,10 +125,11 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     files,
     zip: zip ? asIncoming(zip) : undefined,
   });
-  await interaction.editReply({ ...(await intakeReply(report)) });
+  const policy = await channelPolicy(interaction.client, ctx.settings, dataset.guildId, interaction.channelId);
+  await interaction.editReply({ ...(await intakeReply(report, policy)) });
 }
 
-async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number) {
+async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number, policy: ContentPolicy) {
   const [images, concepts] = await Promise.all([ctx.store.listImages(dataset.id), ctx.store.getConcepts(dataset.id)]);
   const pages = Math.max(1, Math.ceil(images.length / SHEET_PAGE_SIZE));
   const page = Math.min(Math.max(1, requestedPage), pages);
@@ -139,10 +142,14 @@ async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number
     mode === 'tags' ? null : ctx.sentences.getMany(dataset.id, nos),
   ]);
   const captioned = new Set(nos.filter((no) => (tags === null || tags.has(no)) && (sentences === null || sentences.has(no))));
-  const content = renderDatasetSummary({ dataset, images, concepts, captioned }, page, pages, range);
+  let content = renderDatasetSummary({ dataset, images, concepts, captioned }, page, pages, range);
   const files: AttachmentBuilder[] = [];
-  if (slice.length > 0) {
-    const tiles = await Promise.all(slice.map(async (img) => ({ image: await ctx.blobs.read(img.thumbBlob), label: `#${img.no}` })));
+  // A tile this channel may not show as it is stays off the sheet.
+  const shown = slice.filter((img) => postingOf(effectiveRating(img.ratings), policy) === 'show');
+  const hidden = slice.filter((img) => !shown.includes(img));
+  if (hidden.length > 0) content = truncate(`${content}\n${hiddenLine(hidden, policy).replace('added image', 'image')}`, 1990);
+  if (shown.length > 0) {
+    const tiles = await Promise.all(shown.map(async (img) => ({ image: await ctx.blobs.read(img.thumbBlob), label: `#${img.no}` })));
     const sheet = await makeContactSheet(tiles);
     files.push(new AttachmentBuilder(sheet, { name: `contact-sheet-${page}.jpg` }));
   }
@@ -168,7 +175,8 @@ async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number
 
 async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
-  await interaction.editReply(await showPage(ctx, dataset, interaction.options.getInteger('page') ?? 1));
+  const policy = await channelPolicy(interaction.client, ctx.settings, dataset.guildId, interaction.channelId);
+  await interaction.editReply(await showPage(ctx, dataset, interaction.options.getInteger('page') ?? 1, policy));
 }
 
 async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -230,6 +238,7 @@ export const showPageButtons: ComponentHandler<{ datasetId: string; page: number
   defer: 'update',
   async handle(interaction, ctx, { datasetId, page }) {
     const dataset = await datasetById(interaction, ctx, datasetId);
-    await interaction.editReply(await showPage(ctx, dataset, page));
+    const policy = await channelPolicy(interaction.client, ctx.settings, dataset.guildId, interaction.channelId);
+    await interaction.editReply(await showPage(ctx, dataset, page, policy));
   },
 };

@@ -2,6 +2,7 @@ import { PermissionFlagsBits, type ChatInputCommandInteraction } from 'discord.j
 import { settingsCommandData } from '../../../commands/train.ts';
 import { CAPTION_MODE_LABELS, isCaptionMode } from '../../core/caption-text.ts';
 import { UserError } from '../../core/errors.ts';
+import { isRating, policyProblem, type Rating } from '../../core/rating.ts';
 import type { GuildSettings } from '../../store/run-store.ts';
 import type { BotContext } from '../context.ts';
 import { guildIdOf } from '../dataset-access.ts';
@@ -29,7 +30,9 @@ function settingsSubcommand(change?: (settings: GuildSettings, interaction: Chat
           `runs waiting or running at once: ${settings.maxQueuedPerMember} per member, ${settings.maxQueuedPerGuild} per server · ` +
           `new datasets are captioned with ${settings.captionMode ? CAPTION_MODE_LABELS[settings.captionMode] : 'sentences or tags by their kind and base'} · ` +
           `images waiting at once: ${settings.maxGenerationsPerMember} per member · ` +
-          `GPUs may be lent (\`/worker add\`) by ${settings.membersMayLend ? 'any member' : 'Manage Server only'}`,
+          `GPUs may be lent (\`/worker add\`) by ${settings.membersMayLend ? 'any member' : 'Manage Server only'} · ` +
+          `outside age-restricted channels: up to ${settings.moderation.shown} shown, up to ${settings.moderation.spoilered} behind a spoiler, ` +
+          `above ${settings.moderation.accepted} refused`,
       );
     },
   };
@@ -55,6 +58,22 @@ export const settingsCommand: SlashCommand = {
       const mode = interaction.options.getString('mode', true);
       if (mode !== 'auto' && !isCaptionMode(mode)) throw new UserError('The mode must be auto, tags, sentences or both.');
       settings.captionMode = mode === 'auto' ? null : mode;
+    }),
+    moderation: settingsSubcommand((settings, interaction) => {
+      const pick = (name: string, current: Rating): Rating => {
+        const raw = interaction.options.getString(name);
+        if (raw === null) return current;
+        if (!isRating(raw)) throw new UserError(`${name} must be general, sensitive, questionable or explicit.`);
+        return raw;
+      };
+      const next = {
+        shown: pick('shown', settings.moderation.shown),
+        spoilered: pick('spoilered', settings.moderation.spoilered),
+        accepted: pick('accepted', settings.moderation.accepted),
+      };
+      const problem = policyProblem(next);
+      if (problem) throw new UserError(problem);
+      settings.moderation = next;
     }),
   },
 };
