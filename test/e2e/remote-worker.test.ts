@@ -4,6 +4,8 @@
  * the middle of a run, and another one resuming it from the uploaded epoch state.
  */
 import { World } from './world.ts';
+import * as steps from './steps.ts';
+import { freePort, MANAGE_GUILD } from './steps.ts';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { createServer, Socket, type Server } from 'node:net';
@@ -19,11 +21,10 @@ import { WorkerStore } from '../../src/store/worker-store.ts';
 import { GuildClient, LeaseGoneError, RefusedError, TokenRefusedError, type LeaseGrant } from '../../src/worker/guild-client.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
-import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import type { InteractionHandle } from '../harness/fake-discord.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
 const alice = { id: '300000000000000002', username: 'alice' };
-const MANAGE_GUILD = String(1n << 5n);
 const SECRET = 'a-download-secret-that-is-long-enough-0123456789';
 
 let world: World;
@@ -35,14 +36,6 @@ let trainingQueue: Queue;
 let threadId: string;
 const silent = createLogger('silent');
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const { port: p } = srv.address() as { port: number };
-      srv.close(() => resolve(p));
-    });
-  });
-}
 
 const baseUrl = () => `http://127.0.0.1:${port}`;
 
@@ -105,45 +98,16 @@ afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-async function done(h: InteractionHandle): Promise<string> {
-  await Promise.race([
-    h.waitForEdit(undefined, 60_000),
-    h.waitForFollowup(undefined, 60_000).then((f) => {
-      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
-    }),
-  ]);
-  return h.lastReply()?.content ?? '';
-}
+const done = (h: InteractionHandle) => steps.done(world, h);
 
-function threadMessages(): MessageSnapshot[] {
-  return world.discord
-    .channelMessages(threadId)
-    .filter((m) => !m.deleted)
-    .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
-}
+const threadMessages = () => steps.channelMessages(world, threadId);
 
-async function until<T>(what: string, check: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${world.worker?.log.raw.slice(-15).join('\n') ?? ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = <T>(what: string, check: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 60_000) =>
+  steps.until(what, check, timeoutMs, () => world.worker?.log.raw.slice(-15).join('\n') ?? '');
 
-async function startRun(options: Record<string, string | number> = {}): Promise<string> {
-  const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero', ...options } });
-  await done(plan);
-  const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
-  const start = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id });
-  const reply = await done(start);
-  const runId = /Queued run `([a-z0-9]+)`/.exec(reply)?.[1];
-  if (!runId) throw new Error(`no run queued: ${reply}`);
-  return runId;
-}
+const startRun = (options: Record<string, string | number> = {}) => steps.startRun(world, admin, { dataset: 'hero', ...options });
 
-const epochPosts = (runId: string) => threadMessages().filter((m) => m.content.includes(`of run \`${runId}\``) && m.content.startsWith('🖼️'));
+const epochPosts = (runId: string) => steps.epochPosts(world, threadId, runId);
 const epochNumbers = (runId: string) => epochPosts(runId).map((m) => Number(/Epoch (\d+)\//.exec(m.content)?.[1]));
 
 const modelsInfo = (): Omit<WorkerInfo, 'id' | 'at'> => ({

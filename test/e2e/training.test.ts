@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
@@ -9,13 +8,14 @@ import { bullPrefix, QueueName } from '../../src/queues/contract.ts';
 import { RunStore } from '../../src/store/run-store.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
-import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import type { InteractionHandle } from '../harness/fake-discord.ts';
+import * as steps from './steps.ts';
+import { freePort, MANAGE_GUILD } from './steps.ts';
 import { World } from './world.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
 const alice = { id: '300000000000000002', username: 'alice' };
 const bob = { id: '300000000000000003', username: 'bob' };
-const MANAGE_GUILD = String(1n << 5n);
 const SECRET = 'a-download-secret-that-is-long-enough-0123456789';
 
 let world: World;
@@ -24,14 +24,6 @@ let runs: RunStore;
 let threadId: string;
 let trainingQueue: Queue;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 const WORKER_ENV = () => ({
   WORKER_QUEUES: 'training',
@@ -88,58 +80,24 @@ afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-async function done(h: InteractionHandle): Promise<string> {
-  await Promise.race([
-    h.waitForEdit(undefined, 60_000),
-    h.waitForFollowup(undefined, 60_000).then((f) => {
-      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
-    }),
-  ]);
-  return h.lastReply()?.content ?? '';
-}
+const done = (h: InteractionHandle) => steps.done(world, h);
 
 async function refusal(h: InteractionHandle): Promise<string> {
   return ((await h.waitForFollowup(undefined, 30_000)).json as { content: string }).content;
 }
 
-/** The thread's messages, oldest first. */
-function threadMessages(channelId = threadId): MessageSnapshot[] {
-  return world.discord
-    .channelMessages(channelId)
-    .filter((m) => !m.deleted)
-    .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
-}
+const threadMessages = (channelId = threadId) => steps.channelMessages(world, channelId);
 
-async function until<T>(what: string, check: () => T | null | undefined | false, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = steps.until;
 
-/** Plans and starts a run as the admin; returns its id. */
-async function startRun(options: Record<string, string | number> = {}): Promise<string> {
-  const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero', ...options } });
-  await done(plan);
-  const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
-  const start = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id });
-  const reply = await done(start);
-  const runId = /Queued run `([a-z0-9]+)`/.exec(reply)?.[1];
-  if (!runId) throw new Error(`no run queued: ${reply}`);
-  return runId;
-}
+const startRun = (options: Record<string, string | number> = {}) => steps.startRun(world, admin, { dataset: 'hero', ...options });
 
 function safetensorsMetadata(file: Buffer): Record<string, string> {
   const headerLength = Number(file.readBigUInt64LE(0));
   return (JSON.parse(file.subarray(8, 8 + headerLength).toString('utf8')) as { __metadata__: Record<string, string> }).__metadata__;
 }
 
-function epochPosts(runId: string) {
-  return threadMessages().filter((m) => m.content.includes(`of run \`${runId}\``) && m.content.startsWith('🖼️'));
-}
+const epochPosts = (runId: string) => steps.epochPosts(world, threadId, runId);
 
 describe('a training run', () => {
   it('refuses what it cannot run, with a clear message and nothing queued', async () => {

@@ -1,5 +1,4 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
@@ -9,13 +8,14 @@ import { WorkerStore } from '../../src/store/worker-store.ts';
 import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
-import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import type { InteractionHandle } from '../harness/fake-discord.ts';
+import * as steps from './steps.ts';
+import { freePort, MANAGE_GUILD } from './steps.ts';
 import { World } from './world.ts';
 
 const admin = { id: '310000000000000001', username: 'admin' };
 const alice = { id: '310000000000000002', username: 'alice' };
 const bob = { id: '310000000000000003', username: 'bob' };
-const MANAGE_GUILD = String(1n << 5n);
 const OTHER_GUILD = '399999999999999999';
 
 let world: World;
@@ -26,24 +26,8 @@ let workerStore: WorkerStore;
 let runEvents: Queue;
 let prefix: string;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const { port: p } = srv.address() as { port: number };
-      srv.close(() => resolve(p));
-    });
-  });
-}
 
-async function done(h: InteractionHandle): Promise<string> {
-  await Promise.race([
-    h.waitForEdit(undefined, 60_000),
-    h.waitForFollowup(undefined, 60_000).then((f) => {
-      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
-    }),
-  ]);
-  return h.lastReply()?.content ?? '';
-}
+const done = (h: InteractionHandle) => steps.done(world, h);
 
 /** The reason a command was refused: an ephemeral error, as the edit of an ephemeral reply or a followup. */
 async function refusal(h: InteractionHandle): Promise<string> {
@@ -53,19 +37,9 @@ async function refusal(h: InteractionHandle): Promise<string> {
   return content;
 }
 
-async function until<T>(what: string, check: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = steps.until;
 
-function threadMessages(): MessageSnapshot[] {
-  return world.discord.channelMessages(threadId).filter((m) => !m.deleted);
-}
+const threadMessages = () => steps.channelMessages(world, threadId);
 
 const command = (subcommand: string, user: { id: string; username: string }, options: Record<string, string | number | boolean> = {}, permissions = '0') =>
   world.discord.sendCommand({ name: 'worker', subcommand, user, permissions, options });
