@@ -1,5 +1,3 @@
-// discord.js must be loaded before our own undici: its REST client (undici 6) and ours (undici 7)
-// share undici's process-wide default dispatcher, and only undici 6's works for both.
 import { Client, Events, GatewayIntentBits, type Interaction, type Message } from 'discord.js';
 import { hostname } from 'node:os';
 import { Queue, type Worker } from 'bullmq';

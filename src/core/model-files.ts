@@ -5,7 +5,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
-import { fetch as undiciFetch } from 'undici';
+import { Agent, fetch as undiciFetch } from 'undici';
 import type { Logger } from './logger.ts';
 
 /**
@@ -132,6 +132,16 @@ async function fillCacheDir<K extends string>(spec: ModelFilesSpec<K>, dir: stri
   return dir;
 }
 
+/**
+ * Our own connection pool for model downloads (undici's defaults), never the process-wide
+ * dispatcher that other libraries share and may configure. Created on first use.
+ */
+let agent: Agent | undefined;
+function modelAgent(): Agent {
+  agent ??= new Agent();
+  return agent;
+}
+
 async function download<K extends string>(
   spec: ModelFilesSpec<K>,
   url: string,
@@ -149,7 +159,7 @@ async function download<K extends string>(
 
   let res: Awaited<ReturnType<typeof undiciFetch>>;
   try {
-    res = await fetchImpl(url, { redirect: 'follow', ...(opts.signal ? { signal: opts.signal } : {}) });
+    res = await fetchImpl(url, { redirect: 'follow', dispatcher: modelAgent(), ...(opts.signal ? { signal: opts.signal } : {}) });
   } catch (err) {
     throw failed(describe(err), err);
   }
