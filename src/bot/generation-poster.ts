@@ -2,21 +2,21 @@
  * The bot side of the `generated` queue: posts each generation's result (a tried image with its
  * buttons, or a comparison grid in the run's thread), fills the cache and frees the member's slot.
  */
-import { ActionRowBuilder, AttachmentBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type Client } from 'discord.js';
+import { ActionRowBuilder, AttachmentBuilder, ButtonBuilder, ButtonStyle, type Client } from 'discord.js';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { WEIGHT_MAX, WEIGHT_MIN, WEIGHT_STEP } from '../core/generate-args.ts';
 import { makeSampleGrid, stackRows } from '../core/image-sheets.ts';
 import { bullPrefix, QueueName, type GeneratedPayload } from '../queues/contract.ts';
+import { isPermanentDiscordError } from './discord-errors.ts';
 import { cached, getRequest, markPosted, rememberImages, wasPosted, weightText, type GenerationDeps, type GenerationRequest } from './generation.ts';
-import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler } from './interactions.ts';
+import { customIdCodec, ID_PART, oneOfPart, type ComponentHandler } from './interactions.ts';
 import { truncate } from './reports.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Buttons under a tried image.
 
 export type TryAction = 'seed' | 'down' | 'up' | 'sample';
-const ACTION = /^(seed|down|up|sample)$/;
 
 export function tryButtons(requestId: string, weight: number) {
   const b = (action: TryAction) => tryButtonCodec.encode({ action, requestId });
@@ -38,14 +38,7 @@ export function tryButtons(requestId: string, weight: number) {
   );
 }
 
-export const tryButtonCodec = {
-  family: 'try',
-  encode: ({ action, requestId }: { action: TryAction; requestId: string }) => joinCustomId('try', action, requestId),
-  parse(customId: string): { action: TryAction; requestId: string } | null {
-    const p = splitCustomId(customId, 'try', [ACTION, ID_PART]);
-    return p && { action: p[0] as TryAction, requestId: p[1]! };
-  },
-};
+export const tryButtonCodec = customIdCodec('try', { action: oneOfPart<TryAction>(['seed', 'down', 'up', 'sample']), requestId: ID_PART });
 export type TryButtonHandler = ComponentHandler<{ action: TryAction; requestId: string }, 'button'>;
 
 // ---------------------------------------------------------------------------------------------
@@ -54,8 +47,6 @@ export type TryButtonHandler = ComponentHandler<{ action: TryAction; requestId: 
 export interface GenerationPosterDeps extends Omit<GenerationDeps, 'queue' | 'results'> {
   client: Client;
 }
-
-const PERMANENT_CODES = new Set([10003, 50001, 50013, 50035]);
 
 /** One labelled grid: a row per epoch, a column per weight, in the order asked. */
 export async function compareGrid(r: GenerationRequest, image: (epoch: number, weight: number) => string, runLabel: string): Promise<Buffer> {
@@ -140,7 +131,7 @@ export function startGenerationPoster(deps: GenerationPosterDeps, connection: Re
       try {
         await post(deps, job.data);
       } catch (err) {
-        if (err instanceof DiscordAPIError && typeof err.code === 'number' && PERMANENT_CODES.has(err.code)) {
+        if (isPermanentDiscordError(err)) {
           throw new UnrecoverableError(`Discord refused a generated image (${err.code}): ${err.message}`);
         }
         throw err;

@@ -67,23 +67,54 @@ function isKind(interaction: ComponentInteraction, kind: ComponentKind): boolean
 /** Discord's limit on a customId. */
 const MAX_CUSTOM_ID = 100;
 
-/** Joins a family and its parts into a customId (`family:a:b`). Parts must not hold `:`. */
-export function joinCustomId(family: string, ...parts: (string | number)[]): string {
-  const id = [family, ...parts].join(':');
-  if (parts.some((p) => String(p).includes(':')) || id.length > MAX_CUSTOM_ID) throw new Error(`bad customId ${id.slice(0, 120)}`);
-  return id;
+/** One part of a customId: what it may look like, and the value it stands for. */
+export interface IdPart<V> {
+  pattern: RegExp;
+  decode(text: string): V;
 }
 
-/** The parts of a customId of `family`, each matching its pattern; null when anything differs. */
-export function splitCustomId(customId: string, family: string, patterns: RegExp[]): string[] | null {
-  const [head, ...parts] = customId.split(':');
-  if (head !== family || parts.length !== patterns.length) return null;
-  return parts.every((p, i) => patterns[i]!.test(p)) ? parts : null;
+/** Our record ids (datasets, runs, plans…). */
+export const ID_PART: IdPart<string> = { pattern: /^[a-z0-9]{1,16}$/, decode: (text) => text };
+/** Small non-negative integers (image numbers, pages, epochs, versions). */
+export const COUNT_PART: IdPart<number> = { pattern: /^\d{1,7}$/, decode: Number };
+
+/** One of a few fixed words (an action, a mode). */
+export function oneOfPart<const V extends string>(values: readonly V[]): IdPart<V> {
+  return { pattern: new RegExp(`^(${values.join('|')})$`), decode: (text) => text as V };
 }
 
-/** Patterns for customId parts: our ids, and small non-negative integers. */
-export const ID_PART = /^[a-z0-9]{1,16}$/;
-export const COUNT_PART = /^\d{1,7}$/;
+type ValuesOf<S> = { [K in keyof S]: S[K] extends IdPart<infer V> ? V : never };
+
+/**
+ * The customId codec of a component family, to spread into its handler: ids are `family:a:b…`,
+ * one part per field, in the order the fields are listed. `parse` takes only what `encode` can
+ * write; `encode` refuses a value that would not read back.
+ */
+export function customIdCodec<S extends Record<string, IdPart<unknown>>>(family: string, fields: S) {
+  const names = Object.keys(fields);
+  return {
+    family,
+    encode(data: ValuesOf<S>): string {
+      const texts = names.map((name) => String(data[name]));
+      const id = [family, ...texts].join(':');
+      if (id.length > MAX_CUSTOM_ID || texts.some((text, i) => !fields[names[i]!]!.pattern.test(text))) {
+        throw new Error(`bad customId ${id.slice(0, 120)}`);
+      }
+      return id;
+    },
+    parse(customId: string): ValuesOf<S> | null {
+      const [head, ...texts] = customId.split(':');
+      if (head !== family || texts.length !== names.length) return null;
+      const data: Record<string, unknown> = {};
+      for (const [i, name] of names.entries()) {
+        const field = fields[name]!;
+        if (!field.pattern.test(texts[i]!)) return null;
+        data[name] = field.decode(texts[i]!);
+      }
+      return data as ValuesOf<S>;
+    },
+  };
+}
 
 function outOfDate(interaction: ComponentInteraction): string {
   if (interaction.isModalSubmit()) return 'That form is out of date.';

@@ -3,7 +3,7 @@ import { UserError } from '../core/errors.ts';
 import type { Run } from '../store/run-store.ts';
 import type { BotContext } from './context.ts';
 import { guildIdOf } from './dataset-access.ts';
-import { COUNT_PART, ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type ComponentInteraction } from './interactions.ts';
+import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type ComponentInteraction } from './interactions.ts';
 import { renderTally } from './tally.ts';
 
 /** The button under an epoch's sample grid. */
@@ -39,13 +39,8 @@ async function castVote(interaction: ComponentInteraction, ctx: BotContext, runI
 }
 
 export const voteButtonHandler: ComponentHandler<{ runId: string; epoch: number }, 'button'> = {
-  family: 'vote',
+  ...customIdCodec('vote', { runId: ID_PART, epoch: COUNT_PART }),
   kind: 'button',
-  encode: ({ runId, epoch }) => joinCustomId('vote', runId, epoch),
-  parse(customId) {
-    const p = splitCustomId(customId, 'vote', [ID_PART, COUNT_PART]);
-    return p && { runId: p[0]!, epoch: Number(p[1]) };
-  },
   defer: 'ephemeral',
   async handle(interaction, ctx, { runId, epoch }) {
     await castVote(interaction, ctx, runId, epoch);
@@ -53,13 +48,8 @@ export const voteButtonHandler: ComponentHandler<{ runId: string; epoch: number 
 };
 
 export const voteSelectHandler: ComponentHandler<{ runId: string }, 'select'> = {
-  family: 'votesel',
+  ...customIdCodec('votesel', { runId: ID_PART }),
   kind: 'select',
-  encode: ({ runId }) => joinCustomId('votesel', runId),
-  parse(customId) {
-    const p = splitCustomId(customId, 'votesel', [ID_PART]);
-    return p && { runId: p[0]! };
-  },
   defer: 'ephemeral',
   async handle(interaction, ctx, { runId }) {
     const epoch = Number(interaction.values[0]);

@@ -7,7 +7,7 @@ import { pruneButton } from '../../src/bot/commands/tags.ts';
 import { tryButtonHandler } from '../../src/bot/commands/lora.ts';
 import { startButton } from '../../src/bot/commands/train.ts';
 import { componentHandlers, slashCommands } from '../../src/bot/handlers.ts';
-import { joinCustomId, type ComponentHandler, type ComponentKind } from '../../src/bot/interactions.ts';
+import { COUNT_PART, customIdCodec, ID_PART, type ComponentHandler, type ComponentKind } from '../../src/bot/interactions.ts';
 import { voteButtonHandler, voteSelectHandler } from '../../src/bot/votes.ts';
 
 /** One customId payload per family, typed by its handler. */
@@ -81,7 +81,19 @@ describe('component codecs', () => {
   });
 
   it('refuse to write an id that would not read back', () => {
-    expect(() => joinCustomId('prune', 'a:b')).toThrow(/bad customId/);
-    expect(() => joinCustomId('prune', 'x'.repeat(100))).toThrow(/bad customId/);
+    const codec = customIdCodec('demo', { id: ID_PART, n: COUNT_PART });
+    expect(codec.encode({ id: 'abc', n: 7 })).toBe('demo:abc:7');
+    expect(() => codec.encode({ id: 'a:b', n: 1 })).toThrow(/bad customId/);
+    expect(() => codec.encode({ id: 'ABC', n: 1 })).toThrow(/bad customId/);
+    expect(() => codec.encode({ id: 'abc', n: -1 })).toThrow(/bad customId/);
+    expect(() => codec.encode({ id: 'abc', n: 1.5 })).toThrow(/bad customId/);
+    expect(() => customIdCodec('x'.repeat(90), { id: ID_PART }).encode({ id: 'a'.repeat(16) })).toThrow(/bad customId/);
+  });
+
+  it('write the fields in the order they are declared, and read them back typed', () => {
+    const codec = customIdCodec('demo', { n: COUNT_PART, id: ID_PART });
+    expect(codec.encode({ id: 'abc', n: 7 })).toBe('demo:7:abc');
+    expect(codec.parse('demo:7:abc')).toEqual({ n: 7, id: 'abc' });
+    expect(codec.parse('demo:abc:7')).toBeNull();
   });
 });

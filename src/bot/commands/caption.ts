@@ -29,7 +29,7 @@ import { MAX_BULK_EDITS, sentenceOf, type CaptionStore, type CaptionVersion } fr
 import type { Dataset, ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { datasetById, requireEditor, resolveDataset } from '../dataset-access.ts';
-import { COUNT_PART, ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
 import { autocompleteWorkshop, imagesInScope } from './tags.ts';
 
@@ -148,13 +148,8 @@ async function savingForm(interaction: ModalSubmitInteraction, text: string, sav
 
 /** The caption editing form; `version` is the caption it started from (0: none), so a concurrent edit is not overwritten. */
 export const captionEditModal: ComponentHandler<{ datasetId: string; imageNo: number; version: number }, 'modal'> = {
-  family: 'capedit',
+  ...customIdCodec('capedit', { datasetId: ID_PART, imageNo: COUNT_PART, version: COUNT_PART }),
   kind: 'modal',
-  encode: ({ datasetId, imageNo, version }) => joinCustomId('capedit', datasetId, imageNo, version),
-  parse(customId) {
-    const p = splitCustomId(customId, 'capedit', [ID_PART, COUNT_PART, COUNT_PART]);
-    return p && { datasetId: p[0]!, imageNo: Number(p[1]), version: Number(p[2]) };
-  },
   defer: 'ephemeral',
   async handle(interaction, ctx, { datasetId, imageNo, version }) {
     const dataset = await datasetById(interaction, ctx, datasetId);
@@ -179,13 +174,8 @@ export const captionEditModal: ComponentHandler<{ datasetId: string; imageNo: nu
 
 /** The sentence editing form; `version` as for the tags form. */
 export const captionSentenceModal: ComponentHandler<{ datasetId: string; imageNo: number; version: number }, 'modal'> = {
-  family: 'capsent',
+  ...customIdCodec('capsent', { datasetId: ID_PART, imageNo: COUNT_PART, version: COUNT_PART }),
   kind: 'modal',
-  encode: ({ datasetId, imageNo, version }) => joinCustomId('capsent', datasetId, imageNo, version),
-  parse(customId) {
-    const p = splitCustomId(customId, 'capsent', [ID_PART, COUNT_PART, COUNT_PART]);
-    return p && { datasetId: p[0]!, imageNo: Number(p[1]), version: Number(p[2]) };
-  },
   defer: 'ephemeral',
   async handle(interaction, ctx, { datasetId, imageNo, version }) {
     const dataset = await datasetById(interaction, ctx, datasetId);
@@ -265,7 +255,6 @@ async function undo(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const skipped = result.skipped.length > 0 ? ` ${result.skipped.length} ${noun}(s) changed since were left as they are.` : '';
   await interaction.editReply({
     content: `Undid “${result.description}” on ${result.restored.length} ${noun}${result.restored.length === 1 ? '' : 's'} of **${dataset.name}**.${skipped}`,
-    allowedMentions: { parse: [] },
   });
 }
 

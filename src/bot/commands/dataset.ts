@@ -28,7 +28,7 @@ import { MAX_CONCEPTS } from './concept.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import { channelPolicy } from '../content-policy.ts';
 import type { IncomingFile } from '../intake.ts';
-import { COUNT_PART, ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { effectiveRating, postingOf, type ContentPolicy } from '../../core/rating.ts';
 import { hiddenLine, intakeReply, listNos, renderDatasetSummary, truncate } from '../reports.ts';
 
@@ -228,13 +228,8 @@ export const datasetCommand: SlashCommand = {
 
 /** The contact sheet's Previous/Next buttons. */
 export const showPageButtons: ComponentHandler<{ datasetId: string; page: number }, 'button'> = {
-  family: 'dsshow',
+  ...customIdCodec('dsshow', { datasetId: ID_PART, page: COUNT_PART }),
   kind: 'button',
-  encode: ({ datasetId, page }) => joinCustomId('dsshow', datasetId, page),
-  parse(customId) {
-    const p = splitCustomId(customId, 'dsshow', [ID_PART, COUNT_PART]);
-    return p && { datasetId: p[0]!, page: Number(p[1]) };
-  },
   defer: 'update',
   async handle(interaction, ctx, { datasetId, page }) {
     const dataset = await datasetById(interaction, ctx, datasetId);

@@ -25,7 +25,7 @@ import { sentenceOf } from '../../store/caption-store.ts';
 import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, requireEditor, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
 
 const TOP_PAGE_SIZE = 40;
@@ -270,13 +270,8 @@ export const tagsCommand: SlashCommand = {
 
 /** The "Prune these" button: removes the suggested tags across the concept, as one bulk edit. */
 export const pruneButton: ComponentHandler<{ suggestionId: string }, 'button'> = {
-  family: 'prune',
+  ...customIdCodec('prune', { suggestionId: ID_PART }),
   kind: 'button',
-  encode: ({ suggestionId }) => joinCustomId('prune', suggestionId),
-  parse(customId) {
-    const p = splitCustomId(customId, 'prune', [ID_PART]);
-    return p && { suggestionId: p[0]! };
-  },
   defer: 'public',
   async handle(interaction, ctx, { suggestionId }) {
     const offer = await ctx.expiring.pruneSuggestions.get(suggestionId);

@@ -14,7 +14,7 @@ import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../store/worker-heartbeats.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { ID_PART, joinCustomId, splitCustomId, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { duration, truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
 import { describeSetup, modelsFor, type PlanRequest, type PreparedRun } from '../training.ts';
@@ -108,13 +108,8 @@ async function requireTrainer(interaction: GuildInteraction, ctx: BotContext) {
 }
 
 export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
-  family: 'trainstart',
+  ...customIdCodec('trainstart', { planId: ID_PART }),
   kind: 'button',
-  encode: ({ planId }) => joinCustomId('trainstart', planId),
-  parse(customId) {
-    const p = splitCustomId(customId, 'trainstart', [ID_PART]);
-    return p && { planId: p[0]! };
-  },
   // Pressing Start may well be refused (role, limits, an expired plan): only the presser sees
   // the answer; the run itself is announced in the dataset's thread.
   defer: 'ephemeral',
