@@ -83,7 +83,9 @@ async function benchPickup(dir: string, blobs: BlobStore, sets: [string, Record<
     WORKER_ID: 'bench',
     PROGRESS_INTERVAL_SECONDS: '60',
   });
-  const handle = startTrainingWorker({ config, logger: createLogger('silent'), blobs, env: process.env, killGraceMs: 2000, gpu: () => Promise.resolve(null) }, conn);
+  // The stand-in imports the optimizer's package as sd-scripts does: empty ones stand in for them.
+  const env = { ...process.env, PYTHONPATH: fileURLToPath(new URL('../test/fixtures/python-packages', import.meta.url)) };
+  const handle = startTrainingWorker({ config, logger: createLogger('silent'), blobs, env, killGraceMs: 2000, gpu: () => Promise.resolve(null) }, conn);
   const prefix = bullPrefix('bench');
   const queue = new Queue<TrainRunPayload>(QueueName.Training, { connection: conn, prefix, defaultJobOptions: defaultJobOptions[QueueName.Training] });
   // Connection options, not an instance: BullMQ then owns (and closes) the blocking connection.

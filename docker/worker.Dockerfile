@@ -18,10 +18,13 @@ WORKDIR /opt/sd-scripts
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124 \
  && /opt/venv/bin/pip install -r requirements.txt \
- && /opt/venv/bin/pip install prodigyopt bitsandbytes \
+ && /opt/venv/bin/pip install prodigyopt bitsandbytes dadaptation==3.2 \
+ && /opt/venv/bin/python -c "import dadaptation, prodigyopt, lion_pytorch, transformers.optimization" \
  && /opt/venv/bin/accelerate config default --mixed_precision bf16
+# DAdaptAdam needs dadaptation, which sd-scripts' requirements leave out. The worker checks at
+# start-up which optimizers TRAINER_PYTHON can import and offers only those.
 ENV PATH=/opt/venv/bin:$PATH SD_SCRIPTS_DIR=/opt/sd-scripts MODELS_DIR=/models DATA_DIR=/data \
-    WORKER_QUEUES=training WORKER_CACHE_DIR=/data/worker-cache
+    WORKER_QUEUES=training WORKER_CACHE_DIR=/data/worker-cache TRAINER_PYTHON=/opt/venv/bin/python3
 
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 WORKDIR /app

@@ -8,6 +8,7 @@ import { captionModeOf, composeForMode } from '../core/caption-text.ts';
 import { COMPANION_KINDS, FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily, type CompanionKind } from '../core/model-family.ts';
 import {
   NETWORK_LABELS,
+  OPTIMIZERS,
   pickCompanions,
   resolveRecipe,
   ResolvedRecipeSchema,
@@ -18,7 +19,7 @@ import {
   type RunOverrides,
 } from '../core/recipes.ts';
 import { composeCaption } from '../core/tag-ops.ts';
-import { JobName, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
+import { JobName, workerRunsOptimizer, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { DEFAULT_CONCEPT, newId, type Dataset, type DatasetStore } from '../store/dataset-store.ts';
 import type { ExpiringStore, PendingPlan } from '../store/expiring-store.ts';
 import { ACTIVE_STATUSES, type GuildSettingsStore, type Run, type RunStore } from '../store/run-store.ts';
@@ -54,6 +55,16 @@ export interface PreparedRun {
 export function modelFits(found: BaseFamily | null, wanted: BaseFamily): boolean {
   if (found === null) return !isTransformerFamily(wanted);
   return found === wanted || (wanted === 'sdxl-vpred' && found === 'sdxl');
+}
+
+/** An optimizer that no online worker can import (with none online, a run waits for one: not refused here). */
+export function refuseUnrunnableOptimizer(optimizer: string, online: readonly WorkerInfo[]): void {
+  if (online.length === 0 || online.some((w) => workerRunsOptimizer(w, optimizer))) return;
+  const usable = OPTIMIZERS.filter((o) => online.some((w) => workerRunsOptimizer(w, o)));
+  throw new UserError(
+    `No training worker online can use the ${optimizer} optimizer: its Python package is not installed there.` +
+      (usable.length > 0 ? ` Choose another with \`optimizer:\` (${usable.join(', ')}).` : " None can use any optimizer right now: an admin should check the workers' logs."),
+  );
 }
 
 /** Base checkpoints offered by live workers for a family (files marked with the family first). */
@@ -209,6 +220,7 @@ export class TrainingService {
       if (first) worker = { id: first.id, memoryMiB: first.gpu?.memoryMiB ?? null };
       recipe = resolveRecipe(request.recipe, dataset.base, parsed.data, { captionMode: captionModeOf(dataset) });
     }
+    refuseUnrunnableOptimizer(recipe.optimizer.type, online);
 
     const concepts = await this.deps.store.getConcepts(dataset.id);
     const byConcept = new Map<string, typeof images>();

@@ -65,6 +65,8 @@ export const configSchema = z.object({
   /** Where the classifier is fetched from once, into DATA_DIR/models/rater/ (its hash recorded). */
   RATER_MODEL_URL: z.url().default('https://huggingface.co/AdamCodd/vit-base-nsfw-detector/resolve/main/onnx'),
   TRAINER_CMD: z.string().min(1).optional(),
+  /** The trainer's Python (the one `accelerate launch` runs): the worker checks at start-up which optimizers it can import. */
+  TRAINER_PYTHON: z.string().min(1).default('python3'),
   SD_SCRIPTS_DIR: z.string().min(1).default('./sd-scripts'),
   MODELS_DIR: z.string().min(1).default('./models'),
   /** All-in-one mode: the bot process also runs the tagging worker. */

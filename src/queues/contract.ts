@@ -223,6 +223,16 @@ export interface WorkerInfo {
   /** System memory and free disk (of the worker's cache or DATA_DIR), when known. */
   ramMiB?: number;
   diskFreeMiB?: number;
+  /**
+   * The optimizers the trainer's Python can import (checked at start-up). Absent from workers
+   * that did not check (older ones): treated as able to run every optimizer.
+   */
+  optimizers?: string[];
+}
+
+/** Whether a worker says it can run `optimizer` (one that did not check is taken at its word). */
+export function workerRunsOptimizer(worker: Pick<WorkerInfo, 'optimizers'>, optimizer: string): boolean {
+  return !Array.isArray(worker.optimizers) || worker.optimizers.includes(optimizer);
 }
 
 /** The workers that may take a run of this guild: in-cluster ones serve every guild, remote ones their own. */

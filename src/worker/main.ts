@@ -47,6 +47,7 @@ const notices = new NoticeSender(redis, config.REDIS_PREFIX);
 
 const workers: Worker[] = [];
 const closers: (() => Promise<void>)[] = [];
+const visible: Promise<void>[] = [];
 for (const queue of config.WORKER_QUEUES) {
   if (queue === 'tagging') {
     const { worker, service } = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, sentences, blobs, notices }, redis);
@@ -57,11 +58,14 @@ for (const queue of config.WORKER_QUEUES) {
     // handle's close() stops the trainer and hands the run back to the queue (it resumes later).
     const training = startTrainingWorker({ config, logger: logger.child({ unit: 'training' }), blobs, env: process.env }, redis);
     closers.push(() => training.close());
+    visible.push(training.registry.firstBeat);
   } else {
     logger.fatal({ queue }, 'this worker does not handle that queue yet');
     process.exit(2);
   }
 }
+// Ready once the bot can see what this worker offers (its first heartbeat).
+await Promise.all(visible);
 logger.info({ queues: config.WORKER_QUEUES }, 'worker ready');
 
 async function shutdown(signal: string) {

@@ -13,6 +13,7 @@ import { bullPrefix, QueueName, type TrainRunPayload, type WorkerInfo } from '..
 import { checkPayload } from '../queues/train-payload.ts';
 import { RunEventQueue } from '../queues/run-events.ts';
 import { startGenerationWorker } from './generation.ts';
+import { probeOptimizers, type OptimizerProbe } from './optimizers.ts';
 import { LocalRunHost } from './run-host.ts';
 import { describeRunError, TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
 import { WorkerRegistry } from './worker-registry.ts';
@@ -24,6 +25,8 @@ export interface TrainingDeps extends TrainingRunDeps {
   gpu?: () => Promise<WorkerInfo['gpu']>;
   /** false: this worker takes no image generations (default: it does). */
   generations?: boolean;
+  /** Which optimizers the trainer can import (default: ask TRAINER_PYTHON). */
+  optimizers?: () => Promise<OptimizerProbe>;
 }
 
 export interface TrainingWorkerHandle {
@@ -48,6 +51,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     intervalSeconds: config.WORKER_HEARTBEAT_SECONDS,
     logger: log,
     ...(deps.gpu ? { gpu: deps.gpu } : {}),
+    optimizers: deps.optimizers ?? (() => probeOptimizers({ python: config.TRAINER_PYTHON, env: deps.env })),
   });
   const registryStarted = registry.start().catch((err: unknown) => log.error({ err }, 'worker registry did not start'));
   // Generations share this worker's GPU: served between runs and before waiting runs, never beside one.

@@ -129,6 +129,8 @@ export interface WorkerRegistryOptions {
   gpu?: () => Promise<GpuInfo>;
   /** The folder whose free disk space the heartbeat reports (DATA_DIR, or a lent GPU's cache). */
   diskDir?: string;
+  /** Which optimizers the trainer can import (optimizers.ts); without it the heartbeat says nothing of them. */
+  optimizers?: () => Promise<{ available: string[]; missing: string[] }>;
 }
 
 /** System memory, and the free space of the disk holding `diskDir` (omitted when it cannot be read). */
@@ -150,22 +152,50 @@ export class WorkerRegistry {
   readonly startedAt = Date.now();
   #busyWith: string | null = null;
   #gpu: GpuInfo = null;
+  #optimizers: string[] | null = null;
   #timer: NodeJS.Timeout | null = null;
   #beating: Promise<void> = Promise.resolve();
   #closed = false;
   readonly #modelCache = new Map<string, Detected>();
+  #firstBeatDone: () => void = () => undefined;
+  readonly #firstBeat = new Promise<void>((resolve) => (this.#firstBeatDone = resolve));
 
   constructor(private readonly opts: WorkerRegistryOptions) {
     this.key = sharedKeys.worker(opts.prefix ?? '', opts.workerId);
   }
 
-  /** Probes the GPU, beats once, then every interval. */
+  /** Probes the GPU and the optimizers, beats once, then every interval. */
   async start(): Promise<void> {
-    this.#gpu = await (this.opts.gpu ?? probeGpu)();
-    this.opts.logger.info({ workerId: this.opts.workerId, gpu: this.#gpu }, this.#gpu ? 'GPU found' : 'no NVIDIA GPU found (nvidia-smi)');
-    await this.beat();
+    try {
+      const optimizers = this.#probeOptimizers();
+      this.#gpu = await (this.opts.gpu ?? probeGpu)();
+      this.opts.logger.info({ workerId: this.opts.workerId, gpu: this.#gpu }, this.#gpu ? 'GPU found' : 'no NVIDIA GPU found (nvidia-smi)');
+      await optimizers;
+      await this.beat();
+    } finally {
+      this.#firstBeatDone();
+    }
     this.#timer = setInterval(() => void this.beat(), this.opts.intervalSeconds * 1000);
     this.#timer.unref();
+  }
+
+  /** A failed check vouches for no optimizer: runs are refused with a reason rather than failing later. */
+  async #probeOptimizers(): Promise<void> {
+    if (!this.opts.optimizers) return;
+    try {
+      const { available, missing } = await this.opts.optimizers();
+      this.#optimizers = available;
+      if (missing.length > 0) this.opts.logger.warn({ available, missing }, 'the trainer cannot import some optimizers; they are not offered');
+      else this.opts.logger.info({ available }, 'the trainer can import every optimizer');
+    } catch (err) {
+      this.#optimizers = [];
+      this.opts.logger.error({ err }, 'could not check which optimizers the trainer can import; none is offered');
+    }
+  }
+
+  /** Settles once the first heartbeat (GPU and optimizers checked) was tried: the worker is visible. */
+  get firstBeat(): Promise<void> {
+    return this.#firstBeat;
   }
 
   /** What the worker is doing; beats at once so the bot sees it without waiting. */
@@ -180,6 +210,7 @@ export class WorkerRegistry {
       host: hostname(),
       gpu: this.#gpu,
       ...(await scanModelFiles(this.opts.modelsDir, this.#modelCache)),
+      ...(this.#optimizers !== null ? { optimizers: this.#optimizers } : {}),
       busyWith: this.#busyWith,
       startedAt: this.startedAt,
       at: Date.now(),

@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bullPrefix, QueueName } from '../../src/queues/contract.ts';
 import { RunStore } from '../../src/store/run-store.ts';
+import { listWorkers } from '../../src/worker/worker-registry.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
@@ -25,12 +26,16 @@ let threadId: string;
 let trainingQueue: Queue;
 
 
+const PYTHON_PACKAGES = join(process.cwd(), 'test/fixtures/python-packages');
+
 const WORKER_ENV = () => ({
   WORKER_QUEUES: 'training',
   WORKER_ID: 'gpu-test',
   // As in production: the script runs under `accelerate launch` (its stand-in here); the trainer's
   // working folder is the run folder, so the path is absolute.
   TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
+  // Empty packages named like the optimizers' (the stand-in and the worker's check import them).
+  PYTHONPATH: PYTHON_PACKAGES,
   SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
   MODELS_DIR: join(tmp, 'models'),
   TRAINING_STALLED_SECONDS: '2',
@@ -305,6 +310,25 @@ describe('a training run', () => {
     expect(epochPosts(id)).toHaveLength(2);
     // Once the run is over, nothing holds the file any more: the orphan sweep may take it.
     expect(await runs.isPinned(first.masterBlob)).toBe(false);
+  });
+
+  it('refuses an optimizer that no online worker can import, naming those it can', async () => {
+    const partial = join(tmp, 'python-packages-without-dadaptation');
+    await cp(PYTHON_PACKAGES, partial, { recursive: true });
+    await rm(join(partial, 'dadaptation'), { recursive: true });
+    await world.killWorker('SIGTERM');
+    await world.spawnWorker({ ...WORKER_ENV(), PYTHONPATH: partial });
+    for (let i = 0; !(await listWorkers(world.redis, world.env.REDIS_PREFIX!)).some((w) => w.optimizers !== undefined); i++) {
+      if (i > 600) throw new Error('no heartbeat with the optimizers');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const plan = (optimizer: string) => world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero', optimizer } });
+    expect(await refusal(plan('DAdaptAdam'))).toMatch(
+      /No training worker online can use the DAdaptAdam optimizer: its Python package is not installed there\. Choose another with `optimizer:` \(Prodigy, AdamW, AdamW8bit, Adafactor, Lion\)\./,
+    );
+    expect(await done(plan('Prodigy'))).toMatch(/steps per epoch/);
+    await world.killWorker('SIGTERM');
+    await world.spawnWorker(WORKER_ENV());
   });
 
   it("tells members the training script's own error, not the launcher's that follows it", async () => {

@@ -6,7 +6,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +24,8 @@ import { dataSectionSha256, readSafetensorsHeader, writeSafetensors } from '../.
 import { TrainerErrors } from '../../src/worker/trainer-failure.ts';
 
 const STANDIN_DIR = fileURLToPath(new URL('../fixtures/sd-scripts/', import.meta.url));
+/** Empty packages named like the optimizers' (the stand-in imports the one a run uses). */
+const PYTHON_PACKAGES = fileURLToPath(new URL('../fixtures/python-packages/', import.meta.url));
 const OUTPUT_NAME = 'zkchar-v1';
 
 // --- a tiny PNG encoder (RGB, one solid colour) -------------------------------------------------
@@ -65,7 +67,7 @@ function runStandin(script: string, args: string[], env: Record<string, string> 
   return new Promise((resolve, reject) => {
     const command = [...(launcher ? [join(STANDIN_DIR, 'accelerate_launch.py'), '--num_cpu_threads_per_process', '1'] : []), join(STANDIN_DIR, script), ...args];
     const child = spawn('python3', command, {
-      env: { ...process.env, PYTHONUNBUFFERED: '1', PYTHONIOENCODING: 'utf-8', ...env },
+      env: { ...process.env, PYTHONPATH: PYTHON_PACKAGES, PYTHONUNBUFFERED: '1', PYTHONIOENCODING: 'utf-8', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const parser = new KohyaProgressParser();
@@ -440,6 +442,26 @@ describe("the stand-in holds sd-scripts' rules", () => {
     const killedReasons = new TrainerErrors();
     for (const e of launcherErrors) killedReasons.add(e);
     expect(killedReasons.reason({ code: k.code, signal: k.signal })).toBe('the trainer was killed by SIGKILL (out of memory?)');
+  });
+
+  it("dies as sd-scripts does when the optimizer's package is not installed (DAdaptAdam without dadaptation)", async () => {
+    const s = await stage('no-dadaptation', resolveRecipe('character', 'sd15', { epochs: 1, optimizer: 'DAdaptAdam' }));
+    const without = join(s.dir, 'python-packages');
+    await mkdir(without);
+    for (const name of ['torch', 'bitsandbytes', 'transformers', 'lion_pytorch', 'prodigyopt']) await cp(join(PYTHON_PACKAGES, name), join(without, name), { recursive: true });
+    const r = await runStandin(s.files.script, [...s.files.args], { PYTHONPATH: without }, true);
+    expect(r.code).toBe(1);
+    const errors = of(r.events, 'error');
+    expect(errors.map((e) => `${e.exception}: ${e.message}`)).toEqual([
+      "ModuleNotFoundError: No module named 'dadaptation'",
+      expect.stringMatching(/^ImportError: No dadaptation \//),
+      expect.stringMatching(/^subprocess\.CalledProcessError: /),
+    ]);
+    const reasons = new TrainerErrors();
+    for (const e of errors) reasons.add(e);
+    expect(reasons.reason({ code: r.code, signal: r.signal })).toBe("the trainer exited with code 1: ModuleNotFoundError: No module named 'dadaptation'");
+    // with the package there, the same run trains
+    expect((await runStandin(s.files.script, [...s.files.args], {}, true)).code).toBe(0);
   });
 
   it('exits 0 having done nothing when there is no dataset at all', async () => {

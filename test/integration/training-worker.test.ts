@@ -6,7 +6,7 @@
  * add would show as BullMQ's `duplicated` event.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { access, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +19,7 @@ import { loadConfig, type Config } from '../../src/core/config.ts';
 import { createLogger } from '../../src/core/logger.ts';
 import { sampleGridLayout } from '../../src/core/image-sheets.ts';
 import { planRun } from '../../src/core/plan.ts';
-import { resolveRecipe, type ResolvedRecipe } from '../../src/core/recipes.ts';
+import { OPTIMIZERS, resolveRecipe, type ResolvedRecipe } from '../../src/core/recipes.ts';
 import { readSafetensorsHeader } from '../../src/core/safetensors.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type RunEvent, type TrainRunPayload } from '../../src/queues/contract.ts';
 import { startTrainingWorker, type TrainingWorkerHandle } from '../../src/worker/training.ts';
@@ -29,6 +29,8 @@ import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const STANDIN_DIR = join(REPO, 'test/fixtures/sd-scripts');
+/** Empty packages named like the optimizers' (the stand-in and the optimizer check import them). */
+const PYTHON_PACKAGES = join(REPO, 'test/fixtures/python-packages');
 const BASE_MODEL = 'tiny-sd15.safetensors';
 const OUTPUT_NAME = 'zkchar-r1';
 const EPOCHS = 3;
@@ -130,6 +132,7 @@ async function makeWorld(): Promise<World> {
     SD_SCRIPTS_DIR: STANDIN_DIR,
     // As in production: the script runs under `accelerate launch` (its stand-in here).
     TRAINER_CMD: `python3 ${join(STANDIN_DIR, 'accelerate_launch.py')} --num_cpu_threads_per_process 1`,
+    PYTHONPATH: PYTHON_PACKAGES,
     WORKER_QUEUES: 'training',
     WORKER_HEARTBEAT_SECONDS: '1',
     TRAINING_STALLED_SECONDS: '2',
@@ -179,7 +182,7 @@ async function makeWorld(): Promise<World> {
           config: { ...config, WORKER_ID: workerId },
           logger: createLogger('silent'),
           blobs,
-          env: { ...process.env, STANDIN_STEP_SECONDS: '0.05', ...extraEnv },
+          env: { ...process.env, PYTHONPATH: PYTHON_PACKAGES, STANDIN_STEP_SECONDS: '0.05', ...extraEnv },
           killGraceMs: 2000,
           cancelPollMs: 200,
           gpu: () => Promise.resolve(null),
@@ -613,6 +616,8 @@ describe('training worker', () => {
       { file: 'ponyDiffusionV6XL.safetensors', base: 'sdxl' },
       { file: BASE_MODEL, base: 'sd15' },
     ]);
+    // The trainer's Python imports every optimizer's package (the test's empty ones).
+    expect(info.optimizers).toEqual([...OPTIMIZERS]);
     const ttl = await conn.ttl(key);
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(3);
@@ -621,5 +626,24 @@ describe('training worker', () => {
     await handle.close();
     expect(await conn.exists(key)).toBe(0);
     expect(await listWorkers(conn, world.prefix)).toEqual([]);
+  });
+
+  it('does not offer an optimizer whose package the trainer cannot import, and offers none when the check fails', async () => {
+    const world = await makeWorld();
+    const partial = await mkdtemp(join(tmpdir(), 'python-packages-'));
+    cleanups.push(() => rm(partial, { recursive: true, force: true }));
+    for (const name of await readdir(PYTHON_PACKAGES)) {
+      if (name !== 'dadaptation' && name !== 'README.md') await cp(join(PYTHON_PACKAGES, name), join(partial, name), { recursive: true });
+    }
+    const handle = world.start({ PYTHONPATH: partial }, 'no-dadapt');
+    const info = await waitFor('heartbeat', async () => (await listWorkers(conn, world.prefix)).find((w) => w.id === 'no-dadapt'));
+    expect(info.optimizers).toEqual(OPTIMIZERS.filter((o) => o !== 'DAdaptAdam'));
+    await handle.close();
+
+    world.config.TRAINER_PYTHON = join(world.dataDir, 'no-such-python');
+    const broken = world.start({}, 'no-python');
+    const none = await waitFor('heartbeat', async () => (await listWorkers(conn, world.prefix)).find((w) => w.id === 'no-python'));
+    expect(none.optimizers).toEqual([]);
+    await broken.close();
   });
 });
