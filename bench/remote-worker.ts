@@ -94,7 +94,9 @@ export async function benchRemoteWorker(): Promise<void> {
     WORKER_HEARTBEAT_SECONDS: '5',
     PROGRESS_INTERVAL_SECONDS: '60',
   });
-  const worker = startRemoteWorker(config, { config, logger, env: process.env, killGraceMs: 2000, gpu: () => Promise.resolve(null) });
+  // The stand-in imports the optimizer's package as sd-scripts does: empty ones stand in for them.
+  const env = { ...process.env, PYTHONPATH: path.join(STANDIN_DIR, '../python-packages') };
+  const worker = startRemoteWorker(config, { config, logger, env, killGraceMs: 2000, gpu: () => Promise.resolve(null) });
   try {
     let t = performance.now();
     const images: Record<string, { blob: string; caption: string | null }> = {};

@@ -91,6 +91,8 @@ async function workerWithGpu(gb: keyof typeof GPUS): Promise<WorkerInfo> {
     WORKER_HEARTBEAT_SECONDS: '1',
     STANDIN_STEP_SECONDS: '0.003',
     STANDIN_STRICT_CONFIG: '1',
+    // Empty packages named like the optimizers' (the stand-in and the worker's check import them).
+    PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
     PATH: `${FAKE_NVIDIA_SMI}:${process.env.PATH ?? ''}`,
     FAKE_GPU: GPUS[gb],
   });

@@ -56,6 +56,8 @@ async function remoteEnv(name: string, token: string, extra: Record<string, stri
     WORKER_HEARTBEAT_SECONDS: '1',
     LEASE_SECONDS: '3',
     STANDIN_STEP_SECONDS: '0.003',
+    // Empty packages named like the optimizers' (the stand-in imports the one a run uses).
+    PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
     PROGRESS_INTERVAL_SECONDS: '1',
     ...extra,
   };

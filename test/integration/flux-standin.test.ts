@@ -31,7 +31,8 @@ interface Result {
 function runStandin(files: KohyaFiles, env: Record<string, string> = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
     const child = spawn('python3', [join(STANDIN_DIR, files.script), ...files.args], {
-      env: { ...process.env, PYTHONUNBUFFERED: '1', PYTHONIOENCODING: 'utf-8', STANDIN_STRICT_CONFIG: '1', ...env },
+      // PYTHONPATH: empty packages named like the optimizers' (the stand-in imports the one a run uses).
+      env: { ...process.env, PYTHONPATH: join(STANDIN_DIR, '../python-packages'), PYTHONUNBUFFERED: '1', PYTHONIOENCODING: 'utf-8', STANDIN_STRICT_CONFIG: '1', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const out: Buffer[] = [];
