@@ -6,7 +6,7 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bullPrefix, QueueName } from '../../src/queues/contract.ts';
 import { RunStore } from '../../src/store/run-store.ts';
-import { listWorkers } from '../../src/worker/worker-registry.ts';
+import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
