@@ -33,6 +33,8 @@ const WORKER_ENV = (extra: Record<string, string> = {}) => ({
   TRAINING_STALLED_SECONDS: '2',
   WORKER_HEARTBEAT_SECONDS: '1',
   STANDIN_STEP_SECONDS: '0.003',
+  // Empty packages named like the optimizers' (the stand-in and the worker's check import them).
+  PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
   ...extra,
 });
 
