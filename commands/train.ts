@@ -1,4 +1,4 @@
-import { InteractionContextType, PermissionFlagsBits, SlashCommandBuilder } from 'discord.js';
+import { InteractionContextType, SlashCommandBuilder } from 'discord.js';
 import { NETWORK_LABELS, NETWORK_TYPES, OPTIMIZERS, RECIPE_NAMES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
 
 export const trainCommandData = new SlashCommandBuilder()
@@ -63,8 +63,14 @@ export const settingsCommandData = new SlashCommandBuilder()
   .setName('settings')
   .setDescription('LoRA Guild settings for this server')
   .setContexts(InteractionContextType.Guild)
-  .setDefaultMemberPermissions(PermissionFlagsBits.ManageGuild)
+  // Every member sees it for their own mentions; the server's settings check Manage Server.
   .addSubcommand((s) => s.setName('show').setDescription('Current settings'))
+  .addSubcommand((s) =>
+    s
+      .setName('mentions')
+      .setDescription('Whether you are mentioned when a run of a dataset you added images to finishes')
+      .addBooleanOption((o) => o.setName('on').setDescription('true: mention me (the default); false: do not').setRequired(true)),
+  )
   .addSubcommand((s) =>
     s
       .setName('trainer-role')

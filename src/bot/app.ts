@@ -252,6 +252,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       votes,
       blobs,
       logger,
+      settings,
       statusEditIntervalMs: config.PROGRESS_INTERVAL_SECONDS * 1000,
       workerLabel: (id) => labelOfWorker({ redis, prefix: config.REDIS_PREFIX, workerStore: workers }, id),
     },

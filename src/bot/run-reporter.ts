@@ -6,7 +6,7 @@ import { stackRows } from '../core/image-sheets.ts';
 import type { Logger } from '../core/logger.ts';
 import { licenceNoteOf } from '../core/lora-metadata.ts';
 import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
-import type { Run, RunStore, VoteStore } from '../store/run-store.ts';
+import type { GuildSettingsStore, Run, RunStore, VoteStore } from '../store/run-store.ts';
 import { isPermanentDiscordError, isUneditableMessageError } from './discord-errors.ts';
 import { duration, truncate } from './reports.ts';
 import { summaryContent } from './tally.ts';
@@ -25,6 +25,8 @@ export interface RunReporterDeps {
   logger: Logger;
   /** Least time between two edits of a run's status message. */
   statusEditIntervalMs: number;
+  /** Who allows mentions; without it only the starter is mentioned. */
+  settings?: GuildSettingsStore;
   /** How run messages name a worker ("<@member>'s RTX 4090"); default its id. */
   workerLabel?: (workerId: string) => Promise<string>;
 }
@@ -131,6 +133,8 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
     }
     case 'progress': {
       if (run.progress && run.progress.step > event.step) return; // stale
+      // A late report after the end would bring back the status message the summary replaced.
+      if (run.status === 'finished' || run.status === 'failed' || run.status === 'cancelled') return;
       const updated = await runs.update(run.id, (r) => ({
         ...r,
         status: r.status === 'queued' ? 'running' : r.status,
@@ -162,19 +166,18 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       return;
     }
     case 'finished': {
-      const updated = await runs.update(run.id, (r) => ({ ...r, status: 'finished', final: event.final, finishedAt: Date.now() }));
+      const finished = await runs.update(run.id, (r) => ({ ...r, status: 'finished', final: event.final, finishedAt: r.finishedAt ?? Date.now() }));
       await runs.releaseBlobs(run.id);
       if (await runs.eventDone(eventId)) return;
-      await refreshStatus(deps, updated!, `${eventId}.status`, `✅ Run \`${run.id}\` of **${run.datasetName}** finished in ${duration(event.seconds)}.`);
+      // One message ends the run: the summary, which mentions the starter and the contributors
+      // once (a mention in an edit would notify nobody, so it is a new message and the status
+      // message goes).
       const licence = await licenceNoteOf(deps.blobs.path(event.final.blob));
-      await send(deps, updated!, eventId, {
-        content:
-          `✅ Run \`${run.id}\` of **${run.datasetName}** finished in ${duration(event.seconds)}: ` +
-          `\`${run.outputName}.safetensors\`, ${formatBytes(event.final.bytes)}, sha256 \`${event.final.sha256.slice(0, 16)}…\`` +
-          (licence ? `\n⚖️ ${licence}` : ''),
-      });
-      await runs.markEventDone(eventId);
+      const mentions = await mentionsFor(deps, finished!);
+      const updated = await runs.update(run.id, (r) => ({ ...r, licenceNote: licence, mentions: r.mentions ?? mentions }));
+      await removeStatus(deps, updated!);
       await postSummary(deps, updated!, `${eventId}.summary`);
+      await runs.markEventDone(eventId);
       return;
     }
     case 'failed': {
@@ -214,6 +217,25 @@ async function workerLabelOf(deps: RunReporterDeps, workerId: string): Promise<s
   }
 }
 
+/** The starter (unless they turned mentions off), then every contributor who did not, once each. */
+async function mentionsFor(deps: RunReporterDeps, run: Run): Promise<string[]> {
+  const ids = [...new Set([run.createdBy, ...run.credits.contributors.map((c) => c.id)])].filter((id) => /^\d{1,20}$/.test(id));
+  if (!deps.settings) return ids.slice(0, 1);
+  return (await deps.settings.mentionable(run.guildId, ids)).slice(0, 50);
+}
+
+/** Deletes the run's status message (the summary replaces it); one already gone is fine. */
+async function removeStatus(deps: RunReporterDeps, run: Run): Promise<void> {
+  if (!run.statusMessageId) return;
+  const channel = await channelOf(deps, run);
+  try {
+    await channel.messages.delete(run.statusMessageId);
+  } catch (err) {
+    if (!isUneditableMessageError(err)) throw err;
+  }
+  await deps.runs.update(run.id, (r) => ({ ...r, statusMessageId: null }));
+}
+
 /** After the run: every epoch's grid stacked (epochs × prompts), the tally, and a menu to vote. */
 async function postSummary(deps: RunReporterDeps, run: Run, eventId: string) {
   if (await deps.runs.eventDone(eventId)) return;
@@ -230,6 +252,7 @@ async function postSummary(deps: RunReporterDeps, run: Run, eventId: string) {
     content: summaryContent(run, await deps.votes.tally(run.id)),
     files,
     components: epochs.length > 0 ? [voteSelect(run)] : [],
+    allowedMentions: { parse: [], users: run.mentions ?? [] },
   });
   await deps.runs.update(run.id, (r) => ({ ...r, summaryMessageId: message.id }));
   await deps.runs.markEventDone(eventId);

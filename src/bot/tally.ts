@@ -1,5 +1,7 @@
 import type { Client } from 'discord.js';
+import { formatBytes } from '../core/download.ts';
 import type { Logger } from '../core/logger.ts';
+import { duration, truncate } from './reports.ts';
 import type { Run, RunStore, Tally, VoteStore } from '../store/run-store.ts';
 
 export function renderTally(tally: Tally): string {
@@ -8,12 +10,32 @@ export function renderTally(tally: Tally): string {
   return `Votes (${tally.total}): ${parts.join(' · ')} · leading: **epoch ${tally.best}**`;
 }
 
-/** The summary message after a run: the tally and a menu to vote (edited as votes come in). */
+/**
+ * The one message a finished run ends with (the status message turned into it): the file, the
+ * epochs side by side, the tally, how to fetch it, and who is told.
+ */
 export function summaryContent(run: Run, tally: Tally): string {
-  return (
-    `🏁 **${run.datasetName}** · run \`${run.id}\`: ${Object.keys(run.epochs).length} epochs side by side (rows = epochs, columns = sample prompts).\n` +
-    `${renderTally(tally)}\nFetch the LoRA with \`/lora fetch run:${run.id}\` (\`epoch:best\` for the community’s pick).`
-  );
+  const seconds = run.startedAt !== null && run.finishedAt !== null ? Math.max(0, (run.finishedAt - run.startedAt) / 1000) : null;
+  const epochs = Object.keys(run.epochs).length;
+  const file = run.final ? ` · \`${run.outputName}.safetensors\`, ${formatBytes(run.final.bytes)}, sha256 \`${run.final.sha256.slice(0, 16)}…\`` : '';
+  const lines = [
+    `✅ Run \`${run.id}\` of **${run.datasetName}** finished${seconds !== null ? ` in ${duration(seconds)}` : ''}${file}`,
+    ...(run.licenceNote ? [`⚖️ ${run.licenceNote}`] : []),
+    epochs > 0 ? `🏁 ${epochs} epoch${epochs === 1 ? '' : 's'} side by side below · vote for the best one with its button or the menu.` : '',
+    renderTally(tally),
+    `Fetch the LoRA with \`/lora fetch run:${run.id}\` (\`epoch:best\` for the community’s pick).`,
+    mentionLine(run),
+  ];
+  return truncate(lines.filter(Boolean).join('\n'), 1990);
+}
+
+/** The starter first, then the contributors; "(turn off with /settings mentions)" tells how to stop it. */
+function mentionLine(run: Run): string {
+  const [starter, ...others] = run.mentions ?? [];
+  if (starter === undefined) return '';
+  const thanks = others.length === 0 ? '' : ` · thanks to ${others.map((id) => `<@${id}>`).join(' ')} for the images`;
+  const isStarter = starter === run.createdBy;
+  return `🔔 ${isStarter ? `<@${starter}>, your run is done` : `thanks to <@${starter}>`}${thanks} (mentions: \`/settings mentions\`)`;
 }
 
 /**

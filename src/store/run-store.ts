@@ -48,6 +48,10 @@ export interface Run {
   statusEditedAt: number | null;
   /** The message after the run with the comparison, the tally and the vote menu. */
   summaryMessageId?: string | null;
+  /** Who the finished message mentions (the starter, then contributors who allow it), fixed once. */
+  mentions?: string[];
+  /** The delivered file's licence note, if its base has one. */
+  licenceNote?: string | null;
   epochs: Record<string, RunEpoch>;
   final: ArtifactRef | null;
   failure: { reason: string; logTail: string[] } | null;
@@ -205,6 +209,27 @@ export class GuildSettingsStore {
 
   async set(guildId: string, settings: GuildSettings): Promise<void> {
     await this.redis.set(this.key(guildId), JSON.stringify(settings));
+  }
+
+  private quietKey(guildId: string) {
+    return `${this.prefix}:guild:${guildId}:quiet`;
+  }
+
+  /** Whether a member is mentioned when a run of a dataset they contributed to finishes (default yes). */
+  async setMentioned(guildId: string, userId: string, mentioned: boolean): Promise<void> {
+    if (mentioned) await this.redis.srem(this.quietKey(guildId), userId);
+    else await this.redis.sadd(this.quietKey(guildId), userId);
+  }
+
+  async isMentioned(guildId: string, userId: string): Promise<boolean> {
+    return (await this.redis.sismember(this.quietKey(guildId), userId)) === 0;
+  }
+
+  /** The listed members who did not turn mentions off. */
+  async mentionable(guildId: string, userIds: readonly string[]): Promise<string[]> {
+    if (userIds.length === 0) return [];
+    const quiet = await this.redis.smismember(this.quietKey(guildId), ...userIds);
+    return userIds.filter((_, i) => quiet[i] === 0);
   }
 }
 

@@ -150,8 +150,15 @@ describe('a training run', () => {
       expect(JSON.stringify(p.components)).toContain(`vote:${runId}:`);
     }
     expect(threadMessages().filter((m) => m.content.startsWith(`🚀 Run \`${runId}\``))).toHaveLength(1);
-    const summary = await until('the summary', () => threadMessages().find((m) => m.content.startsWith('🏁') && m.content.includes(runId)));
-    expect(summary.attachments.map((a) => a.filename)).toEqual([`hero-${runId}-epochs.jpg`]);
+    // One message ends the run: the status message gave way to the summary, with the epochs side by
+    // side and the vote menu; it mentions the member who started it and the contributor, once.
+    const ending = threadMessages().filter((m) => m.content.includes(`Run \`${runId}\``) && /^(✅|⏳|🏋️|🏁)/u.test(m.content));
+    expect(ending).toEqual([finished]);
+    expect(finished.attachments.map((a) => a.filename)).toEqual([`hero-${runId}-epochs.jpg`]);
+    expect(JSON.stringify(finished.components)).toContain(`votesel:${runId}`);
+    expect(finished.content).toContain(`🔔 <@${admin.id}>, your run is done · thanks to <@${alice.id}> for the images`);
+    const post = world.discord.calls.find((c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('your run is done'));
+    expect((post!.json as { allowed_mentions: unknown }).allowed_mentions).toEqual({ parse: [], users: [admin.id, alice.id] });
     const run = await runs.get(runId);
     expect(run?.status).toBe('finished');
     expect(Object.keys(run!.epochs)).toEqual(['1', '2', '3']);
@@ -219,6 +226,9 @@ describe('a training run', () => {
       world.discord.channelMessages(cityThread).filter((m) => /Tagged \d+ image/.test(m.content)).reduce((n, m) => n + Number(/Tagged (\d+)/.exec(m.content)![1]), 0) >= 3,
     );
 
+    // Alice turns mentions off for herself (no Manage Server needed); she is then only named nowhere.
+    const quiet = world.discord.sendCommand({ name: 'settings', subcommand: 'mentions', user: alice, permissions: '0', options: { on: false } });
+    expect(await done(quiet)).toMatch(/will not be mentioned/);
     const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'city', epochs: 1 } });
     const planText = await done(plan);
     expect(planText).toMatch(/recipe `style`/);
@@ -228,6 +238,10 @@ describe('a training run', () => {
     const id = /Queued run `([a-z0-9]+)`/.exec(started)![1]!;
     await until('the city run to finish', () => threadMessages(cityThread).find((m) => m.content.includes(`Run \`${id}\``) && m.content.startsWith('✅')), 90_000);
     expect((await runs.get(id))?.status).toBe('finished');
+    const ended = threadMessages(cityThread).find((m) => m.content.includes(`Run \`${id}\``) && m.content.startsWith('✅'))!;
+    expect(ended.content).toContain(`🔔 <@${admin.id}>, your run is done (mentions`);
+    expect(ended.content).not.toContain(alice.id);
+    await done(world.discord.sendCommand({ name: 'settings', subcommand: 'mentions', user: alice, permissions: '0', options: { on: true } }));
 
     expect(await done(world.discord.sendCommand({ name: 'train', subcommand: 'status', options: { run: id } }))).toMatch(/· style ·/);
     const list = await done(world.discord.sendCommand({ name: 'lora', subcommand: 'list', options: {} }));
@@ -263,8 +277,8 @@ describe('a training run', () => {
     expect(epochPosts(id).map((m) => /Epoch (\d+)\/4/.exec(m.content)?.[1])).toEqual(['1', '2', '3', '4']);
     expect(threadMessages().some((m) => m.content.startsWith(`🚀 Run \`${id}\``) && /resumed after epoch [12]/.test(m.content))).toBe(true);
     // One status message for the whole run, resumed or not, showing how it ended.
-    const statuses = threadMessages().filter((m) => m.content.includes(`Run \`${id}\``) && (m.content.startsWith('🏋️') || m.content.startsWith('⏳') || /finished in \d+ s\.$/.test(m.content)));
-    expect(statuses.map((m) => m.content)).toEqual([expect.stringMatching(/^✅ Run .* finished in \d+ s\.$/)]);
+    const statuses = threadMessages().filter((m) => m.content.includes(`Run \`${id}\``) && /^(✅|⏳|🏋️)/u.test(m.content));
+    expect(statuses.map((m) => m.content)).toEqual([expect.stringMatching(/^✅ Run .* finished in \d+ s · /)]);
     // The resumed trainer counted its steps from 0 again; the delivered file counts the whole run.
     const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: id } });
     await done(fetch);

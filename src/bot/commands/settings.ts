@@ -42,6 +42,18 @@ export const settingsCommand: SlashCommand = {
   data: settingsCommandData,
   subcommands: {
     show: settingsSubcommand(),
+    mentions: {
+      defer: 'ephemeral',
+      async execute(interaction, ctx: BotContext) {
+        const on = interaction.options.getBoolean('on', true);
+        await ctx.settings.setMentioned(guildIdOf(interaction), interaction.user.id, on);
+        await interaction.editReply(
+          on
+            ? 'You will be mentioned when a run you started, or of a dataset you added images to, finishes.'
+            : 'You will not be mentioned when runs finish any more. `/settings mentions on:true` turns it back on.',
+        );
+      },
+    },
     'trainer-role': settingsSubcommand((settings, interaction) => {
       settings.trainerRoleId = interaction.options.getRole('role')?.id ?? null;
     }),
