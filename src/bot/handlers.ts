@@ -6,6 +6,7 @@ import { settingsCommand } from './commands/settings.ts';
 import { pruneButton, tagsCommand } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
 import { workerCommand } from './commands/worker.ts';
+import { attestButton } from './attestation.ts';
 import type { ComponentHandler, SlashCommand } from './interactions.ts';
 import { voteButtonHandler, voteSelectHandler } from './votes.ts';
 
@@ -22,4 +23,5 @@ export const componentHandlers: ComponentHandler<unknown>[] = [
   voteButtonHandler,
   voteSelectHandler,
   tryButtonHandler,
+  attestButton,
 ];

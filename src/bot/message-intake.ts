@@ -2,6 +2,7 @@ import type { Message } from 'discord.js';
 import { isUserError } from '../core/errors.ts';
 import { DEFAULT_CONCEPT } from '../store/dataset-store.ts';
 import type { BotContext } from './context.ts';
+import { attestationPrompt, hasAttested } from './attestation.ts';
 import { channelPolicy } from './content-policy.ts';
 import { intakeReply } from './reports.ts';
 
@@ -19,6 +20,10 @@ export async function handleThreadMessage(message: Message, ctx: BotContext): Pr
   if (!(await ctx.claims.claim('message', message.id))) return;
   const log = ctx.logger.child({ datasetId: dataset.id, messageId: message.id, userId: message.author.id });
   try {
+    if (!(await hasAttested(ctx, dataset.guildId, message.author.id))) {
+      await message.reply(attestationPrompt(message.author.id));
+      return;
+    }
     const attachments = [...message.attachments.values()];
     const zip = attachments.find((a) => /\.zip$/i.test(a.name));
     const images = attachments.filter((a) => a !== zip).slice(0, MAX_FILES_PER_MESSAGE);

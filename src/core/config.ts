@@ -58,6 +58,8 @@ export const configSchema = z.object({
   CAPTIONER_BATCH: int(1, 64).default(4),
   /** Cap on the words of one machine caption, in tokens. */
   CAPTIONER_MAX_TOKENS: int(16, 1024).default(256),
+  /** A member's first contribution to a server waits until they confirm (a button) their right to share it. */
+  ATTESTATION_REQUIRED: bool.default(true),
   /** Rate every contributed image with a photo classifier at intake (off: only the tagger rates, when it tags). */
   IMAGE_RATING: bool.default(true),
   /** A folder holding the photo classifier (model_quantized.onnx, config.json, preprocessor_config.json). */

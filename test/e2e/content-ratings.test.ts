@@ -19,6 +19,7 @@ let store: DatasetStore;
 let tmp: string;
 const NSFW_CHANNEL = '700000000000000001';
 const alice = { id: '100000000000000001', username: 'alice' };
+const bob = { id: '100000000000000002', username: 'bob' };
 const MANAGE_GUILD = String(1n << 5n);
 
 beforeAll(async () => {
@@ -26,7 +27,7 @@ beforeAll(async () => {
   const raterDir = await writeRaterModel(join(tmp, 'rater'));
   world = await World.start({
     discord: { guilds: [{ name: 'Guild', channels: [{ name: 'lora' }, { id: NSFW_CHANNEL, name: 'after-dark', nsfw: true }] }] },
-    env: { RATER_MODEL_DIR: raterDir },
+    env: { RATER_MODEL_DIR: raterDir, ATTESTATION_REQUIRED: 'true' },
   });
   await world.startBot();
   store = new DatasetStore(world.redis, world.env.REDIS_PREFIX!);
@@ -65,12 +66,12 @@ function createDataset(name: string, channelId?: string) {
   );
 }
 
-function addImages(dataset: string, files: ImageFile[], channelId?: string): InteractionHandle {
+function addImages(dataset: string, files: ImageFile[], channelId?: string, user = alice): InteractionHandle {
   const options: Record<string, unknown> = { dataset };
   files.forEach((f, i) => {
     options[`image${i + 1}`] = world.discord.addAttachment({ filename: f.name, data: f.data, contentType: f.contentType });
   });
-  return world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, ...(channelId ? { channelId } : {}), options: options as never });
+  return world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user, ...(channelId ? { channelId } : {}), options: options as never });
 }
 
 function sheetOf(h: InteractionHandle): Buffer | undefined {
@@ -98,9 +99,45 @@ async function captionShow(dataset: string, image: number, channelId?: string) {
   return run(world.discord.sendCommand({ name: 'caption', subcommand: 'show', user: alice, ...(channelId ? { channelId } : {}), options: { dataset, image } }));
 }
 
+function buttonsOf(h: InteractionHandle): { custom_id: string; label: string }[] {
+  const rows = (h.lastReply()?.components ?? []) as { components: { custom_id: string; label: string }[] }[];
+  return rows.flatMap((r) => r.components);
+}
+
+describe('attestation', () => {
+  it('asks a first contributor once, stores nothing without it, and records who confirmed and when', async () => {
+    await createDataset('aria');
+    const first = addImages('aria', [await normalJpeg(1)]);
+    expect(await run(first)).toMatch(/please confirm once:\n> I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal\.\nNothing was saved/);
+    expect(first.lastReply()!.attachments).toEqual([]);
+    const ds = (await store.findDataset(world.discord.guildId, 'aria'))!;
+    expect(await store.imageCount(ds.id)).toBe(0);
+    const [button] = buttonsOf(first);
+    expect(button?.label).toBe('I confirm');
+
+    // Someone else cannot confirm for alice.
+    const other = world.discord.sendButton({ customId: button!.custom_id, message: first.lastReply()!.id, user: bob });
+    expect(await run(other)).toMatch(/asked of someone else/);
+    const key = `${world.env.REDIS_PREFIX}:guild:${world.discord.guildId}:attestations`;
+    expect(await world.redis.hkeys(key)).toEqual([]);
+
+    const before = Date.now();
+    const press = world.discord.sendButton({ customId: button!.custom_id, message: first.lastReply()!.id, user: alice });
+    expect(await run(press)).toMatch(/^Thank you: recorded <t:\d+:f>\. Now send your images again\.$/);
+    const record = JSON.parse((await world.redis.hget(key, alice.id))!) as { userId: string; name: string; at: number; statement: string };
+    expect([record.userId, record.name]).toEqual([alice.id, 'alice']);
+    expect(record.statement).toMatch(/right to share/);
+    expect(record.at).toBeGreaterThanOrEqual(before);
+
+    // Asked once: alice's next upload goes in; bob is still asked.
+    expect(await run(addImages('aria', [await normalJpeg(9)]))).toMatch(/1 added, 0 refused/);
+    expect(await run(addImages('aria', [await normalJpeg(10)], undefined, bob))).toMatch(/please confirm once/);
+    expect((await store.listImages(ds.id)).map((i) => i.contributorName)).toEqual(['alice']);
+  });
+});
+
 describe('ratings and channel-aware posting', () => {
   it('refuses an explicit upload to a normal channel’s dataset with its reason and keeps the rest', async () => {
-    await createDataset('aria');
     const h = addImages('aria', [await normalJpeg(1), await redJpeg(2), await normalJpeg(3)]);
     const content = await run(h);
     expect(content).toMatch(/2 added, 1 refused/);
@@ -108,11 +145,12 @@ describe('ratings and channel-aware posting', () => {
     const ds = (await store.findDataset(world.discord.guildId, 'aria'))!;
     const images = await store.listImages(ds.id);
     expect(images.map((i) => [i.no, i.sourceName, i.ratings])).toEqual([
-      [1, 'IMG_0001.jpg', { classifier: 'general' }],
-      [2, 'IMG_0003.jpg', { classifier: 'general' }],
+      [1, 'IMG_0009.jpg', { classifier: 'general' }],
+      [2, 'IMG_0001.jpg', { classifier: 'general' }],
+      [3, 'IMG_0003.jpg', { classifier: 'general' }],
     ]);
     await expectTiles(sheetOf(h), 2);
-    expect(await captionShow('aria', 2)).toMatch(/Rating: \*\*general\*\* \(photo classifier: general\)/);
+    expect(await captionShow('aria', 3)).toMatch(/Rating: \*\*general\*\* \(photo classifier: general\)/);
   });
 
   it('takes the same image into a dataset bound to an age-restricted channel, and shows it there', async () => {
@@ -138,7 +176,7 @@ describe('ratings and channel-aware posting', () => {
     const h = addImages('aria', [await redJpeg(5), await normalJpeg(6), await redJpeg(7), await normalJpeg(8)]);
     const added = await run(h);
     expect(added).toMatch(/4 added, 0 refused/);
-    expect(added).toMatch(/🙈 2 added images are not on the contact sheet \(#3, #5\): rated above general/);
+    expect(added).toMatch(/🙈 2 added images are not on the contact sheet \(#4, #6\): rated above general/);
     await expectTiles(sheetOf(h), 2);
     expect(await redShare(sheetOf(h)!)).toBeLessThan(0.2);
   });

@@ -94,6 +94,8 @@ export class World {
       // No network in tests: the tagger runs only where a test provides a local model.
       TAGGER_IN_BOT: opts.env?.TAGGER_MODEL_DIR ? 'true' : 'false',
       IMAGE_RATING: opts.env?.RATER_MODEL_DIR ? 'true' : 'false',
+      // Tests about contributing attest where they need to (content-ratings.test.ts).
+      ATTESTATION_REQUIRED: 'false',
       RATER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
       TAGGER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
       CAPTIONER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',

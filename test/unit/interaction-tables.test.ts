@@ -1,6 +1,7 @@
 import { ApplicationCommandOptionType } from 'discord.js';
 import { describe, expect, it } from 'vitest';
 import { allCommandData } from '../../commands/all.ts';
+import { attestButton } from '../../src/bot/attestation.ts';
 import { captionEditModal, captionSentenceModal } from '../../src/bot/commands/caption.ts';
 import { showPageButtons } from '../../src/bot/commands/dataset.ts';
 import { pruneButton } from '../../src/bot/commands/tags.ts';
@@ -24,6 +25,7 @@ const samples = [
   sample(voteButtonHandler, { runId: 'r0n1x', epoch: 3 }),
   sample(voteSelectHandler, { runId: 'r0n1x' }),
   sample(tryButtonHandler, { action: 'down', requestId: 'g3n0r1x9qa' }),
+  sample(attestButton, { userId: '100000000000000001' }),
 ];
 
 describe('slash command table', () => {

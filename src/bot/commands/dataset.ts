@@ -26,6 +26,7 @@ import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dat
 import type { BotContext } from '../context.ts';
 import { MAX_CONCEPTS } from './concept.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
+import { attestationPrompt, hasAttested } from '../attestation.ts';
 import { channelPolicy } from '../content-policy.ts';
 import type { IncomingFile } from '../intake.ts';
 import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
@@ -111,6 +112,11 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const zip = interaction.options.getAttachment('zip');
   if (zip && !/\.zip$/i.test(zip.name)) throw new UserError(`\`${zip.name.slice(0, 60)}\` is not a .zip file: attach images as image1…image10.`);
   if (files.length === 0 && !zip) throw new UserError('Attach at least one image (image1…image10) or a zip.');
+  // A member's first contribution to the server waits for their attestation; nothing is fetched before it.
+  if (!(await hasAttested(ctx, dataset.guildId, interaction.user.id))) {
+    await interaction.editReply(attestationPrompt(interaction.user.id));
+    return;
+  }
   const concepts = await ctx.store.getConcepts(dataset.id);
   if (!concepts.some((c) => c.name === concept)) {
     if (concepts.length >= MAX_CONCEPTS) throw new UserError(`**${dataset.name}** already has ${MAX_CONCEPTS} concepts; add to one of them.`);
