@@ -7,7 +7,7 @@ import type { Dataset, DatasetStore } from '../store/dataset-store.ts';
  * The tags of a caption that arrived with an image (a `.txt` in a zip): triggers we add ourselves
  * are dropped, invalid tags are left out, and the total is kept within Discord-sized limits.
  */
-export function captionFromUpload(text: string, triggers: string[]): string[] {
+function captionFromUpload(text: string, triggers: string[]): string[] {
   const tags: string[] = [];
   let length = 0;
   for (const tag of stripLeadingTriggers(parseTags(text), triggers)) {
@@ -29,7 +29,7 @@ export type UploadCaption = { track: 'tags'; tags: string[] } | { track: 'senten
  * What a caption that arrived with an image is: a sentence (kept whole, leading triggers dropped)
  * or a tag list (see `captionFromUpload`). Null when nothing usable is left.
  */
-export function recogniseUploadCaption(text: string, triggers: string[]): UploadCaption | null {
+function recogniseUploadCaption(text: string, triggers: string[]): UploadCaption | null {
   if (looksLikeSentence(text)) {
     const sentence = [...stripLeadingTriggerPhrase(normalizeSentence(text), triggers)].slice(0, MAX_CAPTION_CHARS - 200).join('');
     try {

@@ -6,7 +6,7 @@ import type { GuildSettingsStore } from '../store/run-store.ts';
  * Whether a channel is age-restricted (Discord's `nsfw` flag). Threads have no flag of their own:
  * they take their parent's. A channel we cannot read counts as not age-restricted.
  */
-export async function isAgeRestricted(client: Client, channelId: string): Promise<boolean> {
+async function isAgeRestricted(client: Client, channelId: string): Promise<boolean> {
   const channel = await client.channels.fetch(channelId).catch(() => null);
   if (!channel) return false;
   if (channel.isThread()) {

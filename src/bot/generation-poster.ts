@@ -18,7 +18,7 @@ import { truncate } from './reports.ts';
 
 export type TryAction = 'seed' | 'down' | 'up' | 'sample';
 
-export function tryButtons(requestId: string, weight: number) {
+function tryButtons(requestId: string, weight: number) {
   const b = (action: TryAction) => tryButtonCodec.encode({ action, requestId });
   return new ActionRowBuilder<ButtonBuilder>().addComponents(
     new ButtonBuilder().setCustomId(b('seed')).setLabel('Another seed').setEmoji('🎲').setStyle(ButtonStyle.Primary),
@@ -49,7 +49,7 @@ export interface GenerationPosterDeps extends Omit<GenerationDeps, 'queue' | 're
 }
 
 /** One labelled grid: a row per epoch, a column per weight, in the order asked. */
-export async function compareGrid(r: GenerationRequest, image: (epoch: number, weight: number) => string, runLabel: string): Promise<Buffer> {
+async function compareGrid(r: GenerationRequest, image: (epoch: number, weight: number) => string, runLabel: string): Promise<Buffer> {
   const rows: { image: Buffer; label: string }[] = [];
   for (const epoch of r.epochs) {
     const grid = await makeSampleGrid(

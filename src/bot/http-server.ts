@@ -58,7 +58,7 @@ export interface HttpServerHandle {
 }
 
 /** The queues /healthz and /metrics report on. */
-export const REPORTED_QUEUES = [QueueName.Tagging, QueueName.Training, QueueName.Notices, QueueName.RunEvents] as const;
+const REPORTED_QUEUES = [QueueName.Tagging, QueueName.Training, QueueName.Notices, QueueName.RunEvents] as const;
 
 export interface QueueCounts {
   /** Waiting to be picked up (waiting + prioritized; a paused queue's jobs included). */
@@ -175,7 +175,7 @@ export type RangeDecision = { kind: 'whole' } | { kind: 'range'; start: number; 
  * A Range header against a file of `size` bytes (RFC 9110 §14). Single ranges only: a multi-range
  * request, another unit or bad syntax is answered with the whole file (which the RFC allows).
  */
-export function decideRange(header: string | undefined, size: number): RangeDecision {
+function decideRange(header: string | undefined, size: number): RangeDecision {
   if (header === undefined) return { kind: 'whole' };
   const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
   if (!m) return { kind: 'whole' };

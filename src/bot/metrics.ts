@@ -18,7 +18,7 @@ function escapeLabelValue(value: string): string {
   return value.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
 }
 
-export function formatValue(value: number): string {
+function formatValue(value: number): string {
   if (Number.isNaN(value)) return 'NaN';
   if (value === Infinity) return '+Inf';
   if (value === -Infinity) return '-Inf';
@@ -36,12 +36,6 @@ function labelKey(labelNames: readonly string[], labels: Labels): string {
       return `${name}="${escapeLabelValue(v)}"`;
     })
     .join(',');
-}
-
-/** One sample line: `name{a="b"} 1`. */
-export function sampleLine(name: string, labels: Labels, value: number): string {
-  const pairs = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabelValue(v)}"`);
-  return `${name}${pairs.length > 0 ? `{${pairs.join(',')}}` : ''} ${formatValue(value)}`;
 }
 
 abstract class Metric {

@@ -39,7 +39,7 @@ function plainLine(o: FileOutcome): string {
 }
 
 /** One summary of an upload: every file accepted (bucket, size), warned about, or refused with its reason. */
-export function renderIntakeReport(report: IntakeReport): RenderedReport {
+function renderIntakeReport(report: IntakeReport): RenderedReport {
   const accepted = report.outcomes.filter((o) => o.status === 'accepted').length;
   const refused = report.outcomes.length - accepted;
   const head = [

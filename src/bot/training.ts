@@ -58,7 +58,7 @@ export function modelFits(found: BaseFamily | null, wanted: BaseFamily): boolean
 }
 
 /** An optimizer that no online worker can import (with none online, a run waits for one: not refused here). */
-export function refuseUnrunnableOptimizer(optimizer: string, online: readonly WorkerInfo[]): void {
+function refuseUnrunnableOptimizer(optimizer: string, online: readonly WorkerInfo[]): void {
   if (online.length === 0 || online.some((w) => workerRunsOptimizer(w, optimizer))) return;
   const usable = OPTIMIZERS.filter((o) => online.some((w) => workerRunsOptimizer(w, o)));
   throw new UserError(
@@ -396,6 +396,6 @@ export class TrainingService {
 }
 }
 
-export function newRunId(): string {
+function newRunId(): string {
   return newId(5);
 }

@@ -134,7 +134,7 @@ function parse<T>(schema: z.ZodType<T>, value: unknown): T {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-export function signLeaseAccess(secret: string, leaseId: string, exp: number): string {
+function signLeaseAccess(secret: string, leaseId: string, exp: number): string {
   return createHmac('sha256', secret).update(`lease-blobs:${leaseId}:${exp}`).digest('base64url');
 }
 

@@ -92,7 +92,6 @@ export interface ImageProbe {
   bytes: number;
 }
 
-export const MASTER_CONTENT_TYPE = { png: 'image/png', webp: 'image/webp' } as const;
 export const THUMBNAIL_SIZE = 256;
 export const THUMBNAIL_CONTENT_TYPE = 'image/webp';
 

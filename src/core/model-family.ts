@@ -49,12 +49,6 @@ export const FAMILY_INFO: Record<BaseFamily, FamilyInfo> = {
   chroma: { label: 'Chroma', nativeResolution: 1024, companions: ['t5xxl', 'ae'], transformer: true },
 };
 
-export const COMPANION_LABELS: Record<CompanionKind, string> = {
-  clip_l: 'the CLIP-L text encoder',
-  t5xxl: 'the T5-XXL text encoder',
-  ae: 'the FLUX autoencoder (ae.safetensors)',
-};
-
 export function isBaseFamily(value: unknown): value is BaseFamily {
   return typeof value === 'string' && (BASE_FAMILIES as readonly string[]).includes(value);
 }

@@ -4,7 +4,7 @@ import { RunOverridesSchema } from '../core/recipes.ts';
 import { keys, type Keys } from './keys.ts';
 
 /** A `/train plan` waiting for its Start button. */
-export const PendingPlanSchema = z.object({
+const PendingPlanSchema = z.object({
   datasetId: z.string(),
   request: z.object({ recipe: z.string(), overrides: RunOverridesSchema, model: z.string().nullable() }),
   createdBy: z.string(),
@@ -12,11 +12,11 @@ export const PendingPlanSchema = z.object({
 export type PendingPlan = z.infer<typeof PendingPlanSchema>;
 
 /** Tags offered for pruning, waiting for the "Prune these" button. */
-export const PruneSuggestionSchema = z.object({ datasetId: z.string(), concept: z.string(), tags: z.array(z.string()) });
+const PruneSuggestionSchema = z.object({ datasetId: z.string(), concept: z.string(), tags: z.array(z.string()) });
 export type PruneSuggestion = z.infer<typeof PruneSuggestionSchema>;
 
 /** A delivered LoRA file (the trainer's output with our metadata), kept in the blob store. */
-export const DeliveredFileSchema = z.object({ blob: z.string(), bytes: z.number().int().nonnegative() });
+const DeliveredFileSchema = z.object({ blob: z.string(), bytes: z.number().int().nonnegative() });
 export type DeliveredFile = z.infer<typeof DeliveredFileSchema>;
 
 /** Which delivered file: a run's epoch with its step count, as of one vote result (both are in its metadata). */

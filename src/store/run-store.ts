@@ -182,7 +182,7 @@ export interface GuildSettings {
   moderation: ContentPolicy;
 }
 
-export const DEFAULT_GUILD_SETTINGS: GuildSettings = {
+const DEFAULT_GUILD_SETTINGS: GuildSettings = {
   moderation: DEFAULT_POLICY,
   trainerRoleId: null,
   maxQueuedPerMember: 2,

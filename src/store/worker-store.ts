@@ -26,7 +26,7 @@ export type RemoteWorker = z.infer<typeof RemoteWorkerSchema>;
 const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');
 
 /** The id inside a well-formed token, or null. Never logs or returns the secret part. */
-export function workerIdOfToken(token: string): string | null {
+function workerIdOfToken(token: string): string | null {
   return TOKEN.exec(token)?.[1] ?? null;
 }
 

@@ -109,11 +109,6 @@ export async function scanModelFiles(dir: string, cache = new Map<string, Detect
   return scan;
 }
 
-/** Base checkpoints in `dir` (see `scanModelFiles`). */
-export async function scanModels(dir: string, cache = new Map<string, Detected>()): Promise<ModelInfo[]> {
-  return (await scanModelFiles(dir, cache)).models;
-}
-
 export interface WorkerRegistryOptions {
   /** In-cluster: the heartbeat is a Redis key the bot reads. */
   redis?: Redis;

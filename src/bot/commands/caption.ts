@@ -45,7 +45,7 @@ async function triggersOf(ctx: BotContext, dataset: Dataset, image: ImageRecord)
 }
 
 /** The full caption as the trainer will read it: triggers first, then the tags. */
-export async function writtenCaption(ctx: BotContext, dataset: Dataset, image: ImageRecord, tags: string[]): Promise<string> {
+async function writtenCaption(ctx: BotContext, dataset: Dataset, image: ImageRecord, tags: string[]): Promise<string> {
   const t = await triggersOf(ctx, dataset, image);
   return composeCaption(t.dataset, t.concept, tags);
 }

@@ -33,7 +33,7 @@ import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCo
 import { effectiveRating, postingOf, type ContentPolicy } from '../../core/rating.ts';
 import { hiddenLine, intakeReply, listNos, renderDatasetSummary, truncate } from '../reports.ts';
 
-export const SHEET_PAGE_SIZE = 40;
+const SHEET_PAGE_SIZE = 40;
 
 function asIncoming(a: Attachment): IncomingFile {
   return { name: a.name, url: a.url, size: a.size };

@@ -75,7 +75,7 @@ async function pick(ctx: BotContext, run: Run, choice: EpochChoice): Promise<{ e
 }
 
 /** The dataset's trigger, and concepts' own triggers apart: they are not one phrase. */
-export function triggerText(triggers: readonly string[]): string {
+function triggerText(triggers: readonly string[]): string {
   const [main, ...others] = triggers;
   if (main === undefined) return 'no trigger';
   const rest = others.length === 0 ? '' : ` · for a sub-concept add ${others.map((t) => `\`${t.replaceAll('`', 'ˋ')}\``).join(' or ')}`;

@@ -19,7 +19,7 @@ import { duration, truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
 import { describeSetup, modelsFor, type PlanRequest, type PreparedRun } from '../training.ts';
 
-export function renderPlan(datasetName: string, prepared: PreparedRun): string {
+function renderPlan(datasetName: string, prepared: PreparedRun): string {
   const { plan, recipe } = prepared;
   const lines = [
     `**Plan for ${datasetName}** · recipe \`${recipe.name}\` · base \`${prepared.model}\` · ${plan.resolution} px · batch ${plan.batchSize}`,

@@ -12,9 +12,9 @@ import { companionsOf } from '../training.ts';
 import { ago, familyText, forgetWorker, gpuText, mib, workersForGuild, type WorkerView } from '../workers.ts';
 
 /** GPUs a guild may have lent at once (an autocomplete shows at most 25). */
-export const MAX_WORKERS_PER_GUILD = 25;
+const MAX_WORKERS_PER_GUILD = 25;
 /** GPUs one member without Manage Server may lend at once, so that nobody fills the server's list alone. */
-export const MAX_WORKERS_PER_MEMBER = 3;
+const MAX_WORKERS_PER_MEMBER = 3;
 
 const adds = new KeyedMutex();
 
