@@ -319,7 +319,7 @@ export function startRemoteWorker(config: Config, deps: RemoteWorkerDeps): Remot
     const payload = checked.payload;
     const runLog = log.child({ runId: payload.runId });
     host = new RemoteRunHost(workerId, blobs, runsDir, client, grant.leaseId, runLog);
-    const run = new TrainingRun(deps, host, payload);
+    const run = new TrainingRun({ ...deps, gpuMiB: () => registry.gpu?.memoryMiB ?? null }, host, payload);
     current = run;
     beatFast(true);
     await registry.setBusy(payload.runId);

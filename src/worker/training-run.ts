@@ -25,6 +25,7 @@ import { buildKohyaFiles, type KohyaFiles } from '../core/kohya-config.ts';
 import type { KohyaEvent } from '../core/kohya-progress.ts';
 import type { Logger } from '../core/logger.ts';
 import { makeSampleGrid } from '../core/image-sheets.ts';
+import { runFitProblem } from '../core/recipes.ts';
 import { readSafetensorsHeader } from '../core/safetensors.ts';
 import type { ArtifactRef, RunEvent, TrainRunPayload } from '../queues/contract.ts';
 import { baseModelProblem } from '../queues/train-payload.ts';
@@ -42,6 +43,8 @@ export interface TrainingRunDeps {
   killGraceMs?: number;
   /** How often the host is asked whether the run is cancelled (default 1 s). */
   cancelPollMs?: number;
+  /** The worker's GPU memory (MiB), when it could be read. */
+  gpuMiB?: () => number | null;
 }
 
 export type TrainRunResult =
@@ -349,6 +352,10 @@ export class TrainingRun {
       if (codeOf(err) !== 'ENOENT') throw err;
     }
     if (!modelOk) throw new RunFailure(`the base model ${this.payload.baseModel} is not in this worker's models folder`);
+    // FLUX.1/Chroma: the text encoders and autoencoder the plan chose, and a GPU the preset fits.
+    const models = new Set(await listDir(resolve(this.deps.config.MODELS_DIR)));
+    const unfit = runFitProblem(this.payload.recipe, this.deps.gpuMiB?.() ?? null, (file) => models.has(file));
+    if (unfit) throw new RunFailure(unfit);
     // The prompts label the grids, also of epochs reported again without training.
     this.prompts = promptTexts(this.kohyaFiles(modelPath, null));
 

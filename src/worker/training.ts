@@ -67,7 +67,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
       throw new UnrecoverableError(checked.reason);
     }
     const host = new LocalRunHost(workerId, deps.blobs, runsDir, connection, config.REDIS_PREFIX, events, job, token);
-    const run = new TrainingRun(deps, host, checked.payload);
+    const run = new TrainingRun({ ...deps, gpuMiB: () => registry.gpu?.memoryMiB ?? null }, host, checked.payload);
     current = run;
     // Fetched while the worker was closing: straight back to the queue.
     if (shuttingDown) run.requestStop('shutdown');

@@ -159,6 +159,11 @@ export class WorkerRegistry {
     this.key = sharedKeys.worker(opts.prefix ?? '', opts.workerId);
   }
 
+  /** The GPU found at start (null: none, or not started yet). */
+  get gpu(): GpuInfo {
+    return this.#gpu;
+  }
+
   /** Probes the GPU and the optimizers, beats once, then every interval. */
   async start(): Promise<void> {
     try {
