@@ -272,6 +272,9 @@ export async function downloadToFile(url: string, dest: string, opts: DownloadOp
       bodyTimeout: idleMs,
     });
     const { statusCode, headers, body } = response;
+    // undici may report a cut connection on the body again after the pipeline below has settled;
+    // the pipeline sees the first report, and a late one must not become an uncaught exception.
+    body.on('error', () => undefined);
 
     if (statusCode >= 300 && statusCode < 400) {
       discard(body);
