@@ -31,6 +31,7 @@ import { WorkerStore } from '../store/worker-store.ts';
 import { IntakeService } from './intake.ts';
 import { RatingService } from './rater.ts';
 import { channelPolicy } from './content-policy.ts';
+import { postingOf } from '../core/rating.ts';
 import { ImageRemovalService } from './image-removal.ts';
 import { DeliveryService } from './delivery.ts';
 import { TrainingService } from './training.ts';
@@ -255,6 +256,11 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       settings,
       statusEditIntervalMs: config.PROGRESS_INTERVAL_SECONDS * 1000,
       workerLabel: (id) => labelOfWorker({ redis, prefix: config.REDIS_PREFIX, workerStore: workers }, id),
+      // Samples are rated like uploads and posted as the run's channel allows (threads take their parent's flag).
+      posting: async (run, image) => {
+        const [sampleRating = null] = await rating.rate([image]);
+        return { how: postingOf(sampleRating, await channelPolicy(client, settings, run.guildId, run.channelId)), rating: sampleRating };
+      },
     },
     queueConnection,
     config.REDIS_PREFIX,

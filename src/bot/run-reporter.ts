@@ -4,6 +4,7 @@ import type { BlobStore } from '../core/blob-store.ts';
 import { formatBytes } from '../core/download.ts';
 import { stackRows } from '../core/image-sheets.ts';
 import type { Logger } from '../core/logger.ts';
+import type { Rating } from '../core/rating.ts';
 import { licenceNoteOf } from '../core/lora-metadata.ts';
 import { bullPrefix, QueueName, runEventId, type RunEvent } from '../queues/contract.ts';
 import type { GuildSettingsStore, Run, RunStore, VoteStore } from '../store/run-store.ts';
@@ -29,6 +30,24 @@ export interface RunReporterDeps {
   settings?: GuildSettingsStore;
   /** How run messages name a worker ("<@member>'s RTX 4090"); default its id. */
   workerLabel?: (workerId: string) => Promise<string>;
+  /** How a sample image may be posted in the run's channel (its rating against the channel's policy); default shown. */
+  posting?: (run: Run, image: Buffer) => Promise<SamplePosting>;
+}
+
+export interface SamplePosting {
+  how: 'show' | 'spoiler' | 'withhold';
+  rating: Rating | null;
+}
+
+/** The grid as an attachment, spoilered, or left out with a line saying why (votes by number still work). */
+async function sampleAttachment(deps: RunReporterDeps, run: Run, image: Buffer, name: string): Promise<{ file: AttachmentBuilder | null; note: string }> {
+  const posting = (await deps.posting?.(run, image)) ?? { how: 'show', rating: null };
+  if (posting.how === 'withhold') {
+    return { file: null, note: `\n🙈 Samples not shown here: rated ${posting.rating ?? 'unknown'}, more than this channel shows. You can still vote by epoch number.` };
+  }
+  const file = new AttachmentBuilder(image, { name });
+  if (posting.how === 'spoiler') file.setSpoiler(true);
+  return { file, note: posting.how === 'spoiler' ? `\nSamples behind a spoiler: rated ${posting.rating ?? 'sensitive'}.` : '' };
 }
 
 export function statusText(run: Run): string {
@@ -151,10 +170,15 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       }));
       if (await runs.eventDone(eventId)) return;
       const files: AttachmentBuilder[] = [];
-      if (event.grid) files.push(new AttachmentBuilder(await deps.blobs.read(event.grid.blob), { name: `${run.outputName}-epoch${event.epoch}.jpg` }));
+      let note = '';
+      if (event.grid) {
+        const grid = await sampleAttachment(deps, run, await deps.blobs.read(event.grid.blob), `${run.outputName}-epoch${event.epoch}.jpg`);
+        if (grid.file) files.push(grid.file);
+        note = grid.note;
+      }
       const size = event.checkpoint ? ` · checkpoint ${formatBytes(event.checkpoint.bytes)}` : '';
       const message = await send(deps, updated!, eventId, {
-        content: `🖼️ **Epoch ${event.epoch}/${event.epochs}** of run \`${run.id}\` (${run.datasetName})${size}`,
+        content: `🖼️ **Epoch ${event.epoch}/${event.epochs}** of run \`${run.id}\` (${run.datasetName})${size}${note}`,
         files,
         components: [voteButton(run.id, event.epoch)],
       });
@@ -244,12 +268,15 @@ async function postSummary(deps: RunReporterDeps, run: Run, eventId: string) {
     .sort((a, b) => a.epoch - b.epoch);
   const files: AttachmentBuilder[] = [];
   const grids = epochs.filter((e) => e.grid !== null);
+  let note = '';
   if (grids.length > 0) {
     const rows = await Promise.all(grids.map(async (e) => ({ image: await deps.blobs.read(e.grid!.blob), label: '' })));
-    files.push(new AttachmentBuilder(await stackRows(rows), { name: `${run.outputName}-epochs.jpg` }));
+    const stacked = await sampleAttachment(deps, run, await stackRows(rows), `${run.outputName}-epochs.jpg`);
+    if (stacked.file) files.push(stacked.file);
+    note = stacked.note;
   }
   const message = await send(deps, run, eventId, {
-    content: summaryContent(run, await deps.votes.tally(run.id)),
+    content: truncate(summaryContent(run, await deps.votes.tally(run.id)) + note, 2000),
     files,
     components: epochs.length > 0 ? [voteSelect(run)] : [],
     allowedMentions: { parse: [], users: run.mentions ?? [] },
