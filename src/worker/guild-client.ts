@@ -183,6 +183,8 @@ export class GuildClient {
         }
         const hash = createHash('sha256');
         let size = 0;
+        // A cut connection may be reported again after the pipeline settled: never uncaught.
+        res.body.on('error', () => undefined);
         await pipeline(
           res.body,
           async function* (source: AsyncIterable<Buffer>) {
