@@ -214,6 +214,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       workers,
       leases,
       events: runEvents,
+      generated: genQueues.generated,
       logger,
       secret: config.DOWNLOAD_SECRET,
       leaseSeconds: config.LEASE_SECONDS,

@@ -117,8 +117,8 @@ export async function getRequest(deps: Pick<GenerationDeps, 'redis' | 'prefix'>,
 async function noWorkerReason(deps: GenerationDeps, run: Run): Promise<{ reason: string | null; busyWith: string | null }> {
   if (!canGenerate(run.credits.base)) return { reason: `Drawing with ${familyLabel(run.credits.base)} LoRAs is not supported yet.`, busyWith: null };
   const views = await workersForGuild({ redis: deps.redis, prefix: deps.prefix, workerStore: deps.workers }, run.guildId);
-  // Lent GPUs take only training runs for now; in-cluster workers draw.
-  const withModel = views.filter((v) => v.online && v.lent === null && v.info?.models.some((m) => m.file === run.baseModel));
+  // In-cluster workers and the GPUs lent to this server draw alike.
+  const withModel = views.filter((v) => v.online && v.info?.models.some((m) => m.file === run.baseModel));
   if (withModel.length === 0) {
     return {
       reason: `No GPU online has the base model \`${run.baseModel}\` that run \`${run.id}\` was trained on, so I can’t draw with it right now. Try again when one is back.`,

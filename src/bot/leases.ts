@@ -14,7 +14,7 @@ import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Logger } from '../core/logger.ts';
 import { VRAM_PRESET_INFO } from '../core/recipes.ts';
-import { bullPrefix, QueueName, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
+import { bullPrefix, QueueName, type GeneratePayload, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { checkPayload } from '../queues/train-payload.ts';
 import type { RemoteWorker, WorkerStore } from '../store/worker-store.ts';
 
@@ -30,6 +30,8 @@ const LeaseSchema = z.object({
   blobs: z.array(z.string()),
   grantedAt: z.number(),
   expiresAt: z.number(),
+  /** A training run, or a short image generation (`/lora try`, `/lora compare`). */
+  kind: z.enum(['run', 'generate']).default('run'),
 });
 export type Lease = z.infer<typeof LeaseSchema>;
 
@@ -54,6 +56,19 @@ export interface LeaseGrant {
   lease: Lease;
   payload: TrainRunPayload;
   record: RemoteRunRecord;
+}
+
+export interface GenerationGrant {
+  lease: Lease;
+  payload: GeneratePayload;
+}
+
+/** What a poll hands a remote worker: a generation (they go first) or a run. */
+export type AnyGrant = ({ kind: 'run' } & LeaseGrant) | ({ kind: 'generate' } & GenerationGrant);
+
+/** Whether a waiting generation fits a remote worker: its guild, and the base model. */
+export function generationFits(payload: GeneratePayload, worker: RemoteWorker, info: WorkerInfo | null): boolean {
+  return payload.guildId === worker.guildId && info !== null && info.models.some((m) => m.file === payload.baseModel);
 }
 
 export interface LeaseManagerOptions {
@@ -97,6 +112,8 @@ export function runFits(payload: TrainRunPayload, worker: Pick<RemoteWorker, 'gu
 export class LeaseManager {
   private readonly queue: Queue;
   private readonly bull: Worker;
+  private readonly genQueue: Queue<GeneratePayload>;
+  private readonly genBull: Worker;
   private readonly log: Logger;
   private timer: NodeJS.Timeout | null = null;
   private sweeping: Promise<void> = Promise.resolve();
@@ -114,6 +131,16 @@ export class LeaseManager {
       name: 'lease-manager',
     });
     this.bull.on('error', (err) => this.log.warn({ err }, 'lease manager queue error'));
+    this.genQueue = new Queue<GeneratePayload>(QueueName.Generate, { connection: opts.queueConnection, prefix });
+    this.genBull = new Worker(QueueName.Generate, null, {
+      connection: opts.queueConnection,
+      prefix,
+      lockDuration: opts.leaseMs,
+      stalledInterval: Math.min(5_000, opts.stalledMs),
+      maxStalledCount: 2,
+      name: 'lease-manager',
+    });
+    this.genBull.on('error', (err) => this.log.warn({ err }, 'lease manager queue error'));
     this.log = opts.logger.child({ unit: 'leases' });
   }
 
@@ -136,6 +163,7 @@ export class LeaseManager {
   start(): void {
     // A bot that died holding leases: BullMQ's stall check hands their runs back once the locks lapse.
     void this.bull.startStalledCheckTimer().catch((err: unknown) => this.log.warn({ err }, 'stall check did not start'));
+    void this.genBull.startStalledCheckTimer().catch((err: unknown) => this.log.warn({ err }, 'stall check did not start'));
     this.timer = setInterval(() => {
       this.sweeping = this.sweeping.then(() => this.sweep()).catch((err: unknown) => this.log.warn({ err }, 'lease sweep failed'));
     }, this.opts.sweepIntervalMs ?? 1000);
@@ -148,6 +176,8 @@ export class LeaseManager {
     await this.sweeping;
     await this.bull.close(true);
     await this.queue.close();
+    await this.genBull.close(true);
+    await this.genQueue.close();
   }
 
   async get(id: string): Promise<Lease | null> {
@@ -211,6 +241,7 @@ export class LeaseManager {
    */
   async take(worker: RemoteWorker, info: WorkerInfo | null): Promise<LeaseGrant | null> {
     const held = await this.leaseOfWorker(worker.id);
+    if (held?.kind === 'generate') return null;
     if (held) {
       const job = await Job.fromId<TrainRunPayload>(this.queue, held.jobId);
       const checked = job ? checkPayload(job.data) : null;
@@ -248,6 +279,7 @@ export class LeaseManager {
         blobs: [...new Set([...Object.values(payload.images).map((i) => i.blob), ...(record.resume?.files.map((f) => f.blob) ?? [])])],
         grantedAt: now,
         expiresAt: now + this.opts.leaseMs,
+        kind: 'run',
       };
       await this.saveLease(lease);
       this.log.info({ leaseId: lease.id, workerId: worker.id, runId: payload.runId, resumeFrom: record.resume?.epoch ?? null }, 'run leased to a remote worker');
@@ -255,9 +287,70 @@ export class LeaseManager {
     });
   }
 
+  /**
+   * What a worker polling for work gets: the lease it holds, else a generation waiting for a model
+   * it has (generations go ahead of waiting runs), else a run.
+   */
+  async takeAny(worker: RemoteWorker, info: WorkerInfo | null): Promise<AnyGrant | null> {
+    const held = await this.leaseOfWorker(worker.id);
+    if (held?.kind === 'generate') {
+      const job = await Job.fromId<GeneratePayload>(this.genQueue, held.jobId);
+      if (job?.data) return { kind: 'generate', lease: held, payload: job.data };
+      await this.dropLease(held);
+    } else if (!held) {
+      const generation = await this.takeGeneration(worker, info);
+      if (generation) return { kind: 'generate', ...generation };
+    }
+    const run = await this.take(worker, info);
+    return run && { kind: 'run', ...run };
+  }
+
+  private async takeGeneration(worker: RemoteWorker, info: WorkerInfo | null): Promise<GenerationGrant | null> {
+    return this.withTakeLock(async () => {
+      const waiting = await this.genQueue.getJobs(['prioritized', 'wait'], 0, 199, true);
+      const fit = waiting.find((j) => j?.data && generationFits(j.data, worker, info));
+      if (!fit?.id) return null;
+      await fit.changePriority({ priority: 0, lifo: true });
+      const lockToken = randomBytes(16).toString('hex');
+      const job = (await this.genBull.getNextJob(lockToken, { block: false })) as Job<GeneratePayload> | undefined;
+      if (!job?.id) return null;
+      if (!generationFits(job.data, worker, info)) {
+        await job.moveToWait(lockToken);
+        return null;
+      }
+      const now = Date.now();
+      const lease: Lease = {
+        id: randomBytes(18).toString('base64url'),
+        workerId: worker.id,
+        guildId: worker.guildId,
+        runId: job.data.runId,
+        jobId: job.id,
+        lockToken,
+        blobs: [...new Set(job.data.cells.map((c) => c.lora))],
+        grantedAt: now,
+        expiresAt: now + this.opts.leaseMs,
+        kind: 'generate',
+      };
+      await this.saveLease(lease);
+      this.log.info({ leaseId: lease.id, workerId: worker.id, requestId: job.data.requestId }, 'generation leased to a remote worker');
+      return { lease, payload: job.data };
+    });
+  }
+
+  /** The generation a generation lease holds (null: its job is gone). */
+  async requestOf(lease: Lease): Promise<string | null> {
+    if (lease.kind !== 'generate') return null;
+    const job = await Job.fromId<GeneratePayload>(this.genQueue, lease.jobId);
+    return job?.data?.requestId ?? null;
+  }
+
+  private queueOf(lease: Lease): Queue {
+    return lease.kind === 'generate' ? this.genQueue : this.queue;
+  }
+
   /** A heartbeat: extends the lease and the job's lock. False when the lease is gone. */
   async renew(lease: Lease): Promise<boolean> {
-    const job = await Job.fromId(this.queue, lease.jobId);
+    const job = await Job.fromId(this.queueOf(lease), lease.jobId);
     if (!job) {
       await this.dropLease(lease);
       return false;
@@ -285,7 +378,7 @@ export class LeaseManager {
 
   /** The run ended on the worker: the job completes (finished, cancelled) or fails, and the lease ends. */
   async end(lease: Lease, outcome: { ok: true; result: unknown } | { ok: false; reason: string }): Promise<void> {
-    const job = await Job.fromId(this.queue, lease.jobId);
+    const job = await Job.fromId(this.queueOf(lease), lease.jobId);
     try {
       if (job) {
         if (outcome.ok) await job.moveToCompleted(outcome.result, lease.lockToken, false);
@@ -295,13 +388,14 @@ export class LeaseManager {
       this.log.warn({ err, leaseId: lease.id, runId: lease.runId }, 'could not end the run\'s job (its lock was lost)');
     }
     await this.dropLease(lease);
+    if (lease.kind === 'generate') return;
     const record = await this.record(lease.runId);
     if (record.resume) await this.updateRecord(lease.runId, (r) => ({ ...r, resume: null }));
   }
 
   /** Gives the run back to the queue (worker shutdown, expired lease, revoked token). */
   async handBack(lease: Lease, why: string): Promise<void> {
-    const job = await Job.fromId(this.queue, lease.jobId);
+    const job = await Job.fromId(this.queueOf(lease), lease.jobId);
     try {
       await job?.moveToWait(lease.lockToken);
     } catch (err) {

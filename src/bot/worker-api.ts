@@ -19,12 +19,13 @@ import { mkdir, rm, stat, truncate } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { BlobStore } from '../core/blob-store.ts';
 import { codeOf } from '../core/fs-errors.ts';
 import type { Logger } from '../core/logger.ts';
-import { runEventId, sharedKeys, type WorkerInfo } from '../queues/contract.ts';
+import { JobName, runEventId, sharedKeys, type GeneratedPayload, type WorkerInfo } from '../queues/contract.ts';
 import type { RunEventQueue } from '../queues/run-events.ts';
 import type { RemoteWorker, WorkerStore } from '../store/worker-store.ts';
 import { ResumeStateSchema, type Lease, type LeaseManager } from './leases.ts';
@@ -43,6 +44,8 @@ export interface WorkerApiOptions {
   workers: WorkerStore;
   leases: LeaseManager;
   events: RunEventQueue;
+  /** Where generations done on a lent GPU are posted from (the `generated` queue). */
+  generated?: Queue<GeneratedPayload>;
   logger: Logger;
   /** Signs the lease's input URLs (DOWNLOAD_SECRET). */
   secret: string;
@@ -91,6 +94,19 @@ const EventSchema = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('cancelled'), runId: z.string(), lastEpoch: z.number().int().nullable() }),
 ]);
 const EventBodySchema = z.object({ event: EventSchema, state: ResumeStateSchema.optional() });
+
+const BLOB_ID = z.string().regex(/^[0-9a-f]{64}$/);
+const GeneratedBodySchema = z.discriminatedUnion('ok', [
+  z.object({
+    ok: z.literal(true),
+    cells: z
+      .array(z.object({ epoch: z.number().int().min(1), weight: z.number().min(-2).max(2), blob: BLOB_ID, bytes: z.number().int().min(1).max(64 * 1024 * 1024) }))
+      .min(1)
+      .max(64),
+    seconds: z.number().min(0).max(86_400),
+  }),
+  z.object({ ok: z.literal(false), reason: z.string().min(1).max(500) }),
+]);
 
 class HttpError extends Error {
   constructor(
@@ -185,7 +201,7 @@ export function createWorkerApi(opts: WorkerApiOptions) {
     if (body.leaseId !== undefined) {
       const held = await opts.leases.get(body.leaseId);
       lease = held && held.workerId === worker.id && (await opts.leases.renew(held)) ? 'ok' : 'gone';
-      if (held && lease === 'ok') cancel = (await opts.redis.get(sharedKeys.runCancel(opts.prefix, held.runId))) !== null;
+      if (held && lease === 'ok' && held.kind === 'run') cancel = (await opts.redis.get(sharedKeys.runCancel(opts.prefix, held.runId))) !== null;
     }
     send(res, 200, { lease, cancel, leaseSeconds: opts.leaseSeconds });
   }
@@ -197,14 +213,19 @@ export function createWorkerApi(opts: WorkerApiOptions) {
     req.on('close', () => (gone = true));
     res.on('close', () => (gone = true));
     for (;;) {
-      const grant = await opts.leases.take(worker, await liveInfo(worker.id));
+      const grant = await opts.leases.takeAny(worker, await liveInfo(worker.id));
       if (grant) {
         if (gone) {
-          // Nobody to tell: the run goes straight back (the worker asks again and gets it).
+          // Nobody to tell: the work goes straight back (the worker asks again and gets it).
           await opts.leases.handBack(grant.lease, 'the worker left before the answer');
           return;
         }
         const exp = Math.floor(grant.lease.expiresAt / 1000) + 24 * 3600;
+        const blobAccess = { exp, sig: signLeaseAccess(opts.secret, grant.lease.id, exp) };
+        if (grant.kind === 'generate') {
+          send(res, 200, { leaseId: grant.lease.id, leaseSeconds: opts.leaseSeconds, generation: grant.payload, blobAccess });
+          return;
+        }
         send(res, 200, {
           leaseId: grant.lease.id,
           leaseSeconds: opts.leaseSeconds,
@@ -212,7 +233,7 @@ export function createWorkerApi(opts: WorkerApiOptions) {
           resume: grant.record.resume,
           reportedEpochs: grant.record.reportedEpochs,
           firstStartedAt: grant.record.firstStartedAt,
-          blobAccess: { exp, sig: signLeaseAccess(opts.secret, grant.lease.id, exp) },
+          blobAccess,
         });
         return;
       }
@@ -335,6 +356,7 @@ export function createWorkerApi(opts: WorkerApiOptions) {
 
   async function event(worker: RemoteWorker, req: IncomingMessage, res: ServerResponse, leaseId: string): Promise<void> {
     const lease = await ownLease(worker, leaseId);
+    if (lease.kind !== 'run') throw new HttpError(409, 'This lease is an image generation, not a run.');
     const body = parse(EventBodySchema, await readJson(req));
     const event = body.event;
     if (event.runId !== lease.runId) throw new HttpError(403, 'This event is about another run than the one this worker holds.');
@@ -368,6 +390,27 @@ export function createWorkerApi(opts: WorkerApiOptions) {
     send(res, 200, { ok: true, id: runEventId(event) });
   }
 
+  /** The images of a generation lease (uploaded first), or why there are none: posted by the bot. */
+  async function generated(worker: RemoteWorker, req: IncomingMessage, res: ServerResponse, leaseId: string): Promise<void> {
+    const lease = await ownLease(worker, leaseId);
+    if (lease.kind !== 'generate') throw new HttpError(409, 'This lease is a run, not an image generation.');
+    if (!opts.generated) throw new HttpError(503, 'This bot does not take images from lent GPUs.');
+    const body = parse(GeneratedBodySchema, await readJson(req));
+    const requestId = await opts.leases.requestOf(lease);
+    if (requestId === null) throw new HttpError(404, 'No such lease for this worker (it ended, or expired).');
+    let result: GeneratedPayload;
+    if (body.ok) {
+      await checkRefs(body.cells);
+      await keepArtifacts(body.cells.map((c) => c.blob));
+      result = { requestId, ok: true, workerId: worker.id, cells: body.cells.map(({ epoch, weight, blob }) => ({ epoch, weight, blob })), seconds: body.seconds };
+    } else {
+      result = { requestId, ok: false, workerId: worker.id, reason: body.reason };
+    }
+    await opts.generated.add(JobName.Generated, result, { jobId: `generated-${requestId}` });
+    await opts.leases.end(lease, body.ok ? { ok: true, result: { images: body.cells.length } } : { ok: false, reason: body.reason });
+    send(res, 200, { ok: true });
+  }
+
   async function release(worker: RemoteWorker, res: ServerResponse, leaseId: string): Promise<void> {
     const lease = await ownLease(worker, leaseId);
     await opts.leases.handBack(lease, 'the worker handed it back');
@@ -390,6 +433,7 @@ export function createWorkerApi(opts: WorkerApiOptions) {
       if (route.length === 1 && first === 'lease' && method === 'GET') return await poll(worker, req, res, query);
       if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'events' && method === 'POST') return await event(worker, req, res, leaseId);
       if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'release' && method === 'POST') return await release(worker, res, leaseId);
+      if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'generated' && method === 'POST') return await generated(worker, req, res, leaseId);
       if (first === 'leases' && leaseId !== undefined && route.length === 4 && id !== undefined) {
         if (what === 'blobs' && method === 'GET') return await blob(worker, res, leaseId, id, query);
         if (what === 'uploads' && method === 'GET') return await uploadStatus(worker, res, leaseId, id);

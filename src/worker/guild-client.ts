@@ -26,7 +26,10 @@ export interface ResumeState {
 export interface LeaseGrant {
   leaseId: string;
   leaseSeconds: number;
+  /** A run (absent on a generation lease). */
   payload: unknown;
+  /** An image generation (`/lora try`, `/lora compare`): set instead of a run's payload. */
+  generation?: unknown;
   resume: ResumeState | null;
   reportedEpochs: number[];
   firstStartedAt: number | null;
@@ -263,6 +266,17 @@ export class GuildClient {
   async event(leaseId: string, event: RunEvent, state?: ResumeState): Promise<void> {
     const path = `leases/${leaseId}/events`;
     const body = JSON.stringify({ event, ...(state ? { state } : {}) });
+    const res = await this.call('POST', path, { body: () => body, headers: { 'content-type': 'application/json' } });
+    this.json(res.status, res.text, path);
+  }
+
+  /** Reports a generation's images (uploaded first) or why there are none; this ends its lease. */
+  async generated(
+    leaseId: string,
+    result: { ok: true; cells: { epoch: number; weight: number; blob: string; bytes: number }[]; seconds: number } | { ok: false; reason: string },
+  ): Promise<void> {
+    const path = `leases/${leaseId}/generated`;
+    const body = JSON.stringify(result);
     const res = await this.call('POST', path, { body: () => body, headers: { 'content-type': 'application/json' } });
     this.json(res.status, res.text, path);
   }

@@ -13,8 +13,9 @@ import { BlobStore, type BlobRef } from '../core/blob-store.ts';
 import type { Config } from '../core/config.ts';
 import { codeOf } from '../core/fs-errors.ts';
 import type { Logger } from '../core/logger.ts';
-import type { ArtifactRef, RunEvent, WorkerInfo } from '../queues/contract.ts';
+import type { ArtifactRef, GeneratePayload, RunEvent, WorkerInfo } from '../queues/contract.ts';
 import { checkPayload } from '../queues/train-payload.ts';
+import { GenerationFailure, generateProblem, runGeneration } from './generation.ts';
 import { GuildClient, LeaseGoneError, TokenRefusedError, type LeaseGrant, type ResumeState } from './guild-client.ts';
 import type { EpochEvent, RunHost, RunProgress } from './run-host.ts';
 import { describeRunError, TrainingRun, type TrainingRunDeps } from './training-run.ts';
@@ -358,6 +359,42 @@ export function startRemoteWorker(config: Config, deps: RemoteWorkerDeps): Remot
     }
   }
 
+  /** An image generation: the LoRA files come from the bot, the images go back to it. */
+  async function runGenerationLease(grant: LeaseGrant): Promise<void> {
+    const payload = grant.generation as GeneratePayload;
+    leaseId = grant.leaseId;
+    const genLog = log.child({ requestId: typeof payload?.requestId === 'string' ? payload.requestId.slice(0, 32) : null });
+    beatFast(true);
+    const started = Date.now();
+    try {
+      const problem = generateProblem(payload);
+      if (problem) throw new GenerationFailure(problem);
+      genLog.info({ runId: payload.runId, images: payload.cells.length }, 'generating');
+      const loras = [...new Set(payload.cells.map((c) => c.lora))];
+      await trimCache(cacheDir, maxCacheBytes, { blobs: new Set(loras), runId: null }, genLog);
+      await fetchInputs(grant, loras);
+      const cells = await runGeneration({ config, logger: genLog, env: deps.env, blobs, workerId }, payload, join(cacheDir, 'generate', payload.requestId));
+      const uploaded = [];
+      for (const c of cells) {
+        const { blob, bytes } = await client.upload(grant.leaseId, blobs.path(c.blob), c.blob);
+        uploaded.push({ epoch: c.epoch, weight: c.weight, blob, bytes });
+      }
+      await client.generated(grant.leaseId, { ok: true, cells: uploaded, seconds: Math.round((Date.now() - started) / 100) / 10 });
+      genLog.info({ seconds: (Date.now() - started) / 1000 }, 'generation done');
+    } catch (err) {
+      if (err instanceof TokenRefusedError) refuse(err);
+      else if (err instanceof LeaseGoneError) genLog.warn('the generation\'s lease is gone');
+      else {
+        const reason = err instanceof GenerationFailure ? err.reason : `the worker failed: ${err instanceof Error ? err.message : String(err)}`;
+        genLog.warn({ reason }, 'generation failed');
+        await client.generated(grant.leaseId, { ok: false, reason }).catch((reportErr: unknown) => genLog.error({ err: reportErr }, 'could not report the failed generation'));
+      }
+    } finally {
+      leaseId = null;
+      beatFast(false);
+    }
+  }
+
   const done = (async (): Promise<'closed' | 'token-refused'> => {
     await mkdir(cacheDir, { recursive: true });
     await registry.start();
@@ -367,7 +404,7 @@ export function startRemoteWorker(config: Config, deps: RemoteWorkerDeps): Remot
       try {
         const grant = await client.poll(20, stopPolling.signal);
         delay = 1000;
-        if (grant && !closing) await runLease(grant);
+        if (grant && !closing) await (grant.generation !== undefined ? runGenerationLease(grant) : runLease(grant));
         else if (grant) await client.release(grant.leaseId);
       } catch (err) {
         if (err instanceof TokenRefusedError) refuse(err);

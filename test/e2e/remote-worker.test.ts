@@ -268,6 +268,23 @@ describe('a GPU lent from elsewhere', () => {
     expect(world.log.raw.join('\n')).not.toContain(token.slice(-43));
   });
 
+  it('draws with a finished run on the lent GPU: /lora try posts the image, /lora compare the grid in the run’s thread', async () => {
+    const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { prompt: 'ohwx_hero waving', run: runId, epoch: '2', weight: 0.5, seed: 3 } });
+    expect(await done(ask)).toMatch(/Drawing \*\*ohwx_hero waving\*\* with run `\w+`, epoch 2, weight 0\.5, seed 3/);
+    const image = await until('the image', () =>
+      world.discord.channelMessages(world.discord.channelId).find((m) => m.content.startsWith('🎨 **ohwx_hero waving**') && m.attachments.length === 1),
+    );
+    expect(image.content).toMatch(/ · epoch 2 · weight 0\.5 · seed 3 · 512×512 · /);
+    expect(image.attachments[0]!.data.toString('latin1')).toContain('seed\u00003');
+    expect(world.worker!.log.lines.some((l) => l.msg === 'generation done')).toBe(true);
+
+    const compare = world.discord.sendCommand({ name: 'lora', subcommand: 'compare', user: alice, options: { run: runId, epochs: '3, 1', weights: '1, 0.5', prompt: 'ohwx_hero waving', seed: 3 } });
+    await done(compare);
+    const grid = await until('the grid', () => threadMessages().find((m) => m.content.startsWith('🧪 **ohwx_hero waving**') && m.attachments.length === 1));
+    expect(grid.content).toContain('Rows: epoch 3, epoch 1 · columns: weight 1, weight 0.5');
+    expect(grid.attachments[0]!.data.subarray(0, 2).toString('hex')).toBe('ffd8');
+  });
+
   it('a cancel reaches the lent GPU while it trains: the trainer stops and the saved epochs are kept', async () => {
     const id = await startRun({ epochs: 20 });
     await until('epoch 1 of the run to cancel', () => epochNumbers(id).includes(1));
