@@ -18,6 +18,7 @@ import { startTaggingWorker, type TaggingService } from '../worker/tagging.ts';
 import { keepUploadCaptions } from './captions.ts';
 import { startNoticePoster } from './notice-poster.ts';
 import { startRunReporter } from './run-reporter.ts';
+import { voteButton } from './votes.ts';
 import { generationQueues } from './generation.ts';
 import { startGenerationPoster } from './generation-poster.ts';
 import { TallyUpdater } from './tally.ts';
@@ -117,7 +118,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   });
   // Nothing the bot writes pings anyone: names in member text (and <@id> in ours) only display.
   const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL }, allowedMentions: { parse: [], repliedUser: false } });
-  const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000 });
+  const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000, epochButton: voteButton });
   const workers = new WorkerStore(redis, config.REDIS_PREFIX);
   const expiring = new ExpiringStore(redis, config.REDIS_PREFIX);
   const training = new TrainingService({

@@ -2,7 +2,7 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import { AttachmentBuilder, type Client, type MessageCreateOptions, type SendableChannels } from 'discord.js';
 import type { BlobStore } from '../core/blob-store.ts';
 import { formatBytes } from '../core/download.ts';
-import { stackRows } from '../core/image-sheets.ts';
+import { comparisonSheets } from '../core/image-sheets.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Rating } from '../core/rating.ts';
 import { licenceNoteOf } from '../core/lora-metadata.ts';
@@ -270,10 +270,14 @@ async function postSummary(deps: RunReporterDeps, run: Run, eventId: string) {
   const grids = epochs.filter((e) => e.grid !== null);
   let note = '';
   if (grids.length > 0) {
-    const rows = await Promise.all(grids.map(async (e) => ({ image: await deps.blobs.read(e.grid!.blob), label: '' })));
-    const stacked = await sampleAttachment(deps, run, await stackRows(rows), `${run.outputName}-epochs.jpg`);
-    if (stacked.file) files.push(stacked.file);
-    note = stacked.note;
+    const sheets = await comparisonSheets(await Promise.all(grids.map((e) => deps.blobs.read(e.grid!.blob))));
+    const notes = new Set<string>();
+    for (const [i, sheet] of sheets.entries()) {
+      const shown = await sampleAttachment(deps, run, sheet, `${run.outputName}-epochs${sheets.length > 1 ? `-${i + 1}` : ''}.jpg`);
+      if (shown.file) files.push(shown.file);
+      if (shown.note) notes.add(shown.note);
+    }
+    note = [...notes].join('');
   }
   const message = await send(deps, run, eventId, {
     content: truncate(summaryContent(run, await deps.votes.tally(run.id)) + note, 2000),

@@ -1,4 +1,4 @@
-import type { Client } from 'discord.js';
+import type { ActionRowBuilder, ButtonBuilder, Client } from 'discord.js';
 import { formatBytes } from '../core/download.ts';
 import type { Logger } from '../core/logger.ts';
 import { duration, truncate } from './reports.ts';
@@ -45,9 +45,19 @@ function mentionLine(run: Run): string {
 export class TallyUpdater {
   private readonly pending = new Map<string, NodeJS.Timeout>();
   private readonly lastEdit = new Map<string, number>();
+  /** The count each epoch button shows now (absent: none yet). */
+  private readonly shownCounts = new Map<string, number>();
 
   constructor(
-    private readonly deps: { client: Client; runs: RunStore; votes: VoteStore; logger: Logger; intervalMs: number },
+    private readonly deps: {
+      client: Client;
+      runs: RunStore;
+      votes: VoteStore;
+      logger: Logger;
+      intervalMs: number;
+      /** An epoch's vote button showing its count (votes.ts). */
+      epochButton: (runId: string, epoch: number, votes: number) => ActionRowBuilder<ButtonBuilder>;
+    },
   ) {}
 
   schedule(runId: string): void {
@@ -64,10 +74,20 @@ export class TallyUpdater {
 
   private async edit(runId: string) {
     const run = await this.deps.runs.get(runId);
-    if (!run?.summaryMessageId) return;
+    if (!run) return;
     const channel = await this.deps.client.channels.fetch(run.channelId);
     if (!channel?.isSendable()) return;
     const tally = await this.deps.votes.tally(runId);
+    // Each epoch's button shows its count (only those that changed since the last edit).
+    for (const [epoch, posted] of Object.entries(run.epochs)) {
+      if (!posted.messageId) continue;
+      const count = tally.counts.get(Number(epoch)) ?? 0;
+      const key = `${runId}:${epoch}`;
+      if ((this.shownCounts.get(key) ?? 0) === count) continue;
+      await channel.messages.edit(posted.messageId, { components: [this.deps.epochButton(runId, Number(epoch), count)] });
+      this.shownCounts.set(key, count);
+    }
+    if (!run.summaryMessageId) return;
     await channel.messages.edit(run.summaryMessageId, { content: summaryContent(run, tally) });
   }
 

@@ -7,9 +7,10 @@ import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type Compone
 import { renderTally } from './tally.ts';
 
 /** The button under an epoch's sample grid. */
-export function voteButton(runId: string, epoch: number) {
+export function voteButton(runId: string, epoch: number, votes = 0) {
+  const label = votes === 0 ? `Vote for epoch ${epoch}` : `Vote for epoch ${epoch} · ${votes} vote${votes === 1 ? '' : 's'}`;
   return new ActionRowBuilder<ButtonBuilder>().addComponents(
-    new ButtonBuilder().setCustomId(voteButtonHandler.encode({ runId, epoch })).setLabel(`Vote for epoch ${epoch}`).setStyle(ButtonStyle.Primary).setEmoji('🗳️'),
+    new ButtonBuilder().setCustomId(voteButtonHandler.encode({ runId, epoch })).setLabel(label).setStyle(ButtonStyle.Primary).setEmoji('🗳️'),
   );
 }
 

@@ -220,3 +220,83 @@ export async function stackRows(rows: { image: Buffer; label: string }[]): Promi
     return jpegWithin({ data, width: info.width, height: info.height, channels: info.channels }, GRID_MAX_BYTES, [85, 70, 50], `a comparison of ${rows.length} rows`);
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// A picture to judge a caption by: the master, at most PREVIEW_MAX_SIDE on its long side.
+
+export const PREVIEW_MAX_SIDE = 1024;
+
+export async function previewJpeg(path: string, maxSide = PREVIEW_MAX_SIDE): Promise<Buffer> {
+  return inSlot(() =>
+    decoder(path, { limitInputPixels: 100_000_000 })
+      .resize({ width: maxSide, height: maxSide, fit: 'inside', withoutEnlargement: true, kernel: 'lanczos3' })
+      .flatten({ background: GRID_BACKGROUND })
+      .jpeg({ quality: 88 })
+      .toBuffer(),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Epochs compared for Discord's preview: Discord shows an attachment at most about 550 px wide
+// and crops a tall one to a thin strip, so the epochs' grids go side by side (wide, not tall),
+// at most EPOCHS_PER_SHEET per image, and as many images as it takes.
+
+export const EPOCHS_PER_SHEET = 4;
+/** The widest a cell gets: Discord scales the sheet down to its preview width anyway. */
+const SHEET_CELL_MAX_WIDTH = 1024;
+
+/** Columns for `count` cells of `cell` size whose sheet is closest to 16:9 and never taller than wide when it can be. */
+export function sheetColumns(count: number, cell: { width: number; height: number }): number {
+  let best = 1;
+  let bestScore = Infinity;
+  for (let cols = 1; cols <= count; cols++) {
+    const rows = Math.ceil(count / cols);
+    const aspect = (cols * cell.width) / (rows * cell.height);
+    const score = Math.abs(Math.log(aspect / (16 / 9))) + (aspect < 1 ? 10 : 0) + (rows * cols - count) * 0.01;
+    if (score < bestScore) {
+      best = cols;
+      bestScore = score;
+    }
+  }
+  return best;
+}
+
+/** The epochs' grids, in order, laid out wide on one or more sheets (each a JPEG). */
+export async function comparisonSheets(grids: Buffer[], perSheet = EPOCHS_PER_SHEET): Promise<Buffer[]> {
+  if (grids.length === 0) throw new RangeError('a comparison needs at least one grid');
+  const sheets: Buffer[] = [];
+  for (let i = 0; i < grids.length; i += perSheet) sheets.push(await comparisonSheet(grids.slice(i, i + perSheet)));
+  return sheets;
+}
+
+async function comparisonSheet(grids: Buffer[]): Promise<Buffer> {
+  return inSlot(async () => {
+    const first = await decoder(grids[0]!, { limitInputPixels: 100_000_000 }).metadata();
+    const cellWidth = Math.min(SHEET_CELL_MAX_WIDTH, Math.max(64, first.width));
+    const cellHeight = Math.max(1, Math.round((first.height * cellWidth) / Math.max(1, first.width)));
+    const cols = sheetColumns(grids.length, { width: cellWidth, height: cellHeight });
+    const rows = Math.ceil(grids.length / cols);
+    const gap = 8;
+    const overlays: OverlayOptions[] = [];
+    for (const [i, grid] of grids.entries()) {
+      const image = await decoder(grid, { limitInputPixels: 100_000_000 })
+        .resize({ width: cellWidth, height: cellHeight, fit: 'contain', background: GRID_BACKGROUND, kernel: 'lanczos3' })
+        .flatten({ background: GRID_BACKGROUND })
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true });
+      overlays.push({
+        input: image.data,
+        raw: { width: image.info.width, height: image.info.height, channels: image.info.channels },
+        left: gap + (i % cols) * (cellWidth + gap),
+        top: gap + Math.floor(i / cols) * (cellHeight + gap),
+      });
+    }
+    const canvas = await blankCanvas(gap + cols * (cellWidth + gap), gap + rows * (cellHeight + gap), GRID_BACKGROUND)
+      .composite(overlays)
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    const { data, info } = canvas;
+    return jpegWithin({ data, width: info.width, height: info.height, channels: info.channels }, GRID_MAX_BYTES, [85, 70, 50], `a comparison of ${grids.length} epochs`);
+  });
+}

@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
@@ -72,7 +73,11 @@ describe('tagging and the caption workshop', () => {
   });
 
   it('shows the caption with the trigger first and the tagger’s tags after it', async () => {
-    const red = await done(command('caption', 'show', { dataset: 'aria', image: 1 }));
+    const shown = command('caption', 'show', { dataset: 'aria', image: 1 });
+    const red = await done(shown);
+    // The picture itself, large enough to judge the caption by (the master is 640×512).
+    const picture = shown.lastReply()!.attachments.find((a) => a.filename === 'image-1.jpg');
+    expect(await sharp(picture!.data).metadata()).toMatchObject({ format: 'jpeg', width: 640, height: 512 });
     expect(red).toContain('ohwx_aria, red theme, smile, long hair, tiara');
     expect(red).not.toContain('blue theme');
     expect(red).not.toContain('aria (game)'); // a character tag under its 0.85 threshold

@@ -3,6 +3,7 @@ import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bullPrefix, QueueName } from '../../src/queues/contract.ts';
 import { RunStore } from '../../src/store/run-store.ts';
@@ -155,6 +156,9 @@ describe('a training run', () => {
     const ending = threadMessages().filter((m) => m.content.includes(`Run \`${runId}\``) && /^(✅|⏳|🏋️|🏁)/u.test(m.content));
     expect(ending).toEqual([finished]);
     expect(finished.attachments.map((a) => a.filename)).toEqual([`hero-${runId}-epochs.jpg`]);
+    // Laid out for Discord's preview: the three epochs side by side, wider than tall.
+    const sheet = await sharp(finished.attachments[0]!.data).metadata();
+    expect(sheet.width).toBeGreaterThan(sheet.height);
     expect(JSON.stringify(finished.components)).toContain(`votesel:${runId}`);
     expect(finished.content).toContain(`🔔 <@${admin.id}>, your run is done · thanks to <@${alice.id}> for the images`);
     const post = world.discord.calls.find((c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('your run is done'));
@@ -171,6 +175,10 @@ describe('a training run', () => {
     const moved = world.discord.sendSelect({ customId: `votesel:${runId}`, values: ['2'], user: bob });
     expect(await done(moved)).toMatch(/epoch 2\*\* \(moved from epoch 3\)[\s\S]*Votes \(2\): epoch 2: \*\*2\*\*/);
     await done(world.discord.sendButton({ customId: `vote:${runId}:1`, user: admin }));
+    // Each epoch's button shows its count (edits are batched, so it may take one interval).
+    const label = (epoch: number) => JSON.stringify(epochPosts(runId)[epoch - 1]!.components);
+    await until('the counts on the vote buttons', () => label(2).includes('Vote for epoch 2 · 2 votes') && label(1).includes('Vote for epoch 1 · 1 vote"'), 30_000);
+    expect(label(3)).toContain('"Vote for epoch 3"');
 
     const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: runId, epoch: 'best' } });
     expect(await done(fetch)).toMatch(/epoch 2, the community’s pick \(2 of 3 votes\)/);

@@ -1,6 +1,6 @@
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { stackRows } from '../../src/core/image-sheets.ts';
+import { comparisonSheets, sheetColumns, stackRows } from '../../src/core/image-sheets.ts';
 
 const solid = (r: number, g: number, b: number, width = 300, height = 100) =>
   sharp({ create: { width, height, channels: 3, background: { r, g, b } } }).png().toBuffer();
@@ -25,5 +25,46 @@ describe('epoch comparison', () => {
 
   it('refuses an empty comparison', async () => {
     await expect(stackRows([])).rejects.toThrow(RangeError);
+  });
+});
+
+describe('epochs compared for Discord’s preview', () => {
+  it('puts three tall epoch grids side by side: the sheet is wider than tall, epochs left to right', async () => {
+    // The shape of a real epoch grid: 1071×629 (three prompts with their labels).
+    const grids = [await solid(255, 0, 0, 1071, 629), await solid(0, 200, 0, 1071, 629), await solid(0, 0, 255, 1071, 629)];
+    const [sheet, ...more] = await comparisonSheets(grids);
+    expect(more).toEqual([]);
+    const { data, info } = await sharp(sheet).raw().toBuffer({ resolveWithObject: true });
+    expect(info.width).toBeGreaterThan(info.height);
+    // Epochs in reading order: red, then green, then blue.
+    const first = (test: (r: number, g: number, b: number) => boolean) => {
+      for (let i = 0; i < data.length; i += 3) if (test(data[i]!, data[i + 1]!, data[i + 2]!)) return i / 3;
+      return -1;
+    };
+    const red = first((r, g, b) => r > 200 && g < 60 && b < 60);
+    const green = first((r, g, b) => g > 150 && r < 60 && b < 60);
+    const blue = first((r, g, b) => b > 200 && r < 60 && g < 60);
+    expect(red).toBeGreaterThanOrEqual(0);
+    expect(green).toBeGreaterThan(red);
+    expect(blue).toBeGreaterThan(green);
+    // Side by side: green starts on the first cell's top line.
+    expect(Math.floor(green / info.width)).toBe(Math.floor(red / info.width));
+  });
+
+  it('spreads many epochs over several images, a few per image', async () => {
+    const grids = await Promise.all(Array.from({ length: 10 }, (_, i) => solid(20 * i, 100, 100, 600, 400)));
+    const sheets = await comparisonSheets(grids);
+    expect(sheets).toHaveLength(3);
+    for (const sheet of sheets) {
+      const meta = await sharp(sheet).metadata();
+      expect(meta.width).toBeGreaterThanOrEqual(meta.height);
+    }
+  });
+
+  it('picks columns that keep a sheet wide', () => {
+    expect(sheetColumns(1, { width: 1071, height: 629 })).toBe(1);
+    expect(sheetColumns(2, { width: 1071, height: 629 })).toBe(2);
+    expect(sheetColumns(4, { width: 1071, height: 629 })).toBeGreaterThanOrEqual(2);
+    expect(sheetColumns(4, { width: 400, height: 1200 })).toBe(4);
   });
 });

@@ -22,6 +22,7 @@ import {
   type CaptionTrack,
 } from '../../core/caption-text.ts';
 import { validateConceptName } from '../../core/dataset-rules.ts';
+import { previewJpeg } from '../../core/image-sheets.ts';
 import { effectiveRating } from '../../core/rating.ts';
 import { composeCaption, MAX_CAPTION_CHARS, parseTags, stripLeadingTriggers, validateCaptionText } from '../../core/tag-ops.ts';
 import { JobName } from '../../queues/contract.ts';
@@ -78,7 +79,8 @@ async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     const written = composeForMode(mode, t.dataset, t.concept, caption?.tags ?? null, sentence ? sentenceOf(sentence) : null);
     if (written !== null) lines.push(`The trainer reads (${CAPTION_MODE_LABELS[mode]}):\n${fenced(written, 600)}`);
   }
-  const preview = new AttachmentBuilder(await ctx.blobs.read(image.thumbBlob), { name: `image-${image.no}.webp` });
+  // Large enough to judge a caption by (the thumbnail is for contact sheets).
+  const preview = new AttachmentBuilder(await previewJpeg(ctx.blobs.path(image.masterBlob)), { name: `image-${image.no}.jpg` });
   await interaction.editReply({ content: truncate(lines.join('\n'), 1990), files: [preview] });
 }
 
