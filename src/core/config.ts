@@ -69,6 +69,8 @@ export const configSchema = z.object({
   TRAINER_CMD: z.string().min(1).optional(),
   /** The trainer's Python (the one `accelerate launch` runs): the worker checks at start-up which optimizers it can import. */
   TRAINER_PYTHON: z.string().min(1).default('python3'),
+  /** Keep a run's folder (checkpoints, training states, staged dataset) after it ended, for debugging. */
+  KEEP_RUN_FOLDERS: bool.default(false),
   SD_SCRIPTS_DIR: z.string().min(1).default('./sd-scripts'),
   MODELS_DIR: z.string().min(1).default('./models'),
   /** All-in-one mode: the bot process also runs the tagging worker. */

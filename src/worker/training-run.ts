@@ -33,6 +33,8 @@ import type { RunHost } from './run-host.ts';
 import { stageDataset, StagingError, type StageConcept } from './staging.ts';
 import { killStaleTrainers, TrainerProcess, trainerCommand, trainerEnv, type TrainerExit } from './trainer-process.ts';
 import { TrainerErrors } from './trainer-failure.ts';
+import { bytesUnder, diskShortfall, estimateRunDisk, freeBytes } from './disk-space.ts';
+import { clearEndedRun, readRunEnd, type RunEnd } from './run-folder.ts';
 
 export interface TrainingRunDeps {
   config: Config;
@@ -45,6 +47,8 @@ export interface TrainingRunDeps {
   cancelPollMs?: number;
   /** The worker's GPU memory (MiB), when it could be read. */
   gpuMiB?: () => number | null;
+  /** Free bytes on the disk holding a folder (default: fs.statfs). */
+  freeBytes?: (dir: string) => Promise<number>;
 }
 
 export type TrainRunResult =
@@ -340,6 +344,10 @@ export class TrainingRun {
     // 1. A trainer left behind by a crashed worker must not keep writing into our output folder.
     const stale = await killStaleTrainers(this.runDir, this.graceMs);
     if (stale.length > 0) this.log.warn({ groups: stale }, 'stopped a trainer left running by an earlier worker');
+    // A run that already ended (its worker stopped while clearing the folder) ends the same way again.
+    const ended = await readRunEnd(this.runDir);
+    if (ended?.outcome === 'failed') throw new RunFailure(ended.reason, ended.logTail);
+    if (ended?.outcome === 'cancelled') return this.cancelled();
 
     // 2. The base model.
     const modelProblem = baseModelProblem(this.payload.baseModel);
@@ -375,6 +383,7 @@ export class TrainingRun {
     // 5. Stage, write the files, decide where to start.
     const resumeFrom = await this.resumableEpoch();
     await this.clearAfter(resumeFrom ?? 0);
+    await this.checkDisk();
     const staged = await stageDataset(this.host.blobs, this.stagingDir, this.stageConcepts());
     this.log.info({ ...staged }, 'dataset staged');
     await mkdir(this.outputDir, { recursive: true });
@@ -402,6 +411,32 @@ export class TrainingRun {
     // 6. Train.
     const { exit, stopReason } = await this.train(files);
     return this.afterTrainer(exit, stopReason);
+  }
+
+  /** Refuses a run that cannot fit on this disk (disk-space.ts), with the numbers. */
+  private async checkDisk(): Promise<void> {
+    const { recipe, images } = this.payload;
+    let datasetBytes = 0;
+    for (const image of Object.values(images)) datasetBytes += await bytesUnder(this.host.blobs.path(image.blob));
+    const estimate = estimateRunDisk({ base: recipe.base, epochs: this.epochs, networkDim: recipe.network.dim, convDim: recipe.network.type === 'lora' || recipe.network.type === 'dora' ? null : recipe.network.dim, prompts: this.prompts.length, datasetBytes });
+    const free = await (this.deps.freeBytes ?? freeBytes)(this.host.runsDir);
+    const problem = diskShortfall(estimate, free, await bytesUnder(this.runDir));
+    if (problem) throw new RunFailure(problem);
+  }
+
+  /**
+   * After the run ended and its end was reported: clears its folder (run-folder.ts), unless another
+   * worker took the run over or KEEP_RUN_FOLDERS is set. Never throws: the run's outcome stands.
+   */
+  async clearFolder(end: RunEnd): Promise<void> {
+    if (this.deps.config.KEEP_RUN_FOLDERS) return;
+    try {
+      if (!(await this.host.stillOwned())) return;
+      const removed = await clearEndedRun(this.runDir, end);
+      this.log.info({ outcome: end.outcome, removed }, 'run folder cleared');
+    } catch (err) {
+      this.log.warn({ err }, 'could not clear the run folder');
+    }
   }
 
   private stageConcepts(): StageConcept[] {

@@ -15,6 +15,7 @@ import { RunEventQueue } from '../queues/run-events.ts';
 import { startGenerationWorker } from './generation.ts';
 import { probeOptimizers, type OptimizerProbe } from './optimizers.ts';
 import { LocalRunHost } from './run-host.ts';
+import { sweepEndedRuns } from './run-folder.ts';
 import { describeRunError, TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
 import { WorkerRegistry } from './worker-registry.ts';
 
@@ -53,6 +54,10 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     ...(deps.gpu ? { gpu: deps.gpu } : {}),
     optimizers: deps.optimizers ?? (() => probeOptimizers({ python: config.TRAINER_PYTHON, env: deps.env })),
   });
+  // Folders of runs that ended a week ago: only their bookkeeping was left (run-folder.ts).
+  void sweepEndedRuns(runsDir, 7 * 24 * 3600 * 1000)
+    .then((swept) => swept.length > 0 && log.info({ swept }, 'removed the folders of runs that ended a week ago'))
+    .catch((err: unknown) => log.warn({ err }, 'could not sweep ended run folders'));
   const registryStarted = registry.start().catch((err: unknown) => log.error({ err }, 'worker registry did not start'));
   // Generations share this worker's GPU: served between runs and before waiting runs, never beside one.
   const generations = deps.generations === false ? null : startGenerationWorker({ config, logger: deps.logger, env: deps.env, blobs: deps.blobs, workerId }, connection);
@@ -77,12 +82,15 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     await registry.setBusy(run.runId);
     try {
       await generations?.yieldToGenerations();
-      return await run.execute();
+      const result = await run.execute();
+      await run.clearFolder({ outcome: result.outcome });
+      return result;
     } catch (err) {
       if (err instanceof WaitingError) throw err;
       await run.stopTrainer();
       const { reason, logTail, runFailure } = describeRunError(err);
       await run.reportFailure(reason, logTail);
+      if (runFailure) await run.clearFolder({ outcome: 'failed', reason, logTail });
       // Bad input and failed runs are never retried; anything else keeps its own error for the job.
       throw runFailure ? new UnrecoverableError(reason) : err;
     } finally {

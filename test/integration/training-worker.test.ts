@@ -22,7 +22,8 @@ import { planRun } from '../../src/core/plan.ts';
 import { OPTIMIZERS, resolveRecipe, type ResolvedRecipe } from '../../src/core/recipes.ts';
 import { readSafetensorsHeader } from '../../src/core/safetensors.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type RunEvent, type TrainRunPayload } from '../../src/queues/contract.ts';
-import { startTrainingWorker, type TrainingWorkerHandle } from '../../src/worker/training.ts';
+import { clearEndedRun } from '../../src/worker/run-folder.ts';
+import { startTrainingWorker, type TrainingDeps, type TrainingWorkerHandle } from '../../src/worker/training.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
@@ -97,7 +98,7 @@ interface World {
   training: Queue<TrainRunPayload>;
   events: Queue<RunEvent>;
   runDir(runId: string): string;
-  start(env?: Record<string, string>, workerId?: string): TrainingWorkerHandle;
+  start(env?: Record<string, string>, workerId?: string, deps?: Partial<TrainingDeps>): TrainingWorkerHandle;
   add(payload: TrainRunPayload | Record<string, unknown>, jobId?: string): Promise<Job<TrainRunPayload>>;
   read(): Promise<{ added: { id: string; event: RunEvent }[]; duplicated: string[] }>;
   waitForEvent(predicate: (e: RunEvent) => boolean, what: string, ms?: number): Promise<RunEvent>;
@@ -176,7 +177,7 @@ async function makeWorld(): Promise<World> {
     training,
     events,
     runDir: (runId) => join(dataDir, 'runs', runId),
-    start(extraEnv = {}, workerId = `${prefix}-w`) {
+    start(extraEnv = {}, workerId = `${prefix}-w`, deps = {}) {
       const handle = startTrainingWorker(
         {
           config: { ...config, WORKER_ID: workerId },
@@ -186,6 +187,7 @@ async function makeWorld(): Promise<World> {
           killGraceMs: 2000,
           cancelPollMs: 200,
           gpu: () => Promise.resolve(null),
+          ...deps,
         },
         conn,
       );
@@ -262,6 +264,8 @@ async function pixel(image: Buffer | string, x: number, y: number): Promise<[num
 describe('training worker', () => {
   it('runs a run: started, progress, every epoch once with its grid and checkpoint, then finished', async () => {
     const world = await makeWorld();
+    // The folder is looked into below; an ended run's folder is otherwise cleared (tested apart).
+    world.config.KEEP_RUN_FOLDERS = true;
     const handle = world.start({ STANDIN_STEP_SECONDS: '0.1' });
     const runId = 'run-full';
     const job = await world.add(payloadFor(world, runId));
@@ -350,7 +354,7 @@ describe('training worker', () => {
     expect(await readFile(join(staged, 'img1.txt'), 'utf8')).toBe('zkchar, red eyes second line\n');
     expect(await exists(join(staged, 'img2.txt'))).toBe(false);
 
-    // The job completed; the run folder keeps its files; no trainer is left; the worker is free again.
+    // The job completed; the run folder keeps its files (KEEP_RUN_FOLDERS); no trainer is left; the worker is free again.
     await waitFor('job completed', async () => (await job.getState()) === 'completed');
     const done = await Job.fromId(world.training, runId);
     expect(done?.returnvalue).toMatchObject({ outcome: 'finished', final: epochs[2]!.checkpoint });
@@ -403,10 +407,10 @@ describe('training worker', () => {
     const { added } = await world.read();
     expect(kinds(added).filter((k) => k === 'finished' || k === 'failed')).toEqual([]);
     expect(epochEvents(added).map((e) => e.epoch)).toEqual([1]);
-    const output = join(world.runDir(runId), 'output');
-    expect(await exists(join(output, `${OUTPUT_NAME}-000001.safetensors`))).toBe(true);
-    expect(await exists(join(output, `${OUTPUT_NAME}-000001-state`, 'train_state.json'))).toBe(true);
+    // What was saved is kept in the blob store; the run can no longer resume, so its folder is cleared.
+    expect(await world.blobs.has(epochEvents(added)[0]!.checkpoint!.blob)).toBe(true);
     await waitFor('job completed', async () => (await job.getState()) === 'completed');
+    expect((await readdir(world.runDir(runId))).sort()).toEqual(['ended.json', 'run-state.json']);
     expect((await Job.fromId(world.training, runId))?.returnvalue).toMatchObject({ outcome: 'cancelled', lastEpoch: 1 });
   });
 
@@ -441,6 +445,8 @@ describe('training worker', () => {
     world.start({ STANDIN_STEP_SECONDS: '0.15', STANDIN_NAN_AT_STEP: '8' });
     const runId = 'run-nan';
     const job = await world.add(payloadFor(world, runId));
+    // Read while it trains: the folder of a failed run is cleared.
+    const { pgid } = await waitFor('the trainer record', () => trainerRecord(world, runId).catch(() => null));
 
     const failed = await world.waitForEvent((e) => e.kind === 'failed', 'failed');
     if (failed.kind !== 'failed') throw new Error('unreachable');
@@ -452,8 +458,8 @@ describe('training worker', () => {
     expect(epochEvents(added).map((e) => e.epoch)).toEqual([1]);
     expect(kinds(added)).not.toContain('finished');
     // Stopped straight away: epoch 2 (which would end at step 12) was never saved.
-    expect(await exists(join(world.runDir(runId), 'output', `${OUTPUT_NAME}-000002.safetensors`))).toBe(false);
-    expect(groupAlive((await trainerRecord(world, runId)).pgid)).toBe(false);
+    expect(epochEvents(added).some((e) => e.epoch === 2)).toBe(false);
+    expect(groupAlive(pgid)).toBe(false);
     await waitFor('job failed', async () => (await job.getState()) === 'failed');
     expect((await Job.fromId(world.training, runId))?.failedReason).toBe('the loss became NaN at step 8');
   });
@@ -595,6 +601,83 @@ describe('training worker', () => {
     const { added } = await world.read();
     expect(kinds(added).every((k) => k === 'failed')).toBe(true);
     expect(added).toHaveLength(cases.length);
+  });
+
+  it("clears a finished run's folder; stopped at any point of the clearing, the run delivered again reports the same end without training", async () => {
+    const world = await makeWorld();
+    world.config.KEEP_RUN_FOLDERS = true;
+    const keeping = world.start();
+    const runId = 'run-clear';
+    const job = await world.add(payloadFor(world, runId));
+    const finished = await world.waitForEvent((e) => e.kind === 'finished', 'finished');
+    if (finished.kind !== 'finished') throw new Error('unreachable');
+    await waitFor('job completed', async () => (await job.getState()) === 'completed');
+    await keeping.close();
+    const dir = world.runDir(runId);
+    const whole = join(world.dataDir, 'run-clear-whole');
+    await cp(dir, whole, { recursive: true });
+    const entries = (await readdir(whole)).filter((e) => e !== 'run-state.json').sort();
+    expect(entries).toEqual(['dataset', 'output', 'trainer.json', 'trainer.log']);
+
+    world.config.KEEP_RUN_FOLDERS = false;
+    world.start();
+    // -1: stopped before the end was recorded; k ≥ 0: after it, with the first k entries removed.
+    for (let k = -1; k <= entries.length; k++) {
+      await rm(dir, { recursive: true, force: true });
+      await cp(whole, dir, { recursive: true });
+      if (k >= 0) {
+        let left = k;
+        const stop = new Error('stopped');
+        await clearEndedRun(dir, { outcome: 'finished' }, {
+          beforeRemove: () => {
+            if (left-- === 0) throw stop;
+          },
+        }).catch((err: unknown) => {
+          if (err !== stop) throw err;
+        });
+        expect((await readdir(dir)).length).toBe(2 + entries.length - k);
+      }
+      const again = await world.add(payloadFor(world, runId), `${runId}-again-${k}`);
+      await waitFor(`delivery ${k} completed`, async () => (await again.getState()) === 'completed');
+      expect((await Job.fromId(world.training, `${runId}-again-${k}`))?.returnvalue).toMatchObject({ outcome: 'finished', final: finished.final });
+      expect((await readdir(dir)).sort()).toEqual(['ended.json', 'run-state.json']);
+    }
+    const { added, duplicated } = await world.read();
+    // Trained once: one start, each epoch once; the end reported again each time (the same event).
+    expect(kinds(added).filter((k) => k === 'started')).toHaveLength(1);
+    expect(epochEvents(added).map((e) => e.epoch)).toEqual([1, 2, 3]);
+    expect(duplicated.filter((id) => id === `${runId}.finished`)).toHaveLength(entries.length + 2);
+    expect(await world.blobs.has(finished.final.blob)).toBe(true);
+  });
+
+  it("clears a failed run's folder, and a run delivered again after that fails the same way without training", async () => {
+    const world = await makeWorld();
+    world.start({ STANDIN_CRASH_AT_STEP: '5' });
+    const runId = 'run-clear-failed';
+    const job = await world.add(payloadFor(world, runId));
+    const failed = await world.waitForEvent((e) => e.kind === 'failed', 'failed');
+    if (failed.kind !== 'failed') throw new Error('unreachable');
+    await waitFor('job failed', async () => (await job.getState()) === 'failed');
+    expect((await readdir(world.runDir(runId))).sort()).toEqual(['ended.json', 'run-state.json']);
+    const again = await world.add(payloadFor(world, runId), `${runId}-again`);
+    await waitFor('the second delivery to fail', async () => (await again.getState()) === 'failed');
+    expect((await Job.fromId(world.training, `${runId}-again`))?.failedReason).toBe(failed.reason);
+    expect(kinds((await world.read()).added).filter((k) => k === 'started')).toHaveLength(1);
+  });
+
+  it('refuses to start a run that cannot fit on the disk, with the numbers, before staging anything', async () => {
+    const world = await makeWorld();
+    world.start({}, `${world.prefix}-w`, { freeBytes: () => Promise.resolve(1024 * 1024) });
+    const runId = 'run-no-disk';
+    const job = await world.add(payloadFor(world, runId));
+    const failed = await world.waitForEvent((e) => e.kind === 'failed', 'failed');
+    if (failed.kind !== 'failed') throw new Error('unreachable');
+    expect(failed.reason).toMatch(
+      /^the worker does not have enough free disk space for this run: it needs about [\d.]+ [KMG]B more \(3 checkpoints of [\d.]+ MB, training states [\d.]+ [KMG]B, dataset [\d.]+ KB, samples [\d.]+ MB\) and 1 MB is free$/,
+    );
+    await waitFor('job failed', async () => (await job.getState()) === 'failed');
+    expect(kinds((await world.read()).added)).toEqual(['failed']);
+    expect(await exists(join(world.runDir(runId), 'dataset'))).toBe(false);
   });
 
   it('beats with its id, GPU and base models while running, and removes its heartbeat on close', async () => {
