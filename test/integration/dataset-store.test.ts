@@ -1,24 +1,14 @@
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
 import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
 import { hex, imageFacts } from '../fixtures/image-facts.ts';
-import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
+import { redisForFile } from '../harness/redis-per-file.ts';
 
-let server: RedisHandle;
-let redis: Redis;
+const server = redisForFile();
 let store: DatasetStore;
 
-beforeAll(async () => {
-  server = await startRedis();
-  redis = new Redis(server.url);
-});
-afterAll(async () => {
-  redis.disconnect();
-  await server.stop();
-});
 beforeEach(() => {
-  store = new DatasetStore(redis, `t${newId(4)}`);
+  store = new DatasetStore(server.redis, `t${newId(4)}`);
 });
 
 

@@ -1,24 +1,17 @@
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Redis } from 'ioredis';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { newId } from '../../src/store/dataset-store.ts';
 import { ExpiringStore, type PendingPlan } from '../../src/store/expiring-store.ts';
 import { keys } from '../../src/store/keys.ts';
-import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
+import { redisForFile } from '../harness/redis-per-file.ts';
 
-let server: RedisHandle;
+const server = redisForFile();
 let redis: Redis;
 let prefix: string;
 let store: ExpiringStore;
 
-beforeAll(async () => {
-  server = await startRedis();
-  redis = new Redis(server.url);
-});
-afterAll(async () => {
-  redis.disconnect();
-  await server.stop();
-});
 beforeEach(() => {
+  redis = server.redis;
   prefix = `t${newId(4)}`;
   store = new ExpiringStore(redis, prefix);
 });
