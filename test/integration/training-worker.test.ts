@@ -499,6 +499,14 @@ describe('training worker', () => {
     await world.add(payloadFor(world, runId));
 
     await world.waitForEvent((e) => e.kind === 'epoch' && e.epoch === 1, `epoch 1 from worker A ${aErr}`, 45_000);
+    // Events are sent at least once (idempotent by id): A records epoch 1 as sent just after
+    // sending it. Kill A only once it has, so that a duplicate add below means a real re-report.
+    for (const deadline = Date.now() + 10_000; ; ) {
+      const saved = await readFile(join(world.runDir(runId), 'run-state.json'), 'utf8').then((t) => JSON.parse(t) as { reportedEpochs: number[] }, () => null);
+      if (saved?.reportedEpochs.includes(1)) break;
+      if (Date.now() > deadline) throw new Error('worker A never recorded epoch 1 as reported');
+      await new Promise((r) => setTimeout(r, 20));
+    }
     const orphan = await trainerRecord(world, runId);
     // Freeze A's trainer somewhere in epoch 2, then kill A alone: the trainer (its own group) lives on.
     process.kill(-orphan.pgid, 'SIGSTOP');
