@@ -159,7 +159,13 @@ describe('ratings and channel-aware posting', () => {
     expect(await run(h)).toMatch(/2 added, 0 refused/);
     await expectTiles(sheetOf(h), 2);
     expect(await redShare(sheetOf(h)!)).toBeGreaterThan(0.3);
-    expect(await captionShow('noir', 1, NSFW_CHANNEL)).toMatch(/Rating: \*\*explicit\*\* \(photo classifier: explicit\)/);
+    const shown = world.discord.sendCommand({ name: 'caption', subcommand: 'show', user: alice, channelId: NSFW_CHANNEL, options: { dataset: 'noir', image: 1 } });
+    expect(await run(shown)).toMatch(/Rating: \*\*explicit\*\* \(photo classifier: explicit\)/);
+    expect(shown.lastReply()!.attachments.map((a) => a.filename)).toEqual(['image-1.jpg']);
+    // Outside the age-restricted channel the same image gets no preview.
+    const elsewhere = world.discord.sendCommand({ name: 'caption', subcommand: 'show', user: alice, options: { dataset: 'noir', image: 1 } });
+    expect(await run(elsewhere)).toMatch(/🙈 No preview here: rated above sensitive/);
+    expect(elsewhere.lastReply()!.attachments).toEqual([]);
   });
 
   it('never puts a tile above the policy on a contact sheet in a normal channel, and says how many it left out', async () => {

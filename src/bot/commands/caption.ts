@@ -23,7 +23,8 @@ import {
 } from '../../core/caption-text.ts';
 import { validateConceptName } from '../../core/dataset-rules.ts';
 import { previewJpeg } from '../../core/image-sheets.ts';
-import { effectiveRating } from '../../core/rating.ts';
+import { effectiveRating, postingOf } from '../../core/rating.ts';
+import { channelPolicy } from '../content-policy.ts';
 import { composeCaption, MAX_CAPTION_CHARS, parseTags, stripLeadingTriggers, validateCaptionText } from '../../core/tag-ops.ts';
 import { JobName } from '../../queues/contract.ts';
 import { MAX_BULK_EDITS, sentenceOf, type CaptionStore, type CaptionVersion } from '../../store/caption-store.ts';
@@ -79,9 +80,17 @@ async function show(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     const written = composeForMode(mode, t.dataset, t.concept, caption?.tags ?? null, sentence ? sentenceOf(sentence) : null);
     if (written !== null) lines.push(`The trainer reads (${CAPTION_MODE_LABELS[mode]}):\n${fenced(written, 600)}`);
   }
-  // Large enough to judge a caption by (the thumbnail is for contact sheets).
-  const preview = new AttachmentBuilder(await previewJpeg(ctx.blobs.path(image.masterBlob)), { name: `image-${image.no}.jpg` });
-  await interaction.editReply({ content: truncate(lines.join('\n'), 1990), files: [preview] });
+  // The preview follows the channel's policy like a contact sheet tile: shown, spoilered, or left out.
+  const policy = await channelPolicy(interaction.client, ctx.settings, dataset.guildId, interaction.channelId);
+  const how = postingOf(effectiveRating(image.ratings), policy);
+  const files: AttachmentBuilder[] = [];
+  if (how === 'withhold') lines.push(`🙈 No preview here: rated above ${policy.spoilered}, more than this channel shows.`);
+  else {
+    // Large enough to judge a caption by (the thumbnail is for contact sheets).
+    const preview = new AttachmentBuilder(await previewJpeg(ctx.blobs.path(image.masterBlob)), { name: `image-${image.no}.jpg` });
+    files.push(preview.setSpoiler(how === 'spoiler'));
+  }
+  await interaction.editReply({ content: truncate(lines.join('\n'), 1990), files });
 }
 
 /** The image's rating and who gave it (the highest counts). */
