@@ -30,7 +30,12 @@ async function writeImages(dir: string, count: number): Promise<string[]> {
     const [w, h] = i % 2 === 0 ? [1024, short] : [short, 1024];
     const img = photoRgb(2000 + i, w, h);
     const file = path.join(dir, `img_${String(i).padStart(3, '0')}.png`);
-    await writeFile(file, await sharp(img.data, { raw: { width: w, height: h, channels: 3 } }).png({ compressionLevel: 6 }).toBuffer());
+    await writeFile(
+      file,
+      await sharp(img.data, { raw: { width: w, height: h, channels: 3 } })
+        .png({ compressionLevel: 6 })
+        .toBuffer(),
+    );
     files.push(file);
   }
   return files;

@@ -37,9 +37,7 @@ export async function benchIntakeLoad(): Promise<void> {
     const rssBefore = await peakRssMiB(pid);
 
     const started = Date.now();
-    const handles = attachments.map((a) =>
-      world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'bench', image1: a } }),
-    );
+    const handles = attachments.map((a) => world.discord.sendCommand({ name: 'dataset', subcommand: 'add', options: { dataset: 'bench', image1: a } }));
     await Promise.all(handles.map((h) => h.callback(30_000)));
     const acks = handles.map((h) => h.ackLatencyMs()).sort((a, b) => a - b);
     await Promise.all(handles.map((h) => h.waitForEdit(undefined, 300_000)));
@@ -48,7 +46,9 @@ export async function benchIntakeLoad(): Promise<void> {
     const accepted = handles.filter((h) => /1 added/.test(h.lastReply()?.content ?? '')).length;
 
     console.log(`intake load: ${COMMANDS} simultaneous /dataset add (1 image of 768×576 each), bot as its own process`);
-    console.log(`  acknowledgement latency: p50 ${percentile(acks, 50).toFixed(0)} ms, p99 ${percentile(acks, 99).toFixed(0)} ms, max ${acks[acks.length - 1]!.toFixed(0)} ms (Discord allows 3000 ms)`);
+    console.log(
+      `  acknowledgement latency: p50 ${percentile(acks, 50).toFixed(0)} ms, p99 ${percentile(acks, 99).toFixed(0)} ms, max ${acks[acks.length - 1]!.toFixed(0)} ms (Discord allows 3000 ms)`,
+    );
     console.log(`  all ${COMMANDS} reports posted after ${(allDone / 1000).toFixed(1)} s (${accepted} accepted)`);
     console.log(`  bot peak RSS: ${peak.toFixed(0)} MiB (after start-up: ${rssBefore.toFixed(0)} MiB)`);
   } finally {

@@ -30,7 +30,9 @@ export async function benchNormalize(count = 24): Promise<void> {
   const corpus: Buffer[] = [];
   for (let i = 0; i < count; i++) corpus.push((await photoJpeg(1000 + i, WIDTH, HEIGHT)).data);
   const corpusBytes = corpus.reduce((n, b) => n + b.length, 0);
-  console.log(`  corpus generated in ${((performance.now() - started) / 1000).toFixed(1)} s, ${mib(corpusBytes)} of JPEG (${(corpusBytes / count / 1e6).toFixed(1)} MB each)`);
+  console.log(
+    `  corpus generated in ${((performance.now() - started) / 1000).toFixed(1)} s, ${mib(corpusBytes)} of JPEG (${(corpusBytes / count / 1e6).toFixed(1)} MB each)`,
+  );
 
   // Warm-up (library initialisation, first allocations), not counted.
   const warm = await normalizeImage(corpus[0]!, opts);
@@ -66,7 +68,9 @@ export async function benchNormalize(count = 24): Promise<void> {
   latencies.sort((a, b) => a - b);
   const inputMegapixels = (count * WIDTH * HEIGHT) / 1e6;
   console.log(`  ${(count / seconds).toFixed(2)} images/s, ${(inputMegapixels / seconds).toFixed(1)} input MP/s (${seconds.toFixed(1)} s for ${count})`);
-  console.log(`  per image: p50 ${percentile(latencies, 50).toFixed(0)} ms, p95 ${percentile(latencies, 95).toFixed(0)} ms, max ${percentile(latencies, 100).toFixed(0)} ms`);
+  console.log(
+    `  per image: p50 ${percentile(latencies, 50).toFixed(0)} ms, p95 ${percentile(latencies, 95).toFixed(0)} ms, max ${percentile(latencies, 100).toFixed(0)} ms`,
+  );
   console.log(`  masters: ${(masterBytes / count / 1e6).toFixed(1)} MB PNG each (${warm.width}×${warm.height})`);
   console.log(
     `  RSS: ${mib(rssBefore)} before (corpus held), peak ${mib(peakRss)} during (+${mib(peakRss - rssBefore)}), ` +

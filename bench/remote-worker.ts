@@ -43,7 +43,11 @@ class Lines extends Writable {
 
 async function photo(i: number): Promise<Buffer> {
   // A smooth 4 MP picture (noise upscaled), PNG as masters are: megabytes, like a real photo's master.
-  const small = await sharp({ create: { width: 96, height: 64, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 120 + (i % 40), sigma: 60 } } }).png().toBuffer();
+  const small = await sharp({
+    create: { width: 96, height: 64, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 120 + (i % 40), sigma: 60 } },
+  })
+    .png()
+    .toBuffer();
   return sharp(small).resize(2448, 1632, { kernel: 'cubic' }).png({ compressionLevel: 6 }).toBuffer();
 }
 
@@ -75,8 +79,20 @@ export async function benchRemoteWorker(): Promise<void> {
     uploadMaxBytes: 1024 ** 3,
     pollIntervalMs: 100,
   });
-  const http = await startHttpServer({ host: '127.0.0.1', port: 0, redis, logger: createLogger('silent'), redisPrefix: prefix, downloadLimits: { burst: 10, perMinute: 60, concurrentPerKey: 2, concurrentTotal: 8 }, workerApi: { prefix: WORKER_API_PREFIX, handle: api.handle } });
-  const queue = new Queue<TrainRunPayload>(QueueName.Training, { connection: redis, prefix: bullPrefix(prefix), defaultJobOptions: defaultJobOptions[QueueName.Training] });
+  const http = await startHttpServer({
+    host: '127.0.0.1',
+    port: 0,
+    redis,
+    logger: createLogger('silent'),
+    redisPrefix: prefix,
+    downloadLimits: { burst: 10, perMinute: 60, concurrentPerKey: 2, concurrentTotal: 8 },
+    workerApi: { prefix: WORKER_API_PREFIX, handle: api.handle },
+  });
+  const queue = new Queue<TrainRunPayload>(QueueName.Training, {
+    connection: redis,
+    prefix: bullPrefix(prefix),
+    defaultJobOptions: defaultJobOptions[QueueName.Training],
+  });
   const { token } = await workers.add({ guildId: 'g', name: 'bench', ownerId: 'u' });
   const modelsDir = path.join(dir, 'models');
   await mkdir(modelsDir, { recursive: true });
@@ -106,7 +122,9 @@ export async function benchRemoteWorker(): Promise<void> {
       totalBytes += ref.size;
       images[`img${String(i).padStart(3, '0')}`] = { blob: ref.id, caption: `zkchar, tag${i % 7}` };
     }
-    console.log(`  ${IMAGES} PNG masters of 2448×1632 (4 MP), ${(totalBytes / 1024 ** 2).toFixed(0)} MiB in all, made in ${((performance.now() - t) / 1000).toFixed(1)} s (once)`);
+    console.log(
+      `  ${IMAGES} PNG masters of 2448×1632 (4 MP), ${(totalBytes / 1024 ** 2).toFixed(0)} MiB in all, made in ${((performance.now() - t) / 1000).toFixed(1)} s (once)`,
+    );
 
     const recipe = { ...resolveRecipe('quick', 'sd15', { epochs: 1, seed: 7 }), repeats: { mode: 'fixed' as const, repeats: 1 } };
     recipe.sample = { ...recipe.sample, width: 64, height: 64, steps: 1 };
@@ -123,7 +141,19 @@ export async function benchRemoteWorker(): Promise<void> {
       t = performance.now();
       await queue.add(
         JobName.TrainRun,
-        { runId, guildId: 'g', datasetId: 'd', datasetName: 'bench', baseModel: 'base-sd15.safetensors', plan, recipe, images, samplePrompts: ['zkchar'], seed: 7, outputName: `bench-${runId}` },
+        {
+          runId,
+          guildId: 'g',
+          datasetId: 'd',
+          datasetName: 'bench',
+          baseModel: 'base-sd15.safetensors',
+          plan,
+          recipe,
+          images,
+          samplePrompts: ['zkchar'],
+          seed: 7,
+          outputName: `bench-${runId}`,
+        },
         { jobId: runId },
       );
       const find = (msg: string) => sink.lines.slice(seen).find((l) => l.msg === msg && l.runId === runId);

@@ -42,7 +42,12 @@ async function writeImages(dir: string): Promise<string[]> {
     const [w, h] = i % 2 === 0 ? [1024, short] : [short, 1024];
     const img = photoRgb(1000 + i, w, h);
     const file = path.join(dir, `img_${String(i).padStart(3, '0')}.png`);
-    await writeFile(file, await sharp(img.data, { raw: { width: w, height: h, channels: 3 } }).png({ compressionLevel: 6 }).toBuffer());
+    await writeFile(
+      file,
+      await sharp(img.data, { raw: { width: w, height: h, channels: 3 } })
+        .png({ compressionLevel: 6 })
+        .toBuffer(),
+    );
     files.push(file);
   }
   return files;
@@ -53,7 +58,9 @@ export async function benchTagging(): Promise<void> {
   try {
     const model = await writeTestModel(path.join(dir, 'model'), { tags: benchTags(), heavy: true });
     const images = await writeImages(path.join(dir, 'images'));
-    console.log(`  ${IMAGES} PNGs of ~1024 px, heavy test model (${(model.bytes / 1e6).toFixed(1)} MB, ${model.tags.length} tags), batch ${BATCH}, ${os.availableParallelism()} CPUs`);
+    console.log(
+      `  ${IMAGES} PNGs of ~1024 px, heavy test model (${(model.bytes / 1e6).toFixed(1)} MB, ${model.tags.length} tags), batch ${BATCH}, ${os.availableParallelism()} CPUs`,
+    );
 
     // Preprocessing alone, all images at once (what the pipeline has to hide).
     let t = performance.now();

@@ -48,9 +48,7 @@ async function putMasters(blobs: BlobStore, n: number): Promise<Record<string, {
 }
 
 async function benchStaging(blobs: BlobStore, images: Record<string, { blob: string; caption: string | null }>, dir: string) {
-  const concepts: StageConcept[] = [
-    { folder: '1_main', images: Object.entries(images).map(([id, v]) => ({ id, blob: v.blob, caption: v.caption })) },
-  ];
+  const concepts: StageConcept[] = [{ folder: '1_main', images: Object.entries(images).map(([id, v]) => ({ id, blob: v.blob, caption: v.caption })) }];
   const fresh: number[] = [];
   const again: number[] = [];
   for (let i = 0; i < RUNS; i++) {
@@ -64,7 +62,9 @@ async function benchStaging(blobs: BlobStore, images: Record<string, { blob: str
     if (first.linked !== IMAGES || second.unchanged !== IMAGES) throw new Error(`unexpected staging result ${JSON.stringify({ first, second })}`);
   }
   console.log(`  (a) staging ${IMAGES} images (hard links + ${Object.values(images).filter((v) => v.caption).length} captions), median of ${RUNS}:`);
-  console.log(`      fresh ${median(fresh).toFixed(0)} ms (${((median(fresh) * 1000) / IMAGES).toFixed(0)} µs/image); re-stage (all in place) ${median(again).toFixed(0)} ms`);
+  console.log(
+    `      fresh ${median(fresh).toFixed(0)} ms (${((median(fresh) * 1000) / IMAGES).toFixed(0)} µs/image); re-stage (all in place) ${median(again).toFixed(0)} ms`,
+  );
 }
 
 async function benchPickup(dir: string, blobs: BlobStore, sets: [string, Record<string, { blob: string; caption: string | null }>][]) {
@@ -99,29 +99,37 @@ async function benchPickup(dir: string, blobs: BlobStore, sets: [string, Record<
         base: 'sd15',
         trigger: 'zkchar',
         recipe,
-        concepts: [{ name: 'main', isMain: true, images: Object.entries(images).map(([id, v]) => ({ id, width: 64, height: 64, captioned: v.caption !== null })) }],
+        concepts: [
+          { name: 'main', isMain: true, images: Object.entries(images).map(([id, v]) => ({ id, width: 64, height: 64, captioned: v.caption !== null })) },
+        ],
       });
       const times: number[] = [];
       for (let i = 0; i < RUNS; i++) {
         const runId = `${label}-${i}`;
-        const job = await queue.add(JobName.TrainRun, {
-          runId,
-          guildId: 'g',
-          datasetId: 'd',
-          datasetName: 'bench',
-          baseModel: 'tiny.safetensors',
-          plan,
-          recipe,
-          images,
-          samplePrompts: ['zkchar'],
-          seed: 7,
-          outputName: `bench-${i}`,
-        }, { jobId: runId });
+        const job = await queue.add(
+          JobName.TrainRun,
+          {
+            runId,
+            guildId: 'g',
+            datasetId: 'd',
+            datasetName: 'bench',
+            baseModel: 'tiny.safetensors',
+            plan,
+            recipe,
+            images,
+            samplePrompts: ['zkchar'],
+            seed: 7,
+            outputName: `bench-${i}`,
+          },
+          { jobId: runId },
+        );
         const result = (await job.waitUntilFinished(queueEvents, 300_000)) as TrainRunResult;
         if (result.outcome !== 'finished' || result.timings.pickupToSpawnMs === null) throw new Error(`run ${runId}: ${JSON.stringify(result)}`);
         times.push(result.timings.pickupToSpawnMs);
       }
-      console.log(`  (b) job pickup → trainer running, ${label} (${Object.keys(images).length} images): median ${median(times).toFixed(0)} ms over ${RUNS} runs (min ${Math.min(...times).toFixed(0)}, max ${Math.max(...times).toFixed(0)})`);
+      console.log(
+        `  (b) job pickup → trainer running, ${label} (${Object.keys(images).length} images): median ${median(times).toFixed(0)} ms over ${RUNS} runs (min ${Math.min(...times).toFixed(0)}, max ${Math.max(...times).toFixed(0)})`,
+      );
     }
   } finally {
     await handle.close();

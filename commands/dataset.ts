@@ -35,11 +35,7 @@ const builder = new SlashCommandBuilder()
           .addChoices(...BASE_FAMILIES.map((f) => ({ name: familyLabel(f), value: f }))),
       )
       .addIntegerOption((o) =>
-        o
-          .setName('resolution')
-          .setDescription('Training resolution (default 512 for SD 1.5, 1024 for the others)')
-          .setMinValue(256)
-          .setMaxValue(2048),
+        o.setName('resolution').setDescription('Training resolution (default 512 for SD 1.5, 1024 for the others)').setMinValue(256).setMaxValue(2048),
       ),
   )
   .addSubcommand((s) => {

@@ -83,7 +83,13 @@ export const settingsCommandData = new SlashCommandBuilder()
       .setDescription('How many runs and images may wait or run at once')
       .addIntegerOption((o) => o.setName('per-member').setDescription('Per member (1–10)').setMinValue(1).setMaxValue(10))
       .addIntegerOption((o) => o.setName('per-server').setDescription('For the whole server (1–50)').setMinValue(1).setMaxValue(50))
-      .addIntegerOption((o) => o.setName('images-per-member').setDescription('Images (/lora try, /lora compare) a member may have waiting at once (1–20)').setMinValue(1).setMaxValue(20)),
+      .addIntegerOption((o) =>
+        o
+          .setName('images-per-member')
+          .setDescription('Images (/lora try, /lora compare) a member may have waiting at once (1–20)')
+          .setMinValue(1)
+          .setMaxValue(20),
+      ),
   )
   .addSubcommand((s) =>
     s
@@ -117,8 +123,23 @@ export const settingsCommandData = new SlashCommandBuilder()
       { name: 'explicit', value: 'explicit' },
     ];
     return s
-      .addStringOption((o) => o.setName('shown').setDescription('Highest rating posted as it is (default general)').addChoices(...ratings))
-      .addStringOption((o) => o.setName('spoilered').setDescription('Highest rating posted behind a spoiler (default sensitive)').addChoices(...ratings))
-      .addStringOption((o) => o.setName('accepted').setDescription('Highest rating a dataset takes at all (default sensitive)').addChoices(...ratings));
+      .addStringOption((o) =>
+        o
+          .setName('shown')
+          .setDescription('Highest rating posted as it is (default general)')
+          .addChoices(...ratings),
+      )
+      .addStringOption((o) =>
+        o
+          .setName('spoilered')
+          .setDescription('Highest rating posted behind a spoiler (default sensitive)')
+          .addChoices(...ratings),
+      )
+      .addStringOption((o) =>
+        o
+          .setName('accepted')
+          .setDescription('Highest rating a dataset takes at all (default sensitive)')
+          .addChoices(...ratings),
+      );
   })
   .toJSON();

@@ -9,7 +9,12 @@ export const workerCommandData = new SlashCommandBuilder()
       .setName('add')
       .setDescription('Lend a GPU: get a token and the command to run on that machine')
       .addStringOption((o) =>
-        o.setName('name').setDescription('A name for this GPU, e.g. gaming-pc (letters, digits, space . _ -)').setRequired(true).setMinLength(1).setMaxLength(32),
+        o
+          .setName('name')
+          .setDescription('A name for this GPU, e.g. gaming-pc (letters, digits, space . _ -)')
+          .setRequired(true)
+          .setMinLength(1)
+          .setMaxLength(32),
       ),
   )
   .addSubcommand((s) => s.setName('list').setDescription('The GPUs that train here: online or not, whose, what they have, what they do'))

@@ -22,7 +22,9 @@ export const tagsCommandData = new SlashCommandBuilder()
   .addSubcommand((s) => {
     s.setName('remove')
       .setDescription('Remove tags from every caption')
-      .addStringOption((o) => o.setName('tags').setDescription('Comma-separated, e.g. tiara, jewelry').setRequired(true).setAutocomplete(true).setMaxLength(500));
+      .addStringOption((o) =>
+        o.setName('tags').setDescription('Comma-separated, e.g. tiara, jewelry').setRequired(true).setAutocomplete(true).setMaxLength(500),
+      );
     conceptOption(s);
     return datasetOption(s);
   })

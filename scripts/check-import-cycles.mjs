@@ -12,7 +12,8 @@ import path from 'node:path';
 import ts from 'typescript';
 
 const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const roots = process.argv.length > 2 ? process.argv.slice(2).map((r) => path.resolve(r)) : ['src', 'test', 'commands', 'bench'].map((dir) => path.join(repo, dir));
+const roots =
+  process.argv.length > 2 ? process.argv.slice(2).map((r) => path.resolve(r)) : ['src', 'test', 'commands', 'bench'].map((dir) => path.join(repo, dir));
 
 function sourceFiles(dir) {
   const out = [];

@@ -149,7 +149,31 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     workers,
     logger: logger.child({ unit: 'generations' }),
   };
-  const ctx: BotContext = { config, logger, redis, store, captions, sentences, blobs, intake, blobLock, claims, taggingQueue, trainingQueue, runs, votes, tallies, settings, notices, workers, training, removal, delivery, expiring, generations };
+  const ctx: BotContext = {
+    config,
+    logger,
+    redis,
+    store,
+    captions,
+    sentences,
+    blobs,
+    intake,
+    blobLock,
+    claims,
+    taggingQueue,
+    trainingQueue,
+    runs,
+    votes,
+    tallies,
+    settings,
+    notices,
+    workers,
+    training,
+    removal,
+    delivery,
+    expiring,
+    generations,
+  };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
   // never landed (only ones older than the grace period, so nothing in flight is touched).
@@ -162,7 +186,6 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     )
     .then((r) => logger.info(r, 'blob sweep done'))
     .catch((err: unknown) => logger.warn({ err }, 'blob sweep failed'));
-
 
   const route = createInteractionRouter(ctx, slashCommands, componentHandlers);
   client.on(Events.InteractionCreate, (interaction: Interaction) => {

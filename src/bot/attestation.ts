@@ -5,8 +5,7 @@ import { displayNameOf } from './dataset-access.ts';
 import { customIdCodec, type ComponentHandler, type IdPart } from './interactions.ts';
 
 /** What a member confirms once per server before their first images are taken in. */
-export const ATTESTATION_STATEMENT =
-  'I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal.';
+export const ATTESTATION_STATEMENT = 'I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal.';
 
 /** A Discord user id. */
 const SNOWFLAKE: IdPart<string> = { pattern: /^\d{5,25}$/, decode: (text) => text };

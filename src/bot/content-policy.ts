@@ -17,7 +17,12 @@ async function isAgeRestricted(client: Client, channelId: string): Promise<boole
 }
 
 /** What may be posted in (and, for a dataset's own channel, taken into) a channel. */
-export async function channelPolicy(client: Client, settings: GuildSettingsStore, guildId: string, channelId: string): Promise<ContentPolicy & { ageRestricted: boolean }> {
+export async function channelPolicy(
+  client: Client,
+  settings: GuildSettingsStore,
+  guildId: string,
+  channelId: string,
+): Promise<ContentPolicy & { ageRestricted: boolean }> {
   if (await isAgeRestricted(client, channelId)) return { ...AGE_RESTRICTED_POLICY, ageRestricted: true };
   return { ...(await settings.get(guildId)).moderation, ageRestricted: false };
 }

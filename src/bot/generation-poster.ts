@@ -79,7 +79,11 @@ async function post(deps: GenerationPosterDeps, result: GeneratedPayload): Promi
   const run = await deps.runs.get(r.runId);
   const runLabel = run ? `${run.datasetName} ${run.id}` : r.runId;
   if (!result.ok) {
-    await channel.send({ content: `⚠️ <@${r.userId}> I could not draw **${truncate(r.prompt, 200)}** with run \`${r.runId}\`: ${truncate(result.reason, 500)}`, nonce, enforceNonce: true });
+    await channel.send({
+      content: `⚠️ <@${r.userId}> I could not draw **${truncate(r.prompt, 200)}** with run \`${r.runId}\`: ${truncate(result.reason, 500)}`,
+      nonce,
+      enforceNonce: true,
+    });
   } else {
     const images = new Map<string, string>();
     for (const c of result.cells) images.set(`${c.epoch}:${c.weight}`, deps.blobs.path(c.blob));
@@ -143,4 +147,3 @@ export function startGenerationPoster(deps: GenerationPosterDeps, connection: Re
   worker.on('error', (err) => log.error({ err }, 'generation poster error'));
   return worker;
 }
-

@@ -85,7 +85,11 @@ function cacheHash(r: GenerationRequest, epoch: number, weight: number): string 
 }
 
 /** A result arrived: its images go into the cache, and the request stops counting against its member. */
-export async function rememberImages(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, r: GenerationRequest, cells: { epoch: number; weight: number; blob: string }[]): Promise<void> {
+export async function rememberImages(
+  deps: Pick<GenerationDeps, 'redis' | 'prefix'>,
+  r: GenerationRequest,
+  cells: { epoch: number; weight: number; blob: string }[],
+): Promise<void> {
   const multi = deps.redis.multi();
   for (const c of cells) multi.set(keys.cache(deps.prefix, cacheHash(r, c.epoch, c.weight)), c.blob, 'EX', CACHE_TTL_S);
   multi.zrem(keys.held(deps.prefix, r.guildId, r.userId), r.id);
@@ -133,7 +137,11 @@ async function noWorkerReason(deps: GenerationDeps, run: Run): Promise<{ reason:
  * Records a request and queues what the cache does not have. Refuses (UserError) a run nothing can
  * draw now, and a member over the server's limit.
  */
-export async function requestGeneration(deps: GenerationDeps, run: Run, req: Omit<GenerationRequest, 'id' | 'createdAt' | 'guildId' | 'runId'>): Promise<Queued> {
+export async function requestGeneration(
+  deps: GenerationDeps,
+  run: Run,
+  req: Omit<GenerationRequest, 'id' | 'createdAt' | 'guildId' | 'runId'>,
+): Promise<Queued> {
   const { reason, busyWith } = await noWorkerReason(deps, run);
   if (reason) throw new UserError(reason);
   const settings = await deps.settings.get(run.guildId);
@@ -157,7 +165,11 @@ export async function requestGeneration(deps: GenerationDeps, run: Run, req: Omi
   }
   await deps.redis.set(keys.request(deps.prefix, request.id), JSON.stringify(request), 'EX', REQUEST_TTL_S);
   if (cells.length === 0) {
-    await deps.results.add(JobName.Generated, { requestId: request.id, ok: true, workerId: 'cache', cells: [], seconds: 0 }, { jobId: `generated-${request.id}` });
+    await deps.results.add(
+      JobName.Generated,
+      { requestId: request.id, ok: true, workerId: 'cache', cells: [], seconds: 0 },
+      { jobId: `generated-${request.id}` },
+    );
     return { request, position: null, waitingForRun: null };
   }
   await deps.redis.zadd(heldKey, request.createdAt, request.id);
@@ -183,7 +195,12 @@ export async function requestGeneration(deps: GenerationDeps, run: Run, req: Omi
   return { request, position: at < 0 ? 1 : at + 1, waitingForRun: busyWith };
 }
 
-export async function cached(deps: Pick<GenerationDeps, 'redis' | 'prefix' | 'blobs'>, r: GenerationRequest, epoch: number, weight: number): Promise<string | null> {
+export async function cached(
+  deps: Pick<GenerationDeps, 'redis' | 'prefix' | 'blobs'>,
+  r: GenerationRequest,
+  epoch: number,
+  weight: number,
+): Promise<string | null> {
   const blob = await deps.redis.get(keys.cache(deps.prefix, cacheHash(r, epoch, weight)));
   return blob && (await deps.blobs.has(blob)) ? blob : null;
 }
@@ -201,7 +218,8 @@ export function queuedText(q: Queued): string {
       ? `🎨 Drawing **${truncate(r.prompt, 200)}** with run \`${r.runId}\`, ${r.epochLabel}, weight ${weightText(r.weights[0]!)}, seed ${r.seed}.`
       : `🧪 Drawing epochs ${r.epochs.join(', ')} × weights ${r.weights.map(weightText).join(', ')} of run \`${r.runId}\` (seed ${r.seed}); the grid goes to the run’s thread.`;
   if (q.position === null) return `${what}\nFound in the cache: posting it now.`;
-  if (q.waitingForRun !== null) return `${what}\n⏳ ${ordinal(q.position)} in line: the GPU is training run \`${q.waitingForRun}\`; your image comes as soon as it finishes.`;
+  if (q.waitingForRun !== null)
+    return `${what}\n⏳ ${ordinal(q.position)} in line: the GPU is training run \`${q.waitingForRun}\`; your image comes as soon as it finishes.`;
   return q.position > 1 ? `${what}\n⏳ ${ordinal(q.position)} in line for a GPU.` : `${what}\nIt will be posted here in a moment.`;
 }
 

@@ -11,7 +11,16 @@ import type { ComponentHandler, SlashCommand } from './interactions.ts';
 import { voteButtonHandler, voteSelectHandler } from './votes.ts';
 
 /** Every slash command the bot answers (their definitions are listed in commands/all.ts). */
-export const slashCommands: SlashCommand[] = [datasetCommand, tagsCommand, captionCommand, conceptCommand, trainCommand, settingsCommand, loraCommand, workerCommand];
+export const slashCommands: SlashCommand[] = [
+  datasetCommand,
+  tagsCommand,
+  captionCommand,
+  conceptCommand,
+  trainCommand,
+  settingsCommand,
+  loraCommand,
+  workerCommand,
+];
 
 /** Every button, select and modal family the bot answers. */
 export const componentHandlers: ComponentHandler<unknown>[] = [

@@ -209,7 +209,6 @@ class ByteMeter extends Transform {
   }
 }
 
-
 function sendText(res: ServerResponse, status: number, body: string, head: boolean, headers: Record<string, string> = {}): void {
   const bytes = Buffer.from(`${body}\n`, 'utf8');
   res.writeHead(status, {

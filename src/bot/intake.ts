@@ -103,9 +103,7 @@ export class IntakeService {
       thumbnails: [],
     };
     try {
-      const prepared = await Promise.all(
-        req.files.map((file, i) => this.download(file, join(workDir, `a${i}`), config.MAX_IMAGE_BYTES)),
-      );
+      const prepared = await Promise.all(req.files.map((file, i) => this.download(file, join(workDir, `a${i}`), config.MAX_IMAGE_BYTES)));
       if (req.zip) prepared.push(...(await this.unzip(req.zip, workDir, report)));
 
       const normalized = await Promise.all(
@@ -254,9 +252,7 @@ export class IntakeService {
         const assignment = selectBucket(n.width, n.height, settings);
         const warnings: string[] = [];
         if (assignment.upscaled) {
-          warnings.push(
-            `smaller than its ${bucketLabel(assignment.bucket)} bucket: the trainer will upscale it (find a bigger source if you can)`,
-          );
+          warnings.push(`smaller than its ${bucketLabel(assignment.bucket)} bucket: the trainer will upscale it (find a bigger source if you can)`);
         }
         const added = await this.deps.blobLock.run(async () => {
           lost.throwIfAborted();
@@ -266,34 +262,38 @@ export class IntakeService {
             blobs.putBuffer(n.thumbnail),
           ]);
           const facts: ImageFacts = {
-          concept: req.concept,
-          contributorId: req.contributor.id,
-          contributorName: req.contributor.name,
-          sourceMessageId: req.sourceMessageId,
-          sourceName: p.name,
-          originalBlob: original.id,
-          originalBytes: original.size,
-          originalFormat: n.original.format,
-          originalSize: [n.original.width, n.original.height],
-          masterBlob: master.id,
-          thumbBlob: thumb.id,
-          width: n.width,
-          height: n.height,
-          pixelSha256: n.pixelSha256,
-          phash: n.phash,
-          bucket: assignment.bucket,
-          resized: assignment.resized,
-          cropped: assignment.cropped,
-          upscaled: assignment.upscaled,
-          notes: n.notes,
-          initialCaption: p.caption,
-          addedAt: Date.now(),
-          ...(rating !== null ? { ratings: { classifier: rating } } : {}),
+            concept: req.concept,
+            contributorId: req.contributor.id,
+            contributorName: req.contributor.name,
+            sourceMessageId: req.sourceMessageId,
+            sourceName: p.name,
+            originalBlob: original.id,
+            originalBytes: original.size,
+            originalFormat: n.original.format,
+            originalSize: [n.original.width, n.original.height],
+            masterBlob: master.id,
+            thumbBlob: thumb.id,
+            width: n.width,
+            height: n.height,
+            pixelSha256: n.pixelSha256,
+            phash: n.phash,
+            bucket: assignment.bucket,
+            resized: assignment.resized,
+            cropped: assignment.cropped,
+            upscaled: assignment.upscaled,
+            notes: n.notes,
+            initialCaption: p.caption,
+            addedAt: Date.now(),
+            ...(rating !== null ? { ratings: { classifier: rating } } : {}),
           };
           return store.addImage(req.dataset.id, facts);
         });
         if (!added.added) {
-          report.outcomes.push({ status: 'refused', name: p.name, reason: await this.duplicateReason(req.dataset.id, added.duplicateOf, 'the same picture as') });
+          report.outcomes.push({
+            status: 'refused',
+            name: p.name,
+            reason: await this.duplicateReason(req.dataset.id, added.duplicateOf, 'the same picture as'),
+          });
           continue;
         }
         phashes.set(added.no, n.phash);

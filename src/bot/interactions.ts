@@ -182,9 +182,7 @@ export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[
         log.error({ err, errorId, command: label }, 'interaction failed');
         message = `Sorry, something went wrong on our side (error \`${errorId}\`). Please try again; if it keeps happening, tell the bot's admins.`;
       }
-      await replyWithError(interaction, message, mode).catch((replyErr: unknown) =>
-        log.warn({ err: replyErr }, 'could not tell the user about an error'),
-      );
+      await replyWithError(interaction, message, mode).catch((replyErr: unknown) => log.warn({ err: replyErr }, 'could not tell the user about an error'));
     }
   };
 }

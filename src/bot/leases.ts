@@ -282,7 +282,10 @@ export class LeaseManager {
         kind: 'run',
       };
       await this.saveLease(lease);
-      this.log.info({ leaseId: lease.id, workerId: worker.id, runId: payload.runId, resumeFrom: record.resume?.epoch ?? null }, 'run leased to a remote worker');
+      this.log.info(
+        { leaseId: lease.id, workerId: worker.id, runId: payload.runId, resumeFrom: record.resume?.epoch ?? null },
+        'run leased to a remote worker',
+      );
       return { lease, payload, record };
     });
   }
@@ -385,7 +388,7 @@ export class LeaseManager {
         else await job.moveToFailed(new UnrecoverableError(outcome.reason), lease.lockToken, false);
       }
     } catch (err) {
-      this.log.warn({ err, leaseId: lease.id, runId: lease.runId }, 'could not end the run\'s job (its lock was lost)');
+      this.log.warn({ err, leaseId: lease.id, runId: lease.runId }, "could not end the run's job (its lock was lost)");
     }
     await this.dropLease(lease);
     if (lease.kind === 'generate') return;

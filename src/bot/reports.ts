@@ -43,8 +43,7 @@ function renderIntakeReport(report: IntakeReport): RenderedReport {
   const accepted = report.outcomes.filter((o) => o.status === 'accepted').length;
   const refused = report.outcomes.length - accepted;
   const head = [
-    `**${report.dataset.name}** · concept \`${report.concept}\` · ${accepted} added, ${refused} refused` +
-      ` · buckets at ${report.dataset.resolution}²`,
+    `**${report.dataset.name}** · concept \`${report.concept}\` · ${accepted} added, ${refused} refused` + ` · buckets at ${report.dataset.resolution}²`,
   ];
   if (report.zipProblem) head.push(`❌ ${report.zipProblem}`);
   const skipped = report.skipped.length > 0 ? `Skipped in the zip: ${summarizeSkipped(report.skipped)}` : null;
@@ -86,8 +85,12 @@ export async function intakeReply(report: IntakeReport, policy: ContentPolicy | 
     const sheet = await makeContactSheet(tiles.map((t) => ({ image: t.image, label: `#${t.no}` })));
     files.push(new AttachmentBuilder(sheet, { name: 'contact-sheet.jpg' }));
   }
-  if (hidden.length > 0 && policy) rendered.content = truncate(`${rendered.content}
-${hiddenLine(hidden, policy)}`, 1990);
+  if (hidden.length > 0 && policy)
+    rendered.content = truncate(
+      `${rendered.content}
+${hiddenLine(hidden, policy)}`,
+      1990,
+    );
   if (rendered.fullText) files.push(new AttachmentBuilder(Buffer.from(rendered.fullText, 'utf8'), { name: 'report.txt' }));
   return { content: rendered.content, files };
 }
@@ -96,8 +99,10 @@ ${hiddenLine(hidden, policy)}`, 1990);
 export function hiddenLine(hidden: { no: number }[], policy: ContentPolicy): string {
   const n = hidden.length;
   return (
-    `🙈 ${n} added image${n === 1 ? ' is' : 's are'} not on the contact sheet (${listNos(hidden.map((h) => h.no), 10)}): ` +
-    `rated above ${policy.shown}, more than this channel shows. They are kept in the dataset.`
+    `🙈 ${n} added image${n === 1 ? ' is' : 's are'} not on the contact sheet (${listNos(
+      hidden.map((h) => h.no),
+      10,
+    )}): ` + `rated above ${policy.shown}, more than this channel shows. They are kept in the dataset.`
   );
 }
 
@@ -116,7 +121,12 @@ export interface DatasetSummary {
 }
 
 /** The text of `/dataset show`. */
-export function renderDatasetSummary({ dataset, images, concepts, captioned: withCaption }: DatasetSummary, page: number, pages: number, pageRange: string): string {
+export function renderDatasetSummary(
+  { dataset, images, concepts, captioned: withCaption }: DatasetSummary,
+  page: number,
+  pages: number,
+  pageRange: string,
+): string {
   const byContributor = new Map<string, number>();
   const byConcept = new Map<string, number>();
   const byBucket = new Map<string, number>();
@@ -166,7 +176,8 @@ export function renderDatasetSummary({ dataset, images, concepts, captioned: wit
   if (upscaled.length > 0) {
     warnings.push(`⚠️ ${upscaled.length} image${upscaled.length === 1 ? '' : 's'} smaller than their bucket (the trainer will upscale): ${listNos(upscaled)}`);
   }
-  if (images.length > 0 && images.length < 6) warnings.push(`⚠️ Only ${images.length} image${images.length === 1 ? '' : 's'}: the guides suggest at least 6 for a character.`);
+  if (images.length > 0 && images.length < 6)
+    warnings.push(`⚠️ Only ${images.length} image${images.length === 1 ? '' : 's'}: the guides suggest at least 6 for a character.`);
   lines.push(...warnings);
   if (images.length > 0) lines.push(`Contact sheet ${pageRange}${pages > 1 ? ` · page ${page}/${pages}` : ''}`);
   else lines.push('No images yet: contribute with `/dataset add`.');

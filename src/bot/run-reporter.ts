@@ -43,7 +43,10 @@ export interface SamplePosting {
 async function sampleAttachment(deps: RunReporterDeps, run: Run, image: Buffer, name: string): Promise<{ file: AttachmentBuilder | null; note: string }> {
   const posting = (await deps.posting?.(run, image)) ?? { how: 'show', rating: null };
   if (posting.how === 'withhold') {
-    return { file: null, note: `\n🙈 Samples not shown here: rated ${posting.rating ?? 'unknown'}, more than this channel shows. You can still vote by epoch number.` };
+    return {
+      file: null,
+      note: `\n🙈 Samples not shown here: rated ${posting.rating ?? 'unknown'}, more than this channel shows. You can still vote by epoch number.`,
+    };
   }
   const file = new AttachmentBuilder(image, { name });
   if (posting.how === 'spoiler') file.setSpoiler(true);
@@ -133,7 +136,15 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
         workerId: event.workerId,
         workerLabel: label,
         startedAt: r.startedAt ?? Date.now(),
-        progress: r.progress ?? { step: 0, totalSteps: event.totalSteps, epoch: event.resumedFromEpoch ?? 0, epochs: event.epochs, loss: null, etaSeconds: null, at: Date.now() },
+        progress: r.progress ?? {
+          step: 0,
+          totalSteps: event.totalSteps,
+          epoch: event.resumedFromEpoch ?? 0,
+          epochs: event.epochs,
+          loss: null,
+          etaSeconds: null,
+          at: Date.now(),
+        },
       }));
       if (await runs.eventDone(eventId)) return;
       const resumed = event.resumedFromEpoch !== null ? ` (resumed after epoch ${event.resumedFromEpoch})` : '';
@@ -157,7 +168,15 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       const updated = await runs.update(run.id, (r) => ({
         ...r,
         status: r.status === 'queued' ? 'running' : r.status,
-        progress: { step: event.step, totalSteps: event.totalSteps, epoch: event.epoch, epochs: event.epochs, loss: event.loss, etaSeconds: event.etaSeconds, at: event.at },
+        progress: {
+          step: event.step,
+          totalSteps: event.totalSteps,
+          epoch: event.epoch,
+          epochs: event.epochs,
+          loss: event.loss,
+          etaSeconds: event.etaSeconds,
+          at: event.at,
+        },
       }));
       if (!updated || Date.now() - (updated.statusEditedAt ?? 0) < deps.statusEditIntervalMs) return;
       await refreshStatus(deps, updated, eventId);
@@ -166,7 +185,10 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
     case 'epoch': {
       const updated = await runs.update(run.id, (r) => ({
         ...r,
-        epochs: { ...r.epochs, [String(event.epoch)]: { grid: event.grid, checkpoint: event.checkpoint, messageId: r.epochs[String(event.epoch)]?.messageId ?? null } },
+        epochs: {
+          ...r.epochs,
+          [String(event.epoch)]: { grid: event.grid, checkpoint: event.checkpoint, messageId: r.epochs[String(event.epoch)]?.messageId ?? null },
+        },
       }));
       if (await runs.eventDone(eventId)) return;
       const files: AttachmentBuilder[] = [];
@@ -205,7 +227,12 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       return;
     }
     case 'failed': {
-      const updated = await runs.update(run.id, (r) => ({ ...r, status: 'failed', failure: { reason: event.reason, logTail: event.logTail }, finishedAt: Date.now() }));
+      const updated = await runs.update(run.id, (r) => ({
+        ...r,
+        status: 'failed',
+        failure: { reason: event.reason, logTail: event.logTail },
+        finishedAt: Date.now(),
+      }));
       await runs.releaseBlobs(run.id);
       if (await runs.eventDone(eventId)) return;
       const tail = event.logTail.join('\n').replaceAll('```', 'ˋˋˋ');

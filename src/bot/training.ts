@@ -63,7 +63,9 @@ function refuseUnrunnableOptimizer(optimizer: string, online: readonly WorkerInf
   const usable = OPTIMIZERS.filter((o) => online.some((w) => workerRunsOptimizer(w, o)));
   throw new UserError(
     `No training worker online can use the ${optimizer} optimizer: its Python package is not installed there.` +
-      (usable.length > 0 ? ` Choose another with \`optimizer:\` (${usable.join(', ')}).` : " None can use any optimizer right now: an admin should check the workers' logs."),
+      (usable.length > 0
+        ? ` Choose another with \`optimizer:\` (${usable.join(', ')}).`
+        : " None can use any optimizer right now: an admin should check the workers' logs."),
   );
 }
 
@@ -86,7 +88,10 @@ export function companionsOf(info: WorkerInfo): NonNullable<WorkerInfo['companio
   if (!Array.isArray(list)) return [];
   return list.filter(
     (c): c is NonNullable<WorkerInfo['companions']>[number] =>
-      typeof c === 'object' && c !== null && typeof (c as { file?: unknown }).file === 'string' && COMPANION_KINDS.includes((c as { kind?: unknown }).kind as CompanionKind),
+      typeof c === 'object' &&
+      c !== null &&
+      typeof (c as { file?: unknown }).file === 'string' &&
+      COMPANION_KINDS.includes((c as { kind?: unknown }).kind as CompanionKind),
   );
 }
 
@@ -97,7 +102,11 @@ export function describeSetup(prepared: PreparedRun): string {
   const memory = recipe.memory;
   if (memory.preset !== null) {
     const preset = VRAM_PRESET_INFO[memory.preset];
-    const how = [memory.fp8Base ? 'fp8 base' : 'bf16 base', memory.blocksToSwap !== null ? `${memory.blocksToSwap} blocks swapped` : 'no block swap', `batch ${recipe.batchSize}`];
+    const how = [
+      memory.fp8Base ? 'fp8 base' : 'bf16 base',
+      memory.blocksToSwap !== null ? `${memory.blocksToSwap} blocks swapped` : 'no block swap',
+      `batch ${recipe.batchSize}`,
+    ];
     const gpu = worker?.memoryMiB ? ` for \`${worker.id}\` (${Math.round(worker.memoryMiB / 1024)} GB)` : '';
     parts.push(`memory preset **${preset.label}** (${how.join(', ')})${gpu}`);
   }
@@ -167,7 +176,9 @@ export class TrainingService {
       if (!/^[\w.+-]{1,200}$/.test(model)) throw new UserError('A base model is a file name such as `sd15-base.safetensors`.');
       if (known.length > 0 && !offered.includes(model) && !offeredOffline.includes(model)) {
         const choices = [...offered.map((m) => `\`${m}\``), ...offeredOffline.map((m) => `\`${m}\` (offline)`)];
-        throw new UserError(`No training worker has the base model \`${model}\`.` + (choices.length > 0 ? ` Available for ${family}: ${choices.join(', ')}.` : ''));
+        throw new UserError(
+          `No training worker has the base model \`${model}\`.` + (choices.length > 0 ? ` Available for ${family}: ${choices.join(', ')}.` : ''),
+        );
       }
     } else {
       model = offered[0] ?? offeredOffline[0] ?? null;
@@ -195,7 +206,9 @@ export class TrainingService {
     let worker: PreparedRun['worker'] = null;
     if (FAMILY_INFO[dataset.base].companions.length > 0) {
       if (holders.length === 0) {
-        throw new UserError(`${familyLabel(dataset.base)} runs are planned on a worker that is online: its text encoders and memory preset come from what it has. Start a worker with \`${chosen}\`, then plan again.`);
+        throw new UserError(
+          `${familyLabel(dataset.base)} runs are planned on a worker that is online: its text encoders and memory preset come from what it has. Start a worker with \`${chosen}\`, then plan again.`,
+        );
       }
       let companions: CompanionFiles | null = null;
       let lastError: unknown = null;
@@ -247,7 +260,11 @@ export class TrainingService {
       const workerId = worker.id;
       const samples: SpeedSample[] = (await this.deps.runs.listForGuild(dataset.guildId, 100))
         .filter((r) => r.status === 'finished' && r.workerId === workerId && r.recipe.base === dataset.base && r.startedAt !== null && r.finishedAt !== null)
-        .map((r) => ({ secondsPerStep: r.summary.secondsPerStep ?? 0, estimateSeconds: r.summary.estimateSeconds, actualSeconds: (r.finishedAt! - r.startedAt!) / 1000 }));
+        .map((r) => ({
+          secondsPerStep: r.summary.secondsPerStep ?? 0,
+          estimateSeconds: r.summary.estimateSeconds,
+          actualSeconds: (r.finishedAt! - r.startedAt!) / 1000,
+        }));
       secondsPerStep = measuredSecondsPerStep(samples) ?? undefined;
     }
     const plan = planRun({
@@ -260,7 +277,7 @@ export class TrainingService {
     });
     if (plan.timing === 'measured' && worker) notes.push(`Time estimated from \`${worker.id}\`'s own ${familyLabel(dataset.base)} runs.`);
     return { plan, recipe, model, workers, worker, notes, images: payloadImages };
-}
+  }
 
   /** Prepares a run and keeps the request (with the model it settled on) for the plan's Start button. */
   async offer(dataset: Dataset, request: PlanRequest, createdBy: string): Promise<{ planId: string; prepared: PreparedRun }> {
@@ -328,7 +345,10 @@ export class TrainingService {
       credits: await this.credits(dataset, prepared),
     };
     await runs.create(run);
-    await runs.pinBlobs(runId, Object.values(prepared.images).map((i) => i.blob));
+    await runs.pinBlobs(
+      runId,
+      Object.values(prepared.images).map((i) => i.blob),
+    );
     await trainingQueue.add(
       JobName.TrainRun,
       {
@@ -375,7 +395,10 @@ export class TrainingService {
       for (const img of concept.images) {
         const caption = prepared.images[img.id]?.caption ?? '';
         const seen = new Set<string>();
-        for (const tag of caption.split(',').map((t) => t.trim().toLowerCase()).filter(Boolean)) {
+        for (const tag of caption
+          .split(',')
+          .map((t) => t.trim().toLowerCase())
+          .filter(Boolean)) {
           if (seen.has(tag)) continue;
           seen.add(tag);
           counts[tag] = (counts[tag] ?? 0) + 1;
@@ -393,7 +416,7 @@ export class TrainingService {
       base: dataset.base,
       resolution: prepared.plan.resolution,
     };
-}
+  }
 }
 
 function newRunId(): string {

@@ -75,7 +75,15 @@ const HeartbeatSchema = z.object({
 
 const Ref = z.object({ blob: z.string().regex(SHA), bytes: z.number().int().min(0), sha256: z.string().regex(SHA) });
 const EventSchema = z.discriminatedUnion('kind', [
-  z.object({ kind: z.literal('started'), runId: z.string(), workerId: z.string(), resumedFromEpoch: z.number().int().nullable(), epochs: z.number().int(), stepsPerEpoch: z.number().int(), totalSteps: z.number().int() }),
+  z.object({
+    kind: z.literal('started'),
+    runId: z.string(),
+    workerId: z.string(),
+    resumedFromEpoch: z.number().int().nullable(),
+    epochs: z.number().int(),
+    stepsPerEpoch: z.number().int(),
+    totalSteps: z.number().int(),
+  }),
   z.object({
     kind: z.literal('progress'),
     runId: z.string(),
@@ -88,7 +96,14 @@ const EventSchema = z.discriminatedUnion('kind', [
     etaSeconds: z.number().nullable(),
     at: z.number(),
   }),
-  z.object({ kind: z.literal('epoch'), runId: z.string(), epoch: z.number().int().min(1), epochs: z.number().int(), grid: Ref.nullable(), checkpoint: Ref.nullable() }),
+  z.object({
+    kind: z.literal('epoch'),
+    runId: z.string(),
+    epoch: z.number().int().min(1),
+    epochs: z.number().int(),
+    grid: Ref.nullable(),
+    checkpoint: Ref.nullable(),
+  }),
   z.object({ kind: z.literal('finished'), runId: z.string(), final: Ref, seconds: z.number() }),
   z.object({ kind: z.literal('failed'), runId: z.string(), reason: z.string().max(2000), logTail: z.array(z.string().max(2000)).max(60) }),
   z.object({ kind: z.literal('cancelled'), runId: z.string(), lastEpoch: z.number().int().nullable() }),
@@ -100,7 +115,18 @@ const GeneratedBodySchema = z.discriminatedUnion('ok', [
   z.object({
     ok: z.literal(true),
     cells: z
-      .array(z.object({ epoch: z.number().int().min(1), weight: z.number().min(-2).max(2), blob: BLOB_ID, bytes: z.number().int().min(1).max(64 * 1024 * 1024) }))
+      .array(
+        z.object({
+          epoch: z.number().int().min(1),
+          weight: z.number().min(-2).max(2),
+          blob: BLOB_ID,
+          bytes: z
+            .number()
+            .int()
+            .min(1)
+            .max(64 * 1024 * 1024),
+        }),
+      )
       .min(1)
       .max(64),
     seconds: z.number().min(0).max(86_400),
@@ -286,7 +312,7 @@ export function createWorkerApi(opts: WorkerApiOptions) {
     if (!SHA.test(sha)) throw new HttpError(400, 'Not a SHA-256.');
     const size = Number(query.get('size'));
     const offset = Number(query.get('offset') ?? 0);
-    if (!Number.isSafeInteger(size) || size < 0) throw new HttpError(400, 'size must be the file\'s length in bytes.');
+    if (!Number.isSafeInteger(size) || size < 0) throw new HttpError(400, "size must be the file's length in bytes.");
     if (size > opts.uploadMaxBytes) throw new HttpError(413, `This file (${size} bytes) is over the upload limit of ${opts.uploadMaxBytes} bytes.`);
     if (await opts.blobs.has(sha)) {
       req.resume();
@@ -305,18 +331,22 @@ export function createWorkerApi(opts: WorkerApiOptions) {
     let over = false;
     const out = createWriteStream(path, { flags: 'a' });
     try {
-      await pipeline(req, async function* (source: AsyncIterable<Buffer>) {
-        for await (const chunk of source) {
-          if (total + chunk.length > size) {
-            over = true;
-            yield chunk.subarray(0, size - total);
-            total = size;
-            return;
+      await pipeline(
+        req,
+        async function* (source: AsyncIterable<Buffer>) {
+          for await (const chunk of source) {
+            if (total + chunk.length > size) {
+              over = true;
+              yield chunk.subarray(0, size - total);
+              total = size;
+              return;
+            }
+            total += chunk.length;
+            yield chunk;
           }
-          total += chunk.length;
-          yield chunk;
-        }
-      }, out);
+        },
+        out,
+      );
     } catch (err) {
       // A dropped connection keeps what arrived: the worker asks where to continue.
       log.info({ leaseId: lease.id, blob: sha, received: total, err: codeOf(err) ?? String(err) }, 'upload interrupted');
@@ -368,7 +398,9 @@ export function createWorkerApi(opts: WorkerApiOptions) {
         break;
       case 'epoch': {
         await checkRefs([event.grid, event.checkpoint, ...(body.state?.files.map((f) => ({ blob: f.blob, bytes: f.bytes })) ?? [])]);
-        await keepArtifacts([event.grid?.blob, event.checkpoint?.blob, ...(body.state?.files.map((f) => f.blob) ?? [])].filter((b): b is string => b !== undefined));
+        await keepArtifacts(
+          [event.grid?.blob, event.checkpoint?.blob, ...(body.state?.files.map((f) => f.blob) ?? [])].filter((b): b is string => b !== undefined),
+        );
         const state = body.state;
         await opts.leases.updateRecord(lease.runId, (r) => ({
           ...r,
@@ -402,7 +434,13 @@ export function createWorkerApi(opts: WorkerApiOptions) {
     if (body.ok) {
       await checkRefs(body.cells);
       await keepArtifacts(body.cells.map((c) => c.blob));
-      result = { requestId, ok: true, workerId: worker.id, cells: body.cells.map(({ epoch, weight, blob }) => ({ epoch, weight, blob })), seconds: body.seconds };
+      result = {
+        requestId,
+        ok: true,
+        workerId: worker.id,
+        cells: body.cells.map(({ epoch, weight, blob }) => ({ epoch, weight, blob })),
+        seconds: body.seconds,
+      };
     } else {
       result = { requestId, ok: false, workerId: worker.id, reason: body.reason };
     }
@@ -431,9 +469,12 @@ export function createWorkerApi(opts: WorkerApiOptions) {
       const [first, leaseId, what, id] = route;
       if (route.length === 1 && first === 'heartbeat' && method === 'POST') return await heartbeat(worker, req, res);
       if (route.length === 1 && first === 'lease' && method === 'GET') return await poll(worker, req, res, query);
-      if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'events' && method === 'POST') return await event(worker, req, res, leaseId);
-      if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'release' && method === 'POST') return await release(worker, res, leaseId);
-      if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'generated' && method === 'POST') return await generated(worker, req, res, leaseId);
+      if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'events' && method === 'POST')
+        return await event(worker, req, res, leaseId);
+      if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'release' && method === 'POST')
+        return await release(worker, res, leaseId);
+      if (first === 'leases' && leaseId !== undefined && route.length === 3 && what === 'generated' && method === 'POST')
+        return await generated(worker, req, res, leaseId);
       if (first === 'leases' && leaseId !== undefined && route.length === 4 && id !== undefined) {
         if (what === 'blobs' && method === 'GET') return await blob(worker, res, leaseId, id, query);
         if (what === 'uploads' && method === 'GET') return await uploadStatus(worker, res, leaseId, id);

@@ -75,7 +75,10 @@ export async function forgetWorker(deps: WorkerDirectoryDeps, id: string): Promi
 
 /** "NVIDIA GeForce RTX 4090" → "RTX 4090". */
 export function shortGpuName(name: string): string {
-  const short = name.replace(/^NVIDIA\s+/i, '').replace(/^GeForce\s+/i, '').trim();
+  const short = name
+    .replace(/^NVIDIA\s+/i, '')
+    .replace(/^GeForce\s+/i, '')
+    .trim();
   return short || name;
 }
 

@@ -268,9 +268,7 @@ export function renderLabel(text: string, options: LabelOptions = {}): RawImage 
   const scale = Math.max(1, Math.floor(options.scale ?? 1));
   const pad = Math.max(0, Math.floor(options.padding ?? 2)) * scale;
   const lines =
-    options.maxWidth === undefined
-      ? text.split('\n')
-      : wrapText(text, Math.max(1, options.maxWidth - 2 * pad), scale, options.maxLines ?? Infinity);
+    options.maxWidth === undefined ? text.split('\n') : wrapText(text, Math.max(1, options.maxWidth - 2 * pad), scale, options.maxLines ?? Infinity);
   const body = lines.join('\n');
   const size = measureText(body, scale);
   const width = Math.max(1, size.width + 2 * pad);

@@ -42,7 +42,6 @@ function assertBlobId(id: string): void {
   if (!isBlobId(id)) throw new TypeError('invalid blob id');
 }
 
-
 /** Errors meaning "this file system cannot hard-link", where we fall back to rename. */
 const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EMLINK', 'ENOSYS']);
 
@@ -176,10 +175,7 @@ export class BlobStore {
    * `olderThanMs` ago. Safe against concurrent puts of the same content, also from another
    * process: a candidate is first moved aside, and put back if a put refreshed it meanwhile.
    */
-  async sweep(
-    referenced: (id: string) => boolean | Promise<boolean>,
-    olderThanMs: number,
-  ): Promise<{ removed: number; kept: number }> {
+  async sweep(referenced: (id: string) => boolean | Promise<boolean>, olderThanMs: number): Promise<{ removed: number; kept: number }> {
     let removed = 0;
     let kept = 0;
     const cutoff = () => Date.now() - olderThanMs;
@@ -316,7 +312,6 @@ export class BlobStore {
     return true;
   }
 }
-
 
 /** Hashes and counts what passes through. */
 class HashMeter extends Transform {

@@ -55,7 +55,10 @@ const CONTROL_IN_SENTENCE = /[^\P{Cc}\t\n\r]/u;
 
 /** One line, inner whitespace collapsed, NFC. */
 export function normalizeSentence(text: string): string {
-  return text.normalize('NFC').replace(/[\s\u2028\u2029]+/gu, ' ').trim();
+  return text
+    .normalize('NFC')
+    .replace(/[\s\u2028\u2029]+/gu, ' ')
+    .trim();
 }
 
 /** Refuses an empty sentence, one over 2000 characters, or one holding a control character. */
@@ -74,8 +77,38 @@ export function validateSentence(text: string): void {
 }
 
 const FUNCTION_WORDS = new Set([
-  'a', 'an', 'the', 'is', 'are', 'was', 'were', 'be', 'with', 'of', 'in', 'on', 'at', 'and', 'or', 'to', 'from',
-  'by', 'for', 'its', 'it', 'this', 'that', 'there', 'their', 'his', 'her', 'as', 'into', 'while', 'has', 'have',
+  'a',
+  'an',
+  'the',
+  'is',
+  'are',
+  'was',
+  'were',
+  'be',
+  'with',
+  'of',
+  'in',
+  'on',
+  'at',
+  'and',
+  'or',
+  'to',
+  'from',
+  'by',
+  'for',
+  'its',
+  'it',
+  'this',
+  'that',
+  'there',
+  'their',
+  'his',
+  'her',
+  'as',
+  'into',
+  'while',
+  'has',
+  'have',
 ]);
 
 function wordsOf(text: string): string[] {
@@ -91,7 +124,10 @@ export function looksLikeSentence(text: string): boolean {
   const clean = normalizeSentence(text);
   const words = wordsOf(clean);
   if (words.length < 4) return false;
-  const parts = text.split(/[,\r\n]/).map((p) => wordsOf(p).length).filter((n) => n > 0);
+  const parts = text
+    .split(/[,\r\n]/)
+    .map((p) => wordsOf(p).length)
+    .filter((n) => n > 0);
   const longest = Math.max(0, ...parts);
   const mean = words.length / Math.max(1, parts.length);
   const functionShare = words.filter((w) => FUNCTION_WORDS.has(w)).length / words.length;
@@ -178,9 +214,48 @@ export function replaceInSentence(sentence: string, from: string, to: string): S
 
 const STOP_WORDS = new Set([
   ...FUNCTION_WORDS,
-  'image', 'picture', 'shows', 'showing', 'shown', 'appears', 'can', 'seen', 'also', 'which', 'who', 'some', 'several',
-  'other', 'one', 'two', 'they', 'them', 'she', 'he', 'we', 'you', 'i', 'not', 'no', 'but', 'so', 'than', 'then',
-  'very', 'up', 'down', 'out', 'over', 'under', 'behind', 'front', 'left', 'right', 'side', 'background', 'foreground',
+  'image',
+  'picture',
+  'shows',
+  'showing',
+  'shown',
+  'appears',
+  'can',
+  'seen',
+  'also',
+  'which',
+  'who',
+  'some',
+  'several',
+  'other',
+  'one',
+  'two',
+  'they',
+  'them',
+  'she',
+  'he',
+  'we',
+  'you',
+  'i',
+  'not',
+  'no',
+  'but',
+  'so',
+  'than',
+  'then',
+  'very',
+  'up',
+  'down',
+  'out',
+  'over',
+  'under',
+  'behind',
+  'front',
+  'left',
+  'right',
+  'side',
+  'background',
+  'foreground',
 ]);
 
 export interface PhraseFrequency {

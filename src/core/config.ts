@@ -6,15 +6,18 @@ import { NEAR_DUPLICATE_DISTANCE } from './phash.ts';
  * `process.env`. Every bad variable is reported in one error.
  */
 
-const bool = z
-  .enum(['true', 'false', '1', '0', 'yes', 'no'])
-  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+const bool = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
 
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
 const hostList = z
   .string()
-  .transform((s) => s.split(',').map((h) => h.trim()).filter((h) => h.length > 0))
+  .transform((s) =>
+    s
+      .split(',')
+      .map((h) => h.trim())
+      .filter((h) => h.length > 0),
+  )
   .pipe(z.array(z.string().regex(/^(https?:\/\/)?[a-z0-9.-]+(:\d{1,5})?$/i, 'a host name, optionally http(s):// and :port')).min(1));
 
 const colour = z.string().regex(/^#[0-9a-f]{6}$/i, 'a colour like #ffffff');
@@ -23,14 +26,23 @@ const MiB = 1024 * 1024;
 
 export const configSchema = z.object({
   DISCORD_TOKEN: z.string().min(1).optional(),
-  DISCORD_APP_ID: z.string().regex(/^\d{1,25}$/, 'a Discord snowflake').optional(),
+  DISCORD_APP_ID: z
+    .string()
+    .regex(/^\d{1,25}$/, 'a Discord snowflake')
+    .optional(),
   DISCORD_API_URL: z.url().default('https://discord.com/api'),
   /** Receive messages in dataset threads (needs the privileged Message Content intent). */
   DISCORD_MESSAGE_CONTENT: bool.default(false),
   ATTACHMENT_HOSTS: hostList.default(['cdn.discordapp.com', 'media.discordapp.net']),
-  REDIS_URL: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL').default('redis://127.0.0.1:6379'),
+  REDIS_URL: z
+    .string()
+    .regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL')
+    .default('redis://127.0.0.1:6379'),
   /** Prefix for every Redis key and queue, so several deployments (or tests) can share one Redis. */
-  REDIS_PREFIX: z.string().regex(/^[a-z0-9_-]{1,32}$/i).default('lg'),
+  REDIS_PREFIX: z
+    .string()
+    .regex(/^[a-z0-9_-]{1,32}$/i)
+    .default('lg'),
   DATA_DIR: z.string().min(1).default('./data'),
   PUBLIC_URL: z.url().optional(),
   HTTP_PORT: int(0, 65535).default(8080),
@@ -80,7 +92,10 @@ export const configSchema = z.object({
   /** While the tagger model is unavailable, tagging jobs wait and are retried this often. */
   TAGGER_RETRY_SECONDS: int(1, 3600).default(60),
   /** A training worker's name in /train status (default: the host name). */
-  WORKER_ID: z.string().regex(/^[a-zA-Z0-9._-]{1,64}$/).optional(),
+  WORKER_ID: z
+    .string()
+    .regex(/^[a-zA-Z0-9._-]{1,64}$/)
+    .optional(),
   /** How often a worker beats; it counts as gone after three missed beats. */
   WORKER_HEARTBEAT_SECONDS: int(1, 300).default(10),
   /** How soon a run held by a dead worker is handed to the next worker (BullMQ lock + stall check). */
@@ -90,12 +105,20 @@ export const configSchema = z.object({
   /** Which queues a worker process (`npm run worker`) consumes. */
   WORKER_QUEUES: z
     .string()
-    .transform((s) => s.split(',').map((q) => q.trim()).filter(Boolean))
+    .transform((s) =>
+      s
+        .split(',')
+        .map((q) => q.trim())
+        .filter(Boolean),
+    )
     .pipe(z.array(z.enum(['tagging', 'training'])).min(1))
     .default(['tagging']),
   /** A remote training worker: the bot's public base URL (https) and the token `/worker add` gave. */
   LORA_GUILD_URL: z.url().optional(),
-  WORKER_TOKEN: z.string().regex(/^lgw_w[a-z0-9]{10}_[A-Za-z0-9_-]{43}$/, 'the token /worker add showed (lgw_…)').optional(),
+  WORKER_TOKEN: z
+    .string()
+    .regex(/^lgw_w[a-z0-9]{10}_[A-Za-z0-9_-]{43}$/, 'the token /worker add showed (lgw_…)')
+    .optional(),
   /** A remote worker's local cache of images, run folders and artifacts, bounded in size. */
   WORKER_CACHE_DIR: z.string().min(1).default('./worker-cache'),
   WORKER_CACHE_MAX_GB: z.coerce.number().min(0.1).max(100_000).default(50),
@@ -136,9 +159,7 @@ export function loadConfig(env: NodeJS.ProcessEnv | Record<string, string | unde
   }
   const parsed = configSchema.safeParse(cleaned);
   if (!parsed.success) {
-    throw new ConfigError(
-      parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`),
-    );
+    throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`));
   }
   return parsed.data;
 }

@@ -12,9 +12,7 @@ const WORD = /^[\p{L}\p{N}](?:[\p{L}\p{N}_.'-]| (?! ))*$/u;
 export function validateDatasetName(raw: string): string {
   const name = raw.trim().toLowerCase();
   if (!DATASET_NAME.test(name)) {
-    throw new UserError(
-      'A dataset name is 2–32 characters: lower-case letters, digits, `-` and `_`, starting with a letter or digit (e.g. `aria-v2`).',
-    );
+    throw new UserError('A dataset name is 2–32 characters: lower-case letters, digits, `-` and `_`, starting with a letter or digit (e.g. `aria-v2`).');
   }
   return name;
 }
@@ -30,9 +28,7 @@ export function validateConceptName(raw: string): string {
 function validateWord(raw: string, what: string, max: number): string {
   const word = raw.trim();
   if (word.length < 1 || word.length > max || !WORD.test(word)) {
-    throw new UserError(
-      `The ${what} must be 1–${max} characters of letters, digits, spaces, \`_\`, \`-\`, \`.\` or \`'\` (no commas: they separate tags).`,
-    );
+    throw new UserError(`The ${what} must be 1–${max} characters of letters, digits, spaces, \`_\`, \`-\`, \`.\` or \`'\` (no commas: they separate tags).`);
   }
   return word;
 }

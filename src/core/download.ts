@@ -28,14 +28,7 @@ export type DownloadOptions = {
 export type DownloadResult = { bytes: number; sha256: string };
 
 /** Why a download failed; `retryable` says whether trying again later may help. */
-export type DownloadFailure =
-  | 'refused'
-  | 'too-large'
-  | 'http-status'
-  | 'redirect'
-  | 'timeout'
-  | 'network'
-  | 'truncated';
+export type DownloadFailure = 'refused' | 'too-large' | 'http-status' | 'redirect' | 'timeout' | 'network' | 'truncated';
 
 /** A download failure worth showing to the user, with a message free of URLs. */
 export class DownloadError extends UserError {
@@ -125,10 +118,7 @@ function refuseUrl(url: string, allowedHosts: readonly string[]): DownloadError 
   if (parsed.username !== '' || parsed.password !== '') {
     return new DownloadError(`links with a user name or password are not allowed (${displayOrigin(parsed)})`, 'refused');
   }
-  return new DownloadError(
-    `${displayOrigin(parsed)} is not an allowed host; downloads are only allowed from ${allowed}`,
-    'refused',
-  );
+  return new DownloadError(`${displayOrigin(parsed)} is not an allowed host; downloads are only allowed from ${allowed}`, 'refused');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,10 +140,7 @@ export function formatBytes(bytes: number): string {
 function tooLarge(size: number, maxBytes: number): DownloadError {
   const shown = formatBytes(size);
   const limit = formatBytes(maxBytes);
-  return new DownloadError(
-    shown === limit ? `attachment is over the ${limit} limit` : `attachment is ${shown}; the limit is ${limit}`,
-    'too-large',
-  );
+  return new DownloadError(shown === limit ? `attachment is over the ${limit} limit` : `attachment is ${shown}; the limit is ${limit}`, 'too-large');
 }
 
 /** The body passed the cap; its real size is unknown. */

@@ -1,12 +1,6 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import {
-  env,
-  Florence2ForConditionalGeneration,
-  Florence2Processor,
-  RawImage,
-  type Tensor,
-} from '@huggingface/transformers';
+import { env, Florence2ForConditionalGeneration, Florence2Processor, RawImage, type Tensor } from '@huggingface/transformers';
 import { CAPTIONER_MODEL_FILES as CAPTIONER_FILES, CaptionerUnavailableError } from './captioner-model.ts';
 import { decodeForModel } from './sharp.ts';
 
@@ -20,7 +14,6 @@ export { CaptionerUnavailableError };
  */
 
 export const CAPTION_TASK = '<MORE_DETAILED_CAPTION>';
-
 
 /** One image could not be read; the others of the batch are fine. */
 export class CaptionerImageError extends Error {
@@ -75,13 +68,7 @@ async function readImage(file: string, size: { width: number; height: number } |
   const resize = size
     ? { width: size.width, height: size.height, fit: 'fill' as const, kernel: 'cubic' as const }
     : { width: DECODE_MAX_SIDE, height: DECODE_MAX_SIDE, fit: 'inside' as const, withoutEnlargement: true };
-  const { data, info } = await decodeForModel(file)
-    .rotate()
-    .resize(resize)
-    .removeAlpha()
-    .toColourspace('srgb')
-    .raw()
-    .toBuffer({ resolveWithObject: true });
+  const { data, info } = await decodeForModel(file).rotate().resize(resize).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
   return new RawImage(new Uint8ClampedArray(data.buffer, data.byteOffset, data.byteLength), info.width, info.height, 3);
 }
 
@@ -145,7 +132,10 @@ export async function loadCaptioner(dir: string, opts: LoadCaptionerOptions = {}
         }),
       ),
     );
-    const inputs = (await processor(raws, images.map(() => CAPTION_TASK))) as Record<string, Tensor>;
+    const inputs = (await processor(
+      raws,
+      images.map(() => CAPTION_TASK),
+    )) as Record<string, Tensor>;
     const t1 = performance.now();
     let ids: Tensor;
     try {

@@ -49,7 +49,10 @@ export function roundWeight(w: number): number {
 
 /** Prompt text as gen_img.py reads it: ` --` starts an option there, so it may not appear in member text. */
 export function checkPromptText(text: string, what: 'prompt' | 'negative prompt'): string {
-  const clean = text.replace(/[\r\n\t]+/g, ' ').replace(/\s+/g, ' ').trim();
+  const clean = text
+    .replace(/[\r\n\t]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
   if (what === 'prompt' && clean.length === 0) throw new UserError('The prompt is empty.');
   if (clean.length > PROMPT_MAX) throw new UserError(`The ${what} is ${clean.length} characters long; at most ${PROMPT_MAX}.`);
   if (/--/.test(clean)) throw new UserError(`The ${what} may not contain \`--\`.`);
@@ -129,5 +132,10 @@ export function generateArgs(inv: GenerateInvocation): string[] {
 /** The file gen_img.py wrote for one image at `seed`, among the names in its output folder. */
 export function generatedFile(names: readonly string[], seed: number): string | null {
   const re = new RegExp(`^im_\\d{14}_\\d{3}_${seed}\\.png$`);
-  return names.filter((n) => re.test(n)).sort().at(-1) ?? null;
+  return (
+    names
+      .filter((n) => re.test(n))
+      .sort()
+      .at(-1) ?? null
+  );
 }

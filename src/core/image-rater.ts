@@ -217,4 +217,3 @@ class OnnxRater implements ImageRater {
     return this.session.close();
   }
 }
-

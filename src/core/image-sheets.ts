@@ -217,7 +217,12 @@ export async function stackRows(rows: { image: Buffer; label: string }[]): Promi
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
     const { data, info } = canvas;
-    return jpegWithin({ data, width: info.width, height: info.height, channels: info.channels }, GRID_MAX_BYTES, [85, 70, 50], `a comparison of ${rows.length} rows`);
+    return jpegWithin(
+      { data, width: info.width, height: info.height, channels: info.channels },
+      GRID_MAX_BYTES,
+      [85, 70, 50],
+      `a comparison of ${rows.length} rows`,
+    );
   });
 }
 
@@ -297,6 +302,11 @@ async function comparisonSheet(grids: Buffer[]): Promise<Buffer> {
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
     const { data, info } = canvas;
-    return jpegWithin({ data, width: info.width, height: info.height, channels: info.channels }, GRID_MAX_BYTES, [85, 70, 50], `a comparison of ${grids.length} epochs`);
+    return jpegWithin(
+      { data, width: info.width, height: info.height, channels: info.channels },
+      GRID_MAX_BYTES,
+      [85, 70, 50],
+      `a comparison of ${grids.length} epochs`,
+    );
   });
 }

@@ -54,8 +54,17 @@ export const KOHYA_ARGS = {
   lr_scheduler: {
     type: 'string',
     choices: [
-      'linear', 'cosine', 'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup', 'inverse_sqrt',
-      'cosine_with_min_lr', 'warmup_stable_decay', 'piecewise_constant', 'adafactor',
+      'linear',
+      'cosine',
+      'cosine_with_restarts',
+      'polynomial',
+      'constant',
+      'constant_with_warmup',
+      'inverse_sqrt',
+      'cosine_with_min_lr',
+      'warmup_stable_decay',
+      'piecewise_constant',
+      'adafactor',
     ],
   },
   lr_warmup_steps: { type: 'number' },
@@ -144,8 +153,22 @@ export const KOHYA_ARGS = {
   sample_sampler: {
     type: 'string',
     choices: [
-      'ddim', 'pndm', 'lms', 'euler', 'euler_a', 'heun', 'dpm_2', 'dpm_2_a', 'dpmsolver', 'dpmsolver++', 'dpmsingle',
-      'k_lms', 'k_euler', 'k_euler_a', 'k_dpm_2', 'k_dpm_2_a',
+      'ddim',
+      'pndm',
+      'lms',
+      'euler',
+      'euler_a',
+      'heun',
+      'dpm_2',
+      'dpm_2_a',
+      'dpmsolver',
+      'dpmsolver++',
+      'dpmsingle',
+      'k_lms',
+      'k_euler',
+      'k_euler_a',
+      'k_dpm_2',
+      'k_dpm_2_a',
     ],
   },
   config_file: { type: 'string', cliOnly: true },
@@ -325,13 +348,25 @@ export function configValueProblem(name: string, value: unknown, script: KohyaSc
   if (spec.sdOnly && script === 'flux_train_network.py') return `${name} is a Stable Diffusion argument that ${script} does not use`;
   let ok: boolean;
   switch (spec.type) {
-    case 'string': ok = typeof value === 'string'; break;
-    case 'bool': ok = typeof value === 'boolean'; break;
-    case 'int': ok = isInt(value); break;
+    case 'string':
+      ok = typeof value === 'string';
+      break;
+    case 'bool':
+      ok = typeof value === 'boolean';
+      break;
+    case 'int':
+      ok = isInt(value);
+      break;
     case 'float':
-    case 'number': ok = isFiniteNumber(value); break;
-    case 'string[]': ok = Array.isArray(value) && value.every((x) => typeof x === 'string'); break;
-    case 'float[]': ok = Array.isArray(value) && value.every(isFiniteNumber); break;
+    case 'number':
+      ok = isFiniteNumber(value);
+      break;
+    case 'string[]':
+      ok = Array.isArray(value) && value.every((x) => typeof x === 'string');
+      break;
+    case 'float[]':
+      ok = Array.isArray(value) && value.every(isFiniteNumber);
+      break;
   }
   if (!ok) return `${name} must be ${spec.type}, not ${describe(value)}`;
   if (spec.choices && !spec.choices.includes(value as string | number)) {
@@ -411,17 +446,30 @@ export function datasetValueProblem(level: DatasetLevel, key: string, value: unk
   const type = keys[key];
   let ok: boolean;
   switch (type) {
-    case 'string': ok = typeof value === 'string'; break;
-    case 'bool': ok = typeof value === 'boolean'; break;
-    case 'int': ok = isInt(value); break;
+    case 'string':
+      ok = typeof value === 'string';
+      break;
+    case 'bool':
+      ok = typeof value === 'boolean';
+      break;
+    case 'int':
+      ok = isInt(value);
+      break;
     case 'float':
-    case 'number': ok = isFiniteNumber(value); break;
+    case 'number':
+      ok = isFiniteNumber(value);
+      break;
     case 'resolution':
       ok = (isInt(value) && value > 0) || (Array.isArray(value) && value.length === 2 && value.every((x) => isInt(x) && x > 0));
       break;
-    case 'float-pair': ok = Array.isArray(value) && value.length === 2 && value.every(isFiniteNumber); break;
-    case 'table': ok = typeof value === 'object' && value !== null && !Array.isArray(value); break;
-    default: ok = false;
+    case 'float-pair':
+      ok = Array.isArray(value) && value.length === 2 && value.every(isFiniteNumber);
+      break;
+    case 'table':
+      ok = typeof value === 'object' && value !== null && !Array.isArray(value);
+      break;
+    default:
+      ok = false;
   }
   if (!ok) return `${key} must be ${type ?? 'known'}, not ${describe(value)}`;
   if (key === 'resize_interpolation' && !(RESIZE_INTERPOLATIONS as readonly unknown[]).includes(value)) {

@@ -158,14 +158,15 @@ function cleanPromptText(text: string): string {
   let t = text.replace(/[\r\n\t]+/g, ' ');
   const option = t.indexOf(' --');
   if (option >= 0) t = t.slice(0, option);
-  return t.replace(/\s+/g, ' ').replace(/^[#\s]+/, '').trim();
+  return t
+    .replace(/\s+/g, ' ')
+    .replace(/^[#\s]+/, '')
+    .trim();
 }
 
 /** Prompt texts from a plan: per concept (main first) its triggers, the class and its top tags, then the trigger alone. */
 export function defaultSamplePrompts(plan: Plan, tagsPerPrompt = 6): string[] {
-  const ordered: PlannedConcept[] = [...plan.concepts].sort(
-    (a, b) => Number(b.isMain) - Number(a.isMain) || b.images.length - a.images.length,
-  );
+  const ordered: PlannedConcept[] = [...plan.concepts].sort((a, b) => Number(b.isMain) - Number(a.isMain) || b.images.length - a.images.length);
   const lines: string[] = [];
   const add = (parts: string[]) => {
     const line = parts.filter((p) => p.length > 0).join(', ');
@@ -216,7 +217,10 @@ function checkOptions(plan: Plan, recipe: ResolvedRecipe, o: KohyaFilesOptions):
   if (!OUTPUT_NAME.test(o.outputName)) problems.push(`outputName ${JSON.stringify(o.outputName)} is not a safe file name`);
   // `name-000003` is how epoch checkpoints are told from the final file
   if (/-\d{6}$/.test(o.outputName)) problems.push('outputName must not end like an epoch number (-000003)');
-  for (const [name, path] of [['outputDir', o.outputDir], ['stagingDir', o.stagingDir]] as const) {
+  for (const [name, path] of [
+    ['outputDir', o.outputDir],
+    ['stagingDir', o.stagingDir],
+  ] as const) {
     if (!isAbsolute(path)) problems.push(`${name} must be absolute`);
   }
   if (!o.baseModelPath) problems.push('baseModelPath is empty');
@@ -299,9 +303,7 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
     ],
   });
 
-  const prompts = options.samplePrompts.some((p) => cleanPromptText(p).length > 0)
-    ? options.samplePrompts
-    : defaultSamplePrompts(plan);
+  const prompts = options.samplePrompts.some((p) => cleanPromptText(p).length > 0) ? options.samplePrompts : defaultSamplePrompts(plan);
   const promptLines = buildSamplePrompts(prompts, recipe, options.seed);
 
   const triggers = [plan.trigger, ...plan.concepts.flatMap((c) => (c.trigger ? [c.trigger] : []))];

@@ -37,8 +37,7 @@ export type KohyaEvent =
   /** The exception line closing a Python traceback. */
   | { type: 'error'; exception: string; message: string };
 
-export const PROGRESS_RE =
-  /^steps:\s+(\d+)%\|[^|]*\|\s*(\d+)\/(\d+)\s*\[([^\]<]*)<([^,\]]*),\s*([\d.?]+)(it\/s|s\/it)(?:,\s*(.*))?\]\s*$/;
+export const PROGRESS_RE = /^steps:\s+(\d+)%\|[^|]*\|\s*(\d+)\/(\d+)\s*\[([^\]<]*)<([^,\]]*),\s*([\d.?]+)(it\/s|s\/it)(?:,\s*(.*))?\]\s*$/;
 const EPOCH_RE = /^epoch (\d+)\/(\d+)$/;
 const CHECKPOINT_RE = /^saving checkpoint: (.+?)\s*$/;
 const EPOCH_FILE_RE = /-(\d{6})\.[A-Za-z0-9]+$/;

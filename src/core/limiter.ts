@@ -43,7 +43,10 @@ export function mutexOf(locks: NamedLocks, name: string): Mutex {
 
 /** A lock that could not be taken in time (someone else holds it for long). */
 export class LockTimeoutError extends Error {
-  constructor(readonly lockName: string, waitedMs: number) {
+  constructor(
+    readonly lockName: string,
+    waitedMs: number,
+  ) {
     super(`lock ${lockName} not acquired within ${waitedMs} ms`);
     this.name = 'LockTimeoutError';
   }

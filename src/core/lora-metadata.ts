@@ -124,7 +124,8 @@ function checkInfo(info: LoraInfo): void {
   const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
   if (!Array.isArray(info.triggerWords) || !info.triggerWords.every((t) => typeof t === 'string')) throw new TypeError('triggerWords must be strings');
   for (const [folder, tags] of Object.entries(info.tagFrequency)) {
-    if (folder.length === 0 || typeof tags !== 'object' || tags === null || Array.isArray(tags)) throw new TypeError(`tag frequency of ${folder} is not an object`);
+    if (folder.length === 0 || typeof tags !== 'object' || tags === null || Array.isArray(tags))
+      throw new TypeError(`tag frequency of ${folder} is not an object`);
     for (const [tag, n] of Object.entries(tags)) if (!count(n)) throw new TypeError(`tag frequency of ${tag} in ${folder} is not a count`);
   }
   for (const c of info.contributors) {

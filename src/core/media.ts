@@ -175,7 +175,10 @@ export function sniffFormat(head: Buffer): { ok: true; format: ImageFormat } | {
   if (ascii(head, 0, 4) === 'PK\x03\x04') return refuse('not an image (a zip archive)');
   if (startsWith(head, [0x1f, 0x8b])) return refuse('not an image (compressed data)');
   if (looksLikeText(head)) {
-    const text = head.toString('utf8').replace(/^\uFEFF/, '').trimStart();
+    const text = head
+      .toString('utf8')
+      .replace(/^\uFEFF/, '')
+      .trimStart();
     if (/<svg[\s>]/i.test(text) || /^<!DOCTYPE\s+svg/i.test(text)) {
       return refuse('SVG is a vector drawing: export it as PNG or JPEG');
     }
@@ -204,7 +207,11 @@ async function readHead(input: Input): Promise<{ head: Buffer; bytes: number }> 
 function decoderDetail(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
   const line = (message.split('\n')[0] ?? '').replace(/^(Input (buffer|file) (has corrupt header|contains unsupported image format):?\s*)/i, '');
-  const detail = line.replace(/^[A-Za-z0-9_]+(load|save)?:\s*/i, '').replace(/^Vips\w+:\s*/, '').replace(/\s+/g, ' ').trim();
+  const detail = line
+    .replace(/^[A-Za-z0-9_]+(load|save)?:\s*/i, '')
+    .replace(/^Vips\w+:\s*/, '')
+    .replace(/\s+/g, ' ')
+    .trim();
   return detail.length > 120 ? `${detail.slice(0, 117)}…` : detail;
 }
 
@@ -420,7 +427,9 @@ async function phashOf(image: Sharp): Promise<string> {
  * white); for a master it equals the `phash` normalizeImage reported.
  */
 export async function imagePhash(image: Buffer | string): Promise<string> {
-  return inSlot(() => phashOf(decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 }).flatten({ background: '#ffffff' }).toColourspace('srgb')));
+  return inSlot(() =>
+    phashOf(decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 }).flatten({ background: '#ffffff' }).toColourspace('srgb')),
+  );
 }
 
 /**

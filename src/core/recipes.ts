@@ -41,9 +41,7 @@ export type OptimizerType = (typeof OPTIMIZERS)[number];
 /** Adaptive optimizers find their own step size: learning rate ≈ 1, and they need about half the steps. */
 export type OptimizerFamily = 'adaptive' | 'fixed';
 
-export const SCHEDULERS = [
-  'constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts', 'polynomial',
-] as const;
+export const SCHEDULERS = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts', 'polynomial'] as const;
 export type SchedulerType = (typeof SCHEDULERS)[number];
 
 export const SAMPLERS = ['ddim', 'euler', 'euler_a', 'dpmsolver++', 'heun', 'dpm_2', 'dpm_2_a', 'lms'] as const;
@@ -166,7 +164,10 @@ const SchedulerSchema = z.strictObject({
    * Steps (an integer), or a fraction of all steps below 1 (sd-scripts `lr_warmup_steps`: any
    * float is read as a fraction, so 1.5 would mean 150%).
    */
-  warmup: z.number().min(0).refine((w) => Number.isInteger(w) || w < 1, 'warmup is whole steps or a fraction below 1'),
+  warmup: z
+    .number()
+    .min(0)
+    .refine((w) => Number.isInteger(w) || w < 1, 'warmup is whole steps or a fraction below 1'),
   /** `lr_scheduler_num_cycles` (cosine with restarts). */
   cycles: z.number().int().min(1).max(100),
 });
@@ -250,8 +251,24 @@ const COMMON = {
 /** SD 1.5 at 512 px (fp16, clip skip 2) and SDXL at 1024 px (bf16), with their sample sizes. */
 function variants(sd15Repeats: RepeatsPolicy, sdxlRepeats: RepeatsPolicy, samples: { sd15: [number, number]; sdxl: [number, number] }) {
   return {
-    sd15: { resolution: 512, repeats: sd15Repeats, mixedPrecision: 'fp16' as const, savePrecision: 'fp16' as const, clipSkip: 2, sampleWidth: samples.sd15[0], sampleHeight: samples.sd15[1] },
-    sdxl: { resolution: 1024, repeats: sdxlRepeats, mixedPrecision: 'bf16' as const, savePrecision: 'fp16' as const, clipSkip: null, sampleWidth: samples.sdxl[0], sampleHeight: samples.sdxl[1] },
+    sd15: {
+      resolution: 512,
+      repeats: sd15Repeats,
+      mixedPrecision: 'fp16' as const,
+      savePrecision: 'fp16' as const,
+      clipSkip: 2,
+      sampleWidth: samples.sd15[0],
+      sampleHeight: samples.sd15[1],
+    },
+    sdxl: {
+      resolution: 1024,
+      repeats: sdxlRepeats,
+      mixedPrecision: 'bf16' as const,
+      savePrecision: 'fp16' as const,
+      clipSkip: null,
+      sampleWidth: samples.sdxl[0],
+      sampleHeight: samples.sdxl[1],
+    },
   };
 }
 const PORTRAIT_SAMPLES: { sd15: [number, number]; sdxl: [number, number] } = { sd15: [512, 768], sdxl: [832, 1216] };
@@ -260,8 +277,7 @@ const RECIPE_DATA: Recipe[] = [
   {
     ...COMMON,
     name: 'character',
-    description:
-      'Character with Prodigy: 8 epochs, ~300 steps per epoch for the character and ~100 per outfit; half on SDXL.',
+    description: 'Character with Prodigy: 8 epochs, ~300 steps per epoch for the character and ~100 per outfit; half on SDXL.',
     network: lora(32, 16),
     optimizer: { type: 'Prodigy', learningRate: 1, args: OPTIMIZER_INFO.Prodigy.defaults.args },
     scheduler: { type: 'cosine', warmup: 0, cycles: 1 },
@@ -299,7 +315,15 @@ const RECIPE_DATA: Recipe[] = [
     sample: { negativePrompt: PHOTO_NEGATIVE, sampler: 'euler_a', steps: 35, cfgScale: 7 },
     variants: {
       sd15: { resolution: 768, repeats: balance(400, 400), mixedPrecision: 'bf16', savePrecision: 'bf16', clipSkip: 1, sampleWidth: 768, sampleHeight: 640 },
-      sdxl: { resolution: 1024, repeats: balance(200, 200), mixedPrecision: 'bf16', savePrecision: 'bf16', clipSkip: null, sampleWidth: 1152, sampleHeight: 960 },
+      sdxl: {
+        resolution: 1024,
+        repeats: balance(200, 200),
+        mixedPrecision: 'bf16',
+        savePrecision: 'bf16',
+        clipSkip: null,
+        sampleWidth: 1152,
+        sampleHeight: 960,
+      },
     },
   },
   {
@@ -505,11 +529,7 @@ const whole = (label: string, min: number, max: number) =>
 export const RunOverridesSchema = z.strictObject({
   epochs: whole('epochs', 1, 100).optional(),
   dim: whole('dim', 1, 256).optional(),
-  alpha: z
-    .number({ error: 'alpha must be a number' })
-    .min(0.1, 'alpha must be from 0.1 to 256')
-    .max(256, 'alpha must be from 0.1 to 256')
-    .optional(),
+  alpha: z.number({ error: 'alpha must be a number' }).min(0.1, 'alpha must be from 0.1 to 256').max(256, 'alpha must be from 0.1 to 256').optional(),
   /** Checked against the optimizer's range in `resolveRecipe`. */
   learningRate: z
     .number({ error: 'learning rate must be a number' })
@@ -517,9 +537,7 @@ export const RunOverridesSchema = z.strictObject({
     .finite('learning rate must be a number')
     .optional(),
   optimizer: z.enum(OPTIMIZERS, { error: `optimizer must be one of ${OPTIMIZERS.join(', ')}` }).optional(),
-  resolution: whole('resolution', 256, 2048)
-    .multipleOf(64, 'resolution must be a multiple of 64 from 256 to 2048')
-    .optional(),
+  resolution: whole('resolution', 256, 2048).multipleOf(64, 'resolution must be a multiple of 64 from 256 to 2048').optional(),
   batchSize: whole('batch size', 1, 16).optional(),
   seed: whole('seed', 0, 2 ** 32 - 1).optional(),
   flip: z.boolean({ error: 'flip must be true or false' }).optional(),
@@ -532,12 +550,23 @@ export type RunOverrides = z.infer<typeof RunOverridesSchema>;
 // ---------------------------------------------------------------------------------------------
 // Resolved recipe (what a plan and the kohya files are made from; JSON-safe, travels in jobs)
 
-export const RECIPE_WARNING_CODES = ['alpha-above-dim', 'optimizer-steps', 'scale-weight-norms', 'network-dim', 'memory', 'family-settings', 'caption-mode'] as const;
+export const RECIPE_WARNING_CODES = [
+  'alpha-above-dim',
+  'optimizer-steps',
+  'scale-weight-norms',
+  'network-dim',
+  'memory',
+  'family-settings',
+  'caption-mode',
+] as const;
 export const RecipeWarningSchema = z.strictObject({ code: z.enum(RECIPE_WARNING_CODES), message: z.string() });
 export type RecipeWarning = z.infer<typeof RecipeWarningSchema>;
 
 /** A plain file name in the worker's models folder. */
-const modelFileName = z.string().regex(/^[A-Za-z0-9][\w.+-]{0,199}$/, 'a model file is a plain file name').refine((n) => /\.(safetensors|sft)$/i.test(n), 'a companion model is a .safetensors file');
+const modelFileName = z
+  .string()
+  .regex(/^[A-Za-z0-9][\w.+-]{0,199}$/, 'a model file is a plain file name')
+  .refine((n) => /\.(safetensors|sft)$/i.test(n), 'a companion model is a .safetensors file');
 
 const MemorySchema = z.strictObject({
   /** null: SD 1.5 / SDXL, which need no preset. */
@@ -610,13 +639,19 @@ const ResolvedRecipeObject = z
      */
     companions: z.strictObject({ clip_l: modelFileName.nullable(), t5xxl: modelFileName.nullable(), ae: modelFileName.nullable() }).nullable().default(null),
     /** null: the run picks one when it is created. */
-    seed: z.number().int().min(0).max(2 ** 32 - 1).nullable(),
+    seed: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 32 - 1)
+      .nullable(),
     warnings: z.array(RecipeWarningSchema),
   })
   .superRefine((r, ctx) => {
     const transformer = isTransformerFamily(r.base);
     if (transformer !== (r.flux !== null)) ctx.addIssue({ code: 'custom', message: 'FLUX settings belong to FLUX.1/Chroma runs only', path: ['flux'] });
-    if ((r.base === 'sdxl-vpred') !== (r.vPrediction !== null)) ctx.addIssue({ code: 'custom', message: 'v-prediction belongs to sdxl-vpred runs only', path: ['vPrediction'] });
+    if ((r.base === 'sdxl-vpred') !== (r.vPrediction !== null))
+      ctx.addIssue({ code: 'custom', message: 'v-prediction belongs to sdxl-vpred runs only', path: ['vPrediction'] });
     if (transformer && (r.shuffleCaption || r.captionTagDropoutRate > 0) && r.memory.cacheTextEncoderOutputs) {
       ctx.addIssue({ code: 'custom', message: 'cached text encoder outputs need fixed captions (no shuffling or tag dropout)', path: ['shuffleCaption'] });
     }
@@ -736,14 +771,18 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
     optimizerType = 'AdamW8bit';
     warnings.push({ code: 'memory', message: 'AdamW became AdamW8bit: the 12 GB preset needs the 8-bit optimizer.' });
   } else if (preset?.eightBitAdam && optimizerType !== 'AdamW8bit' && optimizerType !== 'Adafactor') {
-    warnings.push({ code: 'memory', message: `${optimizerType} keeps more state than AdamW8bit and may run out of memory on a 12 GB GPU; the FLUX guide recommends AdamW8bit there.` });
+    warnings.push({
+      code: 'memory',
+      message: `${optimizerType} keeps more state than AdamW8bit and may run out of memory on a 12 GB GPU; the FLUX guide recommends AdamW8bit there.`,
+    });
   }
   const switched = optimizerType !== recipe.optimizer.type;
   const info = OPTIMIZER_INFO[optimizerType];
   const sameRate = switched && optimizerFamily(optimizerType) === optimizerFamily(recipe.optimizer.type) && o.optimizer === undefined;
-  const optimizer = switched && !sameRate
-    ? { type: optimizerType, learningRate: info.defaults.learningRate, args: [...info.defaults.args] }
-    : { ...recipe.optimizer, type: optimizerType, args: [...recipe.optimizer.args] };
+  const optimizer =
+    switched && !sameRate
+      ? { type: optimizerType, learningRate: info.defaults.learningRate, args: [...info.defaults.args] }
+      : { ...recipe.optimizer, type: optimizerType, args: [...recipe.optimizer.args] };
   if (o.learningRate !== undefined) {
     if (o.learningRate < info.lr.min || o.learningRate > info.lr.max) {
       throw new UserError(
@@ -790,14 +829,19 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
   let batchSize = o.batchSize ?? recipe.batchSize;
   if (preset) {
     if (o.batchSize !== undefined && o.batchSize > preset.batchSize) {
-      throw new UserError(`Batch size ${o.batchSize} needs more GPU memory than the ${preset.label} preset has; it trains with batch size ${preset.batchSize} at most.`);
+      throw new UserError(
+        `Batch size ${o.batchSize} needs more GPU memory than the ${preset.label} preset has; it trains with batch size ${preset.batchSize} at most.`,
+      );
     }
     batchSize = o.batchSize ?? preset.batchSize;
   }
 
   const resolution = o.resolution ?? variant.resolution;
   if (transformer && memory.preset !== null && resolution > FAMILY_INFO[base].nativeResolution && VRAM_PRESET_INFO[memory.preset].minMiB < 22_000) {
-    warnings.push({ code: 'memory', message: `${resolution} px on the ${VRAM_PRESET_INFO[memory.preset].label} preset may run out of memory; 1024 px is the safe size there.` });
+    warnings.push({
+      code: 'memory',
+      message: `${resolution} px on the ${VRAM_PRESET_INFO[memory.preset].label} preset may run out of memory; 1024 px is the safe size there.`,
+    });
   }
 
   // Cached text encoder outputs need the same caption every step (reference §2).
@@ -806,14 +850,20 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
   if (transformer && (shuffleCaption || captionTagDropoutRate > 0)) {
     shuffleCaption = false;
     captionTagDropoutRate = 0;
-    warnings.push({ code: 'family-settings', message: `${familyLabel(base)} keeps captions as written (no shuffling or tag dropout): its text encoders run once, before training.` });
+    warnings.push({
+      code: 'family-settings',
+      message: `${familyLabel(base)} keeps captions as written (no shuffling or tag dropout): its text encoders run once, before training.`,
+    });
   }
 
   // kohya shuffles and drops comma-separated pieces: that would cut sentences apart.
   if (context.captionMode !== undefined && context.captionMode !== 'tags' && (shuffleCaption || captionTagDropoutRate > 0)) {
     shuffleCaption = false;
     captionTagDropoutRate = 0;
-    warnings.push({ code: 'caption-mode', message: 'Sentence captions are kept as written (no shuffling or tag dropout), so they are never cut apart at their commas.' });
+    warnings.push({
+      code: 'caption-mode',
+      message: 'Sentence captions are kept as written (no shuffling or tag dropout), so they are never cut apart at their commas.',
+    });
   }
 
   const transformerSample = base === 'flux1' || base === 'chroma' ? TRANSFORMER_SAMPLES[base] : null;
@@ -860,7 +910,11 @@ export function resolveRecipe(name: string, base: BaseFamily, overrides: unknown
  * The text encoder and autoencoder files for a FLUX.1/Chroma run, picked from what a worker
  * advertises (`available`: file → kind). Throws a UserError naming what is missing.
  */
-export function pickCompanions(base: BaseFamily, available: readonly { file: string; kind: CompanionKind; fp8?: boolean }[], where: string): CompanionFiles | null {
+export function pickCompanions(
+  base: BaseFamily,
+  available: readonly { file: string; kind: CompanionKind; fp8?: boolean }[],
+  where: string,
+): CompanionFiles | null {
   const needs = FAMILY_INFO[base].companions;
   if (needs.length === 0) return null;
   const picked: CompanionFiles = { clip_l: null, t5xxl: null, ae: null };

@@ -85,7 +85,9 @@ export async function jpegWithin(
   options: Omit<JpegOptions, 'quality'> = {},
 ): Promise<Buffer> {
   for (const quality of qualities) {
-    const jpeg = await fromRaw(image.data, image.width, image.height, image.channels).jpeg({ ...options, quality }).toBuffer();
+    const jpeg = await fromRaw(image.data, image.width, image.height, image.channels)
+      .jpeg({ ...options, quality })
+      .toBuffer();
     if (jpeg.length <= maxBytes) return jpeg;
   }
   throw new Error(`media: ${what} does not fit in ${maxBytes} bytes`);

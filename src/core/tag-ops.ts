@@ -111,9 +111,7 @@ export function validateCaptionText(text: string): void {
   const control = CONTROL_IN_TEXT.exec(text);
   if (control) {
     const at = charCount(text.slice(0, control.index)) + 1;
-    throw new UserError(
-      `That caption holds a control character (${codePoint(control[0])} at character ${at}); remove it and try again.`,
-    );
+    throw new UserError(`That caption holds a control character (${codePoint(control[0])} at character ${at}); remove it and try again.`);
   }
 }
 
@@ -226,14 +224,7 @@ export function tagFrequencies(captions: readonly (readonly string[])[]): TagFre
  * Breast-size tags: the seed guide's one firm rule of pruning is never to fold these into a
  * trigger ("people really do get angry at not being able to change" them).
  */
-export const NEVER_PRUNE_TAGS: readonly string[] = [
-  'flat_chest',
-  'small_breasts',
-  'medium_breasts',
-  'large_breasts',
-  'huge_breasts',
-  'gigantic_breasts',
-];
+export const NEVER_PRUNE_TAGS: readonly string[] = ['flat_chest', 'small_breasts', 'medium_breasts', 'large_breasts', 'huge_breasts', 'gigantic_breasts'];
 
 export interface PruneOptions {
   /** Share of captions a tag must be in, 0–1. Default 0.9. */

@@ -29,9 +29,7 @@ export interface SessionThreadData {
   options: InferenceSession.SessionOptions;
 }
 
-export type ToThread =
-  | { type: 'run'; id: number; inputName: string; outputName: string; data: Float32Array; dims: number[] }
-  | { type: 'release' };
+export type ToThread = { type: 'run'; id: number; inputName: string; outputName: string; data: Float32Array; dims: number[] } | { type: 'release' };
 
 export type FromThread =
   | ({ type: 'ready' } & ModelIo)

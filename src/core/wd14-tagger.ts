@@ -113,9 +113,7 @@ export async function loadTagger(dir: string, opts: LoadTaggerOptions = {}): Pro
   for (const file of [modelPath, tagsPath]) {
     const st = await stat(file).catch(() => undefined);
     if (!st?.isFile()) {
-      throw new TaggerUnavailableError(
-        `The tagger model file ${file} is missing. The folder must hold model.onnx and selected_tags.csv of a WD14 tagger.`,
-      );
+      throw new TaggerUnavailableError(`The tagger model file ${file} is missing. The folder must hold model.onnx and selected_tags.csv of a WD14 tagger.`);
     }
   }
   let csv: string;

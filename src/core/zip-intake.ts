@@ -37,9 +37,7 @@ export type ZipSkip = { name: string; reason: string };
 
 export type ZipIntake = { images: ZipImage[]; skipped: ZipSkip[] };
 
-export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set([
-  '.png', '.jpg', '.jpeg', '.webp', '.gif', '.avif', '.tif', '.tiff', '.bmp',
-]);
+export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.avif', '.tif', '.tiff', '.bmp']);
 
 /** Captions longer than this are not read; the image comes in without one. */
 export const MAX_CAPTION_BYTES = 8 * 1024;
@@ -317,12 +315,7 @@ async function extractEntry(
 }
 
 /** Reads a caption entry (bounded), or says why it was not used. */
-async function readCaption(
-  zip: ZipFile,
-  entry: Entry,
-  budget: { used: number; max: number },
-  limits: ZipLimits,
-): Promise<CaptionResult> {
+async function readCaption(zip: ZipFile, entry: Entry, budget: { used: number; max: number }, limits: ZipLimits): Promise<CaptionResult> {
   if (entry.isEncrypted()) return { note: 'caption not used: encrypted' };
   if (!entry.canDecodeFileData()) return { note: 'caption not used: compressed in a way that is not supported' };
   if (entry.uncompressedSize > MAX_CAPTION_BYTES) {

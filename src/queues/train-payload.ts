@@ -6,7 +6,6 @@ import { z } from 'zod';
 import { BASE_FAMILIES, ResolvedRecipeSchema } from '../core/recipes.ts';
 import type { TrainRunPayload } from './contract.ts';
 
-
 export const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const OUTPUT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 export const BLOB_ID = /^[0-9a-f]{64}$/;
@@ -55,7 +54,11 @@ const PayloadSchema = z.object({
   recipe: ResolvedRecipeSchema,
   images: z.record(z.string(), z.object({ blob: z.string().regex(BLOB_ID, 'not a blob id'), caption: z.string().max(10_000).nullable() })),
   samplePrompts: z.array(z.string().max(2000)).max(16),
-  seed: z.number().int().min(0).max(2 ** 32 - 1),
+  seed: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 32 - 1),
   outputName: z
     .string()
     .regex(OUTPUT_NAME, 'outputName is not a safe file name')
@@ -78,7 +81,7 @@ export function checkPayload(data: unknown): CheckedPayload {
   const problems: string[] = [];
   if (p.recipe.name !== plan.recipe || p.recipe.base !== plan.base) problems.push('the recipe is not the one the plan was made with');
   if (p.recipe.epochs !== plan.epochs) problems.push(`the recipe trains ${p.recipe.epochs} epochs, the plan ${plan.epochs}`);
-  if (plan.totalSteps !== plan.epochs * plan.stepsPerEpoch) problems.push('the plan\'s total steps are not epochs × steps per epoch');
+  if (plan.totalSteps !== plan.epochs * plan.stepsPerEpoch) problems.push("the plan's total steps are not epochs × steps per epoch");
   if (p.recipe.seed !== null && p.recipe.seed !== p.seed) problems.push(`seed ${p.seed} is not the recipe's seed ${p.recipe.seed}`);
   for (const concept of plan.concepts) {
     if (concept.folder !== `${concept.repeats}_${concept.name}`) problems.push(`concept folder ${JSON.stringify(concept.folder)} is not {repeats}_{name}`);

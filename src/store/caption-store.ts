@@ -71,9 +71,7 @@ export interface CaptionMeta {
 }
 
 export type TaggerWrite =
-  | { written: true; caption: CaptionVersion }
-  | { written: false; reason: 'captioned'; caption: CaptionVersion }
-  | { written: false; reason: 'no-image' };
+  { written: true; caption: CaptionVersion } | { written: false; reason: 'captioned'; caption: CaptionVersion } | { written: false; reason: 'no-image' };
 
 export interface BulkEdit {
   id: string;
@@ -331,12 +329,7 @@ export class CaptionStore {
    * For the tagger: writes only when the image has no caption yet, so a caption that arrived or
    * was edited while the tagger ran is never overwritten.
    */
-  async setIfUntagged(
-    datasetId: string,
-    no: number,
-    tags: readonly string[],
-    meta: Omit<CaptionMeta, 'ifVersion'>,
-  ): Promise<TaggerWrite> {
+  async setIfUntagged(datasetId: string, no: number, tags: readonly string[], meta: Omit<CaptionMeta, 'ifVersion'>): Promise<TaggerWrite> {
     const [status, json] = await this.write(datasetId, no, tags, meta, 'untagged');
     if (status === -1) return { written: false, reason: 'no-image' };
     if (status === -2) return { written: false, reason: 'captioned', caption: parseVersion(json) };
@@ -441,14 +434,7 @@ export class CaptionStore {
    * nothing to go back to (no caption, only one version, or older versions out of history).
    */
   async undo(datasetId: string, no: number, by: string): Promise<CaptionVersion | null> {
-    const json = (await this.redis.eval(
-      UNDO_LUA,
-      2,
-      this.currentKey(datasetId),
-      this.historyKey(datasetId, no),
-      String(no),
-      undoMark(by),
-    )) as string | null;
+    const json = (await this.redis.eval(UNDO_LUA, 2, this.currentKey(datasetId), this.historyKey(datasetId, no), String(no), undoMark(by))) as string | null;
     return json === null ? null : parseVersion(json);
   }
 

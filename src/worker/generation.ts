@@ -61,7 +61,8 @@ export function generateProblem(p: GeneratePayload): string | null {
   for (const side of [p.width, p.height]) if (!Number.isInteger(side) || side < 256 || side > 1536 || side % 64 !== 0) return 'the size is not valid';
   if (!Array.isArray(p.cells) || p.cells.length === 0 || p.cells.length > 64) return 'the generation names no images';
   for (const c of p.cells) {
-    if (!Number.isInteger(c.epoch) || c.epoch < 1 || !Number.isFinite(c.weight) || c.weight < -2 || c.weight > 2 || !BLOB.test(c.lora)) return 'an image of the generation is not valid';
+    if (!Number.isInteger(c.epoch) || c.epoch < 1 || !Number.isFinite(c.weight) || c.weight < -2 || c.weight > 2 || !BLOB.test(c.lora))
+      return 'an image of the generation is not valid';
   }
   return null;
 }
@@ -157,7 +158,8 @@ export function startGenerationWorker(deps: GenerationDeps, connection: Redis): 
     const problem = generateProblem(p);
     if (problem) {
       log.warn({ jobId: job.id, problem }, 'refusing a generation');
-      if (typeof p?.requestId === 'string' && ID.test(p.requestId)) await report({ requestId: p.requestId, ok: false, workerId: deps.workerId, reason: problem });
+      if (typeof p?.requestId === 'string' && ID.test(p.requestId))
+        await report({ requestId: p.requestId, ok: false, workerId: deps.workerId, reason: problem });
       return;
     }
     if (!(await hasModel(p.baseModel))) {

@@ -135,7 +135,8 @@ export class GuildClient {
         const transient = res.statusCode >= 500 || res.statusCode === 429;
         if (!transient) return { status: res.statusCode, text, headers: res.headers };
         const retryAfter = Number(res.headers['retry-after']);
-        if (opts.retry === false || Date.now() - started > this.retryForMs) throw new Error(`the bot answered ${res.statusCode}: ${errorText(text) ?? ''}`.trim());
+        if (opts.retry === false || Date.now() - started > this.retryForMs)
+          throw new Error(`the bot answered ${res.statusCode}: ${errorText(text) ?? ''}`.trim());
         const wait = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : delay;
         this.log.warn({ status: res.statusCode, route: routeName(path), attempt, waitMs: wait }, 'the bot is busy or failing; retrying');
         await sleep(wait);
@@ -309,7 +310,10 @@ function errorText(text: string): string | null {
 
 /** The route without ids or query (never a signature). */
 function routeName(path: string): string {
-  return path.split('?')[0]!.replace(/\/[0-9a-f]{64}/, '/<blob>').replace(/leases\/[^/]+/, 'leases/<id>');
+  return path
+    .split('?')[0]!
+    .replace(/\/[0-9a-f]{64}/, '/<blob>')
+    .replace(/leases\/[^/]+/, 'leases/<id>');
 }
 
 function describe(err: unknown): string {
@@ -317,4 +321,3 @@ function describe(err: unknown): string {
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' ? `${code}: ${err.message}` : err.message;
 }
-

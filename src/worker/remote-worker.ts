@@ -48,7 +48,7 @@ export interface RemoteWorkerHandle {
 /** Checks the remote settings before anything starts; the problems, in words. */
 export function remoteSettingsProblems(config: Config): string[] {
   const problems: string[] = [];
-  if (!config.LORA_GUILD_URL) problems.push('LORA_GUILD_URL: the bot\'s address, as /worker add showed it');
+  if (!config.LORA_GUILD_URL) problems.push("LORA_GUILD_URL: the bot's address, as /worker add showed it");
   if (!config.WORKER_TOKEN) problems.push('WORKER_TOKEN: the token /worker add showed (lgw_…)');
   if (config.LORA_GUILD_URL && new URL(config.LORA_GUILD_URL).protocol !== 'https:' && !config.ALLOW_INSECURE_WORKER_HTTP) {
     problems.push('LORA_GUILD_URL: must be https:// (the token travels with every request); ALLOW_INSECURE_WORKER_HTTP=true allows http for a local test');
@@ -131,7 +131,12 @@ class RemoteRunHost implements RunHost {
  * Keeps the cache under its size: run folders of runs this worker no longer holds go first (oldest
  * first), then blobs least recently used. Never what the current lease needs.
  */
-export async function trimCache(cacheDir: string, maxBytes: number, keep: { blobs: Set<string>; runId: string | null }, log: Logger): Promise<{ freed: number; total: number }> {
+export async function trimCache(
+  cacheDir: string,
+  maxBytes: number,
+  keep: { blobs: Set<string>; runId: string | null },
+  log: Logger,
+): Promise<{ freed: number; total: number }> {
   const entries: { path: string; bytes: number; at: number; kind: 'run' | 'blob' }[] = [];
   const sizeOf = async (path: string): Promise<number> => {
     const info = await stat(path).catch(() => null);
@@ -228,7 +233,7 @@ export function startRemoteWorker(config: Config, deps: RemoteWorkerDeps): Remot
   function refuse(err: TokenRefusedError): void {
     if (tokenRefused) return;
     tokenRefused = true;
-    log.fatal({ reason: err.message }, 'the bot refused this worker\'s token (revoked?): stopping');
+    log.fatal({ reason: err.message }, "the bot refused this worker's token (revoked?): stopping");
     if (host) host.leaseGone = true;
     current?.requestStop('shutdown');
     stopPolling.abort();
@@ -276,7 +281,10 @@ export function startRemoteWorker(config: Config, deps: RemoteWorkerDeps): Remot
     if (!grant.resume) return;
     const dir = join(runDir, 'output', `${outputName}-${pad6(grant.resume.epoch)}-state`);
     const tmp = `${dir}.${randomUUID().slice(0, 8)}.tmp`;
-    const present = await stat(join(dir, 'train_state.json')).then(() => true, () => false);
+    const present = await stat(join(dir, 'train_state.json')).then(
+      () => true,
+      () => false,
+    );
     if (present) return;
     await mkdir(tmp, { recursive: true });
     for (const f of grant.resume.files) {
@@ -383,11 +391,13 @@ export function startRemoteWorker(config: Config, deps: RemoteWorkerDeps): Remot
       genLog.info({ seconds: (Date.now() - started) / 1000 }, 'generation done');
     } catch (err) {
       if (err instanceof TokenRefusedError) refuse(err);
-      else if (err instanceof LeaseGoneError) genLog.warn('the generation\'s lease is gone');
+      else if (err instanceof LeaseGoneError) genLog.warn("the generation's lease is gone");
       else {
         const reason = err instanceof GenerationFailure ? err.reason : `the worker failed: ${err instanceof Error ? err.message : String(err)}`;
         genLog.warn({ reason }, 'generation failed');
-        await client.generated(grant.leaseId, { ok: false, reason }).catch((reportErr: unknown) => genLog.error({ err: reportErr }, 'could not report the failed generation'));
+        await client
+          .generated(grant.leaseId, { ok: false, reason })
+          .catch((reportErr: unknown) => genLog.error({ err: reportErr }, 'could not report the failed generation'));
       }
     } finally {
       leaseId = null;

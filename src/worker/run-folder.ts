@@ -17,10 +17,7 @@ import { codeOf, listDir } from '../core/fs-errors.ts';
 export const ENDED_FILE = 'ended.json';
 const KEEP = new Set(['run-state.json', ENDED_FILE]);
 
-export type RunEnd =
-  | { outcome: 'finished' }
-  | { outcome: 'cancelled' }
-  | { outcome: 'failed'; reason: string; logTail: string[] };
+export type RunEnd = { outcome: 'finished' } | { outcome: 'cancelled' } | { outcome: 'failed'; reason: string; logTail: string[] };
 
 export interface ClearOptions {
   /** Called before each entry is removed (tests stop here to play a crash). */

@@ -60,7 +60,6 @@ const NO_LINK = new Set(['EXDEV', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EMLINK', 'E
 /** File-system work in flight at once while staging. */
 const STAGING_PARALLELISM = 16;
 
-
 /** The caption file's content, or null when the image gets none. sd-scripts reads the first line only. */
 export function captionFileText(caption: string | null): string | null {
   if (caption === null) return null;
@@ -95,7 +94,8 @@ async function placeImage(blobs: BlobStore, image: StageImage, target: string, d
   try {
     blob = await stat(source);
   } catch (err) {
-    if (codeOf(err) === 'ENOENT') throw new StagingError(`image ${image.id}: its master (blob ${image.blob.slice(0, 12)}…) is missing from this worker's store`);
+    if (codeOf(err) === 'ENOENT')
+      throw new StagingError(`image ${image.id}: its master (blob ${image.blob.slice(0, 12)}…) is missing from this worker's store`);
     throw err;
   }
   let existing;

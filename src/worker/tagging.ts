@@ -87,7 +87,10 @@ export class TaggingService {
     const dataset = await store.getDataset(payload.datasetId);
     if (!dataset || dataset.guildId !== payload.guildId) return { described: [], skipped: payload.imageNos };
     const images = await store.getImages(dataset.id, payload.imageNos);
-    const current = await sentences.getMany(dataset.id, images.map((i) => i.no));
+    const current = await sentences.getMany(
+      dataset.id,
+      images.map((i) => i.no),
+    );
     const todo = images.filter((i) => !current.has(i.no));
     const skipped = payload.imageNos.filter((n) => !todo.some((i) => i.no === n));
     if (todo.length === 0) return { described: [], skipped };
@@ -165,7 +168,10 @@ export class TaggingService {
     const dataset = await store.getDataset(payload.datasetId);
     if (!dataset || dataset.guildId !== payload.guildId) return { tagged: [], skipped: payload.imageNos };
     const images = await store.getImages(dataset.id, payload.imageNos);
-    const current = await captions.getMany(dataset.id, images.map((i) => i.no));
+    const current = await captions.getMany(
+      dataset.id,
+      images.map((i) => i.no),
+    );
     // A caption that arrived with the image (and nobody edited since) is still tagged: the
     // tagger's tags are added after it, and the uploaded version stays in the history.
     const fromUpload = (no: number) => current.get(no)?.source === 'upload';
@@ -308,8 +314,7 @@ async function announce(deps: TaggingDeps, job: Job<TagImagesPayload>, result: T
   const nos = result.tagged;
   const range = n === 1 ? `#${nos[0]}` : `#${nos[0]}–#${nos[n - 1]}`;
   const content =
-    `🏷️ Tagged ${n} image${n === 1 ? '' : 's'} of **${dataset.name}** (${range}). ` +
-    'Review with `/tags top` and `/caption show`; prune with `/tags remove`.';
+    `🏷️ Tagged ${n} image${n === 1 ? '' : 's'} of **${dataset.name}** (${range}). ` + 'Review with `/tags top` and `/caption show`; prune with `/tags remove`.';
   await deps.notices.post(dataset.threadId ?? dataset.channelId, content, `tagged:${job.id ?? ''}:${nos.join(',')}`);
 }
 

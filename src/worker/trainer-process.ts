@@ -27,11 +27,7 @@ const SECRET_NAMES = new Set(['DISCORD_TOKEN', 'DOWNLOAD_SECRET', 'REDIS_URL']);
 const SECRET_PATTERN = /(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|CREDENTIALS?)$/i;
 
 /** `TRAINER_CMD` (admin configuration, split on whitespace), then the script and its arguments. */
-export function trainerCommand(
-  trainerCmd: string | undefined,
-  scriptPath: string,
-  scriptArgs: readonly string[],
-): { command: string; args: string[] } {
+export function trainerCommand(trainerCmd: string | undefined, scriptPath: string, scriptArgs: readonly string[]): { command: string; args: string[] } {
   const words = (trainerCmd ?? DEFAULT_TRAINER_CMD).split(/\s+/).filter((w) => w.length > 0);
   const [command, ...prefix] = words;
   if (command === undefined) throw new Error('TRAINER_CMD is empty');
@@ -74,7 +70,6 @@ export interface TrainerRecord {
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
 
 /** Whether any process of group `pgid` exists (zombies included until reaped). */
 export function processGroupAlive(pgid: number): boolean {

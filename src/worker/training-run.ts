@@ -52,8 +52,7 @@ export interface TrainingRunDeps {
 }
 
 export type TrainRunResult =
-  | { outcome: 'finished'; final: ArtifactRef; seconds: number; timings: RunTimings }
-  | { outcome: 'cancelled'; lastEpoch: number | null; timings: RunTimings };
+  { outcome: 'finished'; final: ArtifactRef; seconds: number; timings: RunTimings } | { outcome: 'cancelled'; lastEpoch: number | null; timings: RunTimings };
 
 export interface RunTimings {
   /** From the job's pickup to the trainer process running (null: no trainer was started). */
@@ -72,7 +71,6 @@ export async function isResumableState(dir: string): Promise<boolean> {
 const pad6 = (n: number) => String(n).padStart(6, '0');
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 
 async function writeAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
@@ -93,7 +91,6 @@ async function validCheckpoint(path: string): Promise<boolean> {
     return false;
   }
 }
-
 
 /** The prompt text of each line of the sample-prompts file (options dropped), in order. */
 function promptTexts(files: KohyaFiles): string[] {
@@ -282,7 +279,10 @@ export class TrainingRun {
     const checkpoint = await this.putArtifact(file);
     const grid = await this.gridOf(e);
     const state = join(this.outputDir, `${this.payload.outputName}-${pad6(e)}-state`);
-    await this.host.epochSaved({ kind: 'epoch', runId: this.runId, epoch: e, epochs: this.epochs, grid, checkpoint }, (await isResumableState(state)) ? state : null);
+    await this.host.epochSaved(
+      { kind: 'epoch', runId: this.runId, epoch: e, epochs: this.epochs, grid, checkpoint },
+      (await isResumableState(state)) ? state : null,
+    );
     this.reported.add(e);
     await this.saveState();
     this.log.info({ epoch: e, checkpoint: checkpoint.blob, grid: grid?.blob ?? null }, 'epoch reported');
@@ -318,7 +318,8 @@ export class TrainingRun {
     let removed = 0;
     for (const entry of await listDir(this.outputDir)) {
       const m = checkpoint.exec(entry) ?? state.exec(entry);
-      const stale = (m?.[1] !== undefined && Number(m[1]) > keep) || entry === `${this.payload.outputName}.safetensors` || entry === `${this.payload.outputName}-state`;
+      const stale =
+        (m?.[1] !== undefined && Number(m[1]) > keep) || entry === `${this.payload.outputName}.safetensors` || entry === `${this.payload.outputName}-state`;
       if (stale) {
         await rm(join(this.outputDir, entry), { recursive: true, force: true });
         removed++;
@@ -418,7 +419,14 @@ export class TrainingRun {
     const { recipe, images } = this.payload;
     let datasetBytes = 0;
     for (const image of Object.values(images)) datasetBytes += await bytesUnder(this.host.blobs.path(image.blob));
-    const estimate = estimateRunDisk({ base: recipe.base, epochs: this.epochs, networkDim: recipe.network.dim, convDim: recipe.network.type === 'lora' || recipe.network.type === 'dora' ? null : recipe.network.dim, prompts: this.prompts.length, datasetBytes });
+    const estimate = estimateRunDisk({
+      base: recipe.base,
+      epochs: this.epochs,
+      networkDim: recipe.network.dim,
+      convDim: recipe.network.type === 'lora' || recipe.network.type === 'dora' ? null : recipe.network.dim,
+      prompts: this.prompts.length,
+      datasetBytes,
+    });
     const free = await (this.deps.freeBytes ?? freeBytes)(this.host.runsDir);
     const problem = diskShortfall(estimate, free, await bytesUnder(this.runDir));
     if (problem) throw new RunFailure(problem);
@@ -575,7 +583,10 @@ export class TrainingRun {
         return;
       case 'totals':
         if (event.stepsPerEpoch !== undefined && event.stepsPerEpoch !== this.stepsPerEpoch) {
-          this.log.warn({ planned: this.stepsPerEpoch, trainer: event.stepsPerEpoch }, 'the trainer counts other steps per epoch than the plan; using its count');
+          this.log.warn(
+            { planned: this.stepsPerEpoch, trainer: event.stepsPerEpoch },
+            'the trainer counts other steps per epoch than the plan; using its count',
+          );
           this.stepsPerEpoch = event.stepsPerEpoch;
         }
         return;

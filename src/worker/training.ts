@@ -19,7 +19,6 @@ import { sweepEndedRuns } from './run-folder.ts';
 import { describeRunError, TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
 import { WorkerRegistry } from './worker-registry.ts';
 
-
 export interface TrainingDeps extends TrainingRunDeps {
   blobs: BlobStore;
   /** Finds the GPU for the heartbeat (default: nvidia-smi). */
@@ -60,7 +59,8 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     .catch((err: unknown) => log.warn({ err }, 'could not sweep ended run folders'));
   const registryStarted = registry.start().catch((err: unknown) => log.error({ err }, 'worker registry did not start'));
   // Generations share this worker's GPU: served between runs and before waiting runs, never beside one.
-  const generations = deps.generations === false ? null : startGenerationWorker({ config, logger: deps.logger, env: deps.env, blobs: deps.blobs, workerId }, connection);
+  const generations =
+    deps.generations === false ? null : startGenerationWorker({ config, logger: deps.logger, env: deps.env, blobs: deps.blobs, workerId }, connection);
   let current: TrainingRun | null = null;
   let shuttingDown = false;
 
@@ -119,7 +119,7 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
       const runId = checked.ok ? checked.payload.runId : checked.runId;
       if (runId !== null) {
         void events
-          .send({ kind: 'failed', runId, reason: 'the run\'s worker stopped responding too many times', logTail: [] })
+          .send({ kind: 'failed', runId, reason: "the run's worker stopped responding too many times", logTail: [] })
           .catch((sendErr: unknown) => log.error({ err: sendErr, runId }, 'could not report a stalled run'));
       }
     }

@@ -33,20 +33,15 @@ export function baseFromFileName(file: string): ModelInfo['base'] {
 /** Reads `nvidia-smi` once; null without an NVIDIA GPU (or driver). The first GPU is the one used. */
 export function probeGpu(timeoutMs = 5_000): Promise<GpuInfo> {
   return new Promise((resolve) => {
-    execFile(
-      'nvidia-smi',
-      ['--query-gpu=name,memory.total', '--format=csv,noheader,nounits'],
-      { timeout: timeoutMs, windowsHide: true },
-      (err, stdout) => {
-        if (err) {
-          resolve(null);
-          return;
-        }
-        const line = stdout.split('\n').find((l) => l.trim().length > 0);
-        const m = line ? /^(.*?),\s*(\d+)\s*$/.exec(line.trim()) : null;
-        resolve(m?.[1] && m[2] ? { name: m[1].trim(), memoryMiB: Number(m[2]) } : null);
-      },
-    );
+    execFile('nvidia-smi', ['--query-gpu=name,memory.total', '--format=csv,noheader,nounits'], { timeout: timeoutMs, windowsHide: true }, (err, stdout) => {
+      if (err) {
+        resolve(null);
+        return;
+      }
+      const line = stdout.split('\n').find((l) => l.trim().length > 0);
+      const m = line ? /^(.*?),\s*(\d+)\s*$/.exec(line.trim()) : null;
+      resolve(m?.[1] && m[2] ? { name: m[1].trim(), memoryMiB: Number(m[2]) } : null);
+    });
   });
 }
 

@@ -177,7 +177,13 @@ describe('tagging and the caption workshop', () => {
   });
 
   it('autocompletes tags by frequency', async () => {
-    const h = world.discord.sendAutocomplete({ name: 'tags', subcommand: 'remove', options: { dataset: 'aria', tags: 'smile, lo' }, focused: 'tags', user: alice });
+    const h = world.discord.sendAutocomplete({
+      name: 'tags',
+      subcommand: 'remove',
+      options: { dataset: 'aria', tags: 'smile, lo' },
+      focused: 'tags',
+      user: alice,
+    });
     const cb = await h.callback();
     expect(cb.json).toMatchObject({ type: 8, data: { choices: [{ value: 'smile, long hair' }] } });
   });

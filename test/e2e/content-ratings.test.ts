@@ -45,7 +45,9 @@ async function redJpeg(seed: number, name = `red-${seed}.jpg`): Promise<ImageFil
     img.data[i + 1] = Math.round((img.data[i + 1]! * 60) / 255);
     img.data[i + 2] = Math.round((img.data[i + 2]! * 60) / 255);
   }
-  const data = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+  const data = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
+    .jpeg({ quality: 90 })
+    .toBuffer();
   return { name, data, contentType: 'image/jpeg' };
 }
 
@@ -81,7 +83,9 @@ function sheetOf(h: InteractionHandle): Buffer | undefined {
 /** The sheet's size is that of a sheet of `n` tiles (columns and rows follow the count). */
 async function expectTiles(sheet: Buffer | undefined, n: number) {
   expect(sheet).toBeDefined();
-  const blank = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#808080' } }).png().toBuffer();
+  const blank = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#808080' } })
+    .png()
+    .toBuffer();
   const expected = await sharp(await makeContactSheet(Array.from({ length: n }, (_, i) => ({ image: blank, label: `#${i + 1}` })))).metadata();
   const got = await sharp(sheet).metadata();
   expect([got.width, got.height]).toEqual([expected.width, expected.height]);
@@ -108,7 +112,9 @@ describe('attestation', () => {
   it('asks a first contributor once, stores nothing without it, and records who confirmed and when', async () => {
     await createDataset('aria');
     const first = addImages('aria', [await normalJpeg(1)]);
-    expect(await run(first)).toMatch(/please confirm once:\n> I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal\.\nNothing was saved/);
+    expect(await run(first)).toMatch(
+      /please confirm once:\n> I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal\.\nNothing was saved/,
+    );
     expect(first.lastReply()!.attachments).toEqual([]);
     const ds = (await store.findDataset(world.discord.guildId, 'aria'))!;
     expect(await store.imageCount(ds.id)).toBe(0);
@@ -159,7 +165,13 @@ describe('ratings and channel-aware posting', () => {
     expect(await run(h)).toMatch(/2 added, 0 refused/);
     await expectTiles(sheetOf(h), 2);
     expect(await redShare(sheetOf(h)!)).toBeGreaterThan(0.3);
-    const shown = world.discord.sendCommand({ name: 'caption', subcommand: 'show', user: alice, channelId: NSFW_CHANNEL, options: { dataset: 'noir', image: 1 } });
+    const shown = world.discord.sendCommand({
+      name: 'caption',
+      subcommand: 'show',
+      user: alice,
+      channelId: NSFW_CHANNEL,
+      options: { dataset: 'noir', image: 1 },
+    });
     expect(await run(shown)).toMatch(/Rating: \*\*explicit\*\* \(photo classifier: explicit\)/);
     expect(shown.lastReply()!.attachments.map((a) => a.filename)).toEqual(['image-1.jpg']);
     // Outside the age-restricted channel the same image gets no preview.
@@ -177,7 +189,13 @@ describe('ratings and channel-aware posting', () => {
     expect(await redShare(sheetOf(show)!)).toBeLessThan(0.2);
 
     // A server that takes explicit images everywhere still does not show them in a normal channel.
-    const set = world.discord.sendCommand({ name: 'settings', subcommand: 'moderation', user: alice, permissions: MANAGE_GUILD, options: { accepted: 'explicit', spoilered: 'questionable' } });
+    const set = world.discord.sendCommand({
+      name: 'settings',
+      subcommand: 'moderation',
+      user: alice,
+      permissions: MANAGE_GUILD,
+      options: { accepted: 'explicit', spoilered: 'questionable' },
+    });
     expect(await run(set)).toMatch(/up to general shown, up to questionable behind a spoiler, above explicit refused/);
     const h = addImages('aria', [await redJpeg(5), await normalJpeg(6), await redJpeg(7), await normalJpeg(8)]);
     const added = await run(h);
@@ -188,7 +206,13 @@ describe('ratings and channel-aware posting', () => {
   });
 
   it('refuses a policy out of order', async () => {
-    const set = world.discord.sendCommand({ name: 'settings', subcommand: 'moderation', user: alice, permissions: MANAGE_GUILD, options: { shown: 'sensitive', spoilered: 'general' } });
+    const set = world.discord.sendCommand({
+      name: 'settings',
+      subcommand: 'moderation',
+      user: alice,
+      permissions: MANAGE_GUILD,
+      options: { shown: 'sensitive', spoilered: 'general' },
+    });
     await set.waitForEdit();
     expect(set.lastReply()?.content).toMatch(/spoilered rating cannot be below the shown one/);
   });

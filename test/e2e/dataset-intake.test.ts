@@ -247,7 +247,13 @@ describe('contributors', () => {
     expect(await blobs.has(after[0]!.masterBlob)).toBe(true);
 
     // The owner may remove anyone's image.
-    const owner = world.discord.sendCommand({ name: 'dataset', subcommand: 'remove', user: carol, permissions: '0', options: { dataset: 'shared', images: '3' } });
+    const owner = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'remove',
+      user: carol,
+      permissions: '0',
+      options: { dataset: 'shared', images: '3' },
+    });
     await owner.waitForEdit();
     expect(await imagesOf('shared')).toHaveLength(0);
   });
@@ -306,7 +312,10 @@ describe('/dataset show and list', () => {
   it('answers a button no handler reads, once and only to the presser, as out of date', async () => {
     for (const customId of ['dsshow:big', 'dsshow:big:1:2', 'retired-family:abc']) {
       const press = world.discord.sendButton({ customId });
-      expect((await press.callback()).json, customId).toMatchObject({ type: 4, data: { content: '⚠️ That button is out of date.', flags: 64, allowed_mentions: { parse: [] } } });
+      expect((await press.callback()).json, customId).toMatchObject({
+        type: 4,
+        data: { content: '⚠️ That button is out of date.', flags: 64, allowed_mentions: { parse: [] } },
+      });
       expect(press.calls(), customId).toHaveLength(1);
     }
     expect(world.log.errors()).toEqual([]);
@@ -350,7 +359,14 @@ describe('/settings', () => {
 
   it('sets what new datasets are captioned with; a dataset made then starts with it', async () => {
     expect(await settings('captions', { mode: 'both' })).toMatch(/new datasets are captioned with a sentence, then tags · /);
-    await world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: carol, options: { name: 'bothds', trigger: 'ohwx_b', class: 'woman', kind: 'character', base: 'sd15' } }).waitForEdit();
+    await world.discord
+      .sendCommand({
+        name: 'dataset',
+        subcommand: 'create',
+        user: carol,
+        options: { name: 'bothds', trigger: 'ohwx_b', class: 'woman', kind: 'character', base: 'sd15' },
+      })
+      .waitForEdit();
     const mode = world.discord.sendCommand({ name: 'caption', subcommand: 'mode', user: carol, options: { dataset: 'bothds' } });
     await mode.waitForEdit();
     expect(reply(mode)).toMatch(/^\*\*bothds\*\* is captioned with a sentence, then tags\. /);

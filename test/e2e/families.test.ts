@@ -101,7 +101,9 @@ async function workerWithGpu(gb: keyof typeof GPUS): Promise<WorkerInfo> {
 }
 
 async function createDataset(name: string, kind: string, base: string): Promise<void> {
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name, trigger: `ohwx_${name}`, class: 'woman', kind, base } }));
+  await done(
+    world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name, trigger: `ohwx_${name}`, class: 'woman', kind, base } }),
+  );
   const threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === `dataset · ${name}`)!.id;
   threads[name] = threadId;
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
@@ -126,7 +128,11 @@ async function startAndFinish(shown: InteractionHandle, dataset: string, epochs:
   const runId = /Queued run `([a-z0-9]+)`/.exec(await done(start))?.[1];
   if (!runId) throw new Error('no run queued');
   const threadId = threads[dataset]!;
-  const finished = await until('the finished message', () => threadMessages(threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')), 120_000);
+  const finished = await until(
+    'the finished message',
+    () => threadMessages(threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')),
+    120_000,
+  );
   const grids = threadMessages(threadId).filter((m) => m.content.startsWith('🖼️') && m.content.includes(`of run \`${runId}\``));
   expect(grids.map((m) => new RegExp(`Epoch (\\d+)/${epochs}`).exec(m.content)?.[1])).toEqual(Array.from({ length: epochs }, (_, i) => String(i + 1)));
   for (const g of grids) expect(g.attachments).toHaveLength(1);
@@ -152,7 +158,14 @@ beforeAll(async () => {
   await writeModelFile(join(models, 'ae.safetensors'), fluxAeLayout());
   const port = await freePort();
   world = await World.start({
-    env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), CAPTIONER_MODEL_DIR: join(tmp, 'florence'), HTTP_PORT: String(port), PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789', PROGRESS_INTERVAL_SECONDS: '1' },
+    env: {
+      TAGGER_MODEL_DIR: join(tmp, 'tagger'),
+      CAPTIONER_MODEL_DIR: join(tmp, 'florence'),
+      HTTP_PORT: String(port),
+      PUBLIC_URL: `http://127.0.0.1:${port}`,
+      DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789',
+      PROGRESS_INTERVAL_SECONDS: '1',
+    },
   });
   await world.startBot();
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);

@@ -48,7 +48,14 @@ beforeAll(async () => {
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   blobs = new BlobStore(world.dataDir);
 
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' } }));
+  await done(
+    world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      user: alice,
+      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
+    }),
+  );
   threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
   const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
@@ -132,7 +139,9 @@ function buttonsOf(m: MessageSnapshot): { custom_id: string; label: string; disa
 
 /** The stand-in's colour for a file's bytes (sha256 of its sha256, three bytes into 40..239). */
 async function loraColour(blob: string): Promise<number[]> {
-  const digest = createHash('sha256').update(await readFile(blobs.path(blob))).digest();
+  const digest = createHash('sha256')
+    .update(await readFile(blobs.path(blob)))
+    .digest();
   return [...createHash('sha256').update(digest).digest().subarray(0, 3)].map((b) => 40 + (b % 200));
 }
 
@@ -175,7 +184,12 @@ describe('trying a trained LoRA', () => {
     await until('the run to finish', () => messages(threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``)), 90_000);
     await done(world.discord.sendButton({ customId: `vote:${runId}:2`, user: alice }));
 
-    const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero smiling in a garden', run: runId, epoch: 'best', seed: 7 } });
+    const ask = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'try',
+      user: bob,
+      options: { prompt: 'ohwx_hero smiling in a garden', run: runId, epoch: 'best', seed: 7 },
+    });
     expect(await done(ask)).toMatch(/Drawing \*\*ohwx_hero smiling in a garden\*\* with run `\w+`, epoch 2, the community’s pick .*weight 1, seed 7/);
     const first = await until('the image', () => tried()[0]);
     expect(first.content).toMatch(/epoch 2, the community’s pick \(1 of 1 votes\) · weight 1 · seed 7 · 512×512 · asked by <@300000000000000003>/);
@@ -211,7 +225,12 @@ describe('trying a trained LoRA', () => {
 
     // The same image asked again comes from the cache, without a worker drawing it.
     const drawnBefore = world.worker!.log.lines.filter((l) => l.msg === 'generating').length;
-    const again = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero smiling in a garden', run: runId, epoch: '2', seed: 7 } });
+    const again = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'try',
+      user: bob,
+      options: { prompt: 'ohwx_hero smiling in a garden', run: runId, epoch: '2', seed: 7 },
+    });
     expect(await done(again)).toMatch(/Found in the cache/);
     const fourth = await until('the cached image', () => tried()[3]);
     expect(fourth.attachments[0]!.data.equals(png)).toBe(true);
@@ -223,14 +242,29 @@ describe('trying a trained LoRA', () => {
   });
 
   it('refuses bad settings with a clear message', async () => {
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'a --n trick', run: runId } }))).toMatch(/may not contain `--`/);
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, size: '500' } }))).toMatch(/multiple of 64/);
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, epoch: '9' } }))).toMatch(/no saved file for epoch 9/);
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'compare', options: { prompt: 'ohwx_hero', run: runId, epochs: '1', weights: '0.5, 7' } }))).toMatch(/between -2 and 2/);
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'a --n trick', run: runId } }))).toMatch(
+      /may not contain `--`/,
+    );
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, size: '500' } }))).toMatch(
+      /multiple of 64/,
+    );
+    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, epoch: '9' } }))).toMatch(
+      /no saved file for epoch 9/,
+    );
+    expect(
+      await refusal(
+        world.discord.sendCommand({ name: 'lora', subcommand: 'compare', options: { prompt: 'ohwx_hero', run: runId, epochs: '1', weights: '0.5, 7' } }),
+      ),
+    ).toMatch(/between -2 and 2/);
   });
 
   it('posts one labelled grid of epochs × weights in the run’s thread, in the order asked, and caches it', async () => {
-    const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'compare', user: bob, options: { run: runId, epochs: '3, 1', weights: '0.5, 1, 1.5', prompt: 'ohwx_hero portrait', seed: 11 } });
+    const ask = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'compare',
+      user: bob,
+      options: { run: runId, epochs: '3, 1', weights: '0.5, 1, 1.5', prompt: 'ohwx_hero portrait', seed: 11 },
+    });
     expect(await done(ask)).toMatch(/epochs 3, 1 × weights 0\.5, 1, 1\.5 .*the grid goes to the run’s thread/);
     const isGrid = (m: MessageSnapshot) => m.content.startsWith('🧪 **ohwx_hero portrait**') && m.attachments.length === 1;
     const post = await until('the grid', () => messages(threadId).find(isGrid));
@@ -254,28 +288,37 @@ describe('trying a trained LoRA', () => {
     }
 
     const drawnBefore = world.worker!.log.lines.filter((l) => l.msg === 'generating').length;
-    const again = world.discord.sendCommand({ name: 'lora', subcommand: 'compare', user: bob, options: { run: runId, epochs: '3, 1', weights: '0.5, 1, 1.5', prompt: 'ohwx_hero portrait', seed: 11 } });
+    const again = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'compare',
+      user: bob,
+      options: { run: runId, epochs: '3, 1', weights: '0.5, 1, 1.5', prompt: 'ohwx_hero portrait', seed: 11 },
+    });
     expect(await done(again)).toMatch(/Found in the cache/);
     await until('the cached grid', () => messages(threadId).filter(isGrid).length === 2);
     expect(world.worker!.log.lines.filter((l) => l.msg === 'generating').length).toBe(drawnBefore);
   });
 
   it('caps the images a member has waiting, naming the limit', async () => {
-    await done(world.discord.sendCommand({ name: 'settings', subcommand: 'limits', user: admin, permissions: MANAGE_GUILD, options: { 'images-per-member': 1 } }));
+    await done(
+      world.discord.sendCommand({ name: 'settings', subcommand: 'limits', user: admin, permissions: MANAGE_GUILD, options: { 'images-per-member': 1 } }),
+    );
     await world.killWorker('SIGTERM');
     await spawnWorker({ STANDIN_GEN_SECONDS: '1.5' });
     const before = tried().length;
     await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at the beach', run: runId } }));
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at night', run: runId } }))).toMatch(
-      /You already have 1 image waiting or being drawn; the limit is 1 per member/,
-    );
+    expect(
+      await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at night', run: runId } })),
+    ).toMatch(/You already have 1 image waiting or being drawn; the limit is 1 per member/);
     // Another member is not held by bob's image.
     await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { prompt: 'ohwx_hero at night', run: runId } }));
     await until('both images', () => tried().length === before + 2);
     // Once posted, bob may ask again.
     await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero in the rain', run: runId } }));
     await until('bob’s next image', () => tried().length === before + 3);
-    await done(world.discord.sendCommand({ name: 'settings', subcommand: 'limits', user: admin, permissions: MANAGE_GUILD, options: { 'images-per-member': 3 } }));
+    await done(
+      world.discord.sendCommand({ name: 'settings', subcommand: 'limits', user: admin, permissions: MANAGE_GUILD, options: { 'images-per-member': 3 } }),
+    );
   });
 
   it('serves a generation before a waiting run, waits for a training run without disturbing it, and shows its place in line', async () => {

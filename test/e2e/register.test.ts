@@ -20,7 +20,12 @@ describe('npm run register', () => {
     expect(puts).toHaveLength(1);
     expect(puts[0]!.headers.authorization).toBe('Bot t');
     expect((puts[0]!.json as { name: string }[]).map((c) => c.name)).toEqual(['dataset', 'tags', 'caption', 'concept', 'train', 'settings', 'lora', 'worker']);
-    expect(discord.commands().map((c) => c.name).sort()).toEqual(['caption', 'concept', 'dataset', 'lora', 'settings', 'tags', 'train', 'worker']);
+    expect(
+      discord
+        .commands()
+        .map((c) => c.name)
+        .sort(),
+    ).toEqual(['caption', 'concept', 'dataset', 'lora', 'settings', 'tags', 'train', 'worker']);
   });
 
   it('registers for one guild when asked, leaving the global ones alone', async () => {

@@ -36,7 +36,6 @@ let trainingQueue: Queue;
 let threadId: string;
 const silent = createLogger('silent');
 
-
 const baseUrl = () => `http://127.0.0.1:${port}`;
 
 /** A member's machine: its own models folder and cache, the bot's URL and a token, nothing else. */
@@ -86,7 +85,14 @@ beforeAll(async () => {
   workers = new WorkerStore(world.redis, prefix);
   trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(prefix) });
 
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' } }));
+  await done(
+    world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      user: alice,
+      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
+    }),
+  );
   threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
   const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
@@ -234,7 +240,10 @@ describe('a GPU lent from elsewhere', () => {
       expect(await trainingQueue.getJobCountByTypes('waiting', 'prioritized')).toBe(1);
       expect((await runs.get(runId))?.status).toBe('queued');
       await done(world.discord.sendCommand({ name: 'train', subcommand: 'cancel', user: admin, permissions: MANAGE_GUILD, options: { run: runId } }));
-      await until('the run to be cancelled', async () => (await runs.get(runId))?.status === 'cancelled' || (await trainingQueue.getJobCountByTypes('waiting', 'prioritized')) === 0);
+      await until(
+        'the run to be cancelled',
+        async () => (await runs.get(runId))?.status === 'cancelled' || (await trainingQueue.getJobCountByTypes('waiting', 'prioritized')) === 0,
+      );
     } finally {
       await client.close();
       await wrong.close();
@@ -269,7 +278,12 @@ describe('a GPU lent from elsewhere', () => {
   });
 
   it('draws with a finished run on the lent GPU: /lora try posts the image, /lora compare the grid in the run’s thread', async () => {
-    const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { prompt: 'ohwx_hero waving', run: runId, epoch: '2', weight: 0.5, seed: 3 } });
+    const ask = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'try',
+      user: alice,
+      options: { prompt: 'ohwx_hero waving', run: runId, epoch: '2', weight: 0.5, seed: 3 },
+    });
     expect(await done(ask)).toMatch(/Drawing \*\*ohwx_hero waving\*\* with run `\w+`, epoch 2, weight 0\.5, seed 3/);
     const image = await until('the image', () =>
       world.discord.channelMessages(world.discord.channelId).find((m) => m.content.startsWith('🎨 **ohwx_hero waving**') && m.attachments.length === 1),
@@ -278,7 +292,12 @@ describe('a GPU lent from elsewhere', () => {
     expect(image.attachments[0]!.data.toString('latin1')).toContain('seed\u00003');
     expect(world.worker!.log.lines.some((l) => l.msg === 'generation done')).toBe(true);
 
-    const compare = world.discord.sendCommand({ name: 'lora', subcommand: 'compare', user: alice, options: { run: runId, epochs: '3, 1', weights: '1, 0.5', prompt: 'ohwx_hero waving', seed: 3 } });
+    const compare = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'compare',
+      user: alice,
+      options: { run: runId, epochs: '3, 1', weights: '1, 0.5', prompt: 'ohwx_hero waving', seed: 3 },
+    });
     await done(compare);
     const grid = await until('the grid', () => threadMessages().find((m) => m.content.startsWith('🧪 **ohwx_hero waving**') && m.attachments.length === 1));
     expect(grid.content).toContain('Rows: epoch 3, epoch 1 · columns: weight 1, weight 0.5');
@@ -324,7 +343,7 @@ describe('a GPU lent from elsewhere', () => {
     const first = world.worker!;
     await workers.remove(a.worker);
     expect(await first.exited).toBe(3);
-    expect(first.log.lines.some((l) => l.msg === 'the bot refused this worker\'s token (revoked?): stopping')).toBe(true);
+    expect(first.log.lines.some((l) => l.msg === "the bot refused this worker's token (revoked?): stopping")).toBe(true);
     world.worker = null;
 
     const b = await workers.add({ guildId: world.discord.guildId, name: 'takes-over', ownerId: admin.id });

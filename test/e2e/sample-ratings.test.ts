@@ -24,14 +24,26 @@ const done = (h: InteractionHandle) => steps.done(world, h);
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'lora-guild-samples-'));
   await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
-  const rater = await writeRaterModel(join(tmp, 'rater'), [{ name: 'sfw', bias: 0 }, { name: 'nsfw', bias: 1 }]);
+  const rater = await writeRaterModel(join(tmp, 'rater'), [
+    { name: 'sfw', bias: 0 },
+    { name: 'nsfw', bias: 1 },
+  ]);
   await mkdir(join(tmp, 'models'));
   await writeFile(join(tmp, 'models', 'base-sd15.safetensors'), Buffer.alloc(64));
   world = await World.start({ env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), RATER_MODEL_DIR: rater, PROGRESS_INTERVAL_SECONDS: '1' } });
   await world.startBot();
   // This server takes every rating into its datasets but shows only general images outside age-restricted channels.
-  await done(world.discord.sendCommand({ name: 'settings', subcommand: 'moderation', user: admin, permissions: MANAGE_GUILD, options: { accepted: 'explicit' } }));
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' } }));
+  await done(
+    world.discord.sendCommand({ name: 'settings', subcommand: 'moderation', user: admin, permissions: MANAGE_GUILD, options: { accepted: 'explicit' } }),
+  );
+  await done(
+    world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      user: alice,
+      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
+    }),
+  );
   threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
   const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
@@ -51,7 +63,11 @@ beforeAll(async () => {
     WORKER_HEARTBEAT_SECONDS: '1',
     STANDIN_STEP_SECONDS: '0.003',
   });
-  await steps.until('the worker’s first heartbeat', async () => (await listWorkers(world.redis, world.env.REDIS_PREFIX!)).some((w) => w.id === 'gpu-test'), 30_000);
+  await steps.until(
+    'the worker’s first heartbeat',
+    async () => (await listWorkers(world.redis, world.env.REDIS_PREFIX!)).some((w) => w.id === 'gpu-test'),
+    30_000,
+  );
 });
 
 afterAll(async () => {

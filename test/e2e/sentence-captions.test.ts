@@ -74,7 +74,10 @@ async function stagedCaptions(dataset: string): Promise<Record<string, string>> 
   await stageDataset(
     new BlobStore(world.dataDir),
     dir,
-    payload.plan.concepts.map((c) => ({ folder: c.folder, images: c.images.map((i) => ({ id: i.id, blob: payload.images[i.id]!.blob, caption: payload.images[i.id]!.caption })) })),
+    payload.plan.concepts.map((c) => ({
+      folder: c.folder,
+      images: c.images.map((i) => ({ id: i.id, blob: payload.images[i.id]!.blob, caption: payload.images[i.id]!.caption })),
+    })),
   );
   expect(await done(command('train', 'cancel', { run: runId }, admin, { permissions: MANAGE_GUILD }))).toMatch(/Cancelled run/);
   const out: Record<string, string> = {};
@@ -91,7 +94,9 @@ describe('sentence captions for photos', () => {
   let threadId = '';
 
   it('describes uploaded photos in a sentence (a style dataset starts in sentence mode) and says so in the thread', async () => {
-    expect(await done(command('dataset', 'create', { name: 'oldtown', trigger: 'mdvl_city', class: 'city', kind: 'style', base: 'sdxl' }))).toMatch(/Created dataset/);
+    expect(await done(command('dataset', 'create', { name: 'oldtown', trigger: 'mdvl_city', class: 'city', kind: 'style', base: 'sdxl' }))).toMatch(
+      /Created dataset/,
+    );
     threadId = threadOf('oldtown');
     const files = [await tinted(1, '#ff2020'), await tinted(2, '#2040ff'), await tinted(3, '#20c020')];
     const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
@@ -121,8 +126,12 @@ describe('sentence captions for photos', () => {
     expect(await done(command('caption', 'replace', { dataset: 'oldtown', from: 'street', to: 'alley' }))).toMatch(
       /Replaced “street” with “alley” in the sentences: changed 3 sentences of \*\*oldtown\*\*/,
     );
-    expect(await done(command('caption', 'show', { dataset: 'oldtown', image: 3 }))).toContain('mdvl_city, a photo of a green city alley with old stone houses\n');
-    expect(await done(command('caption', 'replace', { dataset: 'oldtown', from: 'castle', to: 'fort' }))).toMatch(/No sentence of \*\*oldtown\*\* holds “castle”/);
+    expect(await done(command('caption', 'show', { dataset: 'oldtown', image: 3 }))).toContain(
+      'mdvl_city, a photo of a green city alley with old stone houses\n',
+    );
+    expect(await done(command('caption', 'replace', { dataset: 'oldtown', from: 'castle', to: 'fort' }))).toMatch(
+      /No sentence of \*\*oldtown\*\* holds “castle”/,
+    );
     expect(await done(command('caption', 'undo', { dataset: 'oldtown' }))).toMatch(/Undid “replaced “street” with “alley” in the sentences” on 3 sentences/);
     expect(await done(command('caption', 'show', { dataset: 'oldtown', image: 3 }))).toContain('city street with old stone houses');
   });

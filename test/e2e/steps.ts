@@ -27,7 +27,12 @@ export async function done(world: World, h: InteractionHandle, timeoutMs = 60_00
 }
 
 /** Polls `check` until it gives a value; `context` adds what helps to understand a time-out. */
-export async function until<T>(what: string, check: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 60_000, context?: () => string): Promise<T> {
+export async function until<T>(
+  what: string,
+  check: () => T | null | undefined | false | Promise<T | null | undefined | false>,
+  timeoutMs = 60_000,
+  context?: () => string,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();

@@ -26,7 +26,6 @@ let runs: RunStore;
 let threadId: string;
 let trainingQueue: Queue;
 
-
 const PYTHON_PACKAGES = join(process.cwd(), 'test/fixtures/python-packages');
 
 const WORKER_ENV = () => ({
@@ -64,7 +63,14 @@ beforeAll(async () => {
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(world.env.REDIS_PREFIX!) });
 
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' } }));
+  await done(
+    world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      user: alice,
+      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
+    }),
+  );
   threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
   const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
@@ -107,12 +113,21 @@ const epochPosts = (runId: string) => steps.epochPosts(world, threadId, runId);
 
 describe('a training run', () => {
   it('refuses what it cannot run, with a clear message and nothing queued', async () => {
-    await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'empty', trigger: 'ohwx_e', class: 'cat', kind: 'concept', base: 'sd15' } }));
+    await done(
+      world.discord.sendCommand({
+        name: 'dataset',
+        subcommand: 'create',
+        user: alice,
+        options: { name: 'empty', trigger: 'ohwx_e', class: 'cat', kind: 'concept', base: 'sd15' },
+      }),
+    );
     expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'empty' } }))).toMatch(/has no images yet/);
     expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'hero', model: 'missing.safetensors' } }))).toMatch(
       /No training worker has the base model `missing.safetensors`.*base-sd15.safetensors/,
     );
-    expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'hero', optimizer: 'AdamW', lr: 5 } }))).toMatch(/learning rate/i);
+    expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'hero', optimizer: 'AdamW', lr: 5 } }))).toMatch(
+      /learning rate/i,
+    );
 
     // A member without the trainer role (or Manage Server) sees the plan and who may start it: no button.
     const own = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: bob, permissions: '0', options: { dataset: 'hero' } });
@@ -141,7 +156,9 @@ describe('a training run', () => {
 
   it('goes plan → Start → progress → one grid per epoch → the final file, in the dataset thread', async () => {
     runId = await startRun({ epochs: 3 });
-    const finished = await until('the finished message', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')));
+    const finished = await until('the finished message', () =>
+      threadMessages().find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')),
+    );
     expect(finished.content).toMatch(/\.safetensors`, .*sha256/);
     const posts = epochPosts(runId);
     expect(posts.map((m) => /Epoch (\d+)\/3/.exec(m.content)?.[1])).toEqual(['1', '2', '3']);
@@ -161,7 +178,9 @@ describe('a training run', () => {
     expect(sheet.width).toBeGreaterThan(sheet.height);
     expect(JSON.stringify(finished.components)).toContain(`votesel:${runId}`);
     expect(finished.content).toContain(`🔔 <@${admin.id}>, your run is done · thanks to <@${alice.id}> for the images`);
-    const post = world.discord.calls.find((c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('your run is done'));
+    const post = world.discord.calls.find(
+      (c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('your run is done'),
+    );
     expect((post!.json as { allowed_mentions: unknown }).allowed_mentions).toEqual({ parse: [], users: [admin.id, alice.id] });
     const run = await runs.get(runId);
     expect(run?.status).toBe('finished');
@@ -177,7 +196,11 @@ describe('a training run', () => {
     await done(world.discord.sendButton({ customId: `vote:${runId}:1`, user: admin }));
     // Each epoch's button shows its count (edits are batched, so it may take one interval).
     const label = (epoch: number) => JSON.stringify(epochPosts(runId)[epoch - 1]!.components);
-    await until('the counts on the vote buttons', () => label(2).includes('Vote for epoch 2 · 2 votes') && label(1).includes('Vote for epoch 1 · 1 vote"'), 30_000);
+    await until(
+      'the counts on the vote buttons',
+      () => label(2).includes('Vote for epoch 2 · 2 votes') && label(1).includes('Vote for epoch 1 · 1 vote"'),
+      30_000,
+    );
     expect(label(3)).toContain('"Vote for epoch 3"');
 
     const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: runId, epoch: 'best' } });
@@ -189,7 +212,11 @@ describe('a training run', () => {
     const meta = header.__metadata__;
     expect(meta['modelspec.trigger_phrase']).toBe('ohwx_hero');
     expect(JSON.parse(meta['loraguild.vote_winner']!)).toEqual({ epoch: 2, votes: 2 });
-    expect(meta.sshs_model_hash).toBe(createHash('sha256').update(file.data.subarray(8 + headerLength)).digest('hex'));
+    expect(meta.sshs_model_hash).toBe(
+      createHash('sha256')
+        .update(file.data.subarray(8 + headerLength))
+        .digest('hex'),
+    );
     expect(meta.ss_steps).toBe(String(2 * (await runs.get(runId))!.summary.stepsPerEpoch));
     expect(JSON.parse(meta.ss_tag_frequency!)).toHaveProperty([Object.keys(JSON.parse(meta.ss_tag_frequency!) as object)[0]!, 'smile']);
   });
@@ -219,32 +246,63 @@ describe('a training run', () => {
   });
 
   it('trains a style dataset with the style recipe, and gives a concept’s own trigger apart from the dataset’s', async () => {
-    const create = world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'city', trigger: 'mdvl_city', class: 'city', kind: 'style', base: 'sd15' } });
+    const create = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      user: alice,
+      options: { name: 'city', trigger: 'mdvl_city', class: 'city', kind: 'style', base: 'sd15' },
+    });
     await done(create);
     const cityThread = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · city')!.id;
     await done(world.discord.sendCommand({ name: 'caption', subcommand: 'mode', user: alice, options: { dataset: 'city', mode: 'tags' } }));
-    await done(world.discord.sendCommand({ name: 'concept', subcommand: 'add', user: alice, options: { dataset: 'city', name: 'flowers', trigger: 'flower closeup' } }));
+    await done(
+      world.discord.sendCommand({ name: 'concept', subcommand: 'add', user: alice, options: { dataset: 'city', name: 'flowers', trigger: 'flower closeup' } }),
+    );
     const add = async (files: Awaited<ReturnType<typeof tinted>>[], concept?: string) => {
       const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
-      await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'city', ...options, ...(concept ? { concept } : {}) } }));
+      await done(
+        world.discord.sendCommand({
+          name: 'dataset',
+          subcommand: 'add',
+          user: alice,
+          options: { dataset: 'city', ...options, ...(concept ? { concept } : {}) },
+        }),
+      );
     };
     await add([await tinted(31, '#ff2020'), await tinted(32, '#2040ff')]);
     await add([await tinted(33, '#20c020')], 'flowers');
-    await until('the city images tagged', () =>
-      world.discord.channelMessages(cityThread).filter((m) => /Tagged \d+ image/.test(m.content)).reduce((n, m) => n + Number(/Tagged (\d+)/.exec(m.content)![1]), 0) >= 3,
+    await until(
+      'the city images tagged',
+      () =>
+        world.discord
+          .channelMessages(cityThread)
+          .filter((m) => /Tagged \d+ image/.test(m.content))
+          .reduce((n, m) => n + Number(/Tagged (\d+)/.exec(m.content)![1]), 0) >= 3,
     );
 
     // Alice turns mentions off for herself (no Manage Server needed); she is then only named nowhere.
     const quiet = world.discord.sendCommand({ name: 'settings', subcommand: 'mentions', user: alice, permissions: '0', options: { on: false } });
     expect(await done(quiet)).toMatch(/will not be mentioned/);
-    const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'city', epochs: 1 } });
+    const plan = world.discord.sendCommand({
+      name: 'train',
+      subcommand: 'plan',
+      user: admin,
+      permissions: MANAGE_GUILD,
+      options: { dataset: 'city', epochs: 1 },
+    });
     const planText = await done(plan);
     expect(planText).toMatch(/recipe `style`/);
     expect(planText).not.toMatch(/outfit/i);
     const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
-    const started = await done(world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id }));
+    const started = await done(
+      world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id }),
+    );
     const id = /Queued run `([a-z0-9]+)`/.exec(started)![1]!;
-    await until('the city run to finish', () => threadMessages(cityThread).find((m) => m.content.includes(`Run \`${id}\``) && m.content.startsWith('✅')), 90_000);
+    await until(
+      'the city run to finish',
+      () => threadMessages(cityThread).find((m) => m.content.includes(`Run \`${id}\``) && m.content.startsWith('✅')),
+      90_000,
+    );
     expect((await runs.get(id))?.status).toBe('finished');
     const ended = threadMessages(cityThread).find((m) => m.content.includes(`Run \`${id}\``) && m.content.startsWith('✅'))!;
     expect(ended.content).toContain(`🔔 <@${admin.id}>, your run is done (mentions`);
@@ -270,7 +328,9 @@ describe('a training run', () => {
     await until('epoch 1 of the run to cancel', () => epochPosts(id).length >= 1);
     const cancel = world.discord.sendCommand({ name: 'train', subcommand: 'cancel', user: admin, permissions: MANAGE_GUILD, options: { run: id } });
     expect(await done(cancel)).toMatch(/Stopping run/);
-    const msg = await until('the cancelled message', () => threadMessages().find((m) => m.content.startsWith(`⏹️ Run \`${id}\``) && m.content.includes('kept')));
+    const msg = await until('the cancelled message', () =>
+      threadMessages().find((m) => m.content.startsWith(`⏹️ Run \`${id}\``) && m.content.includes('kept')),
+    );
     expect(msg.content).toMatch(/Epochs 1–\d+ are kept/);
     expect((await runs.get(id))?.status).toBe('cancelled');
     expect(epochPosts(id).length).toBeLessThan(20);
@@ -301,7 +361,11 @@ describe('a training run', () => {
     const id = await startRun({ epochs: 3 });
     await until('the run to start', () => threadMessages().find((m) => m.content.startsWith(`🚀 Run \`${id}\``)));
     await world.stopBot();
-    await until('the worker to finish while the bot is down', () => world.worker?.log.lines.some((l) => l.runId === id && /finished/.test(String(l.msg))) ?? false, 90_000);
+    await until(
+      'the worker to finish while the bot is down',
+      () => world.worker?.log.lines.some((l) => l.runId === id && /finished/.test(String(l.msg))) ?? false,
+      90_000,
+    );
     // Discord answers 500 (more times than discord.js retries by itself), then 429, on the next posts.
     world.discord.failNext({ method: 'POST', path: new RegExp(`^/channels/${threadId}/messages$`), status: 500, times: 4 });
     world.discord.failNext({ method: 'POST', path: new RegExp(`^/channels/${threadId}/messages$`), status: 429, retryAfter: 0.2 });
@@ -328,7 +392,11 @@ describe('a training run', () => {
     expect(await blobs.has(first.masterBlob)).toBe(true); // the queued run still needs it
 
     await world.spawnWorker(WORKER_ENV());
-    await until('the run over the removed image to finish', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``) && m.content.includes('sha256')), 90_000);
+    await until(
+      'the run over the removed image to finish',
+      () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``) && m.content.includes('sha256')),
+      90_000,
+    );
     expect(epochPosts(id)).toHaveLength(2);
     // Once the run is over, nothing holds the file any more: the orphan sweep may take it.
     expect(await runs.isPinned(first.masterBlob)).toBe(false);
@@ -344,7 +412,8 @@ describe('a training run', () => {
       if (i > 600) throw new Error('no heartbeat with the optimizers');
       await new Promise((r) => setTimeout(r, 50));
     }
-    const plan = (optimizer: string) => world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero', optimizer } });
+    const plan = (optimizer: string) =>
+      world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero', optimizer } });
     expect(await refusal(plan('DAdaptAdam'))).toMatch(
       /No training worker online can use the DAdaptAdam optimizer: its Python package is not installed there\. Choose another with `optimizer:` \(Prodigy, AdamW, AdamW8bit, Adafactor, Lion\)\./,
     );
@@ -358,7 +427,9 @@ describe('a training run', () => {
     await world.spawnWorker({ ...WORKER_ENV(), STANDIN_CRASH_AT_STEP: '2' });
     // The model is named: the new worker's first heartbeat may not be there yet.
     const id = await startRun({ epochs: 2, model: 'base-sd15.safetensors' });
-    const failed = await until('the failure report', () => threadMessages().find((m) => m.content.startsWith(`❌ Run \`${id}\``) && m.content.includes('failed:')));
+    const failed = await until('the failure report', () =>
+      threadMessages().find((m) => m.content.startsWith(`❌ Run \`${id}\``) && m.content.includes('failed:')),
+    );
     const [headline] = failed.content.split('\n');
     expect(headline).toMatch(/failed: the trainer exited with code 1: torch\.OutOfMemoryError: CUDA out of memory/);
     expect(headline).not.toContain('CalledProcessError');

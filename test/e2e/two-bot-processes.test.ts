@@ -123,7 +123,9 @@ describe('two bot processes on one dataset', () => {
 
     // Images the members already contributed.
     const seeders = [member('s1'), member('s2'), member('s3'), member('s4')];
-    const seeds = await Promise.all(seeders.map(async (_, i) => [named(await normalJpeg(100 + 2 * i), `seed-${i}-a.jpg`), named(await normalJpeg(101 + 2 * i), `seed-${i}-b.jpg`)]));
+    const seeds = await Promise.all(
+      seeders.map(async (_, i) => [named(await normalJpeg(100 + 2 * i), `seed-${i}-a.jpg`), named(await normalJpeg(101 + 2 * i), `seed-${i}-b.jpg`)]),
+    );
     const seeded = await Promise.all(seeders.map((u, i) => addByCommand(u, seeds[i]!)));
     const seedNo = (i: number, which: 'a' | 'b') => outcomes(seeded[i]!).get(`seed-${i}-${which}.jpg`)!;
     expect(seeded.map((r) => [...outcomes(r).values()].every((n) => n !== null))).toEqual([true, true, true, true]);
@@ -195,13 +197,22 @@ describe('two bot processes on one dataset', () => {
 
     // Duplicates were accepted once: one of each near pair, one of each exact pair.
     for (let i = 0; i < pairs.length; i++) {
-      expect([added.get(`pair-${i}-original.jpg`), added.get(`pair-${i}-resaved.jpg`)].filter((n) => n !== null), `pair ${i}`).toHaveLength(1);
+      expect(
+        [added.get(`pair-${i}-original.jpg`), added.get(`pair-${i}-resaved.jpg`)].filter((n) => n !== null),
+        `pair ${i}`,
+      ).toHaveLength(1);
     }
     for (let i = 0; i < rounds.length; i++) {
-      expect([added.get(`round-${i}-original.jpg`), added.get(`round-${i}-resaved.jpg`)].filter((n) => n !== null), `round ${i}`).toHaveLength(1);
+      expect(
+        [added.get(`round-${i}-original.jpg`), added.get(`round-${i}-resaved.jpg`)].filter((n) => n !== null),
+        `round ${i}`,
+      ).toHaveLength(1);
     }
     for (let i = 0; i < exact.length; i++) {
-      expect([added.get(`exact-${i}-first.jpg`), added.get(`exact-${i}-second.jpg`)].filter((n) => n !== null), `exact ${i}`).toHaveLength(1);
+      expect(
+        [added.get(`exact-${i}-first.jpg`), added.get(`exact-${i}-second.jpg`)].filter((n) => n !== null),
+        `exact ${i}`,
+      ).toHaveLength(1);
     }
     for (let i = 0; i < fresh.length; i++) expect(added.get(`fresh-${i}.jpg`), `fresh ${i}`).toEqual(expect.any(Number));
 
@@ -229,14 +240,24 @@ describe('two bot processes on one dataset', () => {
 
     // Each event was handled by one process: one acknowledgement per interaction, one reply per post.
     for (const h of handles) {
-      expect(h.calls().filter((c) => c.path.endsWith('/callback')), `interaction ${h.id}`).toHaveLength(1);
+      expect(
+        h.calls().filter((c) => c.path.endsWith('/callback')),
+        `interaction ${h.id}`,
+      ).toHaveLength(1);
     }
-    for (const p of posts) expect(world.discord.calls.filter((c) => isReplyTo(c, thread.id, p.id)), `post ${p.id}`).toHaveLength(1);
+    for (const p of posts)
+      expect(
+        world.discord.calls.filter((c) => isReplyTo(c, thread.id, p.id)),
+        `post ${p.id}`,
+      ).toHaveLength(1);
 
     // Both processes took part, and neither logged an error.
     const intakesBy = bots.map((b) => b.log.lines.filter((l) => l.msg === 'intake finished').length);
     expect(intakesBy[0]! + intakesBy[1]!).toBe(seeders.length + results.filter((r) => r.kind === 'add').length);
-    expect(intakesBy.every((n) => n > 0), `intakes per process: ${intakesBy.join(', ')}`).toBe(true);
+    expect(
+      intakesBy.every((n) => n > 0),
+      `intakes per process: ${intakesBy.join(', ')}`,
+    ).toBe(true);
     expect(bots.flatMap((b) => b.log.errors())).toEqual([]);
   });
 });

@@ -26,7 +26,6 @@ let workerStore: WorkerStore;
 let runEvents: Queue;
 let prefix: string;
 
-
 const done = (h: InteractionHandle) => steps.done(world, h);
 
 /** The reason a command was refused: an ephemeral error, as the edit of an ephemeral reply or a followup. */
@@ -70,7 +69,14 @@ beforeAll(async () => {
   prefix = world.env.REDIS_PREFIX!;
   workerStore = new WorkerStore(world.redis, prefix);
   runEvents = new Queue(QueueName.RunEvents, { connection: world.redis, prefix: bullPrefix(prefix) });
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' } }));
+  await done(
+    world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'create',
+      user: alice,
+      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
+    }),
+  );
   threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff')]);
   const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
@@ -101,7 +107,13 @@ describe('lending a GPU', () => {
 
   it('lets members lend only when the server allows it, and shows the token once, only to them, with the command to run', async () => {
     expect(await refusal(command('add', alice, { name: 'gaming-pc' }))).toMatch(/Only members with Manage Server can lend a GPU.*members-may-lend:true/);
-    const settings = world.discord.sendCommand({ name: 'settings', subcommand: 'workers', user: admin, permissions: MANAGE_GUILD, options: { 'members-may-lend': true } });
+    const settings = world.discord.sendCommand({
+      name: 'settings',
+      subcommand: 'workers',
+      user: admin,
+      permissions: MANAGE_GUILD,
+      options: { 'members-may-lend': true },
+    });
     expect(await done(settings)).toContain('GPUs may be lent (`/worker add`) by any member');
 
     const add = command('add', alice, { name: 'gaming-pc' });
@@ -158,10 +170,24 @@ describe('lending a GPU', () => {
     expect(planText).toContain('base `base-sd15.safetensors`');
     expect(planText).toContain(`Can train it: 🟢 <@${alice.id}>'s RTX 4090 · 🟢 \`rack-1\` (A100-SXM4-80GB)`);
     expect(planText).not.toMatch(/elsewhere|secret|3090/);
-    expect(await refusal(world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero', model: 'secret-sd15.safetensors' } }))).toMatch(
-      /No training worker has the base model `secret-sd15.safetensors`/,
-    );
-    const models = world.discord.sendAutocomplete({ name: 'train', subcommand: 'plan', options: { dataset: 'hero', model: '' }, focused: 'model', user: admin });
+    expect(
+      await refusal(
+        world.discord.sendCommand({
+          name: 'train',
+          subcommand: 'plan',
+          user: admin,
+          permissions: MANAGE_GUILD,
+          options: { dataset: 'hero', model: 'secret-sd15.safetensors' },
+        }),
+      ),
+    ).toMatch(/No training worker has the base model `secret-sd15.safetensors`/);
+    const models = world.discord.sendAutocomplete({
+      name: 'train',
+      subcommand: 'plan',
+      options: { dataset: 'hero', model: '' },
+      focused: 'model',
+      user: admin,
+    });
     expect(((await models.callback()).json as { data: { choices: { value: string }[] } }).data.choices.map((c) => c.value)).toEqual(['base-sd15.safetensors']);
 
     const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
@@ -201,7 +227,12 @@ describe('lending a GPU', () => {
     expect(post?.json).toMatchObject({ allowed_mentions: { parse: [] } });
 
     // The server's own worker is busy with a run of another server: neither its id nor its dataset shows.
-    await beat({ id: 'rack-1', gpu: { name: 'NVIDIA A100-SXM4-80GB', memoryMiB: 81920 }, models: [{ file: 'base-sd15.safetensors', base: 'sd15' }], busyWith: 'otherrun1' });
+    await beat({
+      id: 'rack-1',
+      gpu: { name: 'NVIDIA A100-SXM4-80GB', memoryMiB: 81920 },
+      models: [{ file: 'base-sd15.safetensors', base: 'sd15' }],
+      busyWith: 'otherrun1',
+    });
     const list = await done(command('list', alice));
     expect(list).toContain(`Training \`${runId}\` (hero, epoch 0/10)`);
     expect(list).toContain('Training a run of another server');
@@ -214,16 +245,32 @@ describe('lending a GPU', () => {
 
   it('still offers an offline GPU’s models, marked offline', async () => {
     await world.redis.del(sharedKeys.worker(prefix, aliceWorkerId));
-    const plan = await done(world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero' } }));
+    const plan = await done(
+      world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero' } }),
+    );
     expect(plan).toContain(`Can train it: ⚫ <@${alice.id}>'s RTX 4090 (offline) · 🟢 \`rack-1\` (A100-SXM4-80GB)`);
     const list = await done(command('list', alice));
     expect(list).toMatch(new RegExp(`⚫ \\*\\*gaming-pc\\*\\* · lent by <@${alice.id}> · offline, last seen \\d+ s ago · RTX 4090 24 GiB`));
   });
 
   it('removes a GPU for its owner or Manage Server only, and its token stops working at once', async () => {
-    const bobsChoices = world.discord.sendAutocomplete({ name: 'worker', subcommand: 'remove', options: { worker: '' }, focused: 'worker', user: bob, permissions: '0' });
+    const bobsChoices = world.discord.sendAutocomplete({
+      name: 'worker',
+      subcommand: 'remove',
+      options: { worker: '' },
+      focused: 'worker',
+      user: bob,
+      permissions: '0',
+    });
     expect(((await bobsChoices.callback()).json as { data: { choices: { name: string }[] } }).data.choices.map((c) => c.name)).toEqual(['bobs laptop']);
-    const adminChoices = world.discord.sendAutocomplete({ name: 'worker', subcommand: 'remove', options: { worker: 'gam' }, focused: 'worker', user: admin, permissions: MANAGE_GUILD });
+    const adminChoices = world.discord.sendAutocomplete({
+      name: 'worker',
+      subcommand: 'remove',
+      options: { worker: 'gam' },
+      focused: 'worker',
+      user: admin,
+      permissions: MANAGE_GUILD,
+    });
     expect(((await adminChoices.callback()).json as { data: { choices: unknown[] } }).data.choices).toEqual([{ name: 'gaming-pc', value: aliceWorkerId }]);
 
     expect(await refusal(command('remove', bob, { worker: 'gaming-pc' }))).toMatch(/Only the member who lends a GPU, or a member with Manage Server/);
@@ -243,14 +290,28 @@ describe('lending a GPU', () => {
     const line = /^(LORA_GUILD_URL=\S+ .*) npm run worker$/m.exec(reply)?.[1];
     expect(line).toBeDefined();
     const shown = Object.fromEntries(line!.split(' ').map((pair) => pair.split('=', 2) as [string, string]));
-    expect(Object.keys(shown).sort()).toEqual(['ALLOW_INSECURE_WORKER_HTTP', 'LORA_GUILD_URL', 'MODELS_DIR', 'SD_SCRIPTS_DIR', 'WORKER_QUEUES', 'WORKER_TOKEN']);
+    expect(Object.keys(shown).sort()).toEqual([
+      'ALLOW_INSECURE_WORKER_HTTP',
+      'LORA_GUILD_URL',
+      'MODELS_DIR',
+      'SD_SCRIPTS_DIR',
+      'WORKER_QUEUES',
+      'WORKER_TOKEN',
+    ]);
     const models = join(tmp, 'studio-models');
     await mkdir(models);
     // A checkpoint with SD 1.5's tensor layout, under a name that does not say so.
     await writeModelFile(join(models, 'my-favourite.safetensors'), sd15Layout());
     // The member's machine: what the reply said, with its own folders (no Redis, no data dir of the bot's).
     await world.spawnWorker(
-      { ...shown, MODELS_DIR: models, SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts', TRAINER_CMD: 'python3', WORKER_CACHE_DIR: join(tmp, 'studio-cache'), WORKER_HEARTBEAT_SECONDS: '1' },
+      {
+        ...shown,
+        MODELS_DIR: models,
+        SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
+        TRAINER_CMD: 'python3',
+        WORKER_CACHE_DIR: join(tmp, 'studio-cache'),
+        WORKER_HEARTBEAT_SECONDS: '1',
+      },
       30_000,
       { remote: true },
     );

@@ -130,13 +130,7 @@ export class FakeGateway {
       const session = conn.session;
       const before = session.resumes;
       session.resumePending = true;
-      waits.push(
-        this.resumed.waitFor(
-          (r) => r.sessionId === session.id && session.resumes > before,
-          timeoutMs,
-          `session ${session.id} to RESUME`,
-        ),
-      );
+      waits.push(this.resumed.waitFor((r) => r.sessionId === session.id && session.resumes > before, timeoutMs, `session ${session.id} to RESUME`));
       retire(conn);
     }
     if (waits.length === 0) throw new Error('FakeDiscord: no identified gateway session to reconnect');

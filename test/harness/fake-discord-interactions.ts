@@ -184,9 +184,7 @@ export class InteractionFactory {
     }
     const resolved: APIInteractionDataResolved = {};
     const optionDefs = definition ? this.optionDefinitions(definition, spec) : undefined;
-    let options = Object.entries(spec.options ?? {}).map(([name, value]) =>
-      this.option(name, value, optionDefs, ctx, resolved, focused === name),
-    );
+    let options = Object.entries(spec.options ?? {}).map(([name, value]) => this.option(name, value, optionDefs, ctx, resolved, focused === name));
     if (focused !== undefined && !options.some((o) => o.focused)) {
       throw new Error(`FakeDiscord: the focused option "${focused}" is not among the options given`);
     }
@@ -272,10 +270,7 @@ export class InteractionFactory {
     }
     // A registered definition decides the type: 3 given for a NUMBER option is still a NUMBER.
     if (def) {
-      const fits =
-        def.type === type ||
-        (def.type === O.Number && type === O.Integer) ||
-        (focused && typeof raw === 'string');
+      const fits = def.type === type || (def.type === O.Number && type === O.Integer) || (focused && typeof raw === 'string');
       const refersById = [O.User, O.Channel, O.Role, O.Mentionable].includes(def.type) && typeof raw === 'string';
       if (!fits && !refersById) {
         throw new Error(`FakeDiscord: option "${name}" is type ${def.type}, got ${JSON.stringify(value)}`);
@@ -328,11 +323,7 @@ export class InteractionFactory {
     return resolved;
   }
 
-  private componentMessage(
-    given: ComponentMessage | undefined,
-    ctx: Context,
-    components: Record<string, unknown>[],
-  ): APIMessage {
+  private componentMessage(given: ComponentMessage | undefined, ctx: Context, components: Record<string, unknown>[]): APIMessage {
     if (typeof given === 'string') {
       const stored = this.world.messages.get(given);
       if (!stored) throw new Error(`FakeDiscord: no message ${given} for the component to sit on`);
@@ -346,10 +337,7 @@ export class InteractionFactory {
       type: 0,
       content: '',
       embeds: [],
-      components:
-        components.length > 0
-          ? [{ type: ComponentType.ActionRow, components } as unknown as APIMessageTopLevelComponent]
-          : [],
+      components: components.length > 0 ? [{ type: ComponentType.ActionRow, components } as unknown as APIMessageTopLevelComponent] : [],
       flags: 0,
       attachmentIds: [],
       webhookId: null,
@@ -440,11 +428,7 @@ interface Context {
 
 export function isAttachmentInfo(value: unknown): value is AttachmentInfo {
   return (
-    isRecord(value) &&
-    typeof value.id === 'string' &&
-    typeof value.filename === 'string' &&
-    typeof value.url === 'string' &&
-    typeof value.size === 'number'
+    isRecord(value) && typeof value.id === 'string' && typeof value.filename === 'string' && typeof value.url === 'string' && typeof value.size === 'number'
   );
 }
 

@@ -96,7 +96,11 @@ export function validateMessage(body: MessageBody, files: ParsedFile[], opts: { 
   const components = body.components ?? [];
   if (v2) {
     if (content.length > 0 || embeds.length > 0) {
-      throw formError('content', 'MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2', 'The content and embeds fields cannot be used when using MessageFlags.IS_COMPONENTS_V2');
+      throw formError(
+        'content',
+        'MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2',
+        'The content and embeds fields cannot be used when using MessageFlags.IS_COMPONENTS_V2',
+      );
     }
     if (countComponents(components) > MAX_V2_COMPONENTS) {
       throw formError('components', 'BASE_TYPE_MAX_LENGTH', `Must be ${MAX_V2_COMPONENTS} or fewer in length.`);
@@ -160,13 +164,7 @@ function fileIndex(field: string, position: number): number {
  * The attachment ids a message has after this body: kept ones named in `attachments` by id, new
  * uploads named by their file index. Without `attachments`, existing ones stay and uploads join.
  */
-export function resolveAttachments(
-  world: World,
-  body: MessageBody,
-  files: ParsedFile[],
-  existing: string[],
-  channelId: string,
-): string[] {
+export function resolveAttachments(world: World, body: MessageBody, files: ParsedFile[], existing: string[], channelId: string): string[] {
   const uploads = new Map(files.map((f, i) => [fileIndex(f.field, i), f]));
   const used = new Set<number>();
   const store = (file: ParsedFile, meta?: { description?: string; title?: string }) =>

@@ -252,7 +252,12 @@ export class RestRoutes {
       const after = query.get('after');
       let list = this.world.channelMessages(channel.id);
       if (before) list = list.filter((m) => compareIds(m.id, before) < 0);
-      if (after) list = list.filter((m) => compareIds(m.id, after) > 0).reverse().slice(0, limit).reverse();
+      if (after)
+        list = list
+          .filter((m) => compareIds(m.id, after) > 0)
+          .reverse()
+          .slice(0, limit)
+          .reverse();
       return ok(list.slice(0, limit).map((m) => this.world.apiMessage(m)));
     });
     this.route('GET', '/channels/:channel/messages/:message', bot, ({ params }) =>
@@ -320,11 +325,7 @@ export class RestRoutes {
     this.route('GET', '/guilds/:guild', bot, ({ params }) => ok(this.world.apiGuild(this.guildOr404(params.guild).id)));
     this.route('GET', '/guilds/:guild/channels', bot, ({ params }) => {
       const guild = this.guildOr404(params.guild);
-      return ok(
-        guild.channelIds
-          .filter((id) => !isThreadType(this.world.channel(id).type))
-          .map((id) => this.world.apiChannel(id)),
-      );
+      return ok(guild.channelIds.filter((id) => !isThreadType(this.world.channel(id).type)).map((id) => this.world.apiChannel(id)));
     });
     this.route('GET', '/guilds/:guild/threads/active', bot, ({ params }) => {
       const guild = this.guildOr404(params.guild);
@@ -334,9 +335,7 @@ export class RestRoutes {
         .map((c) => this.world.apiChannel(c.id));
       return ok({ threads, members: [] });
     });
-    this.route('GET', '/guilds/:guild/roles', bot, ({ params }) =>
-      ok(this.guildOr404(params.guild).roles.map((r) => this.world.apiRole(r))),
-    );
+    this.route('GET', '/guilds/:guild/roles', bot, ({ params }) => ok(this.guildOr404(params.guild).roles.map((r) => this.world.apiRole(r))));
     this.route('GET', '/guilds/:guild/members/:user', bot, ({ params }) => {
       const guild = this.guildOr404(params.guild);
       const userId = params.user === '@me' ? this.world.bot.id : (params.user ?? '');
@@ -388,10 +387,7 @@ export class RestRoutes {
         name: { _errors: [{ code: 'BASE_TYPE_BAD_LENGTH', message: 'Must be between 1 and 100 in length.' }] },
       });
     }
-    this.requireBotPermission(
-      parent,
-      type === ChannelType.PrivateThread ? PermissionFlagsBits.CreatePrivateThreads : PermissionFlagsBits.CreatePublicThreads,
-    );
+    this.requireBotPermission(parent, type === ChannelType.PrivateThread ? PermissionFlagsBits.CreatePrivateThreads : PermissionFlagsBits.CreatePublicThreads);
     const thread = this.world.addChannel({
       id,
       guildId: parent.guildId,
@@ -452,9 +448,7 @@ export class RestRoutes {
     message.deleted = true;
     if ((message.flags & MessageFlags.Ephemeral) !== 0 || message.guildId === null) return;
     const data = { id: message.id, channel_id: message.channelId, guild_id: message.guildId };
-    this.gateway.dispatch(GatewayDispatchEvents.MessageDelete, data, (intents) =>
-      (intents & GatewayIntentBits.GuildMessages) !== 0 ? { data } : false,
-    );
+    this.gateway.dispatch(GatewayDispatchEvents.MessageDelete, data, (intents) => ((intents & GatewayIntentBits.GuildMessages) !== 0 ? { data } : false));
   }
 
   // ---- interaction responses ----

@@ -144,12 +144,7 @@ export interface AddAttachmentOptions {
 }
 
 /** An option value for `sendCommand`; the option type follows the JS type unless given. */
-export type CommandOptionValue =
-  | string
-  | number
-  | boolean
-  | AttachmentInfo
-  | { type: number; value: string | number | boolean };
+export type CommandOptionValue = string | number | boolean | AttachmentInfo | { type: number; value: string | number | boolean };
 
 export interface InteractionContext {
   /** Default: the default member of the guild. */

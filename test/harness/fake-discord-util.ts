@@ -135,12 +135,7 @@ export async function parseBody(raw: Buffer, contentType: string | undefined): P
   }
 }
 
-export function sendJson(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   if (body === undefined || status === 204) {
     res.writeHead(status, headers);
     res.end();

@@ -25,15 +25,7 @@ import type {
   RoleFlags,
   UserFlags,
 } from 'discord.js';
-import type {
-  AttachmentInfo,
-  AttachmentSnapshot,
-  FakeDiscordOptions,
-  FakeGuildSpec,
-  FakeUser,
-  MessageSnapshot,
-  ServeOptions,
-} from './fake-discord-types.ts';
+import type { AttachmentInfo, AttachmentSnapshot, FakeDiscordOptions, FakeGuildSpec, FakeUser, MessageSnapshot, ServeOptions } from './fake-discord-types.ts';
 import type { SnowflakeSource } from './fake-discord-util.ts';
 
 /** The fake Discord's world: users, guilds, channels, messages and the files its CDN serves. */

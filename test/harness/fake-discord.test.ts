@@ -160,10 +160,7 @@ describe('FakeDiscord: slash commands', () => {
     expect(reply?.attachments[0]?.data.equals(result)).toBe(true);
     const served = await fetch(reply?.attachments[0]?.url ?? '');
     expect(Buffer.from(await served.arrayBuffer()).equals(result)).toBe(true);
-    expect(handle.calls().map((c) => c.route)).toEqual([
-      'POST /interactions/:id/:token/callback',
-      'PATCH /webhooks/:app/:token/messages/:message',
-    ]);
+    expect(handle.calls().map((c) => c.route)).toEqual(['POST /interactions/:id/:token/callback', 'PATCH /webhooks/:app/:token/messages/:message']);
   });
 
   it('records a reply with files as a multipart callback, and serves fetchReply and deleteReply', async () => {
@@ -447,9 +444,7 @@ describe('FakeDiscord: components and modals', () => {
       .setCustomId('caption:8')
       .setTitle('Caption')
       .addLabelComponents(
-        new LabelBuilder()
-          .setLabel('Caption')
-          .setTextInputComponent(new TextInputBuilder().setCustomId('caption').setStyle(TextInputStyle.Paragraph)),
+        new LabelBuilder().setLabel('Caption').setTextInputComponent(new TextInputBuilder().setCustomId('caption').setStyle(TextInputStyle.Paragraph)),
       );
     await commandInteraction.showModal(modal);
     expect((await command.callback()).json).toMatchObject({ type: 9, data: { custom_id: 'caption:8' } });
@@ -471,7 +466,10 @@ describe('FakeDiscord: faults', () => {
     const sent = await channel.send('progress: epoch 1');
 
     const calls = fake.callsTo('POST', /^\/channels\/\d+\/messages$/);
-    expect(calls.map((c) => [c.status, c.injected])).toEqual([[429, true], [200, false]]);
+    expect(calls.map((c) => [c.status, c.injected])).toEqual([
+      [429, true],
+      [200, false],
+    ]);
     const [limited, retried] = calls as [RecordedCall, RecordedCall];
     expect(limited.response).toMatchObject({ retry_after: 0.2, global: false });
     expect(retried.at - limited.at).toBeGreaterThanOrEqual(150);

@@ -21,17 +21,7 @@ import type {
   SelectSpec,
   UserMessageSpec,
 } from './fake-discord-types.ts';
-import {
-  SnowflakeSource,
-  WaitableLog,
-  contentTypeFor,
-  delay,
-  flattenHeaders,
-  isRecord,
-  parseBody,
-  readBody,
-  sendJson,
-} from './fake-discord-util.ts';
+import { SnowflakeSource, WaitableLog, contentTypeFor, delay, flattenHeaders, isRecord, parseBody, readBody, sendJson } from './fake-discord-util.ts';
 import { RestRoutes, isThreadType, type InteractionState, type RouteResult } from './fake-discord-routes.ts';
 import { World, type ChannelJson } from './fake-discord-world.ts';
 
@@ -118,10 +108,8 @@ export class FakeDiscord {
     this.factory = new InteractionFactory(this.world, this.ids, {
       attachmentSizeLimit: this.attachmentSizeLimit,
       findCommand: (name, guildId) =>
-        (this.commandSets.get(guildId) ?? []).find((c) => c.name === name) ??
-        (this.commandSets.get('global') ?? []).find((c) => c.name === name),
-      hasCommands: (guildId) =>
-        (this.commandSets.get(guildId)?.length ?? 0) + (this.commandSets.get('global')?.length ?? 0) > 0,
+        (this.commandSets.get(guildId) ?? []).find((c) => c.name === name) ?? (this.commandSets.get('global') ?? []).find((c) => c.name === name),
+      hasCommands: (guildId) => (this.commandSets.get(guildId)?.length ?? 0) + (this.commandSets.get('global')?.length ?? 0) > 0,
       modalLayout: (customId) => this.modalLayout(customId),
       modalInputs: (customId) => this.modalInputs(customId),
     });
@@ -470,18 +458,15 @@ export class FakeDiscord {
     const callbackPath = `/interactions/${state.id}/${state.token}/callback`;
     const webhookPath = `/webhooks/${this.world.applicationId}/${state.token}`;
     const isCallback = (c: RecordedCall) => c.method === 'POST' && c.path === callbackPath && c.status < 300;
-    const isEdit = (c: RecordedCall) =>
-      c.method === 'PATCH' && c.path === `${webhookPath}/messages/@original` && c.status < 300;
+    const isEdit = (c: RecordedCall) => c.method === 'PATCH' && c.path === `${webhookPath}/messages/@original` && c.status < 300;
     const isFollowup = (c: RecordedCall) => c.method === 'POST' && c.path === webhookPath && c.status < 300;
-    const calls = () =>
-      this.log.items.filter((c) => c.path.startsWith(`/interactions/${state.id}/`) || c.path.startsWith(webhookPath));
+    const calls = () => this.log.items.filter((c) => c.path.startsWith(`/interactions/${state.id}/`) || c.path.startsWith(webhookPath));
     return {
       id: state.id,
       token: state.token,
       sentAt: state.sentAt,
       payload: state.payload,
-      callback: (timeoutMs = DEFAULT_WAIT_MS) =>
-        this.log.waitFor(isCallback, timeoutMs, `the callback of interaction ${state.id}`),
+      callback: (timeoutMs = DEFAULT_WAIT_MS) => this.log.waitFor(isCallback, timeoutMs, `the callback of interaction ${state.id}`),
       ackLatencyMs: () => {
         const callback = this.log.items.find(isCallback);
         if (!callback) throw new Error(`FakeDiscord: interaction ${state.id} has no callback yet`);
@@ -613,20 +598,12 @@ export class FakeDiscord {
   }
 
   private takeFault(method: string, path: string): Fault | undefined {
-    const fault = this.faults.find(
-      (f) => f.remaining > 0 && (f.method === undefined || f.method === method) && f.path.test(path),
-    );
+    const fault = this.faults.find((f) => f.remaining > 0 && (f.method === undefined || f.method === method) && f.path.test(path));
     if (fault) fault.remaining--;
     return fault;
   }
 
-  private async serveAttachment(
-    req: IncomingMessage,
-    res: ServerResponse,
-    method: string,
-    path: string,
-    query: URLSearchParams,
-  ): Promise<void> {
+  private async serveAttachment(req: IncomingMessage, res: ServerResponse, method: string, path: string, query: URLSearchParams): Promise<void> {
     req.resume();
     if (method !== 'GET' && method !== 'HEAD') {
       res.writeHead(405).end();
@@ -709,11 +686,8 @@ function decodePath(pathname: string): string {
 function describeCalls(items: readonly RecordedCall[]): string {
   if (items.length === 0) return 'No REST calls were made.';
   const recent = items.slice(-15).map((c) => {
-    const flags = [c.injected ? 'injected' : '', c.route === null && !c.injected ? 'UNKNOWN ROUTE' : '']
-      .filter(Boolean)
-      .join(', ');
+    const flags = [c.injected ? 'injected' : '', c.route === null && !c.injected ? 'UNKNOWN ROUTE' : ''].filter(Boolean).join(', ');
     return `  #${c.seq} ${c.method} ${c.path} → ${c.status}${flags ? ` (${flags})` : ''}`;
   });
   return `Last ${recent.length} of ${items.length} REST calls:\n${recent.join('\n')}`;
 }
-

@@ -126,8 +126,6 @@ describe('startRedis', () => {
   });
 
   it('names the missing binary in its error', async () => {
-    await expect(startRedis({ binary: '/nonexistent/redis-server' })).rejects.toThrow(
-      /redis-server not found \(tried "\/nonexistent\/redis-server"\)/,
-    );
+    await expect(startRedis({ binary: '/nonexistent/redis-server' })).rejects.toThrow(/redis-server not found \(tried "\/nonexistent\/redis-server"\)/);
   });
 });

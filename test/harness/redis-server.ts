@@ -128,15 +128,24 @@ interface LaunchOptions {
 
 async function launch(o: LaunchOptions): Promise<RunningServer> {
   const args = [
-    '--port', String(o.port),
-    '--bind', '127.0.0.1',
-    '--save', '',
-    '--appendonly', o.appendOnly ? 'yes' : 'no',
-    '--appendfsync', 'always',
-    '--dir', o.dir,
-    '--daemonize', 'no',
-    '--logfile', '',
-    '--loglevel', 'warning',
+    '--port',
+    String(o.port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    o.appendOnly ? 'yes' : 'no',
+    '--appendfsync',
+    'always',
+    '--dir',
+    o.dir,
+    '--daemonize',
+    'no',
+    '--logfile',
+    '',
+    '--loglevel',
+    'warning',
   ];
   const child = spawn(o.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   liveChildren.add(child);
@@ -190,9 +199,7 @@ async function launch(o: LaunchOptions): Promise<RunningServer> {
     if (/address already in use/i.test(output)) {
       throw new PortInUseError(`redis-server: port ${o.port} is already in use`);
     }
-    throw new Error(
-      `redis-server exited during start-up (code ${String(outcome.code)}, signal ${String(outcome.signal)}):\n${output}`,
-    );
+    throw new Error(`redis-server exited during start-up (code ${String(outcome.code)}, signal ${String(outcome.signal)}):\n${output}`);
   }
 
   return {

@@ -30,7 +30,6 @@ beforeEach(() => {
   captions = new CaptionStore(redis, prefix);
 });
 
-
 /** A dataset with `count` images, #1…#count. */
 async function datasetWithImages(count: number): Promise<string> {
   const ds = await datasets.createDataset({
@@ -131,9 +130,7 @@ describe('set refusals', () => {
     const ds = await datasetWithImages(1);
     const seen = await captions.set(ds, 1, ['a'], tagger);
     await captions.set(ds, 1, ['a', 'b'], edit('u2'));
-    await expect(captions.set(ds, 1, ['a', 'c'], { ...edit('u1'), ifVersion: seen.version })).rejects.toThrow(
-      /changed by someone else.*version 2/,
-    );
+    await expect(captions.set(ds, 1, ['a', 'c'], { ...edit('u1'), ifVersion: seen.version })).rejects.toThrow(/changed by someone else.*version 2/);
     const ok = await captions.set(ds, 1, ['a', 'c'], { ...edit('u1'), ifVersion: 2 });
     expect(ok.version).toBe(3);
   });
@@ -250,7 +247,11 @@ describe('bulk edits', () => {
     const undone = await captions.undoLastBulk(ds, 'u6');
     expect(undone).toEqual({ batchId, description: 'add outfit1', restored: [1, 2, 3], skipped: [] });
     const now = await captions.getMany(ds, [1, 2, 3]);
-    expect([1, 2, 3].map((no) => tagsOf(now.get(no)))).toEqual([['1girl', 'long_hair', 'smile'], ['1girl', 'long hair'], ['1girl', 'hat']]);
+    expect([1, 2, 3].map((no) => tagsOf(now.get(no)))).toEqual([
+      ['1girl', 'long_hair', 'smile'],
+      ['1girl', 'long hair'],
+      ['1girl', 'hat'],
+    ]);
     expect((await captions.listBulkEdits(ds))[0]?.undone).toMatchObject({ by: 'u6' });
     expect(await captions.undoLastBulk(ds, 'u6')).toBeNull();
   });
@@ -286,9 +287,7 @@ describe('bulk edits', () => {
   it('change nothing at all when one image would get an invalid caption', async () => {
     const ds = await tagged();
     const op = (t: string[]) => (t.includes('hat') ? [...t, 'x'.repeat(101)] : [...t, 'ok']);
-    await expect(captions.applyBulk(ds, [1, 2, 3], op, { by: 'u5', description: 'bad' })).rejects.toThrow(
-      /Nothing was changed: on #3, the tag/,
-    );
+    await expect(captions.applyBulk(ds, [1, 2, 3], op, { by: 'u5', description: 'bad' })).rejects.toThrow(/Nothing was changed: on #3, the tag/);
     expect((await captions.history(ds, 1)).length).toBe(1);
     expect(await captions.listBulkEdits(ds)).toEqual([]);
   });
@@ -384,7 +383,10 @@ describe('the sentences track', () => {
     expect(tagsOf(await captions.get(ds, 1))).toEqual(['building', 'street']);
 
     // The machine never overwrites a sentence that is there.
-    expect(await sentences.setIfUntagged(ds, 1, ['Something else.'], { by: 'captioner', source: 'captioner' })).toMatchObject({ written: false, reason: 'captioned' });
+    expect(await sentences.setIfUntagged(ds, 1, ['Something else.'], { by: 'captioner', source: 'captioner' })).toMatchObject({
+      written: false,
+      reason: 'captioned',
+    });
     await expect(sentences.set(ds, 1, ['  '], edit())).rejects.toThrow(UserError);
     await expect(sentences.set(ds, 1, ['a, b\u0007'], edit())).rejects.toThrow(/control character/);
 

@@ -11,7 +11,6 @@ beforeEach(() => {
   store = new DatasetStore(server.redis, `t${newId(4)}`);
 });
 
-
 async function dataset(name = 'aria', guildId = 'g1') {
   return store.createDataset({
     guildId,

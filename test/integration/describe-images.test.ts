@@ -55,7 +55,9 @@ afterAll(async () => {
 });
 
 async function master(r: number, g: number, b: number): Promise<string> {
-  const png = await sharp({ create: { width: 80, height: 60, channels: 3, background: { r, g, b } } }).png().toBuffer();
+  const png = await sharp({ create: { width: 80, height: 60, channels: 3, background: { r, g, b } } })
+    .png()
+    .toBuffer();
   return (await blobs.putBuffer(png)).id;
 }
 
@@ -72,7 +74,13 @@ describe('the worker describing images', () => {
       ownerId: 'u1',
       channelId: 'c1',
     });
-    const masters = [await master(230, 20, 20), (await blobs.putBuffer(Buffer.from('not an image at all'))).id, await master(20, 40, 230), await master(20, 200, 40), await master(200, 10, 10)];
+    const masters = [
+      await master(230, 20, 20),
+      (await blobs.putBuffer(Buffer.from('not an image at all'))).id,
+      await master(20, 40, 230),
+      await master(20, 200, 40),
+      await master(200, 10, 10),
+    ];
     for (const [i, blob] of masters.entries()) await store.addImage(ds.id, { ...imageFacts(i + 1), masterBlob: blob, pixelSha256: `p${i}` });
     await sentences.set(ds.id, 5, ['A sentence a member wrote.'], { by: 'u1', source: 'upload' });
 
@@ -88,7 +96,10 @@ describe('the worker describing images', () => {
     expect(sentenceOf(got.get(5)!)).toBe('A sentence a member wrote.');
 
     // A job of another server changes nothing.
-    expect(await service.describeImages({ guildId: 'g2', datasetId: ds.id, imageNos: [2], retag: false, requestedBy: 'x' })).toEqual({ described: [], skipped: [2] });
+    expect(await service.describeImages({ guildId: 'g2', datasetId: ds.id, imageNos: [2], retag: false, requestedBy: 'x' })).toEqual({
+      described: [],
+      skipped: [2],
+    });
     // `/tags retag` only tags, whatever the mode.
     expect(await service.tracksFor({ guildId: 'g1', datasetId: ds.id, imageNos: [1], retag: true, requestedBy: 'u1' })).toEqual(['tags']);
   });

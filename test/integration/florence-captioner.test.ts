@@ -17,7 +17,9 @@ let captioner: Captioner;
 
 async function solid(name: string, r: number, g: number, b: number): Promise<string> {
   const file = path.join(tmp, name);
-  await sharp({ create: { width: 96, height: 64, channels: 3, background: { r, g, b } } }).png().toFile(file);
+  await sharp({ create: { width: 96, height: 64, channels: 3, background: { r, g, b } } })
+    .png()
+    .toFile(file);
   return file;
 }
 
@@ -140,7 +142,9 @@ describe('ensureCaptionerModel downloads the export once', () => {
     expect(dir).toBe(captionerCacheDir(dataDir, modelUrl));
     expect(requests).toHaveLength(CAPTIONER_MODEL_FILES.length);
     const decoder = path.join(dir, 'onnx', 'decoder_model_merged.onnx');
-    const sum = createHash('sha256').update(await readFile(decoder)).digest('hex');
+    const sum = createHash('sha256')
+      .update(await readFile(decoder))
+      .digest('hex');
     expect(await readFile(`${decoder}.sha256`, 'utf8')).toBe(`${sum}  decoder_model_merged.onnx\n`);
 
     requests.length = 0;

@@ -32,7 +32,14 @@ function runStandin(files: KohyaFiles, env: Record<string, string> = {}): Promis
   return new Promise((resolve, reject) => {
     const child = spawn('python3', [join(STANDIN_DIR, files.script), ...files.args], {
       // PYTHONPATH: empty packages named like the optimizers' (the stand-in imports the one a run uses).
-      env: { ...process.env, PYTHONPATH: join(STANDIN_DIR, '../python-packages'), PYTHONUNBUFFERED: '1', PYTHONIOENCODING: 'utf-8', STANDIN_STRICT_CONFIG: '1', ...env },
+      env: {
+        ...process.env,
+        PYTHONPATH: join(STANDIN_DIR, '../python-packages'),
+        PYTHONUNBUFFERED: '1',
+        PYTHONIOENCODING: 'utf-8',
+        STANDIN_STRICT_CONFIG: '1',
+        ...env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const out: Buffer[] = [];
@@ -49,12 +56,24 @@ function concepts(): PlanConceptInput[] {
     {
       name: 'main',
       isMain: true,
-      images: Array.from({ length: 4 }, (_, i) => ({ id: `m${i}`, width: 1024, height: i % 2 ? 1024 : 1536, captioned: true, caption: `zkflux, a woman with red hair, photo ${i}` })),
+      images: Array.from({ length: 4 }, (_, i) => ({
+        id: `m${i}`,
+        width: 1024,
+        height: i % 2 ? 1024 : 1536,
+        captioned: true,
+        caption: `zkflux, a woman with red hair, photo ${i}`,
+      })),
     },
   ];
 }
 
-async function stage(name: string, base: 'flux1' | 'chroma', checkpoint: string, edit: (r: ResolvedRecipe) => ResolvedRecipe = (r) => r, overrides: RunOverrides = {}) {
+async function stage(
+  name: string,
+  base: 'flux1' | 'chroma',
+  checkpoint: string,
+  edit: (r: ResolvedRecipe) => ResolvedRecipe = (r) => r,
+  overrides: RunOverrides = {},
+) {
   const dir = join(root, name);
   const staging = join(dir, 'staging');
   const out = join(dir, 'out');
@@ -65,7 +84,9 @@ async function stage(name: string, base: 'flux1' | 'chroma', checkpoint: string,
   for (const c of plan.concepts) {
     await mkdir(join(staging, c.folder), { recursive: true });
     for (const image of c.images) {
-      const png = await sharp({ create: { width: image.width, height: image.height, channels: 3, background: '#a05030' } }).png().toBuffer();
+      const png = await sharp({ create: { width: image.width, height: image.height, channels: 3, background: '#a05030' } })
+        .png()
+        .toBuffer();
       await writeFile(join(staging, c.folder, `${image.id}.png`), png);
       await writeFile(join(staging, c.folder, `${image.id}.txt`), `zkflux, a woman with red hair\n`);
     }
@@ -164,14 +185,20 @@ describe('flux_train_network.py stand-in', () => {
   it('refuses cached text encoder outputs with shuffled captions', async () => {
     const s = await stage('shuffled', 'flux1', 'flux1-dev.safetensors');
     const fs = await import('node:fs/promises');
-    await fs.writeFile(s.files.paths.datasetToml, (await fs.readFile(s.files.paths.datasetToml, 'utf8')).replace('shuffle_caption = false', 'shuffle_caption = true'));
+    await fs.writeFile(
+      s.files.paths.datasetToml,
+      (await fs.readFile(s.files.paths.datasetToml, 'utf8')).replace('shuffle_caption = false', 'shuffle_caption = true'),
+    );
     const r = await runStandin(s.files);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/when caching Text Encoder output, either caption_dropout_rate, shuffle_caption/);
   });
 
   it('dies like the real script when the T5-XXL file is not there', async () => {
-    const s = await stage('no-t5', 'flux1', 'flux1-dev.safetensors', (r) => ({ ...r, companions: { clip_l: 'clip_l.safetensors', t5xxl: 'gone-t5.safetensors', ae: 'ae.safetensors' } }));
+    const s = await stage('no-t5', 'flux1', 'flux1-dev.safetensors', (r) => ({
+      ...r,
+      companions: { clip_l: 'clip_l.safetensors', t5xxl: 'gone-t5.safetensors', ae: 'ae.safetensors' },
+    }));
     const r = await runStandin(s.files);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/FileNotFoundError: No such file or directory: ".*gone-t5\.safetensors"/);
@@ -199,11 +226,24 @@ describe('flux_train_network.py stand-in', () => {
     for (const c of plan.concepts) {
       await mkdir(join(staging, c.folder), { recursive: true });
       for (const image of c.images) {
-        await writeFile(join(staging, c.folder, `${image.id}.png`), await sharp({ create: { width: image.width, height: image.height, channels: 3, background: '#3050a0' } }).png().toBuffer());
+        await writeFile(
+          join(staging, c.folder, `${image.id}.png`),
+          await sharp({ create: { width: image.width, height: image.height, channels: 3, background: '#3050a0' } })
+            .png()
+            .toBuffer(),
+        );
         await writeFile(join(staging, c.folder, `${image.id}.txt`), 'zkflux, 1girl, red hair\n');
       }
     }
-    const files = buildKohyaFiles(plan, recipe, { runId: 'vpred', outputName: OUTPUT_NAME, outputDir: join(dir, 'out'), stagingDir: staging, baseModelPath: join(models, 'noob-vpred.safetensors'), samplePrompts: [], seed: 3 });
+    const files = buildKohyaFiles(plan, recipe, {
+      runId: 'vpred',
+      outputName: OUTPUT_NAME,
+      outputDir: join(dir, 'out'),
+      stagingDir: staging,
+      baseModelPath: join(models, 'noob-vpred.safetensors'),
+      samplePrompts: [],
+      seed: 3,
+    });
     await writeFile(files.paths.datasetToml, files.datasetToml);
     await writeFile(files.paths.configToml, files.configToml);
     await writeFile(files.paths.samplePromptsTxt, files.samplePromptsTxt);

@@ -72,7 +72,11 @@ describe('the gen_img.py command line', () => {
   });
 
   it('the stand-in refuses what gen_img.py refuses', async () => {
-    await expect(run('python3', ['test/fixtures/sd-scripts/gen_img.py', '--ckpt', join(tmp, 'base.safetensors'), '--prompt', 'x', '--sampler', 'nope'])).rejects.toMatchObject({ code: 2 });
-    await expect(run('python3', ['test/fixtures/sd-scripts/gen_img.py', '--ckpt', join(tmp, 'missing.safetensors'), '--prompt', 'x'])).rejects.toMatchObject({ code: 1 });
+    await expect(
+      run('python3', ['test/fixtures/sd-scripts/gen_img.py', '--ckpt', join(tmp, 'base.safetensors'), '--prompt', 'x', '--sampler', 'nope']),
+    ).rejects.toMatchObject({ code: 2 });
+    await expect(run('python3', ['test/fixtures/sd-scripts/gen_img.py', '--ckpt', join(tmp, 'missing.safetensors'), '--prompt', 'x'])).rejects.toMatchObject({
+      code: 1,
+    });
   });
 });

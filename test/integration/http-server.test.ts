@@ -121,9 +121,7 @@ describe('signed downloads', () => {
     expect(header(res.headers, 'content-length')).toBe(String(content.length));
     expect(header(res.headers, 'accept-ranges')).toBe('bytes');
     expect(header(res.headers, 'etag')).toBe(`"${blobId}"`);
-    expect(header(res.headers, 'content-disposition')).toBe(
-      `attachment; filename="aria-r3k9-e04.safetensors"; filename*=UTF-8''aria-r3k9-e04.safetensors`,
-    );
+    expect(header(res.headers, 'content-disposition')).toBe(`attachment; filename="aria-r3k9-e04.safetensors"; filename*=UTF-8''aria-r3k9-e04.safetensors`);
     const maxAge = Number(/^private, max-age=(\d+)$/.exec(header(res.headers, 'cache-control') ?? '')?.[1]);
     expect(maxAge).toBeGreaterThan(3590);
     expect(maxAge).toBeLessThanOrEqual(3600);
@@ -331,7 +329,15 @@ describe('health and metrics', () => {
     const logger = createLogger('silent');
     const slow = new Redis(redisServer.url);
     const probe = new Redis(redisServer.url);
-    const other = await startHttpServer({ host: '127.0.0.1', port: 0, redis: slow, logger, redisPrefix: prefix, redisTimeoutMs: 150, downloadLimits: GENEROUS });
+    const other = await startHttpServer({
+      host: '127.0.0.1',
+      port: 0,
+      redis: slow,
+      logger,
+      redisPrefix: prefix,
+      redisTimeoutMs: 150,
+      downloadLimits: GENEROUS,
+    });
     try {
       await Promise.all([slow.ping(), probe.ping()]);
       await redis.client('PAUSE', 1500, 'ALL');

@@ -10,7 +10,9 @@ let tmp: string;
 let rater: ImageRater;
 
 const solid = (r: number, g: number, b: number, alpha?: number) =>
-  sharp({ create: { width: 40, height: 30, channels: alpha === undefined ? 3 : 4, background: { r, g, b, alpha: alpha ?? 1 } } }).png().toBuffer();
+  sharp({ create: { width: 40, height: 30, channels: alpha === undefined ? 3 : 4, background: { r, g, b, alpha: alpha ?? 1 } } })
+    .png()
+    .toBuffer();
 
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'rater-'));

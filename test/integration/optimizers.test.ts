@@ -24,7 +24,8 @@ afterAll(async () => {
 async function packages(name: string, without: string[], extra: Record<string, string> = {}): Promise<string> {
   const dir = join(root, name);
   await mkdir(dir, { recursive: true });
-  for (const entry of await readdir(PACKAGES)) if (!without.includes(entry) && entry !== 'README.md') await cp(join(PACKAGES, entry), join(dir, entry), { recursive: true });
+  for (const entry of await readdir(PACKAGES))
+    if (!without.includes(entry) && entry !== 'README.md') await cp(join(PACKAGES, entry), join(dir, entry), { recursive: true });
   for (const [path, text] of Object.entries(extra)) {
     await mkdir(join(dir, path, '..'), { recursive: true });
     await writeFile(join(dir, path), text);

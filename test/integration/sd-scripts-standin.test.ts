@@ -45,7 +45,12 @@ function png(width: number, height: number, rgb: [number, number, number]): Buff
   ihdr[9] = 2;
   const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: width }, () => rgb).flat())]);
   const raw = Buffer.concat(Array.from({ length: height }, () => row));
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(raw)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
 }
 function pngSize(bytes: Buffer): [number, number] {
   expect(bytes.subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
@@ -65,7 +70,11 @@ interface RunResult {
 /** `launcher`: run the script under the `accelerate launch` stand-in, as the worker does. */
 function runStandin(script: string, args: string[], env: Record<string, string> = {}, launcher = false): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const command = [...(launcher ? [join(STANDIN_DIR, 'accelerate_launch.py'), '--num_cpu_threads_per_process', '1'] : []), join(STANDIN_DIR, script), ...args];
+    const command = [
+      ...(launcher ? [join(STANDIN_DIR, 'accelerate_launch.py'), '--num_cpu_threads_per_process', '1'] : []),
+      join(STANDIN_DIR, script),
+      ...args,
+    ];
     const child = spawn('python3', command, {
       env: { ...process.env, PYTHONPATH: PYTHON_PACKAGES, PYTHONUNBUFFERED: '1', PYTHONIOENCODING: 'utf-8', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -90,8 +99,7 @@ function runStandin(script: string, args: string[], env: Record<string, string> 
   });
 }
 
-const of = <T extends KohyaEvent['type']>(events: KohyaEvent[], type: T) =>
-  events.filter((e): e is Extract<KohyaEvent, { type: T }> => e.type === type);
+const of = <T extends KohyaEvent['type']>(events: KohyaEvent[], type: T) => events.filter((e): e is Extract<KohyaEvent, { type: T }> => e.type === type);
 
 // --- a small staged dataset ------------------------------------------------------------------------
 let root: string;
@@ -116,7 +124,13 @@ function datasetConcepts(scale = 1): PlanConceptInput[] {
       name: 'school uniform',
       trigger: 'zkuniform',
       isMain: false,
-      images: Array.from({ length: 8 }, (_, i) => ({ id: `u${i}`, width: 512 * scale, height: 640 * scale, captioned: true, caption: `${TRIGGER}, zkuniform, ${tags[i % 4]}` })),
+      images: Array.from({ length: 8 }, (_, i) => ({
+        id: `u${i}`,
+        width: 512 * scale,
+        height: 640 * scale,
+        captioned: true,
+        caption: `${TRIGGER}, zkuniform, ${tags[i % 4]}`,
+      })),
     },
   ];
 }
@@ -186,7 +200,12 @@ describe('sd-scripts stand-in with the files of buildKohyaFiles', () => {
 
     // the trainer counted what the plan predicted
     const totals = Object.assign({}, ...of(r.events, 'totals')) as Record<string, number>;
-    expect(totals).toMatchObject({ stepsPerEpoch: spe, totalSteps: plan.totalSteps, epochs: 3, imagesWithRepeats: plan.concepts.reduce((n, c) => n + c.stepsPerEpoch, 0) });
+    expect(totals).toMatchObject({
+      stepsPerEpoch: spe,
+      totalSteps: plan.totalSteps,
+      epochs: 3,
+      imagesWithRepeats: plan.concepts.reduce((n, c) => n + c.stepsPerEpoch, 0),
+    });
     for (const [i, b] of plan.buckets.entries()) expect(r.stdout).toContain(`bucket ${i}: resolution (${b.size[0]}, ${b.size[1]}), count: ${b.count}`);
 
     expect(of(r.events, 'epoch')).toEqual([1, 2, 3].map((epoch) => ({ type: 'epoch', epoch, total: 3 })));
@@ -213,8 +232,16 @@ describe('sd-scripts stand-in with the files of buildKohyaFiles', () => {
 
     // checkpoints: valid safetensors with the ss_* metadata and sd-scripts' hash
     const files = (await readdir(s.out)).sort();
-    expect(files.filter((f) => f.endsWith('.safetensors'))).toEqual([`${OUTPUT_NAME}-000001.safetensors`, `${OUTPUT_NAME}-000002.safetensors`, `${OUTPUT_NAME}.safetensors`]);
-    for (const [file, epoch] of [[`${OUTPUT_NAME}-000001.safetensors`, 1], [`${OUTPUT_NAME}-000002.safetensors`, 2], [`${OUTPUT_NAME}.safetensors`, 3]] as const) {
+    expect(files.filter((f) => f.endsWith('.safetensors'))).toEqual([
+      `${OUTPUT_NAME}-000001.safetensors`,
+      `${OUTPUT_NAME}-000002.safetensors`,
+      `${OUTPUT_NAME}.safetensors`,
+    ]);
+    for (const [file, epoch] of [
+      [`${OUTPUT_NAME}-000001.safetensors`, 1],
+      [`${OUTPUT_NAME}-000002.safetensors`, 2],
+      [`${OUTPUT_NAME}.safetensors`, 3],
+    ] as const) {
       const path = join(s.out, file);
       const h = await readSafetensorsHeader(path);
       expect(h.metadata).toMatchObject({
@@ -322,7 +349,12 @@ describe('sd-scripts stand-in with the files of buildKohyaFiles', () => {
         name: 'city',
         isMain: true,
         images: [
-          [1200, 800], [4000, 3000], [300, 200], [700, 700], [640, 960], [1920, 1080],
+          [1200, 800],
+          [4000, 3000],
+          [300, 200],
+          [700, 700],
+          [640, 960],
+          [1920, 1080],
         ].map(([w, h], i) => ({ id: `c${i}`, width: w ?? 0, height: h ?? 0, captioned: true, caption: `${TRIGGER}, street` })),
       },
     ];
@@ -371,7 +403,9 @@ describe("the stand-in holds sd-scripts' rules", () => {
     const r = await runStandin(s.files.script, [...s.files.args]);
     expect(r.code).toBe(1);
     expect(r.stdout + r.stderr).toContain('Invalid user config');
-    expect(of(r.events, 'error')).toEqual([{ type: 'error', exception: 'voluptuous.error.MultipleInvalid', message: "extra keys not allowed @ data['general']['shufle_caption']" }]);
+    expect(of(r.events, 'error')).toEqual([
+      { type: 'error', exception: 'voluptuous.error.MultipleInvalid', message: "extra keys not allowed @ data['general']['shufle_caption']" },
+    ]);
   });
 
   it('refuses an integer where the dataset schema wants a float', async () => {
@@ -412,14 +446,17 @@ describe("the stand-in holds sd-scripts' rules", () => {
   it('dies on images of other sizes when bucketing is off and latents are not cached', async () => {
     const s = await stage('no-bucket', resolveRecipe('character', 'sd15', { epochs: 1 }));
     await writeFile(s.files.paths.datasetToml, s.files.datasetToml.replace('enable_bucket = true', 'enable_bucket = false'));
-    await writeFile(s.files.paths.configToml, s.files.configToml.replace('enable_bucket = true', 'enable_bucket = false').replace('cache_latents = true', 'cache_latents = false'));
+    await writeFile(
+      s.files.paths.configToml,
+      s.files.configToml.replace('enable_bucket = true', 'enable_bucket = false').replace('cache_latents = true', 'cache_latents = false'),
+    );
     const r = await runStandin(s.files.script, [...s.files.args]);
     expect(r.code).toBe(1);
     expect(of(r.events, 'error')[0]?.exception).toBe('AssertionError');
     expect(of(r.events, 'error')[0]?.message).toMatch(/cropping and bucketing are disabled|image size is small/);
   });
 
-  it('under the accelerate launcher: the script\'s traceback, then the launcher\'s; the script\'s error is the reason', async () => {
+  it("under the accelerate launcher: the script's traceback, then the launcher's; the script's error is the reason", async () => {
     const s = await stage('launched-bad-dataset', resolveRecipe('character', 'sd15', { epochs: 1 }));
     await writeFile(s.files.paths.datasetToml, s.files.datasetToml.replace('[general]\n', '[general]\nshufle_caption = true\n'));
     const r = await runStandin(s.files.script, [...s.files.args], {}, true);
@@ -448,7 +485,8 @@ describe("the stand-in holds sd-scripts' rules", () => {
     const s = await stage('no-dadaptation', resolveRecipe('character', 'sd15', { epochs: 1, optimizer: 'DAdaptAdam' }));
     const without = join(s.dir, 'python-packages');
     await mkdir(without);
-    for (const name of ['torch', 'bitsandbytes', 'transformers', 'lion_pytorch', 'prodigyopt']) await cp(join(PYTHON_PACKAGES, name), join(without, name), { recursive: true });
+    for (const name of ['torch', 'bitsandbytes', 'transformers', 'lion_pytorch', 'prodigyopt'])
+      await cp(join(PYTHON_PACKAGES, name), join(without, name), { recursive: true });
     const r = await runStandin(s.files.script, [...s.files.args], { PYTHONPATH: without }, true);
     expect(r.code).toBe(1);
     const errors = of(r.events, 'error');

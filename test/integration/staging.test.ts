@@ -33,10 +33,11 @@ async function inode(path: string) {
   return `${s.dev}:${s.ino}`;
 }
 
-const missing = (path: string) => access(path).then(
-  () => false,
-  () => true,
-);
+const missing = (path: string) =>
+  access(path).then(
+    () => false,
+    () => true,
+  );
 
 describe('stageDataset', () => {
   it('hard-links every master as <id>.png in its concept folder and writes captions only where there is one', async () => {
@@ -71,7 +72,13 @@ describe('stageDataset', () => {
     const [a, b, c] = await putImages(3);
     const staging = join(root, 'stage');
     await stageDataset(blobs, staging, [
-      { folder: '10_main', images: [{ id: 'img0', blob: a!, caption: 'one' }, { id: 'img1', blob: b!, caption: 'two' }] },
+      {
+        folder: '10_main',
+        images: [
+          { id: 'img0', blob: a!, caption: 'one' },
+          { id: 'img1', blob: b!, caption: 'two' },
+        ],
+      },
       { folder: '3_old', images: [{ id: 'x', blob: c!, caption: null }] },
     ]);
     const before = await inode(join(staging, '10_main', 'img0.png'));
@@ -81,7 +88,13 @@ describe('stageDataset', () => {
 
     const again = await stageDataset(blobs, staging, [
       // img0 unchanged; img1 now points at another master and has no caption any more.
-      { folder: '10_main', images: [{ id: 'img0', blob: a!, caption: 'one' }, { id: 'img1', blob: c!, caption: null }] },
+      {
+        folder: '10_main',
+        images: [
+          { id: 'img0', blob: a!, caption: 'one' },
+          { id: 'img1', blob: c!, caption: null },
+        ],
+      },
     ]);
     expect(again).toMatchObject({ images: 2, unchanged: 1, linked: 1, captionsWritten: 0 });
     expect(again.removed).toBe(4); // 3_old/, stray.png, img1.txt, the temp file
@@ -93,7 +106,13 @@ describe('stageDataset', () => {
     expect((await readdir(join(staging, '10_main'))).sort()).toEqual(['img0.png', 'img0.txt', 'img1.png']);
 
     const third = await stageDataset(blobs, staging, [
-      { folder: '10_main', images: [{ id: 'img0', blob: a!, caption: 'one, changed' }, { id: 'img1', blob: c!, caption: null }] },
+      {
+        folder: '10_main',
+        images: [
+          { id: 'img0', blob: a!, caption: 'one, changed' },
+          { id: 'img1', blob: c!, caption: null },
+        ],
+      },
     ]);
     expect(third).toMatchObject({ unchanged: 2, linked: 0, captionsWritten: 1, removed: 0 });
     expect(await readFile(join(staging, '10_main', 'img0.txt'), 'utf8')).toBe('one, changed\n');
@@ -126,7 +145,15 @@ describe('stageDataset', () => {
     await expect(bad([{ folder: '10_main', images: [{ id: '.hidden', blob: a!, caption: null }] }])).rejects.toThrow(/image id/);
     await expect(bad([{ folder: 'main', images: [{ id: 'img0', blob: a!, caption: null }] }])).rejects.toThrow(/repeats/);
     await expect(
-      bad([{ folder: '10_main', images: [{ id: 'img0', blob: a!, caption: null }, { id: 'img0', blob: a!, caption: null }] }]),
+      bad([
+        {
+          folder: '10_main',
+          images: [
+            { id: 'img0', blob: a!, caption: null },
+            { id: 'img0', blob: a!, caption: null },
+          ],
+        },
+      ]),
     ).rejects.toThrow(/twice/);
     const absent = 'f'.repeat(64);
     await expect(bad([{ folder: '10_main', images: [{ id: 'img9', blob: absent, caption: null }] }])).rejects.toThrow(/img9: its master .* is missing/);

@@ -59,7 +59,15 @@ describe('trainer command and environment', () => {
 
   it('drops secrets from the environment and asks for unbuffered UTF-8 output at 200 columns', () => {
     const env = trainerEnv(
-      { PATH: '/usr/bin', DISCORD_TOKEN: 't', DOWNLOAD_SECRET: 's', REDIS_URL: 'redis://:pw@h', HF_TOKEN: 'h', AWS_SECRET_ACCESS_KEY: 'k', CUDA_VISIBLE_DEVICES: '0' },
+      {
+        PATH: '/usr/bin',
+        DISCORD_TOKEN: 't',
+        DOWNLOAD_SECRET: 's',
+        REDIS_URL: 'redis://:pw@h',
+        HF_TOKEN: 'h',
+        AWS_SECRET_ACCESS_KEY: 'k',
+        CUDA_VISIBLE_DEVICES: '0',
+      },
       '/data/runs/r1',
     );
     expect(env).toEqual({
@@ -160,7 +168,10 @@ describe('orphaned trainers', () => {
     // Output is gathered whole: a pipe may hand 'ready' over in two pieces.
     const output = new Map<string, string>();
     const start = (dir: string) =>
-      TrainerProcess.start({ ...python(sleeper, trainerEnv(process.env, dir)), onOutput: (c) => void output.set(dir, (output.get(dir) ?? '') + c.toString('utf8')) });
+      TrainerProcess.start({
+        ...python(sleeper, trainerEnv(process.env, dir)),
+        onOutput: (c) => void output.set(dir, (output.get(dir) ?? '') + c.toString('utf8')),
+      });
     const orphan = await start(runDir);
     const other = await start(otherDir);
     try {

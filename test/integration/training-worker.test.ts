@@ -82,10 +82,11 @@ const alive = (pid: number) => {
   }
 };
 const groupAlive = (pgid: number) => alive(-pgid);
-const exists = (path: string) => access(path).then(
-  () => true,
-  () => false,
-);
+const exists = (path: string) =>
+  access(path).then(
+    () => true,
+    () => false,
+  );
 
 interface World {
   prefix: string;
@@ -122,7 +123,9 @@ async function makeWorld(): Promise<World> {
   const captions = ['zkchar, smile', 'zkchar, red eyes\nsecond line', null];
   const images: World['images'] = {};
   for (const [i, [r, g, b]] of colours.entries()) {
-    const png = await sharp({ create: { width: 512, height: 512, channels: 3, background: { r: r!, g: g!, b: b! } } }).png().toBuffer();
+    const png = await sharp({ create: { width: 512, height: 512, channels: 3, background: { r: r!, g: g!, b: b! } } })
+      .png()
+      .toBuffer();
     images[`img${i}`] = { blob: (await blobs.putBuffer(png)).id, caption: captions[i] ?? null };
   }
   const env = {
@@ -246,8 +249,7 @@ function payloadFor(world: World, runId: string, overrides: Partial<TrainRunPayl
 }
 
 const kinds = (added: { event: RunEvent }[]) => added.map((a) => a.event.kind);
-const epochEvents = (added: { event: RunEvent }[]) =>
-  added.map((a) => a.event).filter((e): e is Extract<RunEvent, { kind: 'epoch' }> => e.kind === 'epoch');
+const epochEvents = (added: { event: RunEvent }[]) => added.map((a) => a.event).filter((e): e is Extract<RunEvent, { kind: 'epoch' }> => e.kind === 'epoch');
 
 async function trainerRecord(world: World, runId: string): Promise<{ pid: number; pgid: number }> {
   return JSON.parse(await readFile(join(world.runDir(runId), 'trainer.json'), 'utf8')) as { pid: number; pgid: number };
@@ -325,7 +327,9 @@ describe('training worker', () => {
       expect(grid.bytes).toBeLessThan(8 * 1024 * 1024);
       const sampleDir = join(world.runDir(runId), 'output', 'sample');
       for (const [idx, cell] of layout.cells.entries()) {
-        const sample = (await readdir(sampleDir)).find((n) => n.startsWith(`${OUTPUT_NAME}_e${String(e.epoch).padStart(6, '0')}_${String(idx).padStart(2, '0')}_`));
+        const sample = (await readdir(sampleDir)).find((n) =>
+          n.startsWith(`${OUTPUT_NAME}_e${String(e.epoch).padStart(6, '0')}_${String(idx).padStart(2, '0')}_`),
+        );
         expect(sample).toBeDefined();
         // The sample's top band (its prompt's colour) and its stripes (its epoch) are in the cell.
         for (const [x, y] of [
@@ -414,7 +418,7 @@ describe('training worker', () => {
     expect((await Job.fromId(world.training, runId))?.returnvalue).toMatchObject({ outcome: 'cancelled', lastEpoch: 1 });
   });
 
-  it('cancels through the processor\'s AbortSignal too (worker.cancelJob)', async () => {
+  it("cancels through the processor's AbortSignal too (worker.cancelJob)", async () => {
     const world = await makeWorld();
     const handle = world.start({ STANDIN_STEP_SECONDS: '0.3' });
     const runId = 'run-abort';
@@ -501,8 +505,11 @@ describe('training worker', () => {
     await world.waitForEvent((e) => e.kind === 'epoch' && e.epoch === 1, `epoch 1 from worker A ${aErr}`, 45_000);
     // Events are sent at least once (idempotent by id): A records epoch 1 as sent just after
     // sending it. Kill A only once it has, so that a duplicate add below means a real re-report.
-    for (const deadline = Date.now() + 10_000; ; ) {
-      const saved = await readFile(join(world.runDir(runId), 'run-state.json'), 'utf8').then((t) => JSON.parse(t) as { reportedEpochs: number[] }, () => null);
+    for (const deadline = Date.now() + 10_000; ;) {
+      const saved = await readFile(join(world.runDir(runId), 'run-state.json'), 'utf8').then(
+        (t) => JSON.parse(t) as { reportedEpochs: number[] },
+        () => null,
+      );
       if (saved?.reportedEpochs.includes(1)) break;
       if (Date.now() > deadline) throw new Error('worker A never recorded epoch 1 as reported');
       await new Promise((r) => setTimeout(r, 20));
@@ -586,7 +593,11 @@ describe('training worker', () => {
     const cases: [string, Record<string, unknown>, RegExp][] = [
       ['bad-plan', { ...payloadFor(world, 'bad-plan'), plan: { base: 'sd15' } }, /^the run's payload is invalid \(plan\./],
       ['bad-image', { ...payloadFor(world, 'bad-image'), images: {} }, /image img0 has no master in the payload/],
-      ['no-model', { ...payloadFor(world, 'no-model'), baseModel: 'nope.safetensors' }, /^the base model nope\.safetensors is not in this worker's models folder$/],
+      [
+        'no-model',
+        { ...payloadFor(world, 'no-model'), baseModel: 'nope.safetensors' },
+        /^the base model nope\.safetensors is not in this worker's models folder$/,
+      ],
       ['sneaky-model', { ...payloadFor(world, 'sneaky-model'), baseModel: `../models/${BASE_MODEL}` }, /is not a plain file name/],
       ['abs-model', { ...payloadFor(world, 'abs-model'), baseModel: join(world.modelsDir, BASE_MODEL) }, /is not a plain file name/],
     ];
@@ -636,11 +647,15 @@ describe('training worker', () => {
       if (k >= 0) {
         let left = k;
         const stop = new Error('stopped');
-        await clearEndedRun(dir, { outcome: 'finished' }, {
-          beforeRemove: () => {
-            if (left-- === 0) throw stop;
+        await clearEndedRun(
+          dir,
+          { outcome: 'finished' },
+          {
+            beforeRemove: () => {
+              if (left-- === 0) throw stop;
+            },
           },
-        }).catch((err: unknown) => {
+        ).catch((err: unknown) => {
           if (err !== stop) throw err;
         });
         expect((await readdir(dir)).length).toBe(2 + entries.length - k);

@@ -3,7 +3,9 @@ import { describe, expect, it } from 'vitest';
 import { comparisonSheets, sheetColumns, stackRows } from '../../src/core/image-sheets.ts';
 
 const solid = (r: number, g: number, b: number, width = 300, height = 100) =>
-  sharp({ create: { width, height, channels: 3, background: { r, g, b } } }).png().toBuffer();
+  sharp({ create: { width, height, channels: 3, background: { r, g, b } } })
+    .png()
+    .toBuffer();
 
 describe('epoch comparison', () => {
   it('stacks each epoch’s grid as a labelled row, first epoch on top', async () => {

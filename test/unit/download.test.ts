@@ -259,13 +259,9 @@ describe('downloadToFile', () => {
 
   it('refuses a host that is not allowed before connecting, naming the host', async () => {
     const before = await filesLeft();
-    const err = await refusal(
-      downloadToFile(`${other.origin}/x.png?${SECRET}`, dest(), { allowedHosts: [server.origin], maxBytes: MiB }),
-    );
+    const err = await refusal(downloadToFile(`${other.origin}/x.png?${SECRET}`, dest(), { allowedHosts: [server.origin], maxBytes: MiB }));
     expect(err.failure).toBe('refused');
-    expect(err.message).toBe(
-      `${other.origin} is not an allowed host; downloads are only allowed from ${server.origin}`,
-    );
+    expect(err.message).toBe(`${other.origin} is not an allowed host; downloads are only allowed from ${server.origin}`);
     expect(other.requests).toEqual([]);
     expect(await filesLeft()).toEqual(before);
   });
@@ -277,9 +273,7 @@ describe('downloadToFile', () => {
         maxBytes: MiB,
       }),
     );
-    expect(err.message).toBe(
-      'evil.example is not an allowed host; downloads are only allowed from cdn.discordapp.com, media.discordapp.net',
-    );
+    expect(err.message).toBe('evil.example is not an allowed host; downloads are only allowed from cdn.discordapp.com, media.discordapp.net');
   });
 
   it('refuses a URL with a user name or password before connecting', async () => {
@@ -293,9 +287,7 @@ describe('downloadToFile', () => {
   });
 
   it('refuses a declared size over the cap before connecting', async () => {
-    const err = await refusal(
-      downloadToFile(`${server.origin}/ok.png`, dest(), { allowedHosts: allowed(), maxBytes: 50 * MiB, declaredSize: 60 * MiB }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/ok.png`, dest(), { allowedHosts: allowed(), maxBytes: 50 * MiB, declaredSize: 60 * MiB }));
     expect(err.message).toBe('attachment is 60 MB; the limit is 50 MB');
     expect(err.failure).toBe('too-large');
     expect(server.requests).toEqual([]);
@@ -303,9 +295,7 @@ describe('downloadToFile', () => {
 
   it('refuses a Content-Length over the cap without reading the body', async () => {
     const before = await filesLeft();
-    const err = await refusal(
-      downloadToFile(`${server.origin}/big-length.png`, dest(), { allowedHosts: allowed(), maxBytes: 50 * MiB }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/big-length.png`, dest(), { allowedHosts: allowed(), maxBytes: 50 * MiB }));
     expect(err.message).toBe('attachment is 60 MB; the limit is 50 MB');
     expect(await filesLeft()).toEqual(before);
   });
@@ -313,9 +303,7 @@ describe('downloadToFile', () => {
   it('aborts a chunked body as soon as it passes the cap, and removes the partial file', async () => {
     const before = await filesLeft();
     const closedBefore = server.closedResponses;
-    const err = await refusal(
-      downloadToFile(`${server.origin}/endless.png`, dest(), { allowedHosts: allowed(), maxBytes: 2 * MiB }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/endless.png`, dest(), { allowedHosts: allowed(), maxBytes: 2 * MiB }));
     expect(err.failure).toBe('too-large');
     expect(err.message).toBe('attachment is over the 2 MB limit');
     expect(await filesLeft()).toEqual(before);
@@ -342,18 +330,14 @@ describe('downloadToFile', () => {
   });
 
   it('times out waiting for headers', async () => {
-    const err = await refusal(
-      downloadToFile(`${server.origin}/no-headers.png?${SECRET}`, dest(), { allowedHosts: allowed(), maxBytes: MiB, timeoutMs: 300 }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/no-headers.png?${SECRET}`, dest(), { allowedHosts: allowed(), maxBytes: MiB, timeoutMs: 300 }));
     expect(err.failure).toBe('timeout');
     expect(err.message).toBe(`the download from ${server.origin} timed out`);
   });
 
   it('times out a body that stalls, and removes the partial file', async () => {
     const before = await filesLeft();
-    const err = await refusal(
-      downloadToFile(`${server.origin}/stall.png`, dest(), { allowedHosts: allowed(), maxBytes: MiB, timeoutMs: 300 }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/stall.png`, dest(), { allowedHosts: allowed(), maxBytes: MiB, timeoutMs: 300 }));
     expect(err.failure).toBe('timeout');
     expect(await filesLeft()).toEqual(before);
   });
@@ -361,17 +345,13 @@ describe('downloadToFile', () => {
   it('times out a body that trickles forever within the idle timeout (overall deadline)', async () => {
     const before = await filesLeft();
     // A byte every 20 ms never trips the idle timeout and would take hours to reach the cap.
-    const err = await refusal(
-      downloadToFile(`${server.origin}/trickle.png`, dest(), { allowedHosts: allowed(), maxBytes: MiB, timeoutMs: 500 }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/trickle.png`, dest(), { allowedHosts: allowed(), maxBytes: MiB, timeoutMs: 500 }));
     expect(err.failure).toBe('timeout');
     expect(await filesLeft()).toEqual(before);
   });
 
   it('reports a 404 with its status, without the path or query', async () => {
-    const err = await refusal(
-      downloadToFile(`${server.origin}/missing.png?${SECRET}`, dest(), { allowedHosts: allowed(), maxBytes: MiB }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/missing.png?${SECRET}`, dest(), { allowedHosts: allowed(), maxBytes: MiB }));
     expect(err.message).toBe(`could not download the file from ${server.origin} (HTTP 404)`);
     expect(err.status).toBe(404);
     expect(err.retryable).toBe(false);
@@ -395,9 +375,7 @@ describe('downloadToFile', () => {
   });
 
   it('does not follow a redirect within the same origin either', async () => {
-    const err = await refusal(
-      downloadToFile(`${server.origin}/same-origin-redirect.png`, dest(), { allowedHosts: allowed(), maxBytes: MiB }),
-    );
+    const err = await refusal(downloadToFile(`${server.origin}/same-origin-redirect.png`, dest(), { allowedHosts: allowed(), maxBytes: MiB }));
     expect(err.failure).toBe('redirect');
     expect(server.requests).toEqual(['/same-origin-redirect.png']);
   });

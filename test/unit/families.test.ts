@@ -27,10 +27,28 @@ import {
  * and its own `setup_parser` (reference/model-families.md §2).
  */
 const FLUX_ARGPARSE_EXTRA = [
-  'cache_text_encoder_outputs', 'cache_text_encoder_outputs_to_disk', 'text_encoder_batch_size', 'disable_mmap_load_safetensors',
-  'weighting_scheme', 'logit_mean', 'logit_std', 'mode_scale', 'blocks_to_swap', 'clip_l', 't5xxl', 'ae',
-  'controlnet_model_name_or_path', 't5xxl_max_token_length', 'apply_t5_attn_mask', 'guidance_scale', 'timestep_sampling',
-  'sigmoid_scale', 'model_prediction_type', 'discrete_flow_shift', 'model_type', 'split_mode',
+  'cache_text_encoder_outputs',
+  'cache_text_encoder_outputs_to_disk',
+  'text_encoder_batch_size',
+  'disable_mmap_load_safetensors',
+  'weighting_scheme',
+  'logit_mean',
+  'logit_std',
+  'mode_scale',
+  'blocks_to_swap',
+  'clip_l',
+  't5xxl',
+  'ae',
+  'controlnet_model_name_or_path',
+  't5xxl_max_token_length',
+  'apply_t5_attn_mask',
+  'guidance_scale',
+  'timestep_sampling',
+  'sigmoid_scale',
+  'model_prediction_type',
+  'discrete_flow_shift',
+  'model_type',
+  'split_mode',
 ];
 const SDXL_ARGPARSE_EXTRA = ['disable_mmap_load_safetensors', 'cache_text_encoder_outputs', 'cache_text_encoder_outputs_to_disk'];
 
@@ -44,8 +62,23 @@ const COMPANIONS = [
 function concepts(size: number): PlanConceptInput[] {
   const caption = (i: number) => `zkchar, red eyes, ${['smile', 'sitting', 'from side'][i % 3]}`;
   return [
-    { name: 'main', isMain: true, images: Array.from({ length: 12 }, (_, i) => ({ id: `m${i}`, width: size, height: size, captioned: true, caption: caption(i) })) },
-    { name: 'coat', trigger: 'zkcoat', isMain: false, images: Array.from({ length: 8 }, (_, i) => ({ id: `c${i}`, width: size, height: size * 1.5, captioned: true, caption: `zkchar, zkcoat, ${caption(i)}` })) },
+    {
+      name: 'main',
+      isMain: true,
+      images: Array.from({ length: 12 }, (_, i) => ({ id: `m${i}`, width: size, height: size, captioned: true, caption: caption(i) })),
+    },
+    {
+      name: 'coat',
+      trigger: 'zkcoat',
+      isMain: false,
+      images: Array.from({ length: 8 }, (_, i) => ({
+        id: `c${i}`,
+        width: size,
+        height: size * 1.5,
+        captioned: true,
+        caption: `zkchar, zkcoat, ${caption(i)}`,
+      })),
+    },
   ];
 }
 
@@ -128,7 +161,8 @@ describe('every recipe × family', () => {
           // Cached text encoder outputs need captions that never change.
           expect(config.shuffle_caption).toBe(false);
           expect(files.datasetToml).not.toMatch(/caption_tag_dropout_rate|shuffle_caption = true/);
-          for (const key of ['clip_skip', 'v_parameterization', 'v2', 'max_token_length', 'no_half_vae', 'sample_sampler']) expect(config, key).not.toHaveProperty(key);
+          for (const key of ['clip_skip', 'v_parameterization', 'v2', 'max_token_length', 'no_half_vae', 'sample_sampler'])
+            expect(config, key).not.toHaveProperty(key);
         } else {
           expect(config).not.toHaveProperty('guidance_scale');
           expect(config.network_module).toBe('networks.lora');
@@ -229,7 +263,9 @@ describe('memory presets', () => {
       'The 24 GB memory preset needs a GPU with 24 GB or more; the worker `small-box` has 12 GB. Leave `vram` out to use the 12 GB preset.',
     );
     expect(userError(() => resolveRecipe('character', 'chroma', {}, { vramMiB: 8_192 }))).toMatch(/Chroma needs a GPU with at least 12 GB/);
-    expect(userError(() => resolveRecipe('character', 'flux1', { batchSize: 2 }, { vramMiB: 16_376 }))).toMatch(/Batch size 2 needs more GPU memory than the 16 GB preset/);
+    expect(userError(() => resolveRecipe('character', 'flux1', { batchSize: 2 }, { vramMiB: 16_376 }))).toMatch(
+      /Batch size 2 needs more GPU memory than the 16 GB preset/,
+    );
     expect(userError(() => resolveRecipe('character', 'sdxl', { vram: '16gb' }))).toMatch(/Memory presets are for FLUX.1 and Chroma/);
   });
 
@@ -277,9 +313,15 @@ describe('companions', () => {
     expect(pickCompanions('flux1', COMPANIONS, 'w')).toEqual({ clip_l: 'clip_l.safetensors', t5xxl: 't5xxl_fp16.safetensors', ae: 'ae.safetensors' });
     expect(pickCompanions('chroma', COMPANIONS, 'w')).toEqual({ clip_l: null, t5xxl: 't5xxl_fp16.safetensors', ae: 'ae.safetensors' });
     expect(pickCompanions('sdxl', [], 'w')).toBeNull();
-    expect(userError(() => pickCompanions('flux1', COMPANIONS.filter((c) => c.kind !== 't5xxl'), 'any worker offering `flux1-dev.safetensors`'))).toBe(
-      'FLUX.1 also needs `t5xxl` (the T5-XXL text encoder), and it is not in the models folder of any worker offering `flux1-dev.safetensors`.',
-    );
+    expect(
+      userError(() =>
+        pickCompanions(
+          'flux1',
+          COMPANIONS.filter((c) => c.kind !== 't5xxl'),
+          'any worker offering `flux1-dev.safetensors`',
+        ),
+      ),
+    ).toBe('FLUX.1 also needs `t5xxl` (the T5-XXL text encoder), and it is not in the models folder of any worker offering `flux1-dev.safetensors`.');
     expect(userError(() => pickCompanions('chroma', [], 'w'))).toMatch(/`t5xxl` and `ae`/);
   });
 
@@ -287,7 +329,15 @@ describe('companions', () => {
     const recipe = resolveRecipe('character', 'flux1', {}, { vramMiB: 24_564 });
     const plan = planRun({ base: 'flux1', trigger: 'zkchar', recipe, concepts: concepts(1024) });
     expect(() =>
-      buildKohyaFiles(plan, recipe, { runId: 'r', outputName: 'o', outputDir: '/o', stagingDir: '/s', baseModelPath: '/m/f.safetensors', samplePrompts: [], seed: 1 }),
+      buildKohyaFiles(plan, recipe, {
+        runId: 'r',
+        outputName: 'o',
+        outputDir: '/o',
+        stagingDir: '/s',
+        baseModelPath: '/m/f.safetensors',
+        samplePrompts: [],
+        seed: 1,
+      }),
     ).toThrow(/flux1 needs clip_l, t5xxl, ae/);
   });
 });
@@ -328,7 +378,9 @@ describe('a worker checking a run before it starts', () => {
     expect(runFitProblem(recipe, 24_564, all)).toBeNull();
     expect(runFitProblem(recipe, null, all)).toBeNull();
     expect(runFitProblem(recipe, 12_288, all)).toBe("the 24 GB memory preset needs a larger GPU than this worker's 12 GB");
-    expect(runFitProblem(recipe, 24_564, (f) => f !== 't5xxl_fp16.safetensors')).toBe("the T5-XXL text encoder t5xxl_fp16.safetensors is not in this worker's models folder");
+    expect(runFitProblem(recipe, 24_564, (f) => f !== 't5xxl_fp16.safetensors')).toBe(
+      "the T5-XXL text encoder t5xxl_fp16.safetensors is not in this worker's models folder",
+    );
     expect(runFitProblem({ ...recipe, companions: null }, 24_564, all)).toBe('the run names no file for the CLIP-L text encoder');
     expect(runFitProblem(resolveRecipe('character', 'sdxl'), 8_000, () => false)).toBeNull();
   });

@@ -15,7 +15,11 @@ const OUT = '/srv/lora-guild/runs/run-1';
 function concepts(size: number): PlanConceptInput[] {
   const caption = (i: number, extra: string) => `zkchar, ${extra}, ${['smile', 'sitting', 'from side'][i % 3]}, ${i % 2 ? 'hat' : 'outdoors'}`;
   return [
-    { name: 'main', isMain: true, images: Array.from({ length: 10 }, (_, i) => ({ id: `m${i}`, width: size, height: size, captioned: true, caption: caption(i, 'red eyes') })) },
+    {
+      name: 'main',
+      isMain: true,
+      images: Array.from({ length: 10 }, (_, i) => ({ id: `m${i}`, width: size, height: size, captioned: true, caption: caption(i, 'red eyes') })),
+    },
     {
       name: 'school uniform',
       trigger: 'zkuniform',
@@ -44,16 +48,26 @@ function build(name: RecipeName = 'character', base: 'sd15' | 'sdxl' = 'sd15', e
 /** Is a value parsed with integersAsBigInt the TOML type sd-scripts expects? */
 function hasTomlType(type: KohyaValueType | DatasetValueType, v: unknown): boolean {
   switch (type) {
-    case 'string': return typeof v === 'string';
-    case 'bool': return typeof v === 'boolean';
-    case 'int': return typeof v === 'bigint';
-    case 'float': return typeof v === 'number';
-    case 'number': return typeof v === 'bigint' || typeof v === 'number';
-    case 'string[]': return Array.isArray(v) && v.every((x) => typeof x === 'string');
-    case 'float[]': return Array.isArray(v) && v.every((x) => typeof x === 'number');
-    case 'resolution': return typeof v === 'bigint' || (Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'bigint'));
-    case 'float-pair': return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'number');
-    case 'table': return typeof v === 'object' && v !== null && !Array.isArray(v);
+    case 'string':
+      return typeof v === 'string';
+    case 'bool':
+      return typeof v === 'boolean';
+    case 'int':
+      return typeof v === 'bigint';
+    case 'float':
+      return typeof v === 'number';
+    case 'number':
+      return typeof v === 'bigint' || typeof v === 'number';
+    case 'string[]':
+      return Array.isArray(v) && v.every((x) => typeof x === 'string');
+    case 'float[]':
+      return Array.isArray(v) && v.every((x) => typeof x === 'number');
+    case 'resolution':
+      return typeof v === 'bigint' || (Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'bigint'));
+    case 'float-pair':
+      return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'number');
+    case 'table':
+      return typeof v === 'object' && v !== null && !Array.isArray(v);
   }
 }
 
@@ -145,7 +159,7 @@ describe('config TOML', () => {
     expect(() => build('character', 'sd15', { seed: -1 })).toThrow(/seed/);
   });
 
-  it("refuses a seed other than the one the member chose", () => {
+  it('refuses a seed other than the one the member chose', () => {
     const recipe = resolveRecipe('character', 'sd15', { seed: 99 });
     const plan = planRun({ base: 'sd15', trigger: 'zkchar', recipe, concepts: concepts(512) });
     const options = { runId: 'r', outputName: 'o', outputDir: OUT, stagingDir: STAGING, baseModelPath: '/m.safetensors', samplePrompts: [] };
@@ -256,7 +270,9 @@ describe('sample prompts', () => {
     expect(lines).toHaveLength(3);
     lines.forEach((line, i) => {
       expect(line).toMatch(
-        new RegExp(` --n lowres, bad anatomy[^-]* --w ${recipe.sample.width} --h ${recipe.sample.height} --s ${recipe.sample.steps} --l ${recipe.sample.cfgScale} --d ${1234 + i}$`),
+        new RegExp(
+          ` --n lowres, bad anatomy[^-]* --w ${recipe.sample.width} --h ${recipe.sample.height} --s ${recipe.sample.steps} --l ${recipe.sample.cfgScale} --d ${1234 + i}$`,
+        ),
       );
     });
     const many = buildSamplePrompts(['a', 'b', 'c', 'd', 'e', 'f'], recipe, 7);

@@ -71,8 +71,7 @@ function run(size: number): { events: KohyaEvent[]; parser: KohyaProgressParser 
   return { events, parser };
 }
 
-const of = <T extends KohyaEvent['type']>(events: KohyaEvent[], type: T) =>
-  events.filter((e): e is Extract<KohyaEvent, { type: T }> => e.type === type);
+const of = <T extends KohyaEvent['type']>(events: KohyaEvent[], type: T) => events.filter((e): e is Extract<KohyaEvent, { type: T }> => e.type === type);
 
 describe('kohya console parser', () => {
   it.each([1, 3, 7, 64, 100_000])('finds the same events whatever the chunk size (%i bytes, UTF-8 split mid-character)', (size) => {
@@ -121,7 +120,9 @@ describe('kohya console parser', () => {
   });
 
   it('reads s/it rates, sorted postfix keys and CRLF line ends', () => {
-    expect(parseProgressLine('steps:  12%|█▏        | 120/1000 [06:25<47:05,  3.21s/it, Average key norm=0.412, Keys Scaled=0, avr_loss=0.0912]')).toMatchObject({
+    expect(
+      parseProgressLine('steps:  12%|█▏        | 120/1000 [06:25<47:05,  3.21s/it, Average key norm=0.412, Keys Scaled=0, avr_loss=0.0912]'),
+    ).toMatchObject({
       step: 120,
       total: 1000,
       rate: 1 / 3.21,
@@ -223,7 +224,7 @@ describe('kohya console parser', () => {
   it('reads an AssertionError and the dataset config error of sd-scripts', () => {
     const parser = new KohyaProgressParser();
     const events = parser.push(
-      'Invalid user config / ユーザ設定の形式が正しくないようです\nTraceback (most recent call last):\n  File "x.py", line 1, in <module>\nvoluptuous.error.MultipleInvalid: extra keys not allowed @ data[\'general\'][\'foo\']\n' +
+      "Invalid user config / ユーザ設定の形式が正しくないようです\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nvoluptuous.error.MultipleInvalid: extra keys not allowed @ data['general']['foo']\n" +
         'Traceback (most recent call last):\n  File "x.py", line 2\nAssertionError: caption file is empty / キャプションファイルが空です: /s/1_a/x.txt\n',
       'stderr',
     );

@@ -10,7 +10,9 @@ describe('lending a GPU', () => {
     expect(lendingRefusal({ PUBLIC_URL: undefined, ALLOW_INSECURE_WORKER_HTTP: true, DOWNLOAD_SECRET: SECRET })).toMatch(/PUBLIC_URL/);
     expect(lendingRefusal({ PUBLIC_URL: 'http://lora.example.org', ALLOW_INSECURE_WORKER_HTTP: false, DOWNLOAD_SECRET: SECRET })).toMatch(/not https/);
     expect(lendingRefusal({ PUBLIC_URL: 'http://10.0.0.2:8080', ALLOW_INSECURE_WORKER_HTTP: true, DOWNLOAD_SECRET: SECRET })).toBeNull();
-    expect(lendingRefusal({ PUBLIC_URL: 'https://lora.example.org', ALLOW_INSECURE_WORKER_HTTP: false, DOWNLOAD_SECRET: undefined })).toMatch(/DOWNLOAD_SECRET/);
+    expect(lendingRefusal({ PUBLIC_URL: 'https://lora.example.org', ALLOW_INSECURE_WORKER_HTTP: false, DOWNLOAD_SECRET: undefined })).toMatch(
+      /DOWNLOAD_SECRET/,
+    );
   });
 
   it('gives the commands with the address as configured, without a doubled slash', () => {

@@ -60,7 +60,7 @@ const KOHYA_METADATA: Record<string, string> = {
 
 const INFO: LoraInfo = {
   triggerWords: ['aria', ' aria_casual ', '', 'aria'],
-  tagFrequency: { '10_aria': { aria: 12, '1girl': 11, 'blue hair': 9 }, '5_aria_casual': { aria_casual: 6, 'hoodie': 4 } },
+  tagFrequency: { '10_aria': { aria: 12, '1girl': 11, 'blue hair': 9 }, '5_aria_casual': { aria_casual: 6, hoodie: 4 } },
   contributors: [
     { id: '111111111111111111', name: 'Zoë', images: 10 },
     { id: '222222222222222222', name: 'bob "the" builder', images: 8 },
@@ -168,7 +168,7 @@ describe('enrichLoraMetadata', () => {
     expect(metadata.ss_network_dim).toBe('8');
   });
 
-  it('writes the steps of the whole run as ss_steps (a resumed sd-scripts counts only its own), and keeps the trainer\'s count otherwise', () => {
+  it("writes the steps of the whole run as ss_steps (a resumed sd-scripts counts only its own), and keeps the trainer's count otherwise", () => {
     // 4 epochs × 100 steps, resumed after epoch 2: the resumed process wrote 200.
     const resumed = { ...KOHYA_METADATA, ss_steps: '200' };
     expect(buildLoraMetadata(resumed, { ...INFO, steps: 400 }, sha256('x')).ss_steps).toBe('400');
@@ -224,8 +224,14 @@ describe('computeDatasetHash', () => {
   const b = sha256('b');
 
   it('does not depend on the order of the items', () => {
-    const one = computeDatasetHash([{ blob: a, caption: 'aria, 1girl' }, { blob: b, caption: null }]);
-    const two = computeDatasetHash([{ blob: b, caption: null }, { blob: a, caption: 'aria, 1girl' }]);
+    const one = computeDatasetHash([
+      { blob: a, caption: 'aria, 1girl' },
+      { blob: b, caption: null },
+    ]);
+    const two = computeDatasetHash([
+      { blob: b, caption: null },
+      { blob: a, caption: 'aria, 1girl' },
+    ]);
     expect(one).toBe(two);
     expect(one).toMatch(/^[0-9a-f]{64}$/);
   });
@@ -234,7 +240,12 @@ describe('computeDatasetHash', () => {
     const lines = [`${a}:"x"`, `${b}:null`].sort();
     expect(lines[0]!.startsWith(b)).toBe(true); // sha256('b') < sha256('a'): the order is the sort's
     const expected = sha256(`${lines.join('\n')}\n`);
-    expect(computeDatasetHash([{ blob: b, caption: null }, { blob: a, caption: 'x' }])).toBe(expected);
+    expect(
+      computeDatasetHash([
+        { blob: b, caption: null },
+        { blob: a, caption: 'x' },
+      ]),
+    ).toBe(expected);
   });
 
   it('changes with any caption, tells a missing caption from an empty one, and resists forged lines', () => {
@@ -242,7 +253,10 @@ describe('computeDatasetHash', () => {
     expect(computeDatasetHash([{ blob: a, caption: 'aria, smile' }])).not.toBe(base);
     expect(computeDatasetHash([{ blob: a, caption: null }])).not.toBe(computeDatasetHash([{ blob: a, caption: '' }]));
     const forged = computeDatasetHash([{ blob: a, caption: `x"\n${b}:"y` }]);
-    const honest = computeDatasetHash([{ blob: a, caption: 'x' }, { blob: b, caption: 'y' }]);
+    const honest = computeDatasetHash([
+      { blob: a, caption: 'x' },
+      { blob: b, caption: 'y' },
+    ]);
     expect(forged).not.toBe(honest);
   });
 

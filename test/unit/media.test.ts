@@ -179,7 +179,10 @@ describe('normalizeImage: what the trainer would get wrong is fixed in the maste
           upright.data.copy(stored, (y * W + x) * 3, (uy * W0 + ux) * 3, (uy * W0 + ux) * 3 + 3);
         }
       }
-      const jpeg = await sharp(stored, { raw: { width: W, height: H, channels: 3 } }).jpeg({ quality: 95 }).withMetadata({ orientation }).toBuffer();
+      const jpeg = await sharp(stored, { raw: { width: W, height: H, channels: 3 } })
+        .jpeg({ quality: 95 })
+        .withMetadata({ orientation })
+        .toBuffer();
       const r = await accept(jpeg);
       expect([r.width, r.height], `orientation ${orientation}`).toEqual([360, 480]);
       const m = await decode(r.master);
@@ -207,7 +210,14 @@ describe('normalizeImage: what the trainer would get wrong is fixed in the maste
     expect(r.notes).toEqual(['transparency flattened onto white']);
     const m = await decode(r.master);
     expect(m.info.channels).toBe(3);
-    for (const [x, y] of [[0, 0], [639, 0], [0, 479], [639, 479], [20, 240]] as const) expect(m.at(x, y)).toEqual([255, 255, 255]);
+    for (const [x, y] of [
+      [0, 0],
+      [639, 0],
+      [0, 479],
+      [639, 479],
+      [20, 240],
+    ] as const)
+      expect(m.at(x, y)).toEqual([255, 255, 255]);
     const source = photoRgb(6, 640, 480);
     const centre = (240 * 640 + 320) * 3;
     expect(m.at(320, 240)).toEqual([...source.data.subarray(centre, centre + 3)]);
@@ -220,7 +230,10 @@ describe('normalizeImage: what the trainer would get wrong is fixed in the maste
   });
 
   it('does not claim to flatten an alpha channel that is fully opaque', async () => {
-    const rgba = await sharp(photoRgb(7, 400, 300).data, { raw: { width: 400, height: 300, channels: 3 } }).ensureAlpha(1).png().toBuffer();
+    const rgba = await sharp(photoRgb(7, 400, 300).data, { raw: { width: 400, height: 300, channels: 3 } })
+      .ensureAlpha(1)
+      .png()
+      .toBuffer();
     expect((await sharp(rgba).metadata()).hasAlpha).toBe(true);
     expect((await accept(rgba)).notes).toEqual([]);
   });
@@ -255,7 +268,10 @@ describe('normalizeImage: what the trainer would get wrong is fixed in the maste
   it('converts a Display P3 photo to sRGB values and drops the profile', async () => {
     const raw = Buffer.alloc(400 * 300 * 3);
     for (let i = 0; i < raw.length; i += 3) raw.set([220, 60, 40], i);
-    const p3 = await sharp(raw, { raw: { width: 400, height: 300, channels: 3 } }).withIccProfile('p3').png().toBuffer();
+    const p3 = await sharp(raw, { raw: { width: 400, height: 300, channels: 3 } })
+      .withIccProfile('p3')
+      .png()
+      .toBuffer();
     const stored = await sharp(p3, { ignoreIcc: true }).raw().toBuffer();
     expect(near([...stored.subarray(0, 3)], [220, 60, 40], 5)).toBe(false);
     const r = await accept(p3);
@@ -284,7 +300,12 @@ describe('normalizeImage: what the trainer would get wrong is fixed in the maste
   it('fitWithin keeps sizes within the budget and the aspect ratio to the pixel', () => {
     expect(fitWithin(1000, 800, 4_194_304)).toEqual({ width: 1000, height: 800 });
     expect(fitWithin(6000, 4000, 4_194_304)).toEqual({ width: 2508, height: 1672 });
-    for (const [w, h] of [[4000, 3000], [3001, 7919], [20000, 300], [4097, 4097]] as const) {
+    for (const [w, h] of [
+      [4000, 3000],
+      [3001, 7919],
+      [20000, 300],
+      [4097, 4097],
+    ] as const) {
       const fit = fitWithin(w, h, 4_194_304);
       expect(fit.width * fit.height).toBeLessThanOrEqual(4_194_304);
       expect(Math.abs(fit.width / fit.height - w / h) / (w / h)).toBeLessThan(0.01);
@@ -318,7 +339,11 @@ describe('normalizeImage: refusals the contributor can act on', () => {
     expect(await refusal(pdfFile().data)).toBe("PDF documents aren't accepted: export the page as PNG or JPEG");
     // sharp would happily rasterise the SVG; the sniffer refuses it from the bytes alone.
     expect((await sharp(svgFile().data).metadata()).format).toBe('svg');
-    const disguised = Buffer.from(`\uFEFF  <!-- made in Inkscape -->\n${svgFile().data.toString('utf8').replace(/^<\?xml[^>]*>\n/, '')}`);
+    const disguised = Buffer.from(
+      `\uFEFF  <!-- made in Inkscape -->\n${svgFile()
+        .data.toString('utf8')
+        .replace(/^<\?xml[^>]*>\n/, '')}`,
+    );
     expect(sniffFormat(disguised)).toEqual({ ok: false, reason: 'SVG is a vector drawing: export it as PNG or JPEG' });
   });
 
@@ -463,8 +488,16 @@ describe('probeImage', () => {
 
 describe('contact sheets', () => {
   const solid = (w: number, h: number, [r, g, b]: readonly number[]) =>
-    sharp({ create: { width: w, height: h, channels: 3, background: { r: r!, g: g!, b: b! } } }).png().toBuffer();
-  const colours = [[200, 40, 40], [40, 180, 60], [50, 70, 210], [220, 200, 40], [120, 120, 120]] as const;
+    sharp({ create: { width: w, height: h, channels: 3, background: { r: r!, g: g!, b: b! } } })
+      .png()
+      .toBuffer();
+  const colours = [
+    [200, 40, 40],
+    [40, 180, 60],
+    [50, 70, 210],
+    [220, 200, 40],
+    [120, 120, 120],
+  ] as const;
 
   it('lays tiles out in order in a grid of the expected size, as a JPEG well under 10 MiB', async () => {
     const tiles = await Promise.all(colours.map(async (c, i) => ({ image: await solid(300 + i * 40, 200, c), label: `#${i + 1}` })));
@@ -510,9 +543,7 @@ describe('bitmap font labels', () => {
   it('draws glyphs pixel for pixel, without any system font', () => {
     const target = { data: Buffer.alloc(5 * 7 * 3), width: 5, height: 7, channels: 3 as const };
     drawText(target, '1', 0, 0, { colour: '#ffffff' });
-    const rows = Array.from({ length: 7 }, (_, y) =>
-      Array.from({ length: 5 }, (_, x) => (target.data[(y * 5 + x) * 3] === 255 ? '#' : '.')).join(''),
-    );
+    const rows = Array.from({ length: 7 }, (_, y) => Array.from({ length: 5 }, (_, x) => (target.data[(y * 5 + x) * 3] === 255 ? '#' : '.')).join(''));
     expect(rows).toEqual(['..#..', '.##..', '..#..', '..#..', '..#..', '..#..', '.###.']);
   });
 

@@ -64,7 +64,7 @@ describe('detectModelFile', () => {
     expectUnknown(detect(sdxlVaeLayout()), /4 latent channels/);
     expectUnknown(detect(fluxDiffusersLayout()), /Diffusers/);
     expectUnknown(detect(loraLayout()), /LoRA/);
-    expect(detect({ 'weight': { dtype: 'F32', shape: [4, 4] } })).toMatchObject({ kind: 'unknown', detail: 'no known layout' });
+    expect(detect({ weight: { dtype: 'F32', shape: [4, 4] } })).toMatchObject({ kind: 'unknown', detail: 'no known layout' });
     expect(detect({})).toMatchObject({ kind: 'unknown' });
   });
 

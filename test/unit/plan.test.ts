@@ -80,9 +80,19 @@ describe('repeats balancing', () => {
   });
 
   it('halves the steps on SDXL and uses one repeat for flexible-concept', () => {
-    const sdxl = planRun({ base: 'sdxl', trigger: TRIGGER, recipe: resolveRecipe('character', 'sdxl'), concepts: [concept('main', true, images('m', 10, [1024, 1024]))] });
+    const sdxl = planRun({
+      base: 'sdxl',
+      trigger: TRIGGER,
+      recipe: resolveRecipe('character', 'sdxl'),
+      concepts: [concept('main', true, images('m', 10, [1024, 1024]))],
+    });
     expect(sdxl.concepts[0]?.repeats).toBe(15);
-    const flex = planRun({ base: 'sd15', trigger: TRIGGER, recipe: resolveRecipe('flexible-concept', 'sd15'), concepts: [concept('pose', true, images('p', 40))] });
+    const flex = planRun({
+      base: 'sd15',
+      trigger: TRIGGER,
+      recipe: resolveRecipe('flexible-concept', 'sd15'),
+      concepts: [concept('pose', true, images('p', 40))],
+    });
     expect(flex.concepts[0]?.repeats).toBe(1);
     expect(flex.stepsPerEpoch).toBe(40);
   });
@@ -121,7 +131,12 @@ describe('steps per epoch, exactly as sd-scripts', () => {
 
   it('applies gradient accumulation after the batches', () => {
     const recipe = withRepeats(resolveRecipe('character', 'sd15', { batchSize: 2 }), { mode: 'fixed', repeats: 3 }, { gradientAccumulationSteps: 2 });
-    const plan = planRun({ base: 'sd15', trigger: TRIGGER, recipe, concepts: [concept('main', true, [...images('sq', 3), ...images('land', 1, [1200, 800])])] });
+    const plan = planRun({
+      base: 'sd15',
+      trigger: TRIGGER,
+      recipe,
+      concepts: [concept('main', true, [...images('sq', 3), ...images('land', 1, [1200, 800])])],
+    });
     expect(plan.stepsPerEpoch).toBe(Math.ceil((5 + 2) / 2));
   });
 
@@ -140,12 +155,22 @@ describe('plan warnings', () => {
   const recipe = resolveRecipe('character', 'sd15');
 
   it('warns about too few images: under 6 for the character, under 8 per outfit', () => {
-    const few = planRun({ base: 'sd15', trigger: TRIGGER, recipe, concepts: [concept('main', true, images('m', 5)), concept('outfit', false, images('o', 7), 'zkoutfit')] });
+    const few = planRun({
+      base: 'sd15',
+      trigger: TRIGGER,
+      recipe,
+      concepts: [concept('main', true, images('m', 5)), concept('outfit', false, images('o', 7), 'zkoutfit')],
+    });
     expect(few.warnings.filter((w) => w.code === 'too-few-images').map((w) => w.message)).toEqual([
       'Concept "main" has 5 images; the character recipe wants at least 6 for the main concept.',
       'Concept "outfit" has 7 images; the character recipe wants at least 8 per sub-concept (outfit).',
     ]);
-    const enough = planRun({ base: 'sd15', trigger: TRIGGER, recipe, concepts: [concept('main', true, images('m', 6)), concept('outfit', false, images('o', 8), 'zkoutfit')] });
+    const enough = planRun({
+      base: 'sd15',
+      trigger: TRIGGER,
+      recipe,
+      concepts: [concept('main', true, images('m', 6)), concept('outfit', false, images('o', 8), 'zkoutfit')],
+    });
     expect(codes(enough)).not.toContain('too-few-images');
   });
 
@@ -177,7 +202,13 @@ describe('plan warnings', () => {
 
   it('flags tags in ≥ 90% of a concept’s captions that are not triggers or the class', () => {
     const caps = ['blue eyes', 'blue_eyes', 'Blue Eyes', 'blue eyes', 'blue eyes', 'blue eyes', 'blue eyes', 'blue eyes', 'blue eyes', 'sitting'];
-    const imgs = caps.map((c, i) => ({ id: `i${i}`, width: 512, height: 512, captioned: true, caption: `${TRIGGER}, 1girl, ${c}, smile${i % 2 ? ', hat' : ''}` }));
+    const imgs = caps.map((c, i) => ({
+      id: `i${i}`,
+      width: 512,
+      height: 512,
+      captioned: true,
+      caption: `${TRIGGER}, 1girl, ${c}, smile${i % 2 ? ', hat' : ''}`,
+    }));
     const plan = planRun({ base: 'sd15', trigger: TRIGGER, className: '1girl', recipe, concepts: [concept('main', true, imgs)] });
     const unpruned = plan.warnings.filter((w) => w.code === 'unpruned-tags');
     expect(unpruned).toHaveLength(1);
@@ -204,7 +235,12 @@ describe('plan warnings', () => {
     expect(isCommonWord('Girl')).toBe(true);
     expect(isCommonWord('long_hair')).toBe(true);
     expect(isCommonWord('zkchar')).toBe(false);
-    const plan = planRun({ base: 'sd15', trigger: 'girl', recipe, concepts: [concept('main', true, images('m', 6, [512, 512], 'girl')), concept('o', false, images('o', 8), 'red')] });
+    const plan = planRun({
+      base: 'sd15',
+      trigger: 'girl',
+      recipe,
+      concepts: [concept('main', true, images('m', 6, [512, 512], 'girl')), concept('o', false, images('o', 8), 'red')],
+    });
     expect(plan.warnings.filter((w) => w.code === 'common-trigger').map((w) => w.message)).toEqual([
       expect.stringContaining('"girl"'),
       expect.stringContaining('"red"'),
@@ -239,9 +275,9 @@ describe('plan refusals', () => {
   });
 
   it('refuses duplicate concept names and bad triggers', () => {
-    expect(() => planRun({ base: 'sd15', trigger: TRIGGER, recipe, concepts: [concept('A', true, images('a', 6)), concept('a', false, images('b', 8))] })).toThrow(
-      /Two concepts/,
-    );
+    expect(() =>
+      planRun({ base: 'sd15', trigger: TRIGGER, recipe, concepts: [concept('A', true, images('a', 6)), concept('a', false, images('b', 8))] }),
+    ).toThrow(/Two concepts/);
     expect(() => planRun({ base: 'sd15', trigger: 'a, b', recipe, concepts: [concept('main', true, images('m', 6))] })).toThrow(/commas/);
     expect(() => planRun({ base: 'sd15', trigger: '  ', recipe, concepts: [concept('main', true, images('m', 6))] })).toThrow(UserError);
   });
@@ -249,7 +285,12 @@ describe('plan refusals', () => {
   it('refuses an image too small to bucket without upscaling, naming it', () => {
     const photo = resolveRecipe('photo', 'sd15');
     expect(() =>
-      planRun({ base: 'sd15', trigger: TRIGGER, recipe: photo, concepts: [concept('main', true, [...images('m', 6), { id: 'sliver', width: 40, height: 300, captioned: true, caption: TRIGGER }])] }),
+      planRun({
+        base: 'sd15',
+        trigger: TRIGGER,
+        recipe: photo,
+        concepts: [concept('main', true, [...images('m', 6), { id: 'sliver', width: 40, height: 300, captioned: true, caption: TRIGGER }])],
+      }),
     ).toThrow(/sliver/);
   });
 

@@ -1,12 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
-import {
-  getRecipe,
-  listRecipes,
-  RECIPE_NAMES,
-  resolveRecipe,
-  ResolvedRecipeSchema,
-} from '../../src/core/recipes.ts';
+import { getRecipe, listRecipes, RECIPE_NAMES, resolveRecipe, ResolvedRecipeSchema } from '../../src/core/recipes.ts';
 
 const PRODIGY_ARGS = ['weight_decay=0.01', 'decouple=True', 'use_bias_correction=True', 'safeguard_warmup=True', 'd_coef=2'];
 
@@ -177,9 +171,7 @@ describe('run overrides', () => {
     expect(userErrorOf(() => resolveRecipe('character-adamw', 'sd15', { learningRate: 0.5 })).message).toContain(
       'learning rate for AdamW must be from 1e-6 to 0.01 (got 0.5)',
     );
-    expect(userErrorOf(() => resolveRecipe('character', 'sd15', { optimizer: 'AdamW', learningRate: 1 })).message).toContain(
-      'learning rate for AdamW',
-    );
+    expect(userErrorOf(() => resolveRecipe('character', 'sd15', { optimizer: 'AdamW', learningRate: 1 })).message).toContain('learning rate for AdamW');
     for (const lr of [0.1, 2]) expect(resolveRecipe('character', 'sd15', { learningRate: lr }).optimizer.learningRate).toBe(lr);
     for (const lr of [1e-6, 1e-2]) expect(resolveRecipe('character-adamw', 'sd15', { learningRate: lr }).optimizer.learningRate).toBe(lr);
   });

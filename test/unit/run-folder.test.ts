@@ -40,11 +40,15 @@ describe('an ended run folder', () => {
     const dir = await runFolder('failed');
     const crash = new Error('crash');
     await expect(
-      clearEndedRun(dir, { outcome: 'failed', reason: 'the trainer exited with code 1', logTail: ['a', 'b'] }, {
-        beforeRemove: (entry) => {
-          if (entry === 'output') throw crash;
+      clearEndedRun(
+        dir,
+        { outcome: 'failed', reason: 'the trainer exited with code 1', logTail: ['a', 'b'] },
+        {
+          beforeRemove: (entry) => {
+            if (entry === 'output') throw crash;
+          },
         },
-      }),
+      ),
     ).rejects.toBe(crash);
     expect((await readdir(dir)).sort()).toEqual(['ended.json', 'output', 'run-state.json', 'trainer.json', 'trainer.log']);
     expect(await readRunEnd(dir)).toMatchObject({ outcome: 'failed', reason: 'the trainer exited with code 1', logTail: ['a', 'b'] });

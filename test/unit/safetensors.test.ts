@@ -4,14 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TensorInput } from '../../src/core/safetensors.ts';
-import {
-  dataSectionSha256,
-  encodeHeader,
-  readSafetensorsHeader,
-  rewriteMetadata,
-  SafetensorsError,
-  writeSafetensors,
-} from '../../src/core/safetensors.ts';
+import { dataSectionSha256, encodeHeader, readSafetensorsHeader, rewriteMetadata, SafetensorsError, writeSafetensors } from '../../src/core/safetensors.ts';
 
 let dir: string;
 beforeAll(async () => {
@@ -90,9 +83,15 @@ describe('safetensors', () => {
     await writeSafetensors(path, TENSORS, { a: 'b' });
     const bytes = await readFile(path);
     const n = Number(bytes.readBigUInt64LE(0));
-    const expected = createHash('sha256').update(bytes.subarray(8 + n)).digest('hex');
+    const expected = createHash('sha256')
+      .update(bytes.subarray(8 + n))
+      .digest('hex');
     expect(await dataSectionSha256(path)).toBe(expected);
-    expect(expected).toBe(createHash('sha256').update(Buffer.concat(TENSORS.map((t) => t.data))).digest('hex'));
+    expect(expected).toBe(
+      createHash('sha256')
+        .update(Buffer.concat(TENSORS.map((t) => t.data)))
+        .digest('hex'),
+    );
   });
 
   it('reads a header written by other tools without padding or metadata', async () => {

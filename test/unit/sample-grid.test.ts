@@ -6,7 +6,9 @@ import { photoRgb } from '../fixtures/images.ts';
 type Rgb = [number, number, number];
 
 const solid = (width: number, height: number, [r, g, b]: Rgb) =>
-  sharp({ create: { width, height, channels: 3, background: { r, g, b } } }).png().toBuffer();
+  sharp({ create: { width, height, channels: 3, background: { r, g, b } } })
+    .png()
+    .toBuffer();
 
 async function decode(jpeg: Buffer) {
   const { data, info } = await sharp(jpeg).raw().toBuffer({ resolveWithObject: true });
@@ -67,7 +69,12 @@ describe('makeSampleGrid', () => {
     const tiles = await Promise.all(
       [0, 1, 2, 3].map(async (i) => {
         const img = photoRgb(500 + i, 1024, 1024);
-        return { image: await sharp(img.data, { raw: { width: 1024, height: 1024, channels: 3 } }).png().toBuffer(), label: `#${i + 1} a long prompt text that has to be cut somewhere because it does not fit` };
+        return {
+          image: await sharp(img.data, { raw: { width: 1024, height: 1024, channels: 3 } })
+            .png()
+            .toBuffer(),
+          label: `#${i + 1} a long prompt text that has to be cut somewhere because it does not fit`,
+        };
       }),
     );
     const jpeg = await makeSampleGrid(tiles, { title: 'four prompts' });
@@ -80,6 +87,14 @@ describe('makeSampleGrid', () => {
     await expect(makeSampleGrid([], { title: 'x' })).rejects.toThrow(RangeError);
     const png = await solid(128, 128, [10, 20, 30]);
     const cut = png.subarray(0, Math.floor(png.length / 2));
-    await expect(makeSampleGrid([{ image: png, label: '#1' }, { image: cut, label: '#2' }], { title: 'x' })).rejects.toThrow();
+    await expect(
+      makeSampleGrid(
+        [
+          { image: png, label: '#1' },
+          { image: cut, label: '#2' },
+        ],
+        { title: 'x' },
+      ),
+    ).rejects.toThrow();
   });
 });

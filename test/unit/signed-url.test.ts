@@ -1,13 +1,6 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import {
-  downloadFileName,
-  isDownloadFileName,
-  makeDownloadUrl,
-  parseDownloadPath,
-  signDownload,
-  verifyDownload,
-} from '../../src/core/signed-url.ts';
+import { downloadFileName, isDownloadFileName, makeDownloadUrl, parseDownloadPath, signDownload, verifyDownload } from '../../src/core/signed-url.ts';
 
 const SECRET = 'a-download-secret-of-at-least-32-characters';
 const BLOB = createHash('sha256').update('lora bytes').digest('hex');

@@ -130,7 +130,12 @@ describe('triggers and composition', () => {
     expect(keepTokens('Outfit1')).toBe(2);
     // What kohya keeps (comma-separated tokens from the left) is exactly the triggers.
     const caption = composeCaption('ohwx', 'Outfit1', ['1girl']);
-    expect(caption.split(',').slice(0, keepTokens('Outfit1')).map((s) => s.trim())).toEqual(['ohwx', 'Outfit1']);
+    expect(
+      caption
+        .split(',')
+        .slice(0, keepTokens('Outfit1'))
+        .map((s) => s.trim()),
+    ).toEqual(['ohwx', 'Outfit1']);
   });
 });
 
@@ -184,12 +189,7 @@ describe('bulk operations', () => {
 
 describe('tagFrequencies', () => {
   it('counts captions holding each tag, by count then tag, with shares', () => {
-    const freq = tagFrequencies([
-      ['solo', '1girl', 'smile'],
-      ['1girl', 'solo'],
-      ['1girl', 'Smile', 'hat'],
-      ['1girl'],
-    ]);
+    const freq = tagFrequencies([['solo', '1girl', 'smile'], ['1girl', 'solo'], ['1girl', 'Smile', 'hat'], ['1girl']]);
     expect(freq).toEqual([
       { tag: '1girl', count: 4, share: 1 },
       { tag: 'smile', count: 2, share: 0.5 },

@@ -26,50 +26,27 @@ const W = [255, 255, 255];
 describe('tagger preprocessing without resizing (exact)', () => {
   it('composites alpha on white with PIL rounding, pads the odd row at the bottom and swaps to BGR', async () => {
     // 3×2 RGBA → square of 3: pad_y = 1 → 0 rows on top, 1 at the bottom.
-    const input = await png(3, 2, 4, [
-      255, 0, 0, 255, /**/ 0, 0, 255, 128, /**/ 10, 20, 30, 0,
-      0, 255, 0, 255, /**/ 200, 100, 50, 128, /**/ 0, 0, 0, 255,
-    ]);
+    const input = await png(3, 2, 4, [255, 0, 0, 255, /**/ 0, 0, 255, 128, /**/ 10, 20, 30, 0, 0, 255, 0, 255, /**/ 200, 100, 50, 128, /**/ 0, 0, 0, 255]);
     // Half-transparent blue (0,0,255,a=128) on white: round((0·128 + 255·127)/255) = 127 for R and G,
     // 255 for B. (200,100,50,128): R = round(57985/255 = 227.4) = 227, G = round(45185/255 = 177.2) = 177,
     // B = round(38785/255 = 152.1) = 152. Fully transparent → white whatever its colour.
-    const expected = [
-      [0, 0, 255], [255, 127, 127], W,
-      [0, 255, 0], [152, 177, 227], [0, 0, 0],
-      W, W, W,
-    ].flat();
+    const expected = [[0, 0, 255], [255, 127, 127], W, [0, 255, 0], [152, 177, 227], [0, 0, 0], W, W, W].flat();
     expect(Array.from(await preprocessForTagger(input, 3))).toEqual(expected);
   });
 
   it('pads a portrait image on the left and right, the odd column going right', async () => {
     // 2×3 grey+alpha → square of 3: pad_x = 1 → 0 columns left, 1 right.
-    const input = await png(2, 3, 2, [
-      100, 128, /**/ 0, 0,
-      255, 255, /**/ 30, 200,
-      7, 255, /**/ 250, 1,
-    ]);
+    const input = await png(2, 3, 2, [100, 128, /**/ 0, 0, 255, 255, /**/ 30, 200, 7, 255, /**/ 250, 1]);
     // (100, a=128) → round((12800 + 32385)/255 = 177.2) = 177; (30, a=200) → round(20025/255 = 78.5) = 79;
     // (250, a=1) → round(65020/255 = 254.98) = 255.
     const g = (v: number) => [v, v, v];
-    const expected = [
-      g(177), W, W,
-      W, g(79), W,
-      g(7), W, W,
-    ].flat();
+    const expected = [g(177), W, W, W, g(79), W, g(7), W, W].flat();
     expect(Array.from(await preprocessForTagger(input, 3))).toEqual(expected);
   });
 
   it('centres even padding: a 4×2 image gets one white row above and one below', async () => {
-    const input = await png(4, 2, 3, [
-      1, 2, 3, /**/ 4, 5, 6, /**/ 7, 8, 9, /**/ 10, 11, 12,
-      13, 14, 15, /**/ 16, 17, 18, /**/ 19, 20, 21, /**/ 22, 23, 24,
-    ]);
-    const expected = [
-      W, W, W, W,
-      [3, 2, 1], [6, 5, 4], [9, 8, 7], [12, 11, 10],
-      [15, 14, 13], [18, 17, 16], [21, 20, 19], [24, 23, 22],
-      W, W, W, W,
-    ].flat();
+    const input = await png(4, 2, 3, [1, 2, 3, /**/ 4, 5, 6, /**/ 7, 8, 9, /**/ 10, 11, 12, 13, 14, 15, /**/ 16, 17, 18, /**/ 19, 20, 21, /**/ 22, 23, 24]);
+    const expected = [W, W, W, W, [3, 2, 1], [6, 5, 4], [9, 8, 7], [12, 11, 10], [15, 14, 13], [18, 17, 16], [21, 20, 19], [24, 23, 22], W, W, W, W].flat();
     expect(Array.from(await preprocessForTagger(input, 4))).toEqual(expected);
   });
 
@@ -233,21 +210,26 @@ function differences(a: Float32Array, b: Float32Array): { max: number; mean: num
 describe('tagger preprocessing with resizing', () => {
   it('reference filters reproduce the hand-worked cases', () => {
     // 2× box averages (cv2 INTER_AREA's integer path) and a value checked against Pillow.
-    expect(Array.from(cv2InterArea(Uint8Array.from([0, 10, 255, 7, 1, 2, 3, 4, 100, 101, 33, 66, 5, 250, 17, 200]), 4, 4, 2, 2, 1))).toEqual([
-      3, 67, 114, 79,
-    ]);
+    expect(Array.from(cv2InterArea(Uint8Array.from([0, 10, 255, 7, 1, 2, 3, 4, 100, 101, 33, 66, 5, 250, 17, 200]), 4, 4, 2, 2, 1))).toEqual([3, 67, 114, 79]);
     const five = Uint8Array.from([10, 200, 30, 90, 250, 0, 0, 0, 0, 0, 255, 255, 255, 255, 255, 50, 60, 70, 80, 90, 100, 0, 100, 0, 100]);
     expect(Array.from(pilLanczos(five, 5, 5, 7, 7, 1).subarray(0, 7))).toEqual([6, 148, 202, 39, 46, 195, 255]);
   });
 
   it('an integer-factor shrink is near the box average of cv2 INTER_AREA, though not equal to it', async () => {
     // 4×2 → padded 4×4 (a white row above and below) → 2×2: each output pixel averages a 2×2 box.
-    const input = await png(4, 2, 3, [
-      3, 3, 3, /**/ 7, 7, 7, /**/ 101, 151, 201, /**/ 104, 154, 204,
-      11, 11, 11, /**/ 15, 15, 15, /**/ 121, 171, 221, /**/ 124, 174, 224,
-    ]);
+    const input = await png(
+      4,
+      2,
+      3,
+      [3, 3, 3, /**/ 7, 7, 7, /**/ 101, 151, 201, /**/ 104, 154, 204, 11, 11, 11, /**/ 15, 15, 15, /**/ 121, 171, 221, /**/ 124, 174, 224],
+    );
     // Box averages (BGR), e.g. top left (255 + 255 + 3 + 7) / 4 = 130, top right R (255 + 255 + 101 + 104) / 4 = 178.75.
-    const box = [[130, 130, 130], [229, 204, 179], [134, 134, 134], [239, 214, 189]].flat();
+    const box = [
+      [130, 130, 130],
+      [229, 204, 179],
+      [134, 134, 134],
+      [239, 214, 189],
+    ].flat();
     const got = Array.from(await preprocessForTagger(input, 2));
     // sharp's cubic kernel reaches past the 2×2 box (today: 126,124,122, 221,196,171, 129,128,126, 228,202,176).
     got.forEach((v, i) => expect(Math.abs(v - box[i]!)).toBeLessThanOrEqual(16));
@@ -256,7 +238,9 @@ describe('tagger preprocessing with resizing', () => {
   it('shrinking a 1000×749 photo stays within a level of cv2 INTER_AREA on average', async () => {
     // pad_y = 251: 125 white rows above, 126 below.
     const img = photoRgb(41, 1000, 749);
-    const input = await sharp(img.data, { raw: { width: 1000, height: 749, channels: 3 } }).png().toBuffer();
+    const input = await sharp(img.data, { raw: { width: 1000, height: 749, channels: 3 } })
+      .png()
+      .toBuffer();
     const got = await preprocessForTagger(input, 448);
     const { max, mean } = differences(got, kohyaReference(img.data, 1000, 749, 448));
     // Today: mean 0.44, max 18 (at stripes and shape edges).
@@ -266,7 +250,9 @@ describe('tagger preprocessing with resizing', () => {
 
   it('enlarging a 300×199 photo matches PIL LANCZOS exactly', async () => {
     const img = photoRgb(42, 300, 199);
-    const input = await sharp(img.data, { raw: { width: 300, height: 199, channels: 3 } }).png().toBuffer();
+    const input = await sharp(img.data, { raw: { width: 300, height: 199, channels: 3 } })
+      .png()
+      .toBuffer();
     const got = await preprocessForTagger(input, 448);
     expect(differences(got, kohyaReference(img.data, 300, 199, 448))).toEqual({ max: 0, mean: 0 });
   });
@@ -284,7 +270,9 @@ describe('tagger preprocessing with resizing', () => {
         flat[i * 3 + c] = Math.round((v * a + 255 * (255 - a)) / 255);
       }
     }
-    const input = await sharp(rgba, { raw: { width: 30, height: 50, channels: 4 } }).png().toBuffer();
+    const input = await sharp(rgba, { raw: { width: 30, height: 50, channels: 4 } })
+      .png()
+      .toBuffer();
     const got = await preprocessForTagger(input, 64);
     expect(differences(got, kohyaReference(flat, 30, 50, 64))).toEqual({ max: 0, mean: 0 });
   });

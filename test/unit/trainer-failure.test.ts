@@ -47,7 +47,9 @@ describe('why the trainer failed', () => {
       ...LAUNCHER_FRAMES,
       "subprocess.CalledProcessError: Command '['python', 'train_network.py']' returned non-zero exit status 1.",
     ]);
-    expect(errors.reason({ code: 1, signal: null })).toBe('the trainer exited with code 1: AssertionError: caption file is empty / キャプションファイルが空です: /s/1_a/x.txt');
+    expect(errors.reason({ code: 1, signal: null })).toBe(
+      'the trainer exited with code 1: AssertionError: caption file is empty / キャプションファイルが空です: /s/1_a/x.txt',
+    );
   });
 
   it('says which signal killed the script when only the launcher could tell', () => {
@@ -63,7 +65,7 @@ describe('why the trainer failed', () => {
     expect(errors.reason({ code: 1, signal: null })).toBe('the trainer exited with code 1: torch.OutOfMemoryError: CUDA out of memory');
   });
 
-  it('treats a CalledProcessError of another shape as the script\'s own error', () => {
+  it("treats a CalledProcessError of another shape as the script's own error", () => {
     const errors = errorsOf(['Traceback (most recent call last):', '  File "x.py", line 1', "subprocess.CalledProcessError: Command 'git rev-parse' failed"]);
     expect(errors.reason({ code: 1, signal: null })).toBe("the trainer exited with code 1: subprocess.CalledProcessError: Command 'git rev-parse' failed");
   });

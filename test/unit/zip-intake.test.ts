@@ -5,13 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
-import {
-  MAX_CAPTION_BYTES,
-  extractZip,
-  normalizeCaption,
-  sanitizeDisplayName,
-  type ZipLimits,
-} from '../../src/core/zip-intake.ts';
+import { MAX_CAPTION_BYTES, extractZip, normalizeCaption, sanitizeDisplayName, type ZipLimits } from '../../src/core/zip-intake.ts';
 import { buildZip, fakeImage, type ZipEntrySpec } from '../fixtures/zip.ts';
 
 const MiB = 1024 * 1024;

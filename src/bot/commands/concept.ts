@@ -51,9 +51,7 @@ async function move(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}. Nothing was moved.`);
   const moved = await ctx.store.moveImages(dataset.id, nos, target);
   await interaction.editReply(
-    moved.length === 0
-      ? `Those images are already in \`${target}\`.`
-      : `Moved ${listNos(moved)} to concept \`${target}\` of **${dataset.name}**.`,
+    moved.length === 0 ? `Those images are already in \`${target}\`.` : `Moved ${listNos(moved)} to concept \`${target}\` of **${dataset.name}**.`,
   );
 }
 

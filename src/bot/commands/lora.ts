@@ -161,7 +161,8 @@ async function compareLora(interaction: ChatInputCommandInteraction, ctx: BotCon
   const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
   const epochs = await parseEpochs(ctx, run, interaction.options.getString('epochs', true));
   const weights = parseWeights(interaction.options.getString('weights', true), 6);
-  if (epochs.length * weights.length > MAX_COMPARE_CELLS) throw new UserError(`That is ${epochs.length * weights.length} images; a comparison has at most ${MAX_COMPARE_CELLS}.`);
+  if (epochs.length * weights.length > MAX_COMPARE_CELLS)
+    throw new UserError(`That is ${epochs.length * weights.length} images; a comparison has at most ${MAX_COMPARE_CELLS}.`);
   const queued = await requestGeneration(ctx.generations, run, {
     kind: 'compare',
     userId: interaction.user.id,
@@ -196,7 +197,9 @@ export const tryButtonHandler: TryButtonHandler = {
       if (prompts.length >= 4) throw new UserError(`**${dataset.name}** already has 4 sample prompts, the most a run samples.`);
       await ctx.store.updateDataset(dataset.id, { samplePrompts: [...prompts, before.prompt] });
       ctx.logger.info({ datasetId: dataset.id, userId: interaction.user.id }, 'sample prompt added');
-      await interaction.editReply({ content: `📌 Added to **${dataset.name}**’s sample prompts (${prompts.length + 1} of 4): the next runs draw it after every epoch.` });
+      await interaction.editReply({
+        content: `📌 Added to **${dataset.name}**’s sample prompts (${prompts.length + 1} of 4): the next runs draw it after every epoch.`,
+      });
       return;
     }
     const weight = before.weights[0]!;
@@ -245,7 +248,12 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
     const runId = interaction.options.getString('run');
     const run = runId ? await ctx.runs.get(runId) : null;
     const epochs = run && run.guildId === interaction.guildId ? Object.keys(run.epochs) : [];
-    return interaction.respond(['best', 'final', ...epochs].filter((e) => e.includes(typed)).slice(0, 25).map((e) => ({ name: e, value: e })));
+    return interaction.respond(
+      ['best', 'final', ...epochs]
+        .filter((e) => e.includes(typed))
+        .slice(0, 25)
+        .map((e) => ({ name: e, value: e })),
+    );
   }
   return interaction.respond([]);
 }

@@ -1,25 +1,9 @@
-import {
-  ActionRowBuilder,
-  ButtonBuilder,
-  ButtonStyle,
-  type AutocompleteInteraction,
-  type ChatInputCommandInteraction,
-} from 'discord.js';
+import { ActionRowBuilder, ButtonBuilder, ButtonStyle, type AutocompleteInteraction, type ChatInputCommandInteraction } from 'discord.js';
 import { tagsCommandData } from '../../../commands/workshop.ts';
 import { parseImageSelection, validateConceptName } from '../../core/dataset-rules.ts';
 import { captionModeOf, phraseFrequencies } from '../../core/caption-text.ts';
 import { UserError } from '../../core/errors.ts';
-import {
-  addTags,
-  changedOrNull,
-  normalizeTag,
-  parseTags,
-  pruneSuggestions,
-  removeTags,
-  replaceTag,
-  tagFrequencies,
-  validateTag,
-} from '../../core/tag-ops.ts';
+import { addTags, changedOrNull, normalizeTag, parseTags, pruneSuggestions, removeTags, replaceTag, tagFrequencies, validateTag } from '../../core/tag-ops.ts';
 import { JobName } from '../../queues/contract.ts';
 import { sentenceOf } from '../../store/caption-store.ts';
 import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
@@ -58,7 +42,10 @@ function typedTags(raw: string): string[] {
 }
 
 async function captionsOf(ctx: BotContext, dataset: Dataset, images: ImageRecord[]) {
-  const map = await ctx.captions.getMany(dataset.id, images.map((i) => i.no));
+  const map = await ctx.captions.getMany(
+    dataset.id,
+    images.map((i) => i.no),
+  );
   return images.map((i) => map.get(i.no)?.tags ?? null);
 }
 
@@ -98,8 +85,14 @@ const TOP_PHRASES = 30;
 
 /** Frequent words and phrases of the sentences in scope (the workshop's `/tags top` for prose). */
 async function topPhrases(ctx: BotContext, dataset: Dataset, concept: string | null, images: ImageRecord[]): Promise<string[]> {
-  const map = await ctx.sentences.getMany(dataset.id, images.map((i) => i.no));
-  const texts = images.map((i) => map.get(i.no)).filter((v) => v !== undefined).map(sentenceOf);
+  const map = await ctx.sentences.getMany(
+    dataset.id,
+    images.map((i) => i.no),
+  );
+  const texts = images
+    .map((i) => map.get(i.no))
+    .filter((v) => v !== undefined)
+    .map(sentenceOf);
   if (texts.length === 0) {
     return [`No sentences in ${scopeLabel(dataset, concept)} yet${images.length > 0 ? ': describing may still be running' : ''}.`];
   }
@@ -128,7 +121,10 @@ async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
       'The guides fold such tags into the trigger, so the LoRA learns them as part of it.',
     components: [
       new ActionRowBuilder<ButtonBuilder>().addComponents(
-        new ButtonBuilder().setCustomId(pruneButton.encode({ suggestionId: id })).setLabel(`Prune these (${tags.length})`).setStyle(ButtonStyle.Primary),
+        new ButtonBuilder()
+          .setCustomId(pruneButton.encode({ suggestionId: id }))
+          .setLabel(`Prune these (${tags.length})`)
+          .setStyle(ButtonStyle.Primary),
       ),
     ],
   };
@@ -156,7 +152,12 @@ async function bulk(
 ) {
   await requireEditor(interaction, ctx, dataset);
   const images = await imagesInScope(ctx, dataset, concept);
-  const result = await ctx.captions.applyBulk(dataset.id, images.map((i) => i.no), op, { by: interaction.user.id, description });
+  const result = await ctx.captions.applyBulk(
+    dataset.id,
+    images.map((i) => i.no),
+    op,
+    { by: interaction.user.id, description },
+  );
   ctx.logger.info({ datasetId: dataset.id, userId: interaction.user.id, changed: result.changed.length }, 'bulk caption edit');
   if (result.changed.length === 0) return `Nothing to change: ${description} would not change any caption of ${scopeLabel(dataset, concept)}.`;
   return (
@@ -168,7 +169,14 @@ async function bulk(
 async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
   const tags = typedTags(interaction.options.getString('tags', true));
-  const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(removeTags(t, tags)), `removed ${tags.map((t) => `\`${t}\``).join(', ')}`);
+  const text = await bulk(
+    interaction,
+    ctx,
+    dataset,
+    conceptOption(interaction),
+    (t) => changedOrNull(removeTags(t, tags)),
+    `removed ${tags.map((t) => `\`${t}\``).join(', ')}`,
+  );
   await interaction.editReply({ content: text });
 }
 
@@ -176,7 +184,14 @@ async function replace(interaction: ChatInputCommandInteraction, ctx: BotContext
   const dataset = await resolveDataset(interaction, ctx);
   const [from] = typedTags(interaction.options.getString('from', true));
   const [to] = typedTags(interaction.options.getString('to', true));
-  const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(replaceTag(t, from!, to!)), `replaced \`${from}\` with \`${to}\``);
+  const text = await bulk(
+    interaction,
+    ctx,
+    dataset,
+    conceptOption(interaction),
+    (t) => changedOrNull(replaceTag(t, from!, to!)),
+    `replaced \`${from}\` with \`${to}\``,
+  );
   await interaction.editReply({ content: text });
 }
 
@@ -184,7 +199,14 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
   const tags = typedTags(interaction.options.getString('tags', true));
   const position = interaction.options.getString('position') === 'start' ? 'start' : 'end';
-  const text = await bulk(interaction, ctx, dataset, conceptOption(interaction), (t) => changedOrNull(addTags(t, tags, position)), `added ${tags.map((t) => `\`${t}\``).join(', ')}`);
+  const text = await bulk(
+    interaction,
+    ctx,
+    dataset,
+    conceptOption(interaction),
+    (t) => changedOrNull(addTags(t, tags, position)),
+    `added ${tags.map((t) => `\`${t}\``).join(', ')}`,
+  );
   await interaction.editReply({ content: text });
 }
 
@@ -203,8 +225,16 @@ async function retag(interaction: ChatInputCommandInteraction, ctx: BotContext) 
     }
   }
   if (nos.length === 0) throw new UserError(`**${dataset.name}** has no images to tag.`);
-  await ctx.taggingQueue.add(JobName.TagImages, { guildId: dataset.guildId, datasetId: dataset.id, imageNos: nos, retag: true, requestedBy: interaction.user.id });
-  await interaction.editReply(`Re-tagging ${nos.length} image${nos.length === 1 ? '' : 's'} of **${dataset.name}**; I will say here when it is done. Each image’s previous caption can be restored with \`/caption undo\`.`);
+  await ctx.taggingQueue.add(JobName.TagImages, {
+    guildId: dataset.guildId,
+    datasetId: dataset.id,
+    imageNos: nos,
+    retag: true,
+    requestedBy: interaction.user.id,
+  });
+  await interaction.editReply(
+    `Re-tagging ${nos.length} image${nos.length === 1 ? '' : 's'} of **${dataset.name}**; I will say here when it is done. Each image’s previous caption can be restored with \`/caption undo\`.`,
+  );
 }
 
 async function undesired(interaction: ChatInputCommandInteraction, ctx: BotContext) {
@@ -242,7 +272,14 @@ export async function autocompleteWorkshop(interaction: AutocompleteInteraction,
   const last = (parts.pop() ?? '').trim().toLowerCase();
   const before = parts.map((p) => p.trim()).filter(Boolean);
   const images = await ctx.store.listImages(dataset.id);
-  const tagged = [...(await ctx.captions.getMany(dataset.id, images.map((i) => i.no))).values()].map((c) => c.tags);
+  const tagged = [
+    ...(
+      await ctx.captions.getMany(
+        dataset.id,
+        images.map((i) => i.no),
+      )
+    ).values(),
+  ].map((c) => c.tags);
   return tagFrequencies(tagged)
     .filter((f) => f.tag.toLowerCase().includes(last) && !before.includes(f.tag))
     .slice(0, 25)

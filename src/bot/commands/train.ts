@@ -1,11 +1,4 @@
-import {
-  ActionRowBuilder,
-  ButtonBuilder,
-  ButtonStyle,
-  PermissionFlagsBits,
-  type AutocompleteInteraction,
-  type ChatInputCommandInteraction,
-} from 'discord.js';
+import { ActionRowBuilder, ButtonBuilder, ButtonStyle, PermissionFlagsBits, type AutocompleteInteraction, type ChatInputCommandInteraction } from 'discord.js';
 import { trainCommandData } from '../../../commands/train.ts';
 import { UserError } from '../../core/errors.ts';
 import { defaultRecipeFor, type RunOverrides } from '../../core/recipes.ts';
@@ -77,7 +70,10 @@ async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   // A member who may not start it sees who may, not a button that would only refuse them.
   const who = await whoMayNotStart(interaction, ctx);
   await interaction.editReply({
-    content: who === null ? renderPlan(dataset.name, prepared) : truncate(`${renderPlan(dataset.name, prepared)}\n🔒 ${who} One of them can plan it with \`/train plan\` and start it.`, 1990),
+    content:
+      who === null
+        ? renderPlan(dataset.name, prepared)
+        : truncate(`${renderPlan(dataset.name, prepared)}\n🔒 ${who} One of them can plan it with \`/train plan\` and start it.`, 1990),
     components:
       who === null
         ? [
@@ -177,7 +173,10 @@ async function queue(interaction: ChatInputCommandInteraction, ctx: BotContext) 
     workers.length === 0
       ? '⚠️ No training worker is online.'
       : `Workers: ${workers
-          .map((w) => `${w.remote ? `**${w.remote.name}**` : `\`${w.id}\``} (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${busyText(w.busyWith)})`)
+          .map(
+            (w) =>
+              `${w.remote ? `**${w.remote.name}**` : `\`${w.id}\``} (${w.gpu ? `${w.gpu.name}, ${Math.round(w.gpu.memoryMiB / 1024)} GiB` : 'no GPU'}${busyText(w.busyWith)})`,
+          )
           .join(' · ')}`,
   ];
   await interaction.editReply({ content: truncate(lines.join('\n'), 1900) });
@@ -196,12 +195,14 @@ async function cancel(interaction: ChatInputCommandInteraction, ctx: BotContext)
     await job.remove();
     removed = true;
   }
-  await ctx.runs.update(run.id, (r) => ({ ...r, cancelRequestedBy: interaction.user.id, ...(removed ? { status: 'cancelled' as const, finishedAt: Date.now() } : {}) }));
+  await ctx.runs.update(run.id, (r) => ({
+    ...r,
+    cancelRequestedBy: interaction.user.id,
+    ...(removed ? { status: 'cancelled' as const, finishedAt: Date.now() } : {}),
+  }));
   if (removed) await ctx.runs.releaseBlobs(run.id);
   await interaction.editReply(
-    removed
-      ? `Cancelled run \`${run.id}\` before it started.`
-      : `Stopping run \`${run.id}\`: the trainer is being stopped; saved epochs are kept.`,
+    removed ? `Cancelled run \`${run.id}\` before it started.` : `Stopping run \`${run.id}\`: the trainer is being stopped; saved epochs are kept.`,
   );
 }
 
@@ -226,7 +227,12 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
       .map((v) => v.info)
       .filter((w): w is NonNullable<typeof w> => w !== null);
     const models = dataset ? modelsFor(workers, dataset.base) : [...new Set(workers.flatMap((w) => w.models.map((m) => m.file)))];
-    return interaction.respond(models.filter((m) => m.toLowerCase().includes(typed)).slice(0, 25).map((m) => ({ name: m.slice(0, 100), value: m.slice(0, 100) })));
+    return interaction.respond(
+      models
+        .filter((m) => m.toLowerCase().includes(typed))
+        .slice(0, 25)
+        .map((m) => ({ name: m.slice(0, 100), value: m.slice(0, 100) })),
+    );
   }
   return interaction.respond([]);
 }

@@ -66,7 +66,9 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const refusal = lendingRefusal(ctx.config);
   if (refusal) throw new UserError(refusal);
   if (!isAdmin(interaction) && !(await ctx.settings.get(guildId)).membersMayLend) {
-    throw new UserError('Only members with Manage Server can lend a GPU here. An admin can let every member do it with `/settings workers members-may-lend:true`.');
+    throw new UserError(
+      'Only members with Manage Server can lend a GPU here. An admin can let every member do it with `/settings workers members-may-lend:true`.',
+    );
   }
   const name = interaction.options.getString('name', true).trim();
   if (!WORKER_NAME.test(name)) {
@@ -97,11 +99,13 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   });
 }
 
-function describe(view: WorkerView, guildId: string, runs: Map<string, { datasetName: string; guildId: string; progress: { epoch: number; epochs: number } | null }>): string {
+function describe(
+  view: WorkerView,
+  guildId: string,
+  runs: Map<string, { datasetName: string; guildId: string; progress: { epoch: number; epochs: number } | null }>,
+): string {
   const info = view.info;
-  const head = view.lent
-    ? `${view.online ? '🟢' : '⚫'} **${view.lent.name}** · lent by <@${view.lent.ownerId}>`
-    : `🟢 **${view.id}** · the server’s own`;
+  const head = view.lent ? `${view.online ? '🟢' : '⚫'} **${view.lent.name}** · lent by <@${view.lent.ownerId}>` : `🟢 **${view.id}** · the server’s own`;
   const facts: string[] = [];
   if (!view.online) facts.push(info ? `offline, last seen ${ago(Date.now() - info.at)}` : 'offline, never connected yet');
   if (info) {
@@ -112,9 +116,7 @@ function describe(view: WorkerView, guildId: string, runs: Map<string, { dataset
   const lines = [[head, ...facts].join(' · ')];
   if (info) {
     lines.push(
-      info.models.length === 0
-        ? '  Base models: none yet'
-        : `  Base models: ${info.models.map((m) => `\`${m.file}\` (${familyText(m.base)})`).join(', ')}`,
+      info.models.length === 0 ? '  Base models: none yet' : `  Base models: ${info.models.map((m) => `\`${m.file}\` (${familyText(m.base)})`).join(', ')}`,
     );
     const companions = companionsOf(info);
     if (companions.length > 0) lines.push(`  FLUX.1/Chroma files: ${companions.map((c) => `\`${c.file}\` (${c.kind})`).join(', ')}`);
