@@ -1,7 +1,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BlobStore } from '../core/blob-store.ts';
-import { bucketLabel, bucketSettingsFor, selectBucket, type Size } from '../core/buckets.ts';
+import { bucketSettingsFor, selectBucket, type Size } from '../core/buckets.ts';
 import type { Config } from '../core/config.ts';
 import { downloadToFile } from '../core/download.ts';
 import { errorMessage, isUserError, UserError } from '../core/errors.ts';
@@ -252,7 +252,7 @@ export class IntakeService {
         const assignment = selectBucket(n.width, n.height, settings);
         const warnings: string[] = [];
         if (assignment.upscaled) {
-          warnings.push(`smaller than its ${bucketLabel(assignment.bucket)} bucket: the trainer will upscale it (find a bigger source if you can)`);
+          warnings.push('small for training: it will be enlarged and look soft (a bigger source helps)');
         }
         const added = await this.deps.blobLock.run(async () => {
           lost.throwIfAborted();

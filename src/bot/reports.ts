@@ -23,28 +23,24 @@ export interface RenderedReport {
   fullText: string | null;
 }
 
+/** One file of an upload, short: its number, name and size, and only what a contributor may act on. */
 function outcomeLine(o: FileOutcome): string {
   if (o.status === 'refused') return `❌ \`${o.name}\` — ${o.reason}`;
-  const facts = [`**#${o.no}**`, `${o.width}×${o.height}`, `bucket ${bucketLabel(o.bucket)}`];
-  if (o.captioned) facts.push('caption kept');
-  const extra = [...o.notes, ...o.warnings];
-  const icon = o.warnings.length > 0 ? '⚠️' : '✅';
-  return `${icon} \`${o.name}\` → ${facts.join(' · ')}${extra.length > 0 ? ` — ${extra.join('; ')}` : ''}`;
+  const facts = [`**#${o.no}** \`${o.name}\``, `${o.width}×${o.height}`, ...o.notes, ...(o.captioned ? ['caption kept'] : []), ...o.warnings];
+  return `${o.warnings.length > 0 ? '⚠️' : '✅'} ${facts.join(' · ')}`;
 }
 
 function plainLine(o: FileOutcome): string {
   if (o.status === 'refused') return `REFUSED  ${o.name}: ${o.reason}`;
   const extra = [...o.notes, ...o.warnings];
-  return `ADDED #${o.no}  ${o.name}: ${o.width}x${o.height}, bucket ${o.bucket[0]}x${o.bucket[1]}${extra.length ? ` (${extra.join('; ')})` : ''}`;
+  return `ADDED #${o.no}  ${o.name}: ${o.width}x${o.height}${extra.length ? ` (${extra.join('; ')})` : ''}`;
 }
 
-/** One summary of an upload: every file accepted (bucket, size), warned about, or refused with its reason. */
+/** One summary of an upload: every file accepted (number, size), warned about, or refused with its reason. */
 function renderIntakeReport(report: IntakeReport): RenderedReport {
   const accepted = report.outcomes.filter((o) => o.status === 'accepted').length;
   const refused = report.outcomes.length - accepted;
-  const head = [
-    `**${report.dataset.name}** · concept \`${report.concept}\` · ${accepted} added, ${refused} refused` + ` · buckets at ${report.dataset.resolution}²`,
-  ];
+  const head = [`**${report.dataset.name}** · concept \`${report.concept}\` · ${accepted} added, ${refused} refused`];
   if (report.zipProblem) head.push(`❌ ${report.zipProblem}`);
   const skipped = report.skipped.length > 0 ? `Skipped in the zip: ${summarizeSkipped(report.skipped)}` : null;
   const lines = report.outcomes.map(outcomeLine);
@@ -159,6 +155,14 @@ export function renderDatasetSummary(
         .slice(0, 12)
         .map(([b, n]) => `${b} ×${n}`)
         .join(' · ')}${byBucket.size > 12 ? ' · …' : ''}`,
+    );
+  }
+  const downscaled = images.filter((i) => i.originalSize[0] * i.originalSize[1] > i.width * i.height);
+  if (downscaled.length > 0) {
+    const shown = downscaled.slice(0, 6).map((i) => `#${i.no} ${i.originalSize[0]}×${i.originalSize[1]} → ${i.width}×${i.height}`);
+    lines.push(
+      `Downscaled when added: ${downscaled.length} image${downscaled.length === 1 ? '' : 's'} (${shown.join(' · ')}` +
+        `${downscaled.length > shown.length ? ` · and ${downscaled.length - shown.length} more` : ''})`,
     );
   }
   if (images.length > 0) {

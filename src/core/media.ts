@@ -375,7 +375,7 @@ async function normalizeNow(input: Input, opts: NormalizeOptions): Promise<Norma
   const notes: string[] = [];
   if (info.orientation !== 1) {
     const mirrored = [2, 4, 5, 7].includes(info.orientation);
-    notes.push(`${mirrored ? 'turned' : 'rotated'} upright (EXIF orientation ${info.orientation}${mirrored ? ', mirrored' : ''})`);
+    notes.push(mirrored ? 'turned upright, mirror image undone' : 'turned upright');
   }
   if (info.pages > 1) {
     const [what, unit] = ANIMATION_NOUN[info.format];
@@ -385,7 +385,8 @@ async function normalizeNow(input: Input, opts: NormalizeOptions): Promise<Norma
   if (info.bitDepth !== 8) notes.push(`converted from ${info.bitDepth}-bit to 8-bit`);
   if (info.space === 'b-w' || info.space === 'grey16') notes.push('greyscale, stored as RGB');
   if (flattened) notes.push(`transparency flattened onto ${COLOUR_NAMES[opts.background.toLowerCase()] ?? opts.background}`);
-  if (downscale) notes.push(`downscaled from ${info.width}×${info.height} to ${width}×${height}`);
+  // A downscale is not a note: members need not hear of it per file; `/dataset show` lists them
+  // from the original and stored sizes.
 
   const pixelSha256 = createHash('sha256').update(`rgb8 ${width}x${height}\n`).update(rgb).digest('hex');
   const [master, thumbnail, phash] = await Promise.all([

@@ -2,7 +2,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/core/blob-store.ts';
 import { DatasetStore, type ImageRecord } from '../../src/store/dataset-store.ts';
-import { normalJpeg, uploadOfTen, type ImageFile } from '../fixtures/images.ts';
+import { normalJpeg, photoJpeg, uploadOfTen, type ImageFile } from '../fixtures/images.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 import { TEST_TOKEN, World } from './world.ts';
 
@@ -122,9 +122,11 @@ describe('/dataset add', () => {
     const content = reply(h);
     expect(content).toMatch(/5 added, 5 refused/);
 
-    // Accepted, with their kohya bucket at 512².
-    expect(lineFor(content, 'IMG_0101.jpg')).toMatch(/^✅ .*#2\*\* · 800×600 · bucket 576×448/);
-    expect(lineFor(content, 'IMG_0102_rotated.jpg')).toMatch(/#3\*\* · 600×800 · bucket 448×576 — rotated upright \(EXIF orientation 6\)/);
+    // Accepted: number, name and size, and only what happened to the picture, in plain words.
+    expect(lineFor(content, 'IMG_0101.jpg')).toBe('✅ **#2** `IMG_0101.jpg` · 800×600');
+    expect(lineFor(content, 'IMG_0102_rotated.jpg')).toBe('✅ **#3** `IMG_0102_rotated.jpg` · 600×800 · turned upright');
+    // Trainer facts (buckets) are for /dataset show and the plan, not for contributors' replies.
+    expect(content).not.toMatch(/bucket|EXIF|downscaled/i);
     expect(lineFor(content, 'cutout.png')).toMatch(/#4\*\* .*transparency flattened onto white/);
     expect(lineFor(content, 'print-cmyk.jpg')).toMatch(/#5\*\* .*CMYK/);
     expect(lineFor(content, 'dance.gif')).toMatch(/#6\*\* .*first of \d+ frames/);
@@ -279,12 +281,27 @@ describe('/dataset show and list', () => {
     await show.waitForEdit();
     const content = reply(show);
     expect(content).toMatch(/\*\*6\*\* images from \*\*2\*\* contributors/);
-    expect(content).toMatch(/Buckets at 512²: .*576×448/);
+    expect(content).toMatch(/Buckets at 512²: .*576×448 ×\d/);
+    expect(content).toMatch(/448×576 ×\d/);
     expect(show.lastReply()!.attachments.map((a) => a.filename)).toEqual(['contact-sheet-1.jpg']);
 
     const list = world.discord.sendCommand({ name: 'dataset', subcommand: 'list' });
     await list.waitForEdit();
     expect(reply(list)).toMatch(/\*\*mixed\*\* · character · SD 1.5 512 px · 6 images/);
+  });
+
+  it('tells a contributor nothing of a downscale on upload; /dataset show lists it with the sizes', async () => {
+    await createDataset('large');
+    const photo = await photoJpeg(61, 2600, 1800);
+    const added = reply(await addImages('large', [photo]));
+    const [stored] = await imagesOf('large');
+    expect(stored!.width * stored!.height).toBeLessThan(2600 * 1800);
+    expect(lineFor(added, photo.name)).toBe(`✅ **#1** \`${photo.name}\` · ${stored!.width}×${stored!.height}`);
+
+    const show = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', options: { dataset: 'large' } });
+    await show.waitForEdit();
+    expect(reply(show)).toContain(`Downscaled when added: 1 image (#1 2600×1800 → ${stored!.width}×${stored!.height})`);
+    expect(reply(show)).toMatch(new RegExp(`Buckets at 512²: ${stored!.bucket[0]}×${stored!.bucket[1]} ×1`));
   });
 
   it('pages the contact sheet of a large dataset with Previous/Next buttons', async () => {

@@ -86,8 +86,10 @@ const posts: APIMessage[] = [];
 function outcomes(report: string): Map<string, number | null> {
   const out = new Map<string, number | null>();
   for (const line of report.split('\n')) {
-    const m = /^(✅|⚠️|❌) `([^`]+)`(?: → \*\*#(\d+)\*\*)?/.exec(line);
-    if (m) out.set(m[2]!, m[1] === '❌' ? null : Number(m[3]));
+    const added = /^(?:✅|⚠️) \*\*#(\d+)\*\* `([^`]+)`/.exec(line);
+    const refused = /^❌ `([^`]+)`/.exec(line);
+    if (added) out.set(added[2]!, Number(added[1]));
+    else if (refused) out.set(refused[1]!, null);
   }
   return out;
 }
