@@ -11,35 +11,15 @@
  * outputs; a trivial model), which measures the pipeline's own cost per image — what the real model
  * adds to it is the model itself.
  */
-import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import sharp from 'sharp';
 import { CAPTIONER_MODEL_FILES } from '../src/core/captioner-model.ts';
 import { loadCaptioner, type CaptionTimings } from '../src/core/florence-captioner.ts';
 import { writeTestCaptioner } from '../test/fixtures/florence-model.ts';
-import { photoRgb } from '../test/fixtures/images.ts';
+import { writePhotoPngs } from '../test/fixtures/images.ts';
 
 const BATCH = 4;
-
-async function writeImages(dir: string, count: number): Promise<string[]> {
-  await mkdir(dir, { recursive: true });
-  const files: string[] = [];
-  for (let i = 0; i < count; i++) {
-    const short = [768, 1024, 683, 896][i % 4]!;
-    const [w, h] = i % 2 === 0 ? [1024, short] : [short, 1024];
-    const img = photoRgb(2000 + i, w, h);
-    const file = path.join(dir, `img_${String(i).padStart(3, '0')}.png`);
-    await writeFile(
-      file,
-      await sharp(img.data, { raw: { width: w, height: h, channels: 3 } })
-        .png({ compressionLevel: 6 })
-        .toBuffer(),
-    );
-    files.push(file);
-  }
-  return files;
-}
 
 async function hasExport(dir: string): Promise<string | null> {
   for (const f of CAPTIONER_MODEL_FILES) {
@@ -83,7 +63,7 @@ export async function benchCaptioning(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'lg-bench-captioning-'));
   try {
     const realDir = process.env.CAPTIONER_BENCH_MODEL_DIR ?? process.env.CAPTIONER_MODEL_DIR;
-    const images = await writeImages(path.join(dir, 'images'), 8);
+    const images = await writePhotoPngs(path.join(dir, 'images'), 8, 2000);
     console.log(`  photo-like PNGs of ~1024 px, ${os.availableParallelism()} CPUs, <MORE_DETAILED_CAPTION>`);
     const missing = realDir ? await hasExport(realDir) : 'the folder';
     if (realDir && missing === null) {

@@ -11,15 +11,14 @@
  * (`session.run` gets slower as they share the cores) rather than adding throughput; with a real
  * WD14 model (~50× the work of this one per image) preprocessing is a few percent either way.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import sharp from 'sharp';
 import { preprocessForTagger } from '../src/core/tagger-preprocess.ts';
 import { loadTagger } from '../src/core/wd14-tagger.ts';
 import { writeTestModel, type TestTag } from '../test/fixtures/onnx-model.ts';
-import { photoRgb } from '../test/fixtures/images.ts';
+import { writePhotoPngs } from '../test/fixtures/images.ts';
 
 const IMAGES = 64;
 const BATCH = 8;
@@ -33,31 +32,11 @@ function benchTags(): TestTag[] {
   return tags;
 }
 
-async function writeImages(dir: string): Promise<string[]> {
-  await mkdir(dir, { recursive: true });
-  const files: string[] = [];
-  for (let i = 0; i < IMAGES; i++) {
-    // 1024 on the long side, a mix of landscape, portrait and square.
-    const short = [768, 1024, 683, 896][i % 4]!;
-    const [w, h] = i % 2 === 0 ? [1024, short] : [short, 1024];
-    const img = photoRgb(1000 + i, w, h);
-    const file = path.join(dir, `img_${String(i).padStart(3, '0')}.png`);
-    await writeFile(
-      file,
-      await sharp(img.data, { raw: { width: w, height: h, channels: 3 } })
-        .png({ compressionLevel: 6 })
-        .toBuffer(),
-    );
-    files.push(file);
-  }
-  return files;
-}
-
 export async function benchTagging(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'lg-bench-tagging-'));
   try {
     const model = await writeTestModel(path.join(dir, 'model'), { tags: benchTags(), heavy: true });
-    const images = await writeImages(path.join(dir, 'images'));
+    const images = await writePhotoPngs(path.join(dir, 'images'), IMAGES, 1000);
     console.log(
       `  ${IMAGES} PNGs of ~1024 px, heavy test model (${(model.bytes / 1e6).toFixed(1)} MB, ${model.tags.length} tags), batch ${BATCH}, ${os.availableParallelism()} CPUs`,
     );

@@ -3,7 +3,7 @@
  * comparison; one JPEG each, labelled with the built-in bitmap font (no system fonts needed) and
  * kept well under Discord's upload limits.
  */
-import type { OverlayOptions } from 'sharp';
+import type { JpegOptions, OverlayOptions, ResizeOptions } from 'sharp';
 import { FONT_METRICS, renderLabel } from './bitmap-font.ts';
 import { blankCanvas, decodeImage as decoder, inSlot, jpegWithin } from './sharp.ts';
 
@@ -24,6 +24,50 @@ export interface ContactSheetOptions {
 const SHEET_BACKGROUND = '#1e1f22';
 const SHEET_MAX_PIXELS = 16_000_000;
 const SHEET_MAX_BYTES = 8 * 1024 * 1024;
+
+/** `image` decoded, fitted by `resize` onto `background` and placed at (left, top) of a sheet. */
+async function placed(
+  image: Buffer | string,
+  resize: ResizeOptions,
+  background: string,
+  at: { left: number; top: number },
+  badge?: OverlayOptions,
+): Promise<OverlayOptions & { width: number; height: number }> {
+  let pipeline = decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 })
+    .resize({ kernel: 'lanczos3', background, ...resize })
+    .flatten({ background });
+  if (badge) pipeline = pipeline.composite([badge]);
+  const { data, info } = await pipeline.toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  return { input: data, raw: { width: info.width, height: info.height, channels: info.channels }, ...at, width: info.width, height: info.height };
+}
+
+/** A rendered label placed at (left, top). */
+function labelAt(label: { data: Buffer; width: number; height: number }, left: number, top: number): OverlayOptions {
+  return { input: label.data, raw: { width: label.width, height: label.height, channels: 4 }, left, top };
+}
+
+/** The overlays composed on a `width`×`height` canvas of `background`, as a JPEG within `maxBytes`. */
+async function composedJpeg(
+  size: { width: number; height: number },
+  background: string,
+  overlays: OverlayOptions[],
+  fit: { maxBytes: number; qualities: readonly number[]; what: string; options?: Omit<JpegOptions, 'quality'> },
+): Promise<Buffer> {
+  // Compositing leaves an alpha channel behind; drop it before reading the canvas back as RGB.
+  const canvas = await blankCanvas(size.width, size.height, background)
+    .composite(overlays)
+    .removeAlpha()
+    .raw({ depth: 'uchar' })
+    .toBuffer({ resolveWithObject: true });
+  if (canvas.info.channels !== 3) throw new Error(`media: ${fit.what} has ${canvas.info.channels} channels`);
+  return jpegWithin(
+    { data: canvas.data, width: canvas.info.width, height: canvas.info.height, channels: 3 },
+    fit.maxBytes,
+    fit.qualities,
+    fit.what,
+    fit.options,
+  );
+}
 
 /**
  * One JPEG showing every tile scaled to fit a square cell, labelled with the built-in bitmap
@@ -47,29 +91,14 @@ export async function makeContactSheet(tiles: ContactSheetTile[], opts: ContactS
     for (let i = 0; i < tiles.length; i++) {
       const { image, label } = tiles[i]!;
       const badge = renderLabel(label, { scale, maxWidth: tile - 2 * margin, maxLines: 2 });
-      const cell = await decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 })
-        .resize(tile, tile, { fit: 'contain', background: SHEET_BACKGROUND, kernel: 'lanczos3' })
-        .flatten({ background: SHEET_BACKGROUND })
-        .composite([{ input: badge.data, raw: { width: badge.width, height: badge.height, channels: 4 }, top: margin, left: margin }])
-        .toColourspace('srgb')
-        .raw({ depth: 'uchar' })
-        .toBuffer({ resolveWithObject: true });
-      cells.push({
-        input: cell.data,
-        raw: { width: cell.info.width, height: cell.info.height, channels: cell.info.channels },
-        left: gap + (i % columns) * (tile + gap),
-        top: gap + Math.floor(i / columns) * (tile + gap),
-      });
+      const at = { left: gap + (i % columns) * (tile + gap), top: gap + Math.floor(i / columns) * (tile + gap) };
+      cells.push(await placed(image, { width: tile, height: tile, fit: 'contain' }, SHEET_BACKGROUND, at, labelAt(badge, margin, margin)));
     }
-    // Compositing leaves an alpha channel behind; drop it before reading the canvas back as RGB.
-    const sheet = await blankCanvas(width, height, SHEET_BACKGROUND)
-      .composite(cells)
-      .removeAlpha()
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    if (sheet.info.channels !== 3) throw new Error(`media: contact sheet has ${sheet.info.channels} channels`);
-    return jpegWithin({ data: sheet.data, width, height, channels: 3 }, SHEET_MAX_BYTES, [85, 70, 50], `contact sheet of ${tiles.length} tiles`, {
-      chromaSubsampling: '4:2:0',
+    return composedJpeg({ width, height }, SHEET_BACKGROUND, cells, {
+      maxBytes: SHEET_MAX_BYTES,
+      qualities: [85, 70, 50],
+      what: `contact sheet of ${tiles.length} tiles`,
+      options: { chromaSubsampling: '4:2:0' },
     });
   });
 }
@@ -150,34 +179,19 @@ export async function makeSampleGrid(tiles: SampleGridTile[], opts: SampleGridOp
     const overlays: OverlayOptions[] = [];
     const gap = layout.cells[0]!.left;
     const title = renderLabel(opts.title, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: layout.width - 2 * gap, maxLines: 1 });
-    overlays.push({ input: title.data, raw: { width: title.width, height: title.height, channels: 4 }, top: gap, left: gap });
+    overlays.push(labelAt(title, gap, gap));
     for (let i = 0; i < tiles.length; i++) {
       const { image, label } = tiles[i]!;
       const at = layout.cells[i]!;
-      const sample = await decoder(image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 })
-        .resize(cell.width, cell.height, { fit: 'contain', background: GRID_BACKGROUND, kernel: 'lanczos3' })
-        .flatten({ background: GRID_BACKGROUND })
-        .toColourspace('srgb')
-        .raw({ depth: 'uchar' })
-        .toBuffer({ resolveWithObject: true });
-      overlays.push({
-        input: sample.data,
-        raw: { width: sample.info.width, height: sample.info.height, channels: sample.info.channels },
-        left: at.left,
-        top: at.top,
-      });
+      overlays.push(await placed(image, { width: cell.width, height: cell.height, fit: 'contain' }, GRID_BACKGROUND, at));
       const badge = renderLabel(label, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: cell.width, maxLines: GRID_LABEL_LINES });
-      overlays.push({ input: badge.data, raw: { width: badge.width, height: badge.height, channels: 4 }, left: at.left, top: at.top + cell.height });
+      overlays.push(labelAt(badge, at.left, at.top + cell.height));
     }
-    const { width, height } = layout;
-    const canvas = await blankCanvas(width, height, GRID_BACKGROUND)
-      .composite(overlays)
-      .removeAlpha()
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    if (canvas.info.channels !== 3) throw new Error(`media: sample grid has ${canvas.info.channels} channels`);
-    return jpegWithin({ data: canvas.data, width, height, channels: 3 }, GRID_MAX_BYTES, [90, 75, 55], `sample grid of ${tiles.length} samples`, {
-      chromaSubsampling: '4:4:4',
+    return composedJpeg(layout, GRID_BACKGROUND, overlays, {
+      maxBytes: GRID_MAX_BYTES,
+      qualities: [90, 75, 55],
+      what: `sample grid of ${tiles.length} samples`,
+      options: { chromaSubsampling: '4:4:4' },
     });
   });
 }
@@ -200,29 +214,18 @@ export async function stackRows(rows: { image: Buffer; label: string }[]): Promi
     for (const row of rows) {
       if (row.label) {
         const label = renderLabel(row.label, { scale: scale + 1, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: width, maxLines: 1 });
-        overlays.push({ input: label.data, raw: { width: label.width, height: label.height, channels: 4 }, left: gap, top });
+        overlays.push(labelAt(label, gap, top));
         top += label.height + gap;
       }
-      const image = await decoder(row.image, { limitInputPixels: 100_000_000 })
-        .resize({ width, withoutEnlargement: true, kernel: 'lanczos3' })
-        .flatten({ background: GRID_BACKGROUND })
-        .toColourspace('srgb')
-        .raw({ depth: 'uchar' })
-        .toBuffer({ resolveWithObject: true });
-      overlays.push({ input: image.data, raw: { width: image.info.width, height: image.info.height, channels: image.info.channels }, left: gap, top });
-      top += image.info.height + gap;
+      const image = await placed(row.image, { width, withoutEnlargement: true }, GRID_BACKGROUND, { left: gap, top });
+      overlays.push(image);
+      top += image.height + gap;
     }
-    const canvas = await blankCanvas(width + 2 * gap, top, GRID_BACKGROUND)
-      .composite(overlays)
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    const { data, info } = canvas;
-    return jpegWithin(
-      { data, width: info.width, height: info.height, channels: info.channels },
-      GRID_MAX_BYTES,
-      [85, 70, 50],
-      `a comparison of ${rows.length} rows`,
-    );
+    return composedJpeg({ width: width + 2 * gap, height: top }, GRID_BACKGROUND, overlays, {
+      maxBytes: GRID_MAX_BYTES,
+      qualities: [85, 70, 50],
+      what: `a comparison of ${rows.length} rows`,
+    });
   });
 }
 
@@ -284,29 +287,13 @@ async function comparisonSheet(grids: Buffer[]): Promise<Buffer> {
     const gap = 8;
     const overlays: OverlayOptions[] = [];
     for (const [i, grid] of grids.entries()) {
-      const image = await decoder(grid, { limitInputPixels: 100_000_000 })
-        .resize({ width: cellWidth, height: cellHeight, fit: 'contain', background: GRID_BACKGROUND, kernel: 'lanczos3' })
-        .flatten({ background: GRID_BACKGROUND })
-        .toColourspace('srgb')
-        .raw({ depth: 'uchar' })
-        .toBuffer({ resolveWithObject: true });
-      overlays.push({
-        input: image.data,
-        raw: { width: image.info.width, height: image.info.height, channels: image.info.channels },
-        left: gap + (i % cols) * (cellWidth + gap),
-        top: gap + Math.floor(i / cols) * (cellHeight + gap),
-      });
+      const at = { left: gap + (i % cols) * (cellWidth + gap), top: gap + Math.floor(i / cols) * (cellHeight + gap) };
+      overlays.push(await placed(grid, { width: cellWidth, height: cellHeight, fit: 'contain' }, GRID_BACKGROUND, at));
     }
-    const canvas = await blankCanvas(gap + cols * (cellWidth + gap), gap + rows * (cellHeight + gap), GRID_BACKGROUND)
-      .composite(overlays)
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    const { data, info } = canvas;
-    return jpegWithin(
-      { data, width: info.width, height: info.height, channels: info.channels },
-      GRID_MAX_BYTES,
-      [85, 70, 50],
-      `a comparison of ${grids.length} epochs`,
-    );
+    return composedJpeg({ width: gap + cols * (cellWidth + gap), height: gap + rows * (cellHeight + gap) }, GRID_BACKGROUND, overlays, {
+      maxBytes: GRID_MAX_BYTES,
+      qualities: [85, 70, 50],
+      what: `a comparison of ${grids.length} epochs`,
+    });
   });
 }

@@ -346,28 +346,7 @@ export function configValueProblem(name: string, value: unknown, script: KohyaSc
   if (spec.cliOnly) return `${name} belongs on the command line, not in a config file`;
   if (!scriptKnows(name, script)) return `${name} is not a ${script} argument`;
   if (spec.sdOnly && script === 'flux_train_network.py') return `${name} is a Stable Diffusion argument that ${script} does not use`;
-  let ok: boolean;
-  switch (spec.type) {
-    case 'string':
-      ok = typeof value === 'string';
-      break;
-    case 'bool':
-      ok = typeof value === 'boolean';
-      break;
-    case 'int':
-      ok = isInt(value);
-      break;
-    case 'float':
-    case 'number':
-      ok = isFiniteNumber(value);
-      break;
-    case 'string[]':
-      ok = Array.isArray(value) && value.every((x) => typeof x === 'string');
-      break;
-    case 'float[]':
-      ok = Array.isArray(value) && value.every(isFiniteNumber);
-      break;
-  }
+  const ok = valueHasType(spec.type, value);
   if (!ok) return `${name} must be ${spec.type}, not ${describe(value)}`;
   if (spec.choices && !spec.choices.includes(value as string | number)) {
     return `${name} must be one of ${spec.choices.join(', ')}, not ${String(value)}`;
@@ -439,38 +418,37 @@ export type DatasetLevel = keyof typeof DATASET_KEYS;
 
 export const RESIZE_INTERPOLATIONS = ['lanczos', 'nearest', 'bilinear', 'linear', 'bicubic', 'cubic', 'area', 'box'] as const;
 
+/** Whether `value` is what sd-scripts takes for a value of `type` (a config-file or dataset TOML value). */
+function valueHasType(type: KohyaValueType | DatasetValueType, value: unknown): boolean {
+  switch (type) {
+    case 'string':
+      return typeof value === 'string';
+    case 'bool':
+      return typeof value === 'boolean';
+    case 'int':
+      return isInt(value);
+    case 'float':
+    case 'number':
+      return isFiniteNumber(value);
+    case 'string[]':
+      return Array.isArray(value) && value.every((x) => typeof x === 'string');
+    case 'float[]':
+      return Array.isArray(value) && value.every(isFiniteNumber);
+    case 'resolution':
+      return (isInt(value) && value > 0) || (Array.isArray(value) && value.length === 2 && value.every((x) => isInt(x) && x > 0));
+    case 'float-pair':
+      return Array.isArray(value) && value.length === 2 && value.every(isFiniteNumber);
+    case 'table':
+      return typeof value === 'object' && value !== null && !Array.isArray(value);
+  }
+}
+
 /** Why `value` can't be the value of `key` at `level` of a dataset TOML, or null when it can. */
 export function datasetValueProblem(level: DatasetLevel, key: string, value: unknown): string | null {
   const keys: Record<string, DatasetValueType> = DATASET_KEYS[level];
   if (!Object.hasOwn(keys, key)) return `${key} is not allowed in a dataset TOML ${level === 'general' ? '[general]' : level}`;
   const type = keys[key];
-  let ok: boolean;
-  switch (type) {
-    case 'string':
-      ok = typeof value === 'string';
-      break;
-    case 'bool':
-      ok = typeof value === 'boolean';
-      break;
-    case 'int':
-      ok = isInt(value);
-      break;
-    case 'float':
-    case 'number':
-      ok = isFiniteNumber(value);
-      break;
-    case 'resolution':
-      ok = (isInt(value) && value > 0) || (Array.isArray(value) && value.length === 2 && value.every((x) => isInt(x) && x > 0));
-      break;
-    case 'float-pair':
-      ok = Array.isArray(value) && value.length === 2 && value.every(isFiniteNumber);
-      break;
-    case 'table':
-      ok = typeof value === 'object' && value !== null && !Array.isArray(value);
-      break;
-    default:
-      ok = false;
-  }
+  const ok = type !== undefined && valueHasType(type, value);
   if (!ok) return `${key} must be ${type ?? 'known'}, not ${describe(value)}`;
   if (key === 'resize_interpolation' && !(RESIZE_INTERPOLATIONS as readonly unknown[]).includes(value)) {
     return `resize_interpolation must be one of ${RESIZE_INTERPOLATIONS.join(', ')}`;

@@ -5,7 +5,6 @@
  * flux_train_network.py whose delivered files carry the family metadata.
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,12 +17,13 @@ import { chromaLayout, clipLLayout, fluxAeLayout, fluxLayout, t5xxlLayout, write
 import { writeTestCaptioner } from '../fixtures/florence-model.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
-import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import type { InteractionHandle } from '../harness/fake-discord.ts';
+import * as steps from './steps.ts';
+import { freePort, MANAGE_GUILD } from './steps.ts';
 import { World } from './world.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
 const alice = { id: '300000000000000002', username: 'alice' };
-const MANAGE_GUILD = String(1n << 5n);
 const FAKE_NVIDIA_SMI = fileURLToPath(new URL('../fixtures/nvidia-smi/', import.meta.url));
 const GPUS = {
   12: 'NVIDIA GeForce RTX 3060, 12288',
@@ -38,77 +38,31 @@ let runs: RunStore;
 let trainingQueue: Queue;
 const threads: Record<string, string> = {};
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function done(h: InteractionHandle): Promise<string> {
-  await Promise.race([
-    h.waitForEdit(undefined, 60_000),
-    h.waitForFollowup(undefined, 60_000).then((f) => {
-      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
-    }),
-  ]);
-  return h.lastReply()?.content ?? '';
-}
-
-async function refusal(h: InteractionHandle): Promise<string> {
-  return ((await h.waitForFollowup(undefined, 30_000)).json as { content: string }).content;
-}
-
-async function until<T>(what: string, check: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function threadMessages(threadId: string): MessageSnapshot[] {
-  return world.discord
-    .channelMessages(threadId)
-    .filter((m) => !m.deleted)
-    .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
-}
+const done = (h: InteractionHandle) => steps.done(world, h);
+const refusal = steps.refusal;
+const until = steps.until;
+const threadMessages = (threadId: string) => steps.channelMessages(world, threadId);
 
 /** (Re)starts the training worker with a GPU of `gb` GB, and waits until its heartbeat says so. */
 async function workerWithGpu(gb: keyof typeof GPUS): Promise<WorkerInfo> {
   await world.killWorker('SIGTERM');
-  await world.spawnWorker({
-    WORKER_QUEUES: 'training',
-    WORKER_ID: 'gpu-test',
-    TRAINER_CMD: 'python3',
-    SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
-    MODELS_DIR: models,
-    TRAINING_STALLED_SECONDS: '2',
-    WORKER_HEARTBEAT_SECONDS: '1',
-    STANDIN_STEP_SECONDS: '0.003',
-    STANDIN_STRICT_CONFIG: '1',
-    // Empty packages named like the optimizers' (the stand-in and the worker's check import them).
-    PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
-    PATH: `${FAKE_NVIDIA_SMI}:${process.env.PATH ?? ''}`,
-    FAKE_GPU: GPUS[gb],
-  });
+  await world.spawnWorker(
+    steps.standinWorkerEnv(models, {
+      TRAINER_CMD: 'python3',
+      STANDIN_STRICT_CONFIG: '1',
+      PATH: `${FAKE_NVIDIA_SMI}:${process.env.PATH ?? ''}`,
+      FAKE_GPU: GPUS[gb],
+    }),
+  );
   const mib = Number(GPUS[gb].split(', ')[1]);
   return until(`a ${gb} GB worker`, async () => (await listWorkers(world.redis, world.env.REDIS_PREFIX!)).find((w) => w.gpu?.memoryMiB === mib));
 }
 
 async function createDataset(name: string, kind: string, base: string): Promise<void> {
-  await done(
-    world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user: alice, options: { name, trigger: `ohwx_${name}`, class: 'woman', kind, base } }),
-  );
-  const threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === `dataset · ${name}`)!.id;
+  const threadId = await steps.createDataset(world, alice, { name, trigger: `ohwx_${name}`, class: 'woman', kind, base });
   threads[name] = threadId;
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
-  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: name, ...options } }));
+  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: name, ...steps.imageOptions(world, files) } }));
   await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Described 3 images'), 60_000);
 }
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -8,14 +8,15 @@ import { BlobStore } from '../../src/core/blob-store.ts';
 import { sampleGridLayout } from '../../src/core/image-sheets.ts';
 import { RunStore } from '../../src/store/run-store.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
-import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import { WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import * as steps from './steps.ts';
+import { MANAGE_GUILD } from './steps.ts';
 import { World } from './world.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
 const alice = { id: '300000000000000002', username: 'alice' };
 const bob = { id: '300000000000000003', username: 'bob' };
-const MANAGE_GUILD = String(1n << 5n);
 
 let world: World;
 let tmp: string;
@@ -24,43 +25,18 @@ let blobs: BlobStore;
 let threadId: string;
 let runId = '';
 
-const WORKER_ENV = (extra: Record<string, string> = {}) => ({
-  WORKER_QUEUES: 'training',
-  WORKER_ID: 'gpu-try',
-  TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
-  SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
-  MODELS_DIR: join(tmp, 'models'),
-  TRAINING_STALLED_SECONDS: '2',
-  WORKER_HEARTBEAT_SECONDS: '1',
-  STANDIN_STEP_SECONDS: '0.003',
-  // Empty packages named like the optimizers' (the stand-in and the worker's check import them).
-  PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
-  ...extra,
-});
+const WORKER_ENV = (extra: Record<string, string> = {}) => steps.standinWorkerEnv(join(tmp, 'models'), { WORKER_ID: 'gpu-try', ...extra });
 
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'lora-guild-try-'));
   await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
-  await mkdir(join(tmp, 'models'));
-  await writeFile(join(tmp, 'models', 'base-sd15.safetensors'), Buffer.alloc(64));
+  await steps.sd15Models(join(tmp, 'models'));
   world = await World.start({ env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), PROGRESS_INTERVAL_SECONDS: '1' } });
   await world.startBot();
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   blobs = new BlobStore(world.dataDir);
 
-  await done(
-    world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'create',
-      user: alice,
-      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
-    }),
-  );
-  threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
-  const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
-  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } }));
-  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
+  threadId = await steps.heroDataset(world, alice);
   await spawnWorker();
 });
 
@@ -69,64 +45,20 @@ afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-async function done(h: InteractionHandle): Promise<string> {
-  await Promise.race([
-    h.waitForEdit(undefined, 60_000),
-    h.waitForFollowup(undefined, 60_000).then((f) => {
-      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
-    }),
-  ]);
-  return h.lastReply()?.content ?? '';
-}
-
-async function refusal(h: InteractionHandle): Promise<string> {
-  return ((await h.waitForFollowup(undefined, 30_000)).json as { content: string }).content;
-}
-
-function messages(channelId: string): MessageSnapshot[] {
-  return world.discord
-    .channelMessages(channelId)
-    .filter((m) => !m.deleted)
-    .sort((a, b) => a.createdAt - b.createdAt || (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
-}
-
-async function until<T>(what: string, check: () => T | null | undefined | false, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const done = (h: InteractionHandle) => steps.done(world, h);
+const refusal = steps.refusal;
+const messages = (channelId: string) => steps.channelMessages(world, channelId);
+const until = <T>(what: string, check: () => T | null | undefined | false, timeoutMs = 60_000) =>
+  steps.until(what, check, timeoutMs, () => JSON.stringify(world.log.errors()).slice(0, 1500));
 
 /** Starts a worker and waits for its first heartbeat (what the bot sees of it). */
 async function spawnWorker(extra: Record<string, string> = {}): Promise<void> {
   await world.spawnWorker(WORKER_ENV(extra));
-  const key = `${world.env.REDIS_PREFIX!}:worker:gpu-try`;
-  const deadline = Date.now() + 30_000;
-  while ((await world.redis.exists(key)) === 0) {
-    if (Date.now() > deadline) throw new Error('the worker never beat');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await steps.workerOnline(world, 'gpu-try');
 }
 
-async function startRun(options: Record<string, string | number> = {}): Promise<string> {
-  const plan = world.discord.sendCommand({
-    name: 'train',
-    subcommand: 'plan',
-    user: admin,
-    permissions: MANAGE_GUILD,
-    options: { dataset: 'hero', model: 'base-sd15.safetensors', ...options },
-  });
-  await done(plan);
-  const row = plan.lastReply()!.components[0] as { components: { custom_id: string }[] };
-  const start = world.discord.sendButton({ customId: row.components[0]!.custom_id, user: admin, permissions: MANAGE_GUILD, message: plan.lastReply()!.id });
-  const reply = await done(start);
-  const id = /Queued run `([a-z0-9]+)`/.exec(reply)?.[1];
-  if (!id) throw new Error(`no run queued: ${reply}`);
-  return id;
-}
+const startRun = (options: Record<string, string | number> = {}) =>
+  steps.startRun(world, admin, { dataset: 'hero', model: 'base-sd15.safetensors', ...options });
 
 /** Tried images in the main channel, oldest first. */
 function tried(): MessageSnapshot[] {

@@ -20,7 +20,7 @@ import { RunStore } from '../../src/store/run-store.ts';
 import { WorkerStore } from '../../src/store/worker-store.ts';
 import { GuildClient, LeaseGoneError, RefusedError, TokenRefusedError, type LeaseGrant } from '../../src/worker/guild-client.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
-import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import { WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
@@ -85,19 +85,7 @@ beforeAll(async () => {
   workers = new WorkerStore(world.redis, prefix);
   trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(prefix) });
 
-  await done(
-    world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'create',
-      user: alice,
-      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
-    }),
-  );
-  threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
-  const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
-  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } }));
-  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
+  threadId = await steps.heroDataset(world, alice);
 });
 
 afterAll(async () => {

@@ -1,8 +1,7 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { writeRaterModel } from '../fixtures/rater-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
@@ -28,46 +27,27 @@ beforeAll(async () => {
     { name: 'sfw', bias: 0 },
     { name: 'nsfw', bias: 1 },
   ]);
-  await mkdir(join(tmp, 'models'));
-  await writeFile(join(tmp, 'models', 'base-sd15.safetensors'), Buffer.alloc(64));
   world = await World.start({ env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), RATER_MODEL_DIR: rater, PROGRESS_INTERVAL_SECONDS: '1' } });
   await world.startBot();
   // This server takes every rating into its datasets but shows only general images outside age-restricted channels.
   await done(
     world.discord.sendCommand({ name: 'settings', subcommand: 'moderation', user: admin, permissions: MANAGE_GUILD, options: { accepted: 'explicit' } }),
   );
-  await done(
-    world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'create',
-      user: alice,
-      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
-    }),
-  );
-  threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
+  threadId = await steps.createDataset(world, alice, { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' });
   const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
-  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
-  const added = world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } });
+  const added = world.discord.sendCommand({
+    name: 'dataset',
+    subcommand: 'add',
+    user: alice,
+    options: { dataset: 'hero', ...steps.imageOptions(world, files) },
+  });
   const report = await done(added);
   expect(report).toMatch(/3 added, 0 refused/);
   expect(report).toMatch(/🙈 3 added images are not on the contact sheet/);
   expect(added.lastReply()!.attachments.filter((a) => a.filename.startsWith('contact-sheet'))).toEqual([]);
-  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
-  await world.spawnWorker({
-    WORKER_QUEUES: 'training',
-    WORKER_ID: 'gpu-test',
-    TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
-    PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
-    SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
-    MODELS_DIR: join(tmp, 'models'),
-    WORKER_HEARTBEAT_SECONDS: '1',
-    STANDIN_STEP_SECONDS: '0.003',
-  });
-  await steps.until(
-    'the worker’s first heartbeat',
-    async () => (await listWorkers(world.redis, world.env.REDIS_PREFIX!)).some((w) => w.id === 'gpu-test'),
-    30_000,
-  );
+  await steps.taggedIn(world, threadId, 3);
+  await world.spawnWorker(steps.standinWorkerEnv(await steps.sd15Models(join(tmp, 'models'))));
+  await steps.workerOnline(world, 'gpu-test');
 });
 
 afterAll(async () => {

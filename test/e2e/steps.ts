@@ -1,6 +1,11 @@
 /** Steps the end-to-end tests share: waiting for replies and messages, starting a run. */
+import { mkdir, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
+import { join } from 'node:path';
+import type { WorkerInfo } from '../../src/queues/contract.ts';
+import { listWorkers } from '../../src/store/worker-heartbeats.ts';
+import { tinted } from '../fixtures/workshop.ts';
+import type { AttachmentInfo, InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
 import type { World } from './world.ts';
 
 export const MANAGE_GUILD = String(1n << 5n);
@@ -65,4 +70,70 @@ export async function startRun(world: World, user: { id: string; username: strin
 /** The per-epoch posts of a run in a thread, oldest first. */
 export function epochPosts(world: World, threadId: string, runId: string): MessageSnapshot[] {
   return channelMessages(world, threadId).filter((m) => m.content.includes(`of run \`${runId}\``) && m.content.startsWith('🖼️'));
+}
+
+/** The text of a command's refusal (an ephemeral followup). */
+export async function refusal(h: InteractionHandle, timeoutMs = 30_000): Promise<string> {
+  return ((await h.waitForFollowup(undefined, timeoutMs)).json as { content: string }).content;
+}
+
+type Member = { id: string; username: string };
+
+/** `/dataset create` as `user`; returns the dataset's thread. */
+export async function createDataset(world: World, user: Member, options: Record<string, string | number>): Promise<string> {
+  await done(world, world.discord.sendCommand({ name: 'dataset', subcommand: 'create', user, options }));
+  const name = String(options.name);
+  return world.discord.threads(world.discord.channelId).find((t) => t.name === `dataset · ${name}`)!.id;
+}
+
+/** The images of `files` as `/dataset add` options (`image1`, `image2`, …). */
+export function imageOptions(world: World, files: { name: string; data: Buffer }[]): Record<string, AttachmentInfo> {
+  return Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
+}
+
+/** Waits until the tagger says in `threadId` that it tagged `count` images. */
+export async function taggedIn(world: World, threadId: string, count: number): Promise<void> {
+  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes(`Tagged ${count} images`), 30_000);
+}
+
+/** The dataset most tests train on: alice's character `hero` (trigger `ohwx_hero`, SD 1.5) with `count` tagged images. */
+export async function heroDataset(world: World, user: Member, count = 3, extra: Record<string, string | number> = {}): Promise<string> {
+  const name = String(extra.name ?? 'hero');
+  const threadId = await createDataset(world, user, { name, trigger: `ohwx_${name}`, class: 'woman', kind: 'character', base: 'sd15', ...extra });
+  const colours = ['#ff2020', '#2040ff', '#20c020', '#e0c020'];
+  const files = await Promise.all(colours.slice(0, count).map((c, i) => tinted(i + 1, c)));
+  await done(world, world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user, options: { dataset: name, ...imageOptions(world, files) } }));
+  await taggedIn(world, threadId, count);
+  return threadId;
+}
+
+/** A training worker's settings with the sd-scripts stand-in, as fast as tests want it. */
+export function standinWorkerEnv(modelsDir: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    WORKER_QUEUES: 'training',
+    WORKER_ID: 'gpu-test',
+    // As in production: the script runs under `accelerate launch` (its stand-in here); the trainer's
+    // working folder is the run folder, so the path is absolute.
+    TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
+    SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
+    // Empty packages named like the optimizers' (the stand-in and the worker's check import them).
+    PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
+    MODELS_DIR: modelsDir,
+    TRAINING_STALLED_SECONDS: '2',
+    WORKER_HEARTBEAT_SECONDS: '1',
+    STANDIN_STEP_SECONDS: '0.003',
+    ...extra,
+  };
+}
+
+/** A models folder holding an SD 1.5 base model (the stand-in reads only its name). */
+export async function sd15Models(dir: string): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'base-sd15.safetensors'), Buffer.alloc(64));
+  return dir;
+}
+
+/** Waits for a worker's first heartbeat ("worker ready" comes before it; plans know its models only after it). */
+export async function workerOnline(world: World, id: string): Promise<WorkerInfo> {
+  return until(`worker ${id}'s first heartbeat`, async () => (await listWorkers(world.redis, world.env.REDIS_PREFIX!)).find((w) => w.id === id), 30_000);
 }

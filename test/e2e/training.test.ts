@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
@@ -26,29 +26,12 @@ let runs: RunStore;
 let threadId: string;
 let trainingQueue: Queue;
 
-const PYTHON_PACKAGES = join(process.cwd(), 'test/fixtures/python-packages');
-
-const WORKER_ENV = () => ({
-  WORKER_QUEUES: 'training',
-  WORKER_ID: 'gpu-test',
-  // As in production: the script runs under `accelerate launch` (its stand-in here); the trainer's
-  // working folder is the run folder, so the path is absolute.
-  TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
-  // Empty packages named like the optimizers' (the stand-in and the worker's check import them).
-  PYTHONPATH: PYTHON_PACKAGES,
-  SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
-  MODELS_DIR: join(tmp, 'models'),
-  TRAINING_STALLED_SECONDS: '2',
-  WORKER_HEARTBEAT_SECONDS: '1',
-  STANDIN_STEP_SECONDS: '0.003',
-});
+const WORKER_ENV = () => steps.standinWorkerEnv(join(tmp, 'models'));
 
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'lora-guild-train-'));
   await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
-  await rm(join(tmp, 'models'), { recursive: true, force: true });
-  await import('node:fs/promises').then((fs) => fs.mkdir(join(tmp, 'models')));
-  await writeFile(join(tmp, 'models', 'base-sd15.safetensors'), Buffer.alloc(64));
+  await steps.sd15Models(join(tmp, 'models'));
   const port = await freePort();
   world = await World.start({
     env: {
@@ -62,28 +45,9 @@ beforeAll(async () => {
   await world.startBot();
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(world.env.REDIS_PREFIX!) });
-
-  await done(
-    world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'create',
-      user: alice,
-      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
-    }),
-  );
-  threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
-  const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff'), tinted(3, '#20c020')]);
-  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } }));
-  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 3 images'), 30_000);
+  threadId = await steps.heroDataset(world, alice);
   await world.spawnWorker(WORKER_ENV());
-  // "worker ready" comes before its first heartbeat: plans know the worker's models only after it.
-  const { listWorkers } = await import('../../src/store/worker-heartbeats.ts');
-  const deadline = Date.now() + 30_000;
-  while (!(await listWorkers(world.redis, world.env.REDIS_PREFIX!)).some((w) => w.id === 'gpu-test')) {
-    if (Date.now() > deadline) throw new Error('the worker never sent a heartbeat');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await steps.workerOnline(world, 'gpu-test');
 });
 
 afterAll(async () => {
@@ -94,9 +58,7 @@ afterAll(async () => {
 
 const done = (h: InteractionHandle) => steps.done(world, h);
 
-async function refusal(h: InteractionHandle): Promise<string> {
-  return ((await h.waitForFollowup(undefined, 30_000)).json as { content: string }).content;
-}
+const refusal = steps.refusal;
 
 const threadMessages = (channelId = threadId) => steps.channelMessages(world, channelId);
 
@@ -404,7 +366,7 @@ describe('a training run', () => {
 
   it('refuses an optimizer that no online worker can import, naming those it can', async () => {
     const partial = join(tmp, 'python-packages-without-dadaptation');
-    await cp(PYTHON_PACKAGES, partial, { recursive: true });
+    await cp(join(process.cwd(), 'test/fixtures/python-packages'), partial, { recursive: true });
     await rm(join(partial, 'dadaptation'), { recursive: true });
     await world.killWorker('SIGTERM');
     await world.spawnWorker({ ...WORKER_ENV(), PYTHONPATH: partial });

@@ -7,7 +7,7 @@ import { bullPrefix, JobName, QueueName, runEventId, sharedKeys, type RunEvent, 
 import { WorkerStore } from '../../src/store/worker-store.ts';
 import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
-import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import { WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 import * as steps from './steps.ts';
 import { freePort, MANAGE_GUILD } from './steps.ts';
@@ -69,19 +69,7 @@ beforeAll(async () => {
   prefix = world.env.REDIS_PREFIX!;
   workerStore = new WorkerStore(world.redis, prefix);
   runEvents = new Queue(QueueName.RunEvents, { connection: world.redis, prefix: bullPrefix(prefix) });
-  await done(
-    world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'create',
-      user: alice,
-      options: { name: 'hero', trigger: 'ohwx_hero', class: 'woman', kind: 'character', base: 'sd15' },
-    }),
-  );
-  threadId = world.discord.threads(world.discord.channelId).find((t) => t.name === 'dataset · hero')!.id;
-  const files = await Promise.all([tinted(1, '#ff2020'), tinted(2, '#2040ff')]);
-  const options = Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
-  await done(world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'hero', ...options } }));
-  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes('Tagged 2 images'), 30_000);
+  threadId = await steps.heroDataset(world, alice, 2);
 });
 
 afterAll(async () => {

@@ -157,55 +157,54 @@ async function savingForm(interaction: ModalSubmitInteraction, text: string, sav
   }
 }
 
-/** The caption editing form; `version` is the caption it started from (0: none), so a concurrent edit is not overwritten. */
-export const captionEditModal: ComponentHandler<{ datasetId: string; imageNo: number; version: number }, 'modal'> = {
-  ...customIdCodec('capedit', { datasetId: ID_PART, imageNo: COUNT_PART, version: COUNT_PART }),
-  kind: 'modal',
-  defer: 'ephemeral',
-  async handle(interaction, ctx, { datasetId, imageNo, version }) {
-    const dataset = await datasetById(interaction, ctx, datasetId);
-    const image = await imageOf(ctx, dataset, imageNo);
-    await requireEditor(interaction, ctx, dataset);
-    const text = interaction.fields.getTextInputValue(EDIT_FIELD);
-    await savingForm(interaction, text, async () => {
-      validateCaptionText(text);
-      const t = await triggersOf(ctx, dataset, image);
-      const tags = stripLeadingTriggers(parseTags(text), [t.dataset, ...(t.concept ? [t.concept] : [])]);
-      const saved = await ctx.captions.set(dataset.id, image.no, tags, {
-        by: interaction.user.id,
-        source: 'edit',
-        ...(version > 0 ? { ifVersion: version } : {}),
-      });
-      await interaction.editReply({
-        content: `Saved the caption of **#${image.no}** (version ${saved.version}):\n\`\`\`\n${(await writtenCaption(ctx, dataset, image, saved.tags)).replaceAll('`', 'ˋ').slice(0, 1800)}\n\`\`\``,
-      });
-    });
-  },
-};
+type CaptionFormIds = { datasetId: string; imageNo: number; version: number };
 
-/** The sentence editing form; `version` as for the tags form. */
-export const captionSentenceModal: ComponentHandler<{ datasetId: string; imageNo: number; version: number }, 'modal'> = {
-  ...customIdCodec('capsent', { datasetId: ID_PART, imageNo: COUNT_PART, version: COUNT_PART }),
-  kind: 'modal',
-  defer: 'ephemeral',
-  async handle(interaction, ctx, { datasetId, imageNo, version }) {
-    const dataset = await datasetById(interaction, ctx, datasetId);
-    const image = await imageOf(ctx, dataset, imageNo);
-    await requireEditor(interaction, ctx, dataset);
-    const text = interaction.fields.getTextInputValue(SENTENCE_FIELD);
-    await savingForm(interaction, text, async () => {
-      validateSentence(text);
-      const t = await triggersOf(ctx, dataset, image);
-      const sentence = stripLeadingTriggerPhrase(text, [t.dataset, ...(t.concept ? [t.concept] : [])]);
-      const saved = await ctx.sentences.set(dataset.id, image.no, [sentence], {
-        by: interaction.user.id,
-        source: 'edit',
-        ...(version > 0 ? { ifVersion: version } : {}),
+interface CaptionFormSave {
+  ctx: BotContext;
+  dataset: Dataset;
+  image: ImageRecord;
+  text: string;
+  /** The dataset's trigger and the image's concept's, if it has one. */
+  triggers: string[];
+  /** `ifVersion`: the caption the form started from, so a concurrent edit is not overwritten. */
+  options: { by: string; source: 'edit'; ifVersion?: number };
+}
+
+/** A caption form's submit: checks who may edit, saves the text with `save` and answers what it returns; a refused text is given back. */
+function captionForm(family: string, field: string, save: (form: CaptionFormSave) => Promise<string>): ComponentHandler<CaptionFormIds, 'modal'> {
+  return {
+    ...customIdCodec(family, { datasetId: ID_PART, imageNo: COUNT_PART, version: COUNT_PART }),
+    kind: 'modal',
+    defer: 'ephemeral',
+    async handle(interaction, ctx, { datasetId, imageNo, version }) {
+      const dataset = await datasetById(interaction, ctx, datasetId);
+      const image = await imageOf(ctx, dataset, imageNo);
+      await requireEditor(interaction, ctx, dataset);
+      const text = interaction.fields.getTextInputValue(field);
+      await savingForm(interaction, text, async () => {
+        const t = await triggersOf(ctx, dataset, image);
+        const triggers = [t.dataset, ...(t.concept ? [t.concept] : [])];
+        const options = { by: interaction.user.id, source: 'edit' as const, ...(version > 0 ? { ifVersion: version } : {}) };
+        await interaction.editReply({ content: await save({ ctx, dataset, image, text, triggers, options }) });
       });
-      await interaction.editReply({ content: `Saved the sentence of **#${image.no}** (version ${saved.version}):\n${fenced(sentenceOf(saved), 1800)}` });
-    });
-  },
-};
+    },
+  };
+}
+
+/** The caption editing form. */
+export const captionEditModal = captionForm('capedit', EDIT_FIELD, async ({ ctx, dataset, image, text, triggers, options }) => {
+  validateCaptionText(text);
+  const saved = await ctx.captions.set(dataset.id, image.no, stripLeadingTriggers(parseTags(text), triggers), options);
+  const written = (await writtenCaption(ctx, dataset, image, saved.tags)).replaceAll('`', 'ˋ').slice(0, 1800);
+  return `Saved the caption of **#${image.no}** (version ${saved.version}):\n\`\`\`\n${written}\n\`\`\``;
+});
+
+/** The sentence editing form. */
+export const captionSentenceModal = captionForm('capsent', SENTENCE_FIELD, async ({ ctx, dataset, image, text, triggers, options }) => {
+  validateSentence(text);
+  const saved = await ctx.sentences.set(dataset.id, image.no, [stripLeadingTriggerPhrase(text, triggers)], options);
+  return `Saved the sentence of **#${image.no}** (version ${saved.version}):\n${fenced(sentenceOf(saved), 1800)}`;
+});
 
 /** Find and replace a word or phrase in every sentence in scope, as one bulk edit that can be undone. */
 async function replace(interaction: ChatInputCommandInteraction, ctx: BotContext) {
