@@ -99,7 +99,7 @@ export class InteractionFactory {
   }
 
   button(spec: ButtonSpec): BuiltInteraction {
-    const ctx = this.context(spec);
+    const ctx = this.componentContext(spec);
     const message = this.componentMessage(spec.message, ctx, [
       { type: ComponentType.Button, style: 1, label: spec.customId.slice(0, 80), custom_id: spec.customId },
     ]);
@@ -112,7 +112,7 @@ export class InteractionFactory {
   }
 
   select(spec: SelectSpec): BuiltInteraction {
-    const ctx = this.context(spec);
+    const ctx = this.componentContext(spec);
     const componentType = (spec.componentType ?? ComponentType.StringSelect) as ComponentType;
     const component =
       componentType === ComponentType.StringSelect
@@ -134,7 +134,7 @@ export class InteractionFactory {
   }
 
   modalSubmit(spec: ModalSubmitSpec): BuiltInteraction {
-    const ctx = this.context(spec);
+    const ctx = this.componentContext(spec);
     const layout = spec.layout ?? this.opts.modalLayout(spec.customId) ?? 'rows';
     // Discord's form does not let a member submit more (or fewer) characters than a field allows.
     for (const input of this.opts.modalInputs(spec.customId)) {
@@ -345,6 +345,13 @@ export class InteractionFactory {
       interactionMetadata: null,
     });
     return this.world.apiMessage(stored);
+  }
+
+  /** As in Discord, a component is used in the channel (and guild) of the message it sits on. */
+  private componentContext(spec: InteractionContext & { message?: ComponentMessage }): Context {
+    const stored = typeof spec.message === 'string' ? this.world.messages.get(spec.message) : undefined;
+    if (!stored || spec.channelId !== undefined) return this.context(spec);
+    return this.context({ ...spec, channelId: stored.channelId, ...(stored.guildId === null ? {} : { guildId: spec.guildId ?? stored.guildId }) });
   }
 
   private context(spec: InteractionContext): Context {

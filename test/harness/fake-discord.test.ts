@@ -10,6 +10,7 @@ import {
   GatewayOpcodes,
   HTTPError,
   LabelBuilder,
+  MessageFlags,
   ModalBuilder,
   TextInputBuilder,
   TextInputStyle,
@@ -403,6 +404,23 @@ describe('FakeDiscord: components and modals', () => {
     const callback = await handle.callback();
     expect(callback.json).toMatchObject({ type: 7, data: { content: 'Approved', components: [] } });
     expect(fake.message(posted.id)).toMatchObject({ content: 'Approved', components: [] });
+  });
+
+  it('delivers a button on a thread message from that thread, so an ephemeral reply lands there', async () => {
+    const client = await connect();
+    const parent = client.channels.cache.get(fake.channelId);
+    if (parent?.type !== ChannelType.GuildText) throw new Error('expected a text channel');
+    const thread = await parent.threads.create({ name: 'dataset: dogs', type: ChannelType.PublicThread });
+    const row = new ActionRowBuilder<ButtonBuilder>().addComponents(new ButtonBuilder().setCustomId('vote:1').setLabel('Vote').setStyle(ButtonStyle.Primary));
+    const posted = await thread.send({ content: 'Epoch 1', components: [row] });
+
+    const received = nextInteraction(client);
+    const handle = fake.sendButton({ customId: 'vote:1', message: posted.id });
+    const interaction = await received;
+    expect(interaction.channelId).toBe(thread.id);
+    if (!interaction.isButton()) throw new Error('expected a button');
+    await interaction.reply({ content: 'Your vote: epoch 1', flags: MessageFlags.Ephemeral });
+    expect(handle.lastReply()).toMatchObject({ channelId: thread.id, flags: MessageFlags.Ephemeral });
   });
 
   it('lets deferUpdate + editReply edit the message the button sits on', async () => {
