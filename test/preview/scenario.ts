@@ -5,12 +5,12 @@
  * copy, a mistyped dataset name, Start pressed by someone who may not). Each phase is recorded for
  * the HTML transcript. Uses the e2e world (Redis, fake Discord, the real bot, a worker process).
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeTestModel, type TestTag } from '../fixtures/onnx-model.ts';
 import type { InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
-import { channelMessages, freePort, MANAGE_GUILD, until } from '../e2e/steps.ts';
+import { channelMessages, freePort, MANAGE_GUILD, sd15Models, standinWorkerEnv, until, workerOnline } from '../e2e/steps.ts';
 import { World } from '../e2e/world.ts';
 import { previewUploads } from './photos.ts';
 import { PreviewRecorder, type Member } from './recorder.ts';
@@ -54,9 +54,7 @@ export async function runScenario(opts: ScenarioOptions): Promise<PreviewTranscr
   let world: World | null = null;
   try {
     opts.say('generating photos and models…');
-    const [uploads] = await Promise.all([previewUploads(), writeTestModel(join(tmp, 'tagger'), { tags: TAGS })]);
-    await mkdir(join(tmp, 'models'));
-    await writeFile(join(tmp, 'models', 'base-sd15.safetensors'), Buffer.alloc(64));
+    const [uploads, , models] = await Promise.all([previewUploads(), writeTestModel(join(tmp, 'tagger'), { tags: TAGS }), sd15Models(join(tmp, 'models'))]);
     const port = await freePort();
     opts.say('starting Redis, the fake Discord, the bot and a worker…');
     world = await World.start({
@@ -75,16 +73,9 @@ export async function runScenario(opts: ScenarioOptions): Promise<PreviewTranscr
       },
     });
     await world.startBot();
-    await world.spawnWorker({
-      WORKER_QUEUES: 'training',
-      WORKER_ID: 'gpu-preview',
-      TRAINER_CMD: `python3 ${join(process.cwd(), 'test/fixtures/sd-scripts/accelerate_launch.py')} --num_cpu_threads_per_process 1`,
-      PYTHONPATH: join(process.cwd(), 'test/fixtures/python-packages'),
-      SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
-      MODELS_DIR: join(tmp, 'models'),
-      WORKER_HEARTBEAT_SECONDS: '1',
-      STANDIN_STEP_SECONDS: '0.02',
-    });
+    // Slower steps than in tests, so that progress is seen between epochs.
+    await world.spawnWorker(standinWorkerEnv(models, { WORKER_ID: 'gpu-preview', STANDIN_STEP_SECONDS: '0.02' }));
+    await workerOnline(world, 'gpu-preview');
     const w = world;
     const rec = new PreviewRecorder(w, opts.outDir, [mira, jonas, sam], GUILD);
     const channel = w.discord.channelId;

@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { renderMarkdown } from '../preview/markdown.ts';
+import { escapeHtml, renderMarkdown } from '../preview/markdown.ts';
 import { renderIndexPage, renderPhasePage } from '../preview/render.ts';
 import type { PreviewMessage, PreviewTranscript } from '../preview/transcript.ts';
 
@@ -163,3 +165,32 @@ describe('Discord markdown', () => {
     );
   });
 });
+
+describe('the preview renderer on a transcript recorded by `npm run preview`', () => {
+  const recorded = JSON.parse(readFileSync(join(import.meta.dirname, '../fixtures/preview-transcript.json'), 'utf8')) as PreviewTranscript;
+
+  it.each(recorded.phases.map((p) => [p.slug, p] as const))('renders every message, file, button and menu of %s, leaving no markup raw', (_slug, phase) => {
+    const html = renderPhasePage(recorded, phase);
+    const messages = phase.entries.filter((e): e is PreviewMessage => e.kind === 'message');
+    expect(html.match(/<article class="message/g) ?? []).toHaveLength(messages.length);
+    expect(html.match(/Only you can see this/g) ?? []).toHaveLength(messages.filter((m) => (m.flags & 64) !== 0).length);
+    for (const m of messages) {
+      for (const a of m.attachments) expect(html).toContain(`"${a.href}"`);
+      const rows = m.components as { components?: { type: number; label?: string; placeholder?: string }[] }[];
+      for (const c of rows.flatMap((r) => r.components ?? [])) {
+        if (c.type === 2)
+          expect(html).toMatch(new RegExp(`<span class="btn [a-z ]+">(<span class="emoji">[^<]*</span>)?${escapeRegExp(escapeHtml(c.label ?? ''))}`));
+        if (c.type === 3) expect(html).toContain(`<span class="placeholder">${escapeHtml(c.placeholder ?? '')}</span>`);
+      }
+      if (m.note) expect(html).toContain(`<div class="note">${escapeHtml(m.note)}</div>`);
+    }
+    // Mentions, channels and timestamps were resolved; bold and code were rendered.
+    expect(html).not.toMatch(/&lt;(@|#|t:)/);
+    expect(html).not.toContain('**');
+    expect(html.replace(/<pre>[\s\S]*?<\/pre>/g, '')).not.toContain('`');
+  });
+});
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
