@@ -4,6 +4,7 @@ import { loraCommandData } from './lora.ts';
 import { settingsCommandData, trainCommandData } from './train.ts';
 import { captionCommandData, conceptCommandData, tagsCommandData } from './workshop.ts';
 import { workerCommandData } from './worker.ts';
+import { moderationCommandData } from './moderation.ts';
 
 /** Every slash command the bot answers, in one explicit list. */
 export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] = [
@@ -15,4 +16,5 @@ export const allCommandData: RESTPostAPIChatInputApplicationCommandsJSONBody[] =
   settingsCommandData,
   loraCommandData,
   workerCommandData,
+  moderationCommandData,
 ];

@@ -34,6 +34,8 @@ import { RatingService } from './rater.ts';
 import { channelPolicy } from './content-policy.ts';
 import { postingOf } from '../core/rating.ts';
 import { ImageRemovalService } from './image-removal.ts';
+import { ModerationService } from './moderation.ts';
+import { ModerationStore } from '../store/moderation-store.ts';
 import { DeliveryService } from './delivery.ts';
 import { TrainingService } from './training.ts';
 import { componentHandlers, slashCommands } from './handlers.ts';
@@ -121,6 +123,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000, epochButton: voteButton });
   const workers = new WorkerStore(redis, config.REDIS_PREFIX);
   const expiring = new ExpiringStore(redis, config.REDIS_PREFIX);
+  const removal = new ImageRemovalService({ store, captions, runs, blobs, blobLock, logger: logger.child({ unit: 'removal' }) });
+  const onBlobsUnpinned = (ids: string[]) => removal.deleteUnpinned(ids);
   const training = new TrainingService({
     redis,
     redisPrefix: config.REDIS_PREFIX,
@@ -133,8 +137,18 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     workerStore: workers,
     expiring,
     logger: logger.child({ unit: 'training' }),
+    onBlobsUnpinned,
   });
-  const removal = new ImageRemovalService({ store, captions, runs, blobs, blobLock, logger: logger.child({ unit: 'removal' }) });
+  const moderationStore = new ModerationStore(redis, config.REDIS_PREFIX);
+  const moderation = new ModerationService({
+    store,
+    runs,
+    moderation: moderationStore,
+    removal,
+    training,
+    expiring,
+    logger: logger.child({ unit: 'moderation' }),
+  });
   const delivery = new DeliveryService({ redis, redisPrefix: config.REDIS_PREFIX, votes, blobs, blobLock, expiring });
   const genQueues = generationQueues(queueConnection, config.REDIS_PREFIX);
   const generations = {
@@ -173,6 +187,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     delivery,
     expiring,
     generations,
+    moderation,
   };
 
   // Leftovers of a crash: half-written temp files, and blobs written just before a record that
@@ -264,6 +279,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       concurrentTotal: config.DOWNLOAD_MAX_CONCURRENT,
     },
     trustProxyHops: config.HTTP_TRUST_PROXY_HOPS,
+    isWithheld: (blobId) => moderationStore.isBlobWithheld(blobId),
     ...(config.DOWNLOAD_SECRET ? { downloadSecret: config.DOWNLOAD_SECRET } : {}),
   });
   const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
@@ -286,6 +302,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
         const [sampleRating = null] = await rating.rate([image]);
         return { how: postingOf(sampleRating, await channelPolicy(client, settings, run.guildId, run.channelId)), rating: sampleRating };
       },
+      onBlobsUnpinned,
     },
     queueConnection,
     config.REDIS_PREFIX,

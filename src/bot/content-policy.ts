@@ -1,5 +1,6 @@
 import type { Client } from 'discord.js';
-import { AGE_RESTRICTED_POLICY, type ContentPolicy } from '../core/rating.ts';
+import { AGE_RESTRICTED_POLICY, type ContentPolicy, type Rating } from '../core/rating.ts';
+import type { Dataset } from '../store/dataset-store.ts';
 import type { GuildSettingsStore } from '../store/run-store.ts';
 
 /**
@@ -25,4 +26,9 @@ export async function channelPolicy(
 ): Promise<ContentPolicy & { ageRestricted: boolean }> {
   if (await isAgeRestricted(client, channelId)) return { ...AGE_RESTRICTED_POLICY, ageRestricted: true };
   return { ...(await settings.get(guildId)).moderation, ageRestricted: false };
+}
+
+/** The highest rating a dataset takes: what its own channel accepts (as intake judges it). */
+export async function acceptedIn(client: Client, settings: GuildSettingsStore, dataset: Dataset): Promise<Rating> {
+  return (await channelPolicy(client, settings, dataset.guildId, dataset.channelId)).accepted;
 }

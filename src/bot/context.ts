@@ -18,6 +18,7 @@ import type { TrainingService } from './training.ts';
 import type { ImageRemovalService } from './image-removal.ts';
 import type { DeliveryService } from './delivery.ts';
 import type { GenerationDeps } from './generation.ts';
+import type { ModerationService } from './moderation.ts';
 
 /** What every command and handler gets: the wired services of this bot process. */
 export interface BotContext {
@@ -51,4 +52,6 @@ export interface BotContext {
   workers: WorkerStore;
   /** `/lora try` and `/lora compare`: their queues and stores. */
   generations: GenerationDeps;
+  /** Reports, flags, moderators' actions and the audit log. */
+  moderation: ModerationService;
 }

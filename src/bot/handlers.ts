@@ -6,6 +6,8 @@ import { settingsCommand } from './commands/settings.ts';
 import { pruneButton, tagsCommand } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
 import { workerCommand } from './commands/worker.ts';
+import { moderationCommand, pageButton, removeButton, removeModal, reviewButton } from './commands/moderation.ts';
+import { reportButton, reportModal } from './moderation-report.ts';
 import { attestButton } from './attestation.ts';
 import type { ComponentHandler, SlashCommand } from './interactions.ts';
 import { voteButtonHandler, voteSelectHandler } from './votes.ts';
@@ -20,6 +22,7 @@ export const slashCommands: SlashCommand[] = [
   settingsCommand,
   loraCommand,
   workerCommand,
+  moderationCommand,
 ];
 
 /** Every button, select and modal family the bot answers. */
@@ -33,4 +36,10 @@ export const componentHandlers: ComponentHandler<unknown>[] = [
   voteSelectHandler,
   tryButtonHandler,
   attestButton,
+  reviewButton,
+  removeButton,
+  removeModal,
+  pageButton,
+  reportButton,
+  reportModal,
 ];

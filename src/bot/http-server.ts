@@ -45,6 +45,8 @@ export interface HttpServerOptions {
    * 0: the client is the socket's peer, and the header is ignored (anyone can write it).
    */
   trustProxyHops?: number;
+  /** Whether moderators withheld a file (its dataset was removed): links to it are refused. */
+  isWithheld?: (blobId: string) => Promise<boolean>;
   /** The remote workers' API, mounted under its prefix (worker-api.ts). */
   workerApi?: { prefix: string; handle(req: IncomingMessage, res: ServerResponse, pathname: string, query: URLSearchParams, address: string): Promise<void> };
 }
@@ -309,6 +311,13 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       m.downloadRefusals.inc({ reason: verdict.reason });
       log.info({ blob, status: refusal.status, reason: verdict.reason }, 'download refused');
       sendText(res, refusal.status, refusal.body, head);
+      return;
+    }
+
+    if (await opts.isWithheld?.(blobId)) {
+      m.downloadRefusals.inc({ reason: 'withheld' });
+      log.info({ blob, status: 410, reason: 'withheld' }, 'download refused');
+      sendText(res, 410, "This file was withheld by the server's moderators.", head);
       return;
     }
 

@@ -36,6 +36,37 @@ export class ImageRemovalService {
     return removed;
   }
 
+  /**
+   * Removes every image of a dataset whose record is already gone (a moderator's removal), with
+   * its captions and what is left of it. Returns how many images were removed.
+   */
+  async removeDataset(datasetId: string): Promise<number> {
+    const { store, captions } = this.deps;
+    const removed = await this.remove(datasetId, await store.imageNumbers(datasetId));
+    await captions.deleteDataset(datasetId);
+    await store.deleteLeftovers(datasetId);
+    return removed.length;
+  }
+
+  /**
+   * Deletes the files of blobs a run no longer pins, when no image refers to them and no other run
+   * pins them (images removed while the run trained: their files go when it ends).
+   */
+  async deleteUnpinned(ids: readonly string[]): Promise<number> {
+    if (ids.length === 0) return 0;
+    const { store, runs, blobs, blobLock } = this.deps;
+    return blobLock.run(async () => {
+      let deleted = 0;
+      for (const id of ids) {
+        if ((await store.blobRefCount(id)) > 0 || (await runs.isPinned(id))) continue;
+        await blobs.delete(id);
+        deleted++;
+      }
+      if (deleted > 0) this.deps.logger.info({ deleted }, 'files of removed images deleted after the run that used them ended');
+      return deleted;
+    });
+  }
+
   /** Removes records and deletes the files nothing else refers to. */
   private async remove(datasetId: string, nos: number[]): Promise<number[]> {
     const { store, captions, runs, blobs, blobLock } = this.deps;

@@ -32,6 +32,8 @@ export interface RunReporterDeps {
   workerLabel?: (workerId: string) => Promise<string>;
   /** How a sample image may be posted in the run's channel (its rating against the channel's policy); default shown. */
   posting?: (run: Run, image: Buffer) => Promise<SamplePosting>;
+  /** Told which input files no run pins any more once a run ended (removed images' files go then). */
+  onBlobsUnpinned?: (ids: string[]) => Promise<unknown>;
 }
 
 export interface SamplePosting {
@@ -213,7 +215,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
     }
     case 'finished': {
       const finished = await runs.update(run.id, (r) => ({ ...r, status: 'finished', final: event.final, finishedAt: r.finishedAt ?? Date.now() }));
-      await runs.releaseBlobs(run.id);
+      await deps.onBlobsUnpinned?.(await runs.releaseBlobs(run.id));
       if (await runs.eventDone(eventId)) return;
       // One message ends the run: the summary, which mentions the starter and the contributors
       // once (a mention in an edit would notify nobody, so it is a new message and the status
@@ -233,7 +235,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
         failure: { reason: event.reason, logTail: event.logTail },
         finishedAt: Date.now(),
       }));
-      await runs.releaseBlobs(run.id);
+      await deps.onBlobsUnpinned?.(await runs.releaseBlobs(run.id));
       if (await runs.eventDone(eventId)) return;
       const tail = event.logTail.join('\n').replaceAll('```', 'ˋˋˋ');
       await refreshStatus(deps, updated!, `${eventId}.status`, `❌ Run \`${run.id}\` of **${run.datasetName}** failed.`);
@@ -245,7 +247,7 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
     }
     case 'cancelled': {
       const updated = await runs.update(run.id, (r) => ({ ...r, status: 'cancelled', finishedAt: Date.now() }));
-      await runs.releaseBlobs(run.id);
+      await deps.onBlobsUnpinned?.(await runs.releaseBlobs(run.id));
       if (await runs.eventDone(eventId)) return;
       const saved = event.lastEpoch ? ` Epochs 1–${event.lastEpoch} are kept.` : '';
       await refreshStatus(deps, updated!, `${eventId}.status`, `⏹️ Run \`${run.id}\` of **${run.datasetName}** was cancelled.`);

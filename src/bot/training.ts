@@ -19,7 +19,7 @@ import {
   type RunOverrides,
 } from '../core/recipes.ts';
 import { composeCaption } from '../core/tag-ops.ts';
-import { JobName, workerRunsOptimizer, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
+import { JobName, sharedKeys, workerRunsOptimizer, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { DEFAULT_CONCEPT, newId, type Dataset, type DatasetStore } from '../store/dataset-store.ts';
 import type { ExpiringStore, PendingPlan } from '../store/expiring-store.ts';
 import { ACTIVE_STATUSES, type GuildSettingsStore, type Run, type RunStore } from '../store/run-store.ts';
@@ -132,7 +132,12 @@ export interface TrainingDeps {
   workerStore: WorkerStore;
   expiring: ExpiringStore;
   logger: Logger;
+  /** Told which input files no run pins any more once a run is taken out of the queue. */
+  onBlobsUnpinned?: (ids: string[]) => Promise<unknown>;
 }
+
+/** How a cancel went: a waiting run is taken out of the queue at once; a running one is being stopped. */
+export type CancelOutcome = 'removed' | 'stopping';
 
 /** Plans runs, keeps a plan until its Start button, and starts runs: queued, with their images pinned. */
 export class TrainingService {
@@ -369,6 +374,29 @@ export class TrainingService {
     await this.deps.expiring.plans.delete(planId);
     logger.info({ runId, datasetId: dataset.id, userId }, 'run queued');
     return { run, prepared, position: await this.queuePosition(runId) };
+  }
+
+  /**
+   * Cancels an active run for `userId`: the worker's cancel flag is raised (a running trainer
+   * stops, its saved epochs are kept), and a run nobody has picked up yet leaves the queue now.
+   */
+  async cancel(run: Run, userId: string): Promise<CancelOutcome> {
+    const { redis, redisPrefix, trainingQueue, runs } = this.deps;
+    await redis.set(sharedKeys.runCancel(redisPrefix, run.id), userId, 'EX', 7 * 24 * 3600);
+    const job = await trainingQueue.getJob(run.id);
+    let removed = false;
+    if (job && (await job.isWaiting())) {
+      await job.remove();
+      removed = true;
+    }
+    await runs.update(run.id, (r) => ({
+      ...r,
+      cancelRequestedBy: userId,
+      ...(removed ? { status: 'cancelled' as const, finishedAt: Date.now() } : {}),
+    }));
+    if (removed) await this.deps.onBlobsUnpinned?.(await runs.releaseBlobs(run.id));
+    this.deps.logger.info({ runId: run.id, userId, removed }, 'run cancel requested');
+    return removed ? 'removed' : 'stopping';
   }
 
   /** A waiting run's place in the queue, counting from 1 (next); null when it is not waiting. */

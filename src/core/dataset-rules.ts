@@ -74,3 +74,7 @@ export function parseImageSelection(raw: string, maxCount = 500): ImageSelection
   if (nos.size === 0) throw new UserError('Name at least one image number, or `mine`.');
   return { mine: false, nos: [...nos].sort((a, b) => a - b) };
 }
+
+/** The length of a reason a member gives for a report, or a moderator for a removal. */
+export const MIN_REASON_CHARS = 3;
+export const MAX_REASON_CHARS = 300;

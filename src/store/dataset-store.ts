@@ -118,6 +118,14 @@ for _, blob in ipairs(freed) do table.insert(out, blob) end
 return out
 `;
 
+// Take a dataset out of its guild: its name (if still its own), its thread's index, its record.
+// Adding an image needs the record, so nothing is added after this.
+const DELETE_DATASET_LUA = `
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if KEYS[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+return redis.call('DEL', KEYS[2])
+`;
+
 // Create a dataset only if its name is free in the guild.
 const CREATE_DATASET_LUA = `
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -323,6 +331,29 @@ export class DatasetStore {
       removed.push({ ...(JSON.parse(flat[i + 1]!) as ImageFacts), no: Number(flat[i]), datasetId });
     }
     return { removed, freedBlobs: flat.slice(sep + 1) };
+  }
+
+  /**
+   * Takes a dataset out of its guild (name, thread, record) so nothing is added, planned or
+   * started any more; its images stay until `removeImages`, then `deleteLeftovers` clears the rest.
+   */
+  async deleteDataset(dataset: Dataset): Promise<boolean> {
+    const deleted = await this.redis.eval(
+      DELETE_DATASET_LUA,
+      3,
+      this.k.guildDatasets(dataset.guildId),
+      this.k.dataset(dataset.id),
+      dataset.threadId ? this.k.thread(dataset.threadId) : '',
+      dataset.name.toLowerCase(),
+      dataset.id,
+    );
+    return Number(deleted) === 1;
+  }
+
+  /** The keys a deleted dataset leaves once its images are removed: concepts, counters, indexes. */
+  async deleteLeftovers(datasetId: string): Promise<void> {
+    const k = this.k;
+    await this.redis.del(k.concepts(datasetId), k.imageSeq(datasetId), k.images(datasetId), k.pixelIndex(datasetId), k.phashIndex(datasetId));
   }
 
   async blobRefCount(blobId: string): Promise<number> {

@@ -58,6 +58,22 @@ export class ExpiringStore {
     );
   }
 
+  /** The blobs of every delivered file of a run still cached (a withheld run's links to them are refused). */
+  async deliveredBlobsOf(runId: string): Promise<string[]> {
+    const blobs = new Set<string>();
+    let cursor = '0';
+    do {
+      const [next, found] = await this.redis.scan(cursor, 'MATCH', this.k.deliveredFilePattern(runId), 'COUNT', 200);
+      cursor = next;
+      if (found.length === 0) continue;
+      for (const json of await this.redis.mget(found)) {
+        const file = json === null ? null : DeliveredFileSchema.safeParse(JSON.parse(json));
+        if (file?.success) blobs.add(file.data.blob);
+      }
+    } while (cursor !== '0');
+    return [...blobs];
+  }
+
   private slot<Id, T>(schema: z.ZodType<T>, ttlSeconds: number, key: (id: Id) => string): ExpiringSlot<Id, T> {
     const redis = this.redis;
     return {

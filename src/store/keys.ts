@@ -16,6 +16,8 @@ export function keys(p: string) {
     pendingPlan: (id: string) => `${p}:plan:${id}`,
     /** A delivered LoRA file of a run's epoch, as of one vote result (`winnerEpoch.votes` or `none`). */
     deliveredFile: (runId: string, epoch: number, steps: number, winner: string) => `${p}:run:${runId}:enriched:${epoch}:${steps}:${winner}`,
+    /** Every delivered file of a run (see `deliveredFile`). */
+    deliveredFilePattern: (runId: string) => `${p}:run:${runId}:enriched:*`,
     datasetKeyPattern: (id: string) => `${p}:ds:${id}:*`,
     captions: (id: string) => `${p}:ds:${id}:captions`,
     captionHistory: (id: string, no: number) => `${p}:ds:${id}:caphist:${no}`,
@@ -27,6 +29,18 @@ export function keys(p: string) {
     sentences: (id: string) => `${p}:ds:${id}:sentences`,
     sentenceHistory: (id: string, no: number) => `${p}:ds:${id}:senthist:${no}`,
     sentenceBatches: (id: string) => `${p}:ds:${id}:sentbatches`,
+    /** Members' reports of one target (an image or a dataset): reporter id → report. */
+    modReports: (guildId: string, target: string) => `${p}:guild:${guildId}:mod:reports:${target}`,
+    /** Targets with open reports in a guild, by the time of their first report. */
+    modReported: (guildId: string) => `${p}:guild:${guildId}:mod:reported`,
+    /** Images a moderator kept despite their rating: image number → the rating they approved. */
+    modApproved: (datasetId: string) => `${p}:ds:${datasetId}:mod:approved`,
+    /** The moderation audit log of a guild (append-only, newest first). */
+    modLog: (guildId: string) => `${p}:guild:${guildId}:mod:log`,
+    /** Why a run's files are withheld (a moderator removed its dataset). */
+    runWithheld: (runId: string) => `${p}:run:${runId}:withheld`,
+    /** Blob ids of withheld runs' files: signed links to them are refused. */
+    withheldBlobs: () => `${p}:withheld-blobs`,
   };
 }
 

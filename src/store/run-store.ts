@@ -139,18 +139,23 @@ export class RunStore {
     await multi.exec();
   }
 
-  async releaseBlobs(runId: string): Promise<void> {
-    await this.redis.eval(
+  /** Releases a run's pins; returns the blobs no run pins any more (their files may now go, if nothing else uses them). */
+  async releaseBlobs(runId: string): Promise<string[]> {
+    return (await this.redis.eval(
       `local blobs = redis.call('SMEMBERS', KEYS[1])
+       local free = {}
        for _, b in ipairs(blobs) do
-         if redis.call('HINCRBY', KEYS[2], b, -1) <= 0 then redis.call('HDEL', KEYS[2], b) end
+         if redis.call('HINCRBY', KEYS[2], b, -1) <= 0 then
+           redis.call('HDEL', KEYS[2], b)
+           table.insert(free, b)
+         end
        end
        redis.call('DEL', KEYS[1])
-       return #blobs`,
+       return free`,
       2,
       `${this.prefix}:run:${runId}:pins`,
       `${this.prefix}:pins`,
-    );
+    )) as string[];
   }
 
   async isPinned(blobId: string): Promise<boolean> {

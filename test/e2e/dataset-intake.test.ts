@@ -318,6 +318,7 @@ describe('/dataset show and list', () => {
     expect(buttons.map((b) => [b.label, b.disabled ?? false])).toEqual([
       ['◀ Previous', true],
       ['Next ▶', false],
+      ['Report', false],
     ]);
     const next = world.discord.sendButton({ customId: buttons[1]!.custom_id, message: show.lastReply()!.id });
     await next.callback();

@@ -19,13 +19,28 @@ describe('npm run register', () => {
     const puts = discord.callsTo('PUT', new RegExp(`^/applications/${discord.applicationId}/commands$`));
     expect(puts).toHaveLength(1);
     expect(puts[0]!.headers.authorization).toBe('Bot t');
-    expect((puts[0]!.json as { name: string }[]).map((c) => c.name)).toEqual(['dataset', 'tags', 'caption', 'concept', 'train', 'settings', 'lora', 'worker']);
+    expect((puts[0]!.json as { name: string }[]).map((c) => c.name)).toEqual([
+      'dataset',
+      'tags',
+      'caption',
+      'concept',
+      'train',
+      'settings',
+      'lora',
+      'worker',
+      'moderation',
+    ]);
     expect(
       discord
         .commands()
         .map((c) => c.name)
         .sort(),
-    ).toEqual(['caption', 'concept', 'dataset', 'lora', 'settings', 'tags', 'train', 'worker']);
+    ).toEqual(['caption', 'concept', 'dataset', 'lora', 'moderation', 'settings', 'tags', 'train', 'worker']);
+  });
+
+  it('shows /moderation only to members with Manage Messages (the bot checks it again on every use)', () => {
+    const moderation = allCommandData.find((c) => c.name === 'moderation')!;
+    expect(moderation.default_member_permissions).toBe(String(1n << 13n));
   });
 
   it('registers for one guild when asked, leaving the global ones alone', async () => {

@@ -9,6 +9,7 @@ import type { AttachmentInfo, InteractionHandle, MessageSnapshot } from '../harn
 import type { World } from './world.ts';
 
 export const MANAGE_GUILD = String(1n << 5n);
+export const MANAGE_MESSAGES = String(1n << 13n);
 
 /** A port free on 127.0.0.1 right now (for a bot whose PUBLIC_URL must be known before it starts). */
 export async function freePort(): Promise<number> {

@@ -10,6 +10,8 @@ import { startButton } from '../../src/bot/commands/train.ts';
 import { componentHandlers, slashCommands } from '../../src/bot/handlers.ts';
 import { COUNT_PART, customIdCodec, ID_PART, type ComponentHandler, type ComponentKind } from '../../src/bot/interactions.ts';
 import { voteButtonHandler, voteSelectHandler } from '../../src/bot/votes.ts';
+import { pageButton, removeButton, removeModal, reviewButton } from '../../src/bot/commands/moderation.ts';
+import { reportButton, reportModal } from '../../src/bot/moderation-report.ts';
 
 /** One customId payload per family, typed by its handler. */
 function sample<T, K extends ComponentKind>(handler: ComponentHandler<T, K>, data: T) {
@@ -26,6 +28,12 @@ const samples = [
   sample(voteSelectHandler, { runId: 'r0n1x' }),
   sample(tryButtonHandler, { action: 'down', requestId: 'g3n0r1x9qa' }),
   sample(attestButton, { userId: '100000000000000001' }),
+  sample(reviewButton, { action: 'dismiss', datasetId: 'ds01abc', no: 0 }),
+  sample(removeButton, { datasetId: 'ds01abc', no: 12 }),
+  sample(removeModal, { datasetId: 'ds01abc', no: 0 }),
+  sample(pageButton, { view: 'log', page: 3 }),
+  sample(reportButton, { datasetId: 'ds01abc' }),
+  sample(reportModal, { datasetId: 'ds01abc' }),
 ];
 
 describe('slash command table', () => {

@@ -27,6 +27,7 @@ import type { BotContext } from '../context.ts';
 import { MAX_CONCEPTS } from './concept.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import { attestationPrompt, hasAttested } from '../attestation.ts';
+import { reportComponent, reportRow } from '../moderation-report.ts';
 import { channelPolicy } from '../content-policy.ts';
 import type { IncomingFile } from '../intake.ts';
 import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
@@ -132,7 +133,9 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     zip: zip ? asIncoming(zip) : undefined,
   });
   const policy = await channelPolicy(interaction.client, ctx.settings, dataset.guildId, interaction.channelId);
-  await interaction.editReply({ ...(await intakeReply(report, policy)) });
+  const reply = await intakeReply(report, policy);
+  // Anyone who sees the added images can flag one (or the dataset) for the moderators.
+  await interaction.editReply({ ...reply, components: report.thumbnails.length > 0 ? [reportRow(dataset.id)] : [] });
 }
 
 async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number, policy: ContentPolicy) {
@@ -173,9 +176,12 @@ async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number
               .setLabel('Next ▶')
               .setStyle(ButtonStyle.Secondary)
               .setDisabled(page >= pages),
+            reportComponent(dataset.id),
           ),
         ]
-      : [];
+      : images.length > 0
+        ? [reportRow(dataset.id)]
+        : [];
   return { content, files, components };
 }
 

@@ -36,13 +36,17 @@ async function resolveRun(interaction: ChatInputCommandInteraction, ctx: BotCont
   if (id) {
     const run = await ctx.runs.get(id);
     if (!run || run.guildId !== guildId) throw new UserError(`There is no run \`${id.slice(0, 16)}\` in this server.`);
+    const withheld = await ctx.moderation.withheldReason(run);
+    if (withheld) throw new UserError(withheld);
     return run;
   }
   const name = interaction.options.getString('dataset')?.trim();
   const dataset = name ? await ctx.store.findDataset(guildId, name) : await ctx.store.datasetForThread(interaction.channelId);
   if (name && !dataset) throw new UserError(`There is no dataset named \`${name.slice(0, 40)}\` in this server.`);
   const runs = dataset && dataset.guildId === guildId ? await ctx.runs.listForDataset(dataset.id) : await ctx.runs.listForGuild(guildId);
-  const finished = runs.find((r) => r.status === 'finished');
+  // A run whose dataset a moderator removed is never the default (naming it says why it is withheld).
+  const open = await Promise.all(runs.map(async (r) => r.status === 'finished' && (await ctx.moderation.withheldReason(r)) === null));
+  const finished = runs.find((_, i) => open[i]);
   if (!finished) throw new UserError(dataset ? `**${dataset.name}** has no finished run yet.` : 'No finished runs in this server yet.');
   return finished;
 }
@@ -189,6 +193,8 @@ export const tryButtonHandler: TryButtonHandler = {
     if (!before || before.guildId !== guildId || before.kind !== 'try') throw new UserError('That image is too old to vary; use `/lora try`.');
     const run = await ctx.runs.get(before.runId);
     if (!run || run.guildId !== guildId) throw new UserError('That run no longer exists.');
+    const withheld = await ctx.moderation.withheldReason(run);
+    if (withheld) throw new UserError(withheld);
     if (action === 'sample') {
       const dataset = await ctx.store.getDataset(run.datasetId);
       if (!dataset) throw new UserError('That run’s dataset no longer exists.');
@@ -228,6 +234,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   }
   const lines = await Promise.all(
     runs.slice(0, 15).map(async (r) => {
+      if (await ctx.moderation.withheldReason(r)) return `\`${r.id}\` · **${r.datasetName}** · withheld by a moderator`;
       const tally = await ctx.votes.tally(r.id);
       return `\`${r.id}\` · **${r.datasetName}** · ${r.recipe.name} · ${r.summary.epochs} epochs · ${r.final ? formatBytes(r.final.bytes) : '?'} · ${renderTally(tally)}`;
     }),

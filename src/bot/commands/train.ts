@@ -2,7 +2,7 @@ import { ActionRowBuilder, ButtonBuilder, ButtonStyle, PermissionFlagsBits, type
 import { trainCommandData } from '../../../commands/train.ts';
 import { UserError } from '../../core/errors.ts';
 import { defaultRecipeFor, type RunOverrides } from '../../core/recipes.ts';
-import { sharedKeys, workersServing } from '../../queues/contract.ts';
+import { workersServing } from '../../queues/contract.ts';
 import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../store/worker-heartbeats.ts';
 import type { BotContext } from '../context.ts';
@@ -10,6 +10,7 @@ import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type Guil
 import { ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { duration, truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
+import { acceptedIn } from '../content-policy.ts';
 import { describeSetup, modelsFor, type PlanRequest, type PreparedRun } from '../training.ts';
 
 function renderPlan(datasetName: string, prepared: PreparedRun): string {
@@ -69,11 +70,10 @@ async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const { planId, prepared } = await ctx.training.offer(dataset, request, interaction.user.id);
   // A member who may not start it sees who may, not a button that would only refuse them.
   const who = await whoMayNotStart(interaction, ctx);
+  const hold = await ctx.moderation.hold(dataset, await acceptedIn(interaction.client, ctx.settings, dataset));
+  const shown = hold === null ? renderPlan(dataset.name, prepared) : truncate(`${renderPlan(dataset.name, prepared)}\n🛡️ ${hold}`, 1990);
   await interaction.editReply({
-    content:
-      who === null
-        ? renderPlan(dataset.name, prepared)
-        : truncate(`${renderPlan(dataset.name, prepared)}\n🔒 ${who} One of them can plan it with \`/train plan\` and start it.`, 1990),
+    content: who === null ? shown : truncate(`${shown}\n🔒 ${who} One of them can plan it with \`/train plan\` and start it.`, 1990),
     components:
       who === null
         ? [
@@ -113,6 +113,9 @@ export const startButton: ComponentHandler<{ planId: string }, 'button'> = {
     const plan = await ctx.training.pendingPlan(planId);
     await requireTrainer(interaction, ctx);
     const dataset = await datasetById(interaction, ctx, plan.datasetId);
+    // Flagged (rated above its channel's policy) or reported: a moderator reviews it first.
+    const hold = await ctx.moderation.hold(dataset, await acceptedIn(interaction.client, ctx.settings, dataset));
+    if (hold) throw new UserError(hold);
     const { run, prepared, position } = await ctx.training.start(dataset, planId, plan, interaction.user.id);
     await interaction.editReply({
       content:
@@ -187,20 +190,7 @@ async function cancel(interaction: ChatInputCommandInteraction, ctx: BotContext)
   const mayCancel = run.createdBy === interaction.user.id || (interaction.memberPermissions?.has(PermissionFlagsBits.ManageGuild) ?? false);
   if (!mayCancel) throw new UserError('Only whoever started a run, or a member with Manage Server, can cancel it.');
   if (!ACTIVE_STATUSES.includes(run.status)) throw new UserError(`Run \`${run.id}\` is already ${run.status}.`);
-  await ctx.redis.set(sharedKeys.runCancel(ctx.config.REDIS_PREFIX, run.id), interaction.user.id, 'EX', 7 * 24 * 3600);
-  // A run nobody has picked up yet is simply taken out of the queue.
-  const job = await ctx.trainingQueue.getJob(run.id);
-  let removed = false;
-  if (job && (await job.isWaiting())) {
-    await job.remove();
-    removed = true;
-  }
-  await ctx.runs.update(run.id, (r) => ({
-    ...r,
-    cancelRequestedBy: interaction.user.id,
-    ...(removed ? { status: 'cancelled' as const, finishedAt: Date.now() } : {}),
-  }));
-  if (removed) await ctx.runs.releaseBlobs(run.id);
+  const removed = (await ctx.training.cancel(run, interaction.user.id)) === 'removed';
   await interaction.editReply(
     removed ? `Cancelled run \`${run.id}\` before it started.` : `Stopping run \`${run.id}\`: the trainer is being stopped; saved epochs are kept.`,
   );

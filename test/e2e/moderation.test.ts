@@ -1,0 +1,283 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlobStore } from '../../src/core/blob-store.ts';
+import { makeDownloadUrl } from '../../src/core/signed-url.ts';
+import { DatasetStore } from '../../src/store/dataset-store.ts';
+import { RunStore } from '../../src/store/run-store.ts';
+import { writeTestModel, type TestTag } from '../fixtures/onnx-model.ts';
+import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import type { InteractionHandle } from '../harness/fake-discord.ts';
+import * as steps from './steps.ts';
+import { MANAGE_MESSAGES } from './steps.ts';
+import { World } from './world.ts';
+
+const mod = { id: '400000000000000001', username: 'mod' };
+const alice = { id: '400000000000000002', username: 'alice' };
+const bob = { id: '400000000000000003', username: 'bob' };
+/** Manage Messages (moderation) and Manage Server (may start runs). */
+const MODERATOR = String(BigInt(MANAGE_MESSAGES) | BigInt(steps.MANAGE_GUILD));
+const MEMBER = '0';
+const SECRET = 'a-download-secret-that-is-long-enough-0123456789';
+
+/** The tagger rates strongly red images explicit (after intake, which has no photo classifier here). */
+const RATING_TAGS: TestTag[] = [
+  { name: 'general', category: 9, bias: 1 },
+  { name: 'sensitive', category: 9, bias: 0 },
+  { name: 'questionable', category: 9, bias: -1 },
+  { name: 'explicit', category: 9, bias: -2, r: 12, g: -6, b: -6 },
+];
+
+let world: World;
+let tmp: string;
+let store: DatasetStore;
+let runs: RunStore;
+let blobs: BlobStore;
+let publicUrl: string;
+let heroThread: string;
+
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-mod-'));
+  await writeTestModel(join(tmp, 'tagger'), { tags: [...RATING_TAGS, ...WORKSHOP_TAGS] });
+  const models = await steps.sd15Models(join(tmp, 'models'));
+  const port = await steps.freePort();
+  publicUrl = `http://127.0.0.1:${port}`;
+  world = await World.start({
+    env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), HTTP_PORT: String(port), PUBLIC_URL: publicUrl, DOWNLOAD_SECRET: SECRET, PROGRESS_INTERVAL_SECONDS: '1' },
+  });
+  await world.startBot();
+  store = new DatasetStore(world.redis, world.env.REDIS_PREFIX!);
+  runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
+  blobs = new BlobStore(world.dataDir);
+  // Steps slow enough that a 20-epoch run is still training when its dataset is removed.
+  await world.spawnWorker(steps.standinWorkerEnv(models, { STANDIN_STEP_SECONDS: '0.01' }));
+  await steps.workerOnline(world, 'gpu-test');
+  heroThread = await steps.heroDataset(world, alice);
+});
+
+afterAll(async () => {
+  await world?.close();
+  await rm(tmp, { recursive: true, force: true });
+});
+
+const done = (h: InteractionHandle) => steps.done(world, h);
+
+function moderation(subcommand: string, options: Record<string, string | number> = {}, user = mod, permissions = MODERATOR) {
+  return world.discord.sendCommand({ name: 'moderation', subcommand, user, permissions, options });
+}
+
+type Button = { custom_id: string; label: string };
+
+function rowsOf(h: InteractionHandle): Button[][] {
+  const rows = (h.lastReply()?.components ?? []) as { components: Button[] }[];
+  return rows.map((r) => r.components);
+}
+
+function button(h: InteractionHandle, label: string): Button {
+  const found = rowsOf(h)
+    .flat()
+    .find((b) => b.label === label);
+  if (!found) throw new Error(`no button "${label}" in ${JSON.stringify(rowsOf(h))}`);
+  return found;
+}
+
+function press(h: InteractionHandle, label: string, user = mod, permissions = MODERATOR): InteractionHandle {
+  return world.discord.sendButton({ customId: button(h, label).custom_id, user, permissions, message: h.lastReply()!.id });
+}
+
+/** Whether the interaction was acknowledged so that only its user sees the answer. */
+async function ephemeral(h: InteractionHandle): Promise<boolean> {
+  const flags = ((await h.callback()).json as { data?: { flags?: number } }).data?.flags ?? 0;
+  return (flags & 64) === 64;
+}
+
+/** Presses the Report button of hero's contact sheet (`/dataset show`) as `user` and sends the form. */
+async function report(user: { id: string; username: string }, image: string, reason: string): Promise<InteractionHandle> {
+  const sheet = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', user, permissions: MEMBER, options: { dataset: 'hero' } });
+  await done(sheet);
+  const opened = press(sheet, 'Report', user, MEMBER);
+  const modal = (await opened.callback()).json as { type: number; data: { custom_id: string } };
+  expect(modal.type).toBe(9);
+  return world.discord.sendModalSubmit({ customId: modal.data.custom_id, fields: { image, reason }, user, permissions: MEMBER });
+}
+
+function plan(dataset: string, epochs: number): InteractionHandle {
+  return world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: mod, permissions: MODERATOR, options: { dataset, epochs } });
+}
+
+const heroFinished = (runId: string) => () =>
+  steps.channelMessages(world, heroThread).find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256'));
+
+describe('moderation', () => {
+  it('flags an image the tagger rates above the channel’s policy after intake; the dataset starts only once a moderator approves it', async () => {
+    const queue = moderation('queue');
+    expect(await done(queue)).toMatch(/image #1 of \*\*hero\*\* — rated \*\*explicit\*\* by the tagger \(its channel takes up to sensitive\)/);
+    expect(queue.lastReply()!.content).toMatch(/Moderation queue\*\* · 1 item/);
+    expect(await ephemeral(queue)).toBe(true);
+
+    const planned = plan('hero', 1);
+    expect(await done(planned)).toMatch(/🛡️ \*\*hero\*\* is waiting for a moderator: 1 image rated above what its channel takes \(sensitive\)/);
+    const refused = press(planned, 'Start training');
+    expect(await done(refused)).toMatch(/⚠️ \*\*hero\*\* is waiting for a moderator.*`\/moderation queue`/);
+    expect(await ephemeral(refused)).toBe(true);
+    expect(await runs.listForGuild(world.discord.guildId)).toEqual([]);
+
+    // A member without Manage Messages cannot act on the queue, whatever buttons they get hold of.
+    const sneaky = press(queue, 'Approve #1', bob, MEMBER);
+    expect(await steps.refusal(sneaky)).toBe('⚠️ Moderation is for members with Manage Messages.');
+    expect(await done(moderation('queue'))).toMatch(/1 item/);
+
+    const approve = press(queue, 'Approve #1');
+    expect(await done(approve)).toMatch(/✅ Done: approved image #1 of \*\*hero\*\*.*\nNothing waits for review/);
+
+    const started = press(planned, 'Start training');
+    const runId = /Queued run `([a-z0-9]+)`/.exec(await done(started))![1]!;
+    await steps.until('the approved dataset’s run to finish', heroFinished(runId), 60_000);
+  });
+
+  it('takes members’ reports from the contact sheet, once each, tells only the reporter, and lets moderators dismiss, remove or approve', async () => {
+    const first = await report(bob, '2', 'This is not the character at all');
+    expect(await done(first)).toBe('Thank you: your report on image #2 of **hero** went to the moderators. Nobody else sees who reported it.');
+    expect(await ephemeral(first)).toBe(true);
+    expect(await done(await report(bob, '#2', 'Still not the character'))).toMatch(/⚠️ You have already reported image #2 of \*\*hero\*\*/);
+    expect(await done(await report(bob, 'two', 'Wrong one'))).toMatch(/⚠️ The image is its number on the contact sheet/);
+    expect(await done(await report(bob, '9', 'Wrong one'))).toMatch(/⚠️ \*\*hero\*\* has no image #9/);
+    expect(await done(await report(bob, '3', '     '))).toMatch(/⚠️ Please say briefly what is wrong \(3–300 characters\)/);
+    expect(await done(await report(bob, '3', 'Watermarked stock photo'))).toMatch(/report on image #3/);
+    expect(await done(await report(alice, '', 'Same as another dataset here'))).toMatch(/report on \*\*hero\*\* went/);
+    // Nothing public names a reporter or a reason.
+    const everything = [...steps.channelMessages(world, world.discord.channelId), ...steps.channelMessages(world, heroThread)];
+    expect(everything.filter((m) => /character at all|stock photo|another dataset/.test(m.content))).toEqual([]);
+
+    const queue = moderation('queue');
+    const text = await done(queue);
+    expect(text).toMatch(/Moderation queue\*\* · 3 items/);
+    expect(text).toContain(`**1.** dataset **hero** — 1 report: <@${alice.id}> “Same as another dataset here”`);
+    expect(text).toContain(`**2.** image #2 of **hero** — 1 report: <@${bob.id}> “This is not the character at all”`);
+    expect(text).toContain(`**3.** image #3 of **hero** — 1 report: <@${bob.id}> “Watermarked stock photo”`);
+    expect(rowsOf(queue).map((row) => row.map((b) => b.label))).toEqual([
+      ['Remove dataset', 'Approve dataset', 'Dismiss reports'],
+      ['Remove #2', 'Approve #2', 'Dismiss reports'],
+      ['Remove #3', 'Approve #3', 'Dismiss reports'],
+    ]);
+    const replanned = plan('hero', 1);
+    await done(replanned);
+    expect(await done(press(replanned, 'Start training'))).toMatch(/waiting for a moderator: 3 reports from members/);
+
+    const dismiss = world.discord.sendButton({ customId: rowsOf(queue)[1]![2]!.custom_id, user: mod, permissions: MODERATOR, message: queue.lastReply()!.id });
+    expect(await done(dismiss)).toMatch(/✅ Done: dismissed the reports on image #2 of \*\*hero\*\* \(1 report closed\)[\s\S]*2 items/);
+
+    // Remove #3 asks for a reason, then removes the image: its record and its files.
+    const image3 = (await store.getImage((await store.findDataset(world.discord.guildId, 'hero'))!.id, 3))!;
+    const removing = press(dismiss, 'Remove #3');
+    const form = (await removing.callback()).json as { type: number; data: { custom_id: string } };
+    expect(form.type).toBe(9);
+    const removed = world.discord.sendModalSubmit({
+      customId: form.data.custom_id,
+      fields: { reason: 'A stock photo with a watermark' },
+      user: mod,
+      permissions: MODERATOR,
+    });
+    expect(await done(removed)).toMatch(/✅ Done: removed image #3 of \*\*hero\*\* \(1 image, 1 report closed\)[\s\S]*1 item/);
+    expect(await store.getImage(image3.datasetId, 3)).toBeNull();
+    for (const blob of [image3.originalBlob, image3.masterBlob, image3.thumbBlob]) expect(await blobs.has(blob)).toBe(false);
+
+    expect(await done(moderation('approve', { dataset: 'hero' }))).toBe('Done: approved dataset **hero** (1 report closed). It is in `/moderation log`.');
+    expect(await done(moderation('queue'))).toMatch(/^Nothing waits for review/);
+    expect(await done(plan('hero', 1))).not.toContain('🛡️');
+
+    const log = await done(moderation('log'));
+    const lines = log.split('\n').slice(1);
+    expect(log).toMatch(/^\*\*Moderation log\*\* · 4 entries, newest first/);
+    expect(lines[0]).toMatch(new RegExp(`<@${mod.id}> approved dataset \\*\\*hero\\*\\* \\(1 report closed\\)$`));
+    expect(lines[1]).toMatch(
+      new RegExp(`<@${mod.id}> removed image #3 of \\*\\*hero\\*\\* — “A stock photo with a watermark” \\(1 image, 1 report closed\\)$`),
+    );
+    expect(lines[2]).toMatch(/dismissed the reports on image #2 of \*\*hero\*\* \(1 report closed\)$/);
+    expect(lines[3]).toMatch(/approved image #1 of \*\*hero\*\*$/);
+  });
+
+  it('removes a whole dataset: images gone from Redis and disk (a running run’s files when it ends), runs cancelled, LoRAs withheld with the reason, all in the log', async () => {
+    const villainThread = await steps.createDataset(world, alice, { name: 'villain', trigger: 'ohwx_villain', class: 'man', kind: 'character', base: 'sd15' });
+    const files = await Promise.all([tinted(4, '#2040ff'), tinted(5, '#20c020'), tinted(6, '#2080c0')]);
+    await done(
+      world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'villain', ...steps.imageOptions(world, files) } }),
+    );
+    await steps.taggedIn(world, villainThread, 3);
+    const dataset = (await store.findDataset(world.discord.guildId, 'villain'))!;
+    const images = await store.listImages(dataset.id);
+    const finishedRun = await steps.startRun(world, mod, { dataset: 'villain', epochs: 1 });
+    await steps.until('the first villain run to finish', () =>
+      steps.channelMessages(world, villainThread).find((m) => m.content.startsWith(`✅ Run \`${finishedRun}\``)),
+    );
+    expect(await done(world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, permissions: MEMBER, options: { run: finishedRun } }))).toMatch(
+      /\*\*villain\*\* · run/,
+    );
+    const running = await steps.startRun(world, mod, { dataset: 'villain', epochs: 20 });
+    await steps.until('the long run’s first epoch', () => steps.epochPosts(world, villainThread, running).length >= 1);
+    const waiting = await steps.startRun(world, mod, { dataset: 'villain', epochs: 1 });
+    expect((await runs.get(waiting))?.status).toBe('queued');
+
+    // Members without Manage Messages are refused, only to themselves, and nothing changes.
+    const notAllowed = moderation('remove', { target: 'dataset', dataset: 'villain', reason: 'I do not like it' }, bob, MEMBER);
+    expect(await done(notAllowed)).toBe('⚠️ Moderation is for members with Manage Messages.');
+    expect(await ephemeral(notAllowed)).toBe(true);
+    expect(await store.imageCount(dataset.id)).toBe(3);
+
+    const reason = 'Photos of a real person shared without their consent';
+    const removal = moderation('remove', { target: 'dataset', dataset: 'villain', reason });
+    expect(await done(removal)).toBe('Done: removed dataset **villain** (3 images, 2 runs cancelled, files of 3 runs withheld). It is in `/moderation log`.');
+    // The running run still reads the masters: they stay until it ends; everything else is gone now.
+    for (const image of images) {
+      expect(await blobs.has(image.masterBlob)).toBe(true);
+      expect(await blobs.has(image.originalBlob)).toBe(false);
+      expect(await blobs.has(image.thumbBlob)).toBe(false);
+    }
+    const p = world.env.REDIS_PREFIX!;
+    expect((await world.redis.keys(`${p}:ds:${dataset.id}*`)).sort()).toEqual([`${p}:ds:${dataset.id}:runs`]);
+    expect(await world.redis.hmget(`${p}:blobrefs`, ...images.flatMap((i) => [i.originalBlob, i.masterBlob, i.thumbBlob]))).toEqual(Array(9).fill(null));
+    expect(await store.findDataset(world.discord.guildId, 'villain')).toBeNull();
+    expect((await runs.get(waiting))?.status).toBe('cancelled');
+
+    await steps.until('the running run to stop', () =>
+      steps.channelMessages(world, villainThread).find((m) => m.content.startsWith(`⏹️ Run \`${running}\` of **villain** was cancelled`)),
+    );
+    expect((await runs.get(running))?.status).toBe('cancelled');
+    await steps.until('the running run’s files to be freed', async () => {
+      const left = await Promise.all(images.map((i) => blobs.has(i.masterBlob)));
+      return left.every((has) => !has);
+    });
+
+    for (const runId of [finishedRun, running]) {
+      const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, permissions: MEMBER, options: { run: runId } });
+      const text = await steps.refusal(fetch);
+      expect(text).toMatch(
+        new RegExp(
+          `^⚠️ The files of run \`${runId}\` \\(\\*\\*villain\\*\\*\\) are withheld: a moderator removed the dataset <t:\\d+:R>\\. Reason: ${reason}$`,
+        ),
+      );
+    }
+    const tryIt = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'try',
+      user: bob,
+      permissions: MEMBER,
+      options: { run: finishedRun, prompt: 'a portrait' },
+    });
+    expect(await steps.refusal(tryIt)).toMatch(/are withheld.*Reason: Photos of a real person/);
+    const final = (await runs.get(finishedRun))!.final!;
+    const link = makeDownloadUrl(publicUrl, { secret: SECRET, blobId: final.blob, fileName: 'villain.safetensors', expiresAt: new Date(Date.now() + 60_000) });
+    const response = await fetch(link);
+    expect([response.status, await response.text()]).toEqual([410, "This file was withheld by the server's moderators.\n"]);
+    expect(await done(world.discord.sendCommand({ name: 'lora', subcommand: 'list', user: bob, permissions: MEMBER, options: {} }))).toContain(
+      `\`${finishedRun}\` · **villain** · withheld by a moderator`,
+    );
+
+    const log = await done(moderation('log'));
+    expect(log.split('\n')[1]).toMatch(
+      new RegExp(`^<t:\\d+:f> <@${mod.id}> removed dataset \\*\\*villain\\*\\* — “${reason}” \\(3 images, 2 runs cancelled, files of 3 runs withheld\\)$`),
+    );
+    expect(await done(moderation('log', {}, bob, MEMBER))).toBe('⚠️ Moderation is for members with Manage Messages.');
+  });
+});
