@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { env, Florence2ForConditionalGeneration, Florence2Processor, RawImage, type Tensor } from '@huggingface/transformers';
+import type { Florence2ForConditionalGeneration, Florence2Processor, RawImage, Tensor } from '@huggingface/transformers';
 import { CAPTIONER_MODEL_FILES as CAPTIONER_FILES, CaptionerUnavailableError } from './captioner-model.ts';
 import { decodeForModel } from './sharp.ts';
 
@@ -64,12 +64,12 @@ const DECODE_MAX_SIDE = 1024;
  * bicubic), it is resized to exactly that here, in one antialiased pass as Pillow does; the
  * processor then finds nothing to resize.
  */
-async function readImage(file: string, size: { width: number; height: number } | null): Promise<RawImage> {
+async function readImage(RawImageClass: typeof RawImage, file: string, size: { width: number; height: number } | null): Promise<RawImage> {
   const resize = size
     ? { width: size.width, height: size.height, fit: 'fill' as const, kernel: 'cubic' as const }
     : { width: DECODE_MAX_SIDE, height: DECODE_MAX_SIDE, fit: 'inside' as const, withoutEnlargement: true };
   const { data, info } = await decodeForModel(file).rotate().resize(resize).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
-  return new RawImage(new Uint8ClampedArray(data.buffer, data.byteOffset, data.byteLength), info.width, info.height, 3);
+  return new RawImageClass(new Uint8ClampedArray(data.buffer, data.byteOffset, data.byteLength), info.width, info.height, 3);
 }
 
 /** Loads the export in `dir`. Problems with the files are `CaptionerUnavailableError`s. */
@@ -84,6 +84,9 @@ export async function loadCaptioner(dir: string, opts: LoadCaptionerOptions = {}
       );
     }
   }
+  // Loaded here, not at start-up: the library takes over a second to import, and most processes
+  // (the bot, training workers) never caption.
+  const { env, Florence2ForConditionalGeneration, Florence2Processor, RawImage } = await import('@huggingface/transformers');
   env.allowRemoteModels = false;
   env.allowLocalModels = true;
   env.useFSCache = false;
@@ -127,7 +130,7 @@ export async function loadCaptioner(dir: string, opts: LoadCaptionerOptions = {}
     const t0 = performance.now();
     const raws = await Promise.all(
       images.map((file, index) =>
-        readImage(file, inputSize).catch((err: unknown) => {
+        readImage(RawImage, file, inputSize).catch((err: unknown) => {
           throw new CaptionerImageError(index, `Image ${index + 1} (${file}) could not be read: ${errText(err)}`, { cause: err });
         }),
       ),

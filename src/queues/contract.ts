@@ -144,6 +144,16 @@ export type GeneratedPayload =
   | { requestId: string; ok: true; workerId: string; cells: { epoch: number; weight: number; blob: string }[]; seconds: number }
   | { requestId: string; ok: false; workerId: string | null; reason: string };
 
+/** A message to deliver: retried with backoff, kept a week when done and a month when it failed. */
+function delivery(attempts: number, keepDone: number): DefaultJobOptions {
+  return {
+    attempts,
+    backoff: { type: 'exponential', delay: 1000 },
+    removeOnComplete: { age: 7 * 24 * 3600, count: keepDone },
+    removeOnFail: { age: 30 * 24 * 3600 },
+  };
+}
+
 export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
   [QueueName.Tagging]: {
     attempts: 5,
@@ -158,30 +168,15 @@ export const defaultJobOptions: Record<QueueName, DefaultJobOptions> = {
     removeOnComplete: { age: 30 * 24 * 3600 },
     removeOnFail: { age: 30 * 24 * 3600 },
   },
-  [QueueName.RunEvents]: {
-    attempts: 20,
-    backoff: { type: 'exponential', delay: 1000 },
-    removeOnComplete: { age: 7 * 24 * 3600, count: 10000 },
-    removeOnFail: { age: 30 * 24 * 3600 },
-  },
+  [QueueName.RunEvents]: delivery(20, 10000),
   [QueueName.Generate]: {
     // A generation is short: a crashed worker's job comes back through stall detection once or twice.
     attempts: 1,
     removeOnComplete: { age: 24 * 3600, count: 1000 },
     removeOnFail: { age: 7 * 24 * 3600 },
   },
-  [QueueName.Generated]: {
-    attempts: 12,
-    backoff: { type: 'exponential', delay: 1000 },
-    removeOnComplete: { age: 7 * 24 * 3600, count: 5000 },
-    removeOnFail: { age: 30 * 24 * 3600 },
-  },
-  [QueueName.Notices]: {
-    attempts: 12,
-    backoff: { type: 'exponential', delay: 1000 },
-    removeOnComplete: { age: 7 * 24 * 3600, count: 5000 },
-    removeOnFail: { age: 30 * 24 * 3600 },
-  },
+  [QueueName.Generated]: delivery(12, 5000),
+  [QueueName.Notices]: delivery(12, 5000),
 };
 
 /** BullMQ key prefix under the deployment's Redis prefix. */

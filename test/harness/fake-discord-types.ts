@@ -206,8 +206,8 @@ export interface AttachmentSnapshot extends AttachmentInfo {
   data: Buffer;
 }
 
-/** What a user sees of a message now. */
-export interface MessageSnapshot {
+/** What a message is, as the fake keeps it and as a user sees it. */
+export interface MessageFields {
   id: string;
   channelId: string;
   guildId: string | null;
@@ -217,11 +217,15 @@ export interface MessageSnapshot {
   embeds: APIEmbed[];
   components: APIMessageTopLevelComponent[];
   flags: number;
-  attachments: AttachmentSnapshot[];
   webhookId: string | null;
   createdAt: number;
   editedAt: number | null;
   deleted: boolean;
+}
+
+/** What a user sees of a message now. */
+export interface MessageSnapshot extends MessageFields {
+  attachments: AttachmentSnapshot[];
 }
 
 export interface InteractionHandle {

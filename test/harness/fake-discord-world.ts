@@ -11,12 +11,10 @@ import {
   PermissionFlagsBits,
 } from 'discord.js';
 import type {
-  APIEmbed,
   APIGuild,
   APIGuildMember,
   APIMessage,
   APIMessageInteractionMetadata,
-  APIMessageTopLevelComponent,
   APIRole,
   APIUser,
   GatewayGuildCreateDispatchData,
@@ -25,7 +23,16 @@ import type {
   RoleFlags,
   UserFlags,
 } from 'discord.js';
-import type { AttachmentInfo, AttachmentSnapshot, FakeDiscordOptions, FakeGuildSpec, FakeUser, MessageSnapshot, ServeOptions } from './fake-discord-types.ts';
+import type {
+  AttachmentInfo,
+  AttachmentSnapshot,
+  FakeDiscordOptions,
+  FakeGuildSpec,
+  FakeUser,
+  MessageFields,
+  MessageSnapshot,
+  ServeOptions,
+} from './fake-discord-types.ts';
 import type { SnowflakeSource } from './fake-discord-util.ts';
 
 /** The fake Discord's world: users, guilds, channels, messages and the files its CDN serves. */
@@ -115,23 +122,10 @@ export interface ChannelState {
   nsfw?: boolean;
 }
 
-export interface MessageState {
-  id: string;
-  channelId: string;
-  guildId: string | null;
-  authorId: string;
-  type: number;
-  content: string;
-  embeds: APIEmbed[];
-  components: APIMessageTopLevelComponent[];
-  flags: number;
+export interface MessageState extends MessageFields {
   attachmentIds: string[];
-  webhookId: string | null;
   applicationId: string | null;
   interactionMetadata: APIMessageInteractionMetadata | null;
-  createdAt: number;
-  editedAt: number | null;
-  deleted: boolean;
   threadId: string | null;
 }
 
