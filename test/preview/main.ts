@@ -37,16 +37,25 @@ async function main(): Promise<void> {
   }
 
   const shots: IndexShot[] = transcript.phases.map((p) => ({ slug: p.slug, png: null }));
+  // No picture from an earlier run may pass for this one's.
+  for (const shot of shots) await rm(join(outDir, `${shot.slug}.png`), { force: true });
   let note: string | null = null;
   const chromium = await ensureChromium(say);
   if (!chromium) {
     note = 'Screenshots were skipped: Chromium is not installed and could not be installed (apt-get install chromium).';
   } else {
+    const failed: string[] = [];
     for (const shot of shots) {
-      const taken = await screenshot(chromium, join(outDir, `${shot.slug}.html`), join(outDir, `${shot.slug}.png`));
-      shot.png = `${shot.slug}.png`;
-      say(`${taken.png} (${taken.height} px${taken.cut ? `, cut at ${MAX_HEIGHT} px: the page is longer` : ''})`);
+      try {
+        const taken = await screenshot(chromium, join(outDir, `${shot.slug}.html`), join(outDir, `${shot.slug}.png`));
+        shot.png = `${shot.slug}.png`;
+        say(`${taken.png} (${taken.height} px${taken.cut ? `, cut at ${MAX_HEIGHT} px: the page is longer` : ''})`);
+      } catch (err) {
+        failed.push(shot.slug);
+        say(`no screenshot of ${shot.slug}: ${err instanceof Error ? err.message : String(err)}`);
+      }
     }
+    if (failed.length > 0) note = `Chromium failed to screenshot ${failed.join(', ')}; the HTML pages are complete.`;
   }
   await writeFile(join(outDir, 'index.html'), renderIndexPage(transcript, shots, note));
   say(`open ${join(outDir, 'index.html')}`);
