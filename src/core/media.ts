@@ -11,11 +11,13 @@
  * decoded (decompression bombs), and pixel data is decoded with `failOn: 'truncated'`.
  */
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import type { Metadata, OutputInfo, Sharp } from 'sharp';
 import { parseHexColour } from './bitmap-font.ts';
+import { BmpError, decodeBmp, looksLikeBmp, readBmpHeader } from './bmp.ts';
 import type { Config } from './config.ts';
 import { UserError } from './errors.ts';
+import { decodeHeic, HeicError } from './heic.ts';
 import { PHASH_SIZE, phashFromGrey32 } from './phash.ts';
 import { DECODE_TIMEOUT_SECONDS, decodeImage as decoder, fromRaw, inSlot, type ImageInput as Input } from './sharp.ts';
 
@@ -44,7 +46,7 @@ export interface NormalizeAccepted {
   width: number;
   height: number;
   original: {
-    /** sharp's decoder name ('jpeg', 'png', 'webp', 'gif', 'tiff'), or 'avif'. */
+    /** sharp's decoder name ('jpeg', 'png', 'webp', 'gif', 'tiff'), or 'avif', 'bmp', 'heic'. */
     format: string;
     /** Upright size (EXIF orientation applied). */
     width: number;
@@ -68,9 +70,12 @@ export interface NormalizeRefused {
 export type NormalizeResult = NormalizeAccepted | NormalizeRefused;
 
 /** The raster formats we train on. */
-export type ImageFormat = 'jpeg' | 'png' | 'webp' | 'gif' | 'avif' | 'tiff';
+export type ImageFormat = 'jpeg' | 'png' | 'webp' | 'gif' | 'avif' | 'tiff' | 'bmp' | 'heic';
 
-export const ACCEPTED_FORMATS: readonly ImageFormat[] = ['jpeg', 'png', 'webp', 'gif', 'avif', 'tiff'];
+export const ACCEPTED_FORMATS: readonly ImageFormat[] = ['jpeg', 'png', 'webp', 'gif', 'avif', 'tiff', 'bmp', 'heic'];
+
+/** Formats sharp cannot decode, read by our own decoders (bmp.ts, heic.ts) into raw pixels first. */
+const DECODED_BY_US: ReadonlySet<ImageFormat> = new Set(['bmp', 'heic']);
 
 export interface ImageProbe {
   format: ImageFormat;
@@ -110,7 +115,7 @@ export function normalizeOptionsFromConfig(
 // ---------------------------------------------------------------------------------------------
 // Sniffing: what the bytes are, before any decoder sees them.
 
-const ACCEPTED_LIST = 'JPEG, PNG, WebP, GIF, AVIF or TIFF';
+const ACCEPTED_LIST = 'JPEG, PNG, WebP, GIF, AVIF, TIFF, BMP or HEIC';
 
 /** A refusal for the contributor (a UserError); thrown by probeImage, returned by normalizeImage. */
 export class ImageRefused extends UserError {
@@ -123,7 +128,6 @@ export class ImageRefused extends UserError {
 const ascii = (head: Buffer, start: number, end: number) => head.toString('latin1', start, end);
 const startsWith = (head: Buffer, bytes: readonly number[]) => bytes.every((b, i) => head[i] === b);
 
-const HEIC_REASON = "HEIC photos can't be read here: share it as JPEG (iPhone: Settings → Camera → Formats → Most Compatible)";
 const HEIC_BRANDS = new Set(['heic', 'heix', 'hevc', 'hevx', 'heim', 'heis', 'hevm', 'hevs']);
 const AVIF_BRANDS = new Set(['avif', 'avis']);
 const VIDEO_BRANDS = new Set(['isom', 'iso2', 'mp41', 'mp42', 'qt  ', 'M4V ', 'avc1', '3gp4', '3gp5', '3g2a', 'dash']);
@@ -158,16 +162,12 @@ export function sniffFormat(head: Buffer): { ok: true; format: ImageFormat } | {
     const brands = [ascii(head, 8, 12)];
     for (let at = 16; at + 4 <= boxSize; at += 4) brands.push(ascii(head, at, at + 4));
     if (brands.some((b) => AVIF_BRANDS.has(b))) return { ok: true, format: 'avif' };
-    if (brands.some((b) => HEIC_BRANDS.has(b))) {
-      return refuse(HEIC_REASON);
-    }
+    if (brands.some((b) => HEIC_BRANDS.has(b))) return { ok: true, format: 'heic' };
     if (brands.some((b) => VIDEO_BRANDS.has(b))) return refuse('not an image (a video file)');
     return refuse(`not an image we can read (an ISO media file, brand "${brands[0]?.trim() ?? ''}"); send ${ACCEPTED_LIST}`);
   }
   if (ascii(head, 0, 5) === '%PDF-') return refuse("PDF documents aren't accepted: export the page as PNG or JPEG");
-  if (ascii(head, 0, 2) === 'BM' && head.length >= 26 && head.readUInt32LE(14) >= 12) {
-    return refuse("BMP isn't supported: save it as PNG");
-  }
+  if (looksLikeBmp(head)) return { ok: true, format: 'bmp' };
   if (startsWith(head, [0xff, 0x0a]) || ascii(head, 4, 12) === 'JXL \r\n\x87\n') return refuse("JPEG XL isn't supported yet: save it as PNG or JPEG");
   if (ascii(head, 4, 8) === 'jP  ' || startsWith(head, [0xff, 0x4f, 0xff, 0x51])) return refuse("JPEG 2000 isn't supported: save it as PNG or JPEG");
   if (ascii(head, 0, 4) === '8BPS') return refuse("Photoshop documents aren't accepted: export as PNG or JPEG");
@@ -221,6 +221,7 @@ async function probe(input: Input): Promise<ImageProbe> {
   const { head, bytes } = await readHead(input);
   const sniffed = sniffFormat(head);
   if (!sniffed.ok) throw new ImageRefused(sniffed.reason);
+  if (sniffed.format === 'bmp') return probeBmp(head, bytes);
 
   let meta: Metadata;
   try {
@@ -231,10 +232,9 @@ async function probe(input: Input): Promise<ImageProbe> {
   }
   let format: ImageFormat;
   if (meta.format === 'heif') {
-    if (meta.compression !== 'av1') {
-      throw new ImageRefused(HEIC_REASON);
-    }
-    format = 'avif';
+    if (meta.compression === 'hevc') format = 'heic';
+    else if (meta.compression === 'av1') format = 'avif';
+    else throw new ImageRefused(`unsupported HEIF compression (${meta.compression ?? 'unknown'}); send ${ACCEPTED_LIST}`);
   } else if ((ACCEPTED_FORMATS as readonly string[]).includes(meta.format)) {
     format = meta.format as ImageFormat;
   } else {
@@ -243,7 +243,8 @@ async function probe(input: Input): Promise<ImageProbe> {
   if (format !== sniffed.format) {
     throw new ImageRefused(`corrupt image: it starts like ${sniffed.format.toUpperCase()} but decodes as ${format.toUpperCase()}`);
   }
-  const orientation = meta.orientation !== undefined && meta.orientation >= 1 && meta.orientation <= 8 ? meta.orientation : 1;
+  // libheif turns a HEIC upright itself (its irot/imir boxes); the EXIF tag there only repeats them.
+  const orientation = format !== 'heic' && meta.orientation !== undefined && meta.orientation >= 1 && meta.orientation <= 8 ? meta.orientation : 1;
   const swapped = orientation >= 5;
   return {
     format,
@@ -258,6 +259,45 @@ async function probe(input: Input): Promise<ImageProbe> {
     bitDepth: BIT_DEPTH[meta.depth] ?? 8,
     bytes,
   };
+}
+
+function probeBmp(head: Buffer, bytes: number): ImageProbe {
+  let header;
+  try {
+    header = readBmpHeader(head);
+  } catch (err) {
+    if (err instanceof BmpError) throw new ImageRefused(err.reason);
+    throw err;
+  }
+  const { width, height, hasAlpha, bitCount } = header;
+  return {
+    format: 'bmp',
+    width,
+    height,
+    storedWidth: width,
+    storedHeight: height,
+    pages: 1,
+    orientation: 1,
+    hasAlpha,
+    space: bitCount === 1 ? 'b-w' : 'srgb',
+    bitDepth: 8,
+    bytes,
+  };
+}
+
+/**
+ * The decoder for an image's pixels: sharp itself, or (for BMP and HEIC) sharp over the raw pixels
+ * our own decoder produced, after the same pixel limit.
+ */
+async function pixelSource(input: Input, info: ImageProbe, opts: NormalizeOptions): Promise<Sharp> {
+  if (!DECODED_BY_US.has(info.format)) return decoder(input, { limitInputPixels: opts.maxInputPixels, autoOrient: true, pages: 1, page: 0 });
+  const bytes = Buffer.isBuffer(input) ? input : await readFile(input);
+  if (info.format === 'bmp') {
+    const bmp = decodeBmp(bytes, opts.maxInputPixels);
+    return fromRaw(bmp.data, bmp.width, bmp.height, bmp.channels);
+  }
+  const heic = await decodeHeic(bytes, { maxPixels: opts.maxInputPixels, timeoutSeconds: DECODE_TIMEOUT_SECONDS });
+  return fromRaw(heic.data, heic.width, heic.height, 4);
 }
 
 /**
@@ -298,6 +338,8 @@ const ANIMATION_NOUN: Record<ImageFormat, [string, string]> = {
   tiff: ['multi-page TIFF', 'pages'],
   png: ['animated PNG', 'frames'],
   jpeg: ['multi-picture JPEG', 'pictures'],
+  bmp: ['BMP', 'images'],
+  heic: ['HEIC collection', 'images'],
 };
 
 /**
@@ -335,12 +377,13 @@ async function normalizeNow(input: Input, opts: NormalizeOptions): Promise<Norma
 
   let decoded: { data: Buffer; info: OutputInfo };
   try {
-    let pipeline = decoder(input, { limitInputPixels: opts.maxInputPixels, autoOrient: true, pages: 1, page: 0 });
+    let pipeline = await pixelSource(input, info, opts);
     if (downscale) {
       pipeline = pipeline.resize(target.width, target.height, { fit: 'fill', kernel: 'lanczos3', fastShrinkOnLoad: false });
     }
     decoded = await pipeline.toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   } catch (err) {
+    if (err instanceof BmpError || err instanceof HeicError) return { ok: false, reason: err.reason };
     const message = err instanceof Error ? err.message : String(err);
     if (/timeout/i.test(message)) return { ok: false, reason: `the image took too long to decode (over ${DECODE_TIMEOUT_SECONDS} s)` };
     if (/pixel limit/i.test(message)) return { ok: false, reason: `the image is larger than the limit of ${formatMegapixels(opts.maxInputPixels)} megapixels` };

@@ -358,13 +358,9 @@ describe('normalizeImage: refusals the contributor can act on', () => {
       const sniffed = sniffFormat(head);
       return sniffed.ok ? `accepted as ${sniffed.format}` : sniffed.reason;
     };
-    expect(reasonOf(ftyp('heic', 'mif1', 'heic'))).toMatch(/^HEIC photos can't be read here: share it as JPEG/);
+    expect(reasonOf(ftyp('heic', 'mif1', 'heic'))).toBe('accepted as heic');
     expect(sniffFormat(ftyp('mif1', 'mif1', 'avif'))).toEqual({ ok: true, format: 'avif' });
     expect(sniffFormat(ftyp('isom', 'isom', 'mp41'))).toEqual({ ok: false, reason: 'not an image (a video file)' });
-    const bmp = Buffer.alloc(64);
-    bmp.write('BM', 0, 'latin1');
-    bmp.writeUInt32LE(40, 14);
-    expect(sniffFormat(bmp)).toEqual({ ok: false, reason: "BMP isn't supported: save it as PNG" });
     expect(sniffFormat(Buffer.alloc(0))).toEqual({ ok: false, reason: 'empty file (0 bytes)' });
     expect(sniffFormat(Buffer.from('PK\x03\x04rest', 'latin1'))).toEqual({ ok: false, reason: 'not an image (a zip archive)' });
     expect(reasonOf(Buffer.from([0x00, 0x01, 0x02, 0x03, 0xfe, 0xfd]))).toMatch(/^not an image \(unrecognised data\)/);
