@@ -43,7 +43,7 @@ const builder = new SlashCommandBuilder()
       .setDescription('Contribute images (up to 10 attachments and/or a zip)')
       .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
       .addStringOption((o) => o.setName('concept').setDescription('Concept (subset) to add to; default: main').setMaxLength(32))
-      .addAttachmentOption((o) => o.setName('zip').setDescription('A zip of images (a .txt beside an image is kept as its caption)'));
+      .addAttachmentOption((o) => o.setName('zip').setDescription('A zip of images: captions beside them are kept; img/10_name folders become concepts'));
     for (let i = 1; i <= IMAGE_OPTION_COUNT; i++) {
       s.addAttachmentOption((o) => o.setName(`image${i}`).setDescription(`Image ${i}`));
     }
@@ -62,6 +62,12 @@ const builder = new SlashCommandBuilder()
       .setName('remove')
       .setDescription('Remove images: numbers like 3, 5-8, or "mine" to withdraw all of yours')
       .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 · mine').setRequired(true).setMaxLength(200))
+      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true)),
+  )
+  .addSubcommand((s) =>
+    s
+      .setName('export')
+      .setDescription('A link to the dataset as a zip: img/N_concept folders, captions and the dataset TOML')
       .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true)),
   );
 

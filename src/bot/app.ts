@@ -37,6 +37,7 @@ import { ImageRemovalService } from './image-removal.ts';
 import { ModerationService } from './moderation.ts';
 import { ModerationStore } from '../store/moderation-store.ts';
 import { DeliveryService } from './delivery.ts';
+import { DatasetExporter } from './dataset-export.ts';
 import { TrainingService } from './training.ts';
 import { componentHandlers, slashCommands } from './handlers.ts';
 import { createInteractionRouter } from './interactions.ts';
@@ -150,6 +151,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     logger: logger.child({ unit: 'moderation' }),
   });
   const delivery = new DeliveryService({ redis, redisPrefix: config.REDIS_PREFIX, votes, blobs, blobLock, expiring });
+  const exporter = new DatasetExporter({ store, captions, sentences, blobs, logger: logger.child({ unit: 'export' }) });
   const genQueues = generationQueues(queueConnection, config.REDIS_PREFIX);
   const generations = {
     redis,
@@ -185,6 +187,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     training,
     removal,
     delivery,
+    exporter,
     expiring,
     generations,
     moderation,
@@ -271,6 +274,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     redis,
     logger,
     blobs,
+    datasetExport: exporter,
     redisPrefix: config.REDIS_PREFIX,
     downloadLimits: {
       burst: config.DOWNLOAD_RATE_BURST,

@@ -17,6 +17,7 @@ import type { IntakeService } from './intake.ts';
 import type { TrainingService } from './training.ts';
 import type { ImageRemovalService } from './image-removal.ts';
 import type { DeliveryService } from './delivery.ts';
+import type { DatasetExporter } from './dataset-export.ts';
 import type { GenerationDeps } from './generation.ts';
 import type { ModerationService } from './moderation.ts';
 
@@ -42,6 +43,8 @@ export interface BotContext {
   training: TrainingService;
   removal: ImageRemovalService;
   delivery: DeliveryService;
+  /** `/dataset export`: the zip's contents and its signed links. */
+  exporter: DatasetExporter;
   /** Plans waiting for Start, prune suggestions, delivered files: values that expire. */
   expiring: ExpiringStore;
   /** Held around blob writes with their records, and removals with their blob deletes (by every bot process). */

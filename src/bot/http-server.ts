@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Redis } from 'ioredis';
 import { isBlobId, type BlobStore } from '../core/blob-store.ts';
 import type { Logger } from '../core/logger.ts';
-import { parseDownloadPath, verifyDownload } from '../core/signed-url.ts';
+import { EXPORT_PATH_PREFIX, parseDownloadPath, verifyDownload, verifyExport, type VerifyResult } from '../core/signed-url.ts';
 import { bullPrefix, QueueName } from '../queues/contract.ts';
 import { listWorkers } from '../store/worker-heartbeats.ts';
 import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE, type Counter, type Gauge } from './metrics.ts';
@@ -47,6 +47,10 @@ export interface HttpServerOptions {
   trustProxyHops?: number;
   /** Whether moderators withheld a file (its dataset was removed): links to it are refused. */
   isWithheld?: (blobId: string) => Promise<boolean>;
+  /** Builds the zip a signed `/export/<dataset>/<name>.zip` link asks for (dataset-export.ts); without it /export answers 503. */
+  datasetExport?: {
+    serve(datasetId: string, fileName: string, res: ServerResponse, head: boolean, onBytes: (n: number) => void): Promise<'missing' | 'served' | 'aborted'>;
+  };
   /** The remote workers' API, mounted under its prefix (worker-api.ts). */
   workerApi?: { prefix: string; handle(req: IncomingMessage, res: ServerResponse, pathname: string, query: URLSearchParams, address: string): Promise<void> };
 }
@@ -306,13 +310,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       return;
     }
     const verdict = verifyDownload({ secret: opts.downloadSecret, blobId, fileName, exp: query.get('exp'), sig: query.get('sig'), now: now() });
-    if (!verdict.ok) {
-      const refusal = REFUSALS[verdict.reason];
-      m.downloadRefusals.inc({ reason: verdict.reason });
-      log.info({ blob, status: refusal.status, reason: verdict.reason }, 'download refused');
-      sendText(res, refusal.status, refusal.body, head);
-      return;
-    }
+    if (!admitted(res, verdict, head, { blob })) return;
 
     if (await opts.isWithheld?.(blobId)) {
       m.downloadRefusals.inc({ reason: 'withheld' });
@@ -393,6 +391,46 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     }
   }
 
+  /** Says why a signed link is refused (and counts it); true when it may be served. */
+  function admitted(res: ServerResponse, verdict: VerifyResult, head: boolean, what: Record<string, string | undefined>): boolean {
+    if (verdict.ok) return true;
+    const refusal = REFUSALS[verdict.reason];
+    m.downloadRefusals.inc({ reason: verdict.reason });
+    log.info({ ...what, status: refusal.status, reason: verdict.reason }, 'download refused');
+    sendText(res, refusal.status, refusal.body, head);
+    return false;
+  }
+
+  /** A dataset export: the signed link checked here, the zip built and streamed by `datasetExport`. */
+  async function exportDownload(res: ServerResponse, pathname: string, query: URLSearchParams, head: boolean): Promise<void> {
+    const parts = parseDownloadPath(pathname, EXPORT_PATH_PREFIX);
+    if (!parts) {
+      sendText(res, 404, 'Not found.', head);
+      return;
+    }
+    if (!opts.datasetExport || opts.downloadSecret === undefined) {
+      sendText(res, 503, 'Downloads are not enabled on this server.', head);
+      return;
+    }
+    const { blobId: datasetId, fileName } = parts;
+    const verdict = verifyExport({ secret: opts.downloadSecret, blobId: datasetId, fileName, exp: query.get('exp'), sig: query.get('sig'), now: now() });
+    if (!admitted(res, verdict, head, { dataset: /^[a-z0-9]{1,32}$/.test(datasetId) ? datasetId : undefined })) return;
+    m.downloadsActive.set({}, m.downloadsActive.get() + 1);
+    try {
+      const outcome = await opts.datasetExport.serve(datasetId, fileName, res, head, (n) => m.downloadBytes.inc({}, n));
+      if (outcome === 'missing') {
+        m.downloadRefusals.inc({ reason: 'missing' });
+        sendText(res, 404, 'This dataset no longer exists or has no images.', head);
+      } else if (outcome === 'aborted') {
+        m.downloadsAborted.inc();
+      } else {
+        m.downloads.inc({ code: '200' });
+      }
+    } finally {
+      m.downloadsActive.set({}, m.downloadsActive.get() - 1);
+    }
+  }
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const raw = req.url ?? '/';
     const q = raw.indexOf('?');
@@ -402,7 +440,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       await opts.workerApi.handle(req, res, pathname, query, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], trustProxyHops));
       return;
     }
-    const known = pathname === '/healthz' || pathname === '/metrics' || pathname.startsWith('/dl/');
+    const known = pathname === '/healthz' || pathname === '/metrics' || pathname.startsWith('/dl/') || pathname.startsWith(EXPORT_PATH_PREFIX);
     if (!known) {
       sendText(res, 404, 'Not found.', req.method === 'HEAD');
       return;
@@ -436,7 +474,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     }
     // A response emits 'close' once it is done or its connection went away, whichever is first.
     res.once('close', admission.release);
-    await download(req, res, pathname, query, head);
+    if (pathname.startsWith(EXPORT_PATH_PREFIX)) await exportDownload(res, pathname, query, head);
+    else await download(req, res, pathname, query, head);
   }
 
   const server = createServer((req, res) => {

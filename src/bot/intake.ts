@@ -5,6 +5,8 @@ import { bucketSettingsFor, selectBucket, type Size } from '../core/buckets.ts';
 import type { Config } from '../core/config.ts';
 import { downloadToFile } from '../core/download.ts';
 import { errorMessage, isUserError, UserError } from '../core/errors.ts';
+import { MAX_CONCEPTS } from '../core/dataset-rules.ts';
+import { readKohyaLayout, type KohyaFolder } from '../core/kohya-layout.ts';
 import { Limiter, LockTimeoutError, type Mutex, type NamedLocks } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import { normalizeImage, normalizeOptionsFromConfig, type NormalizeResult } from '../core/media.ts';
@@ -34,6 +36,7 @@ export type FileOutcome =
       status: 'accepted';
       name: string;
       no: number;
+      concept: string;
       width: number;
       height: number;
       bucket: Size;
@@ -52,6 +55,8 @@ export interface IntakeReport {
   skipped: { name: string; reason: string }[];
   /** A problem with the zip as a whole (too many entries, not a zip…). */
   zipProblem: string | null;
+  /** What a zip's `N_name` folders became (one short line each), when it had any. */
+  layout: string[];
   /** Thumbnails of the accepted images, in outcome order, for the contact sheet (with their rating, when rated). */
   thumbnails: { no: number; image: Buffer; rating: Rating | null }[];
 }
@@ -61,6 +66,8 @@ interface Prepared {
   path: string | null;
   caption: string | null;
   failure: string | null;
+  /** The `N_name` folder it came in, whose concept it joins; absent: the concept the upload named. */
+  folder?: KohyaFolder;
 }
 
 /**
@@ -100,6 +107,7 @@ export class IntakeService {
       outcomes: [],
       skipped: [],
       zipProblem: null,
+      layout: [],
       thumbnails: [],
     };
     try {
@@ -176,12 +184,31 @@ export class IntakeService {
         maxEntryBytes: config.MAX_IMAGE_BYTES,
       });
       report.skipped.push(...extracted.skipped);
-      return extracted.images.map((img) => ({
-        name: displayName(img.name),
-        path: img.path,
-        caption: img.caption ?? null,
-        failure: null,
-      }));
+      const layout = readKohyaLayout(extracted.images.map((img) => img.folders));
+      const out: Prepared[] = [];
+      const byConcept = new Map<string, KohyaFolder>();
+      extracted.images.forEach((img, i) => {
+        if (layout?.regularisation[i]) {
+          report.skipped.push({ name: img.name, reason: 'regularisation image (not used here)' });
+          return;
+        }
+        let folder = layout?.folders[i] ?? undefined;
+        if (folder) {
+          // Two folders naming one concept: it keeps the first one's repeats, and takes both's images.
+          const first = byConcept.get(folder.concept);
+          if (first) folder = first;
+          else byConcept.set(folder.concept, folder);
+        }
+        out.push({ name: displayName(img.name), path: img.path, caption: img.caption ?? null, failure: null, ...(folder ? { folder } : {}) });
+      });
+      if (layout) {
+        report.layout.push(...layout.problems.map((p) => `${p}; its images go to \`${report.concept}\``));
+        for (const f of layout.recognised) {
+          const first = byConcept.get(f.concept);
+          if (first && first !== f) report.layout.push(`folder \`${f.path}\` joins \`${f.concept}\` (${first.repeats} repeats, from \`${first.path}\`)`);
+        }
+      }
+      return out;
     } catch (err) {
       report.zipProblem = `${got.name}: ${isUserError(err) ? err.message : 'the zip could not be read'}`;
       if (!isUserError(err)) this.deps.logger.warn({ err }, 'zip extraction failed');
@@ -226,9 +253,11 @@ export class IntakeService {
     const { store, blobs, config } = this.deps;
     const settings = bucketSettingsFor(req.dataset.base, req.dataset.resolution);
     const phashes = await store.phashes(req.dataset.id);
+    const conceptOf = await this.settleFolders(req, prepared, normalized, report);
     for (let i = 0; i < prepared.length; i++) {
       const p = prepared[i]!;
       const n = normalized[i]!;
+      const concept = conceptOf(p);
       const rating = ratings[i] ?? null;
       if (!n.ok) {
         report.outcomes.push({ status: 'refused', name: p.name, reason: n.reason });
@@ -262,7 +291,7 @@ export class IntakeService {
             blobs.putBuffer(n.thumbnail),
           ]);
           const facts: ImageFacts = {
-            concept: req.concept,
+            concept,
             contributorId: req.contributor.id,
             contributorName: req.contributor.name,
             sourceMessageId: req.sourceMessageId,
@@ -302,6 +331,7 @@ export class IntakeService {
           status: 'accepted',
           name: p.name,
           no: added.no,
+          concept,
           width: n.width,
           height: n.height,
           bucket: assignment.bucket,
@@ -319,6 +349,46 @@ export class IntakeService {
         report.outcomes.push({ status: 'refused', name: p.name, reason: 'could not be stored (a problem on our side; try again)' });
       }
     }
+  }
+
+  /**
+   * Under the dataset's lock: the concepts a zip's `N_name` folders stand for, created with their
+   * repeats (or given them when they had none), one line each for the contributor. Returns which
+   * concept each file joins: its folder's, or the upload's when the folder could not become one.
+   */
+  private async settleFolders(req: IntakeRequest, prepared: Prepared[], normalized: NormalizeResult[], report: IntakeReport): Promise<(p: Prepared) => string> {
+    const { store } = this.deps;
+    const usable = new Map<string, KohyaFolder>();
+    prepared.forEach((p, i) => {
+      if (p.folder && normalized[i]?.ok) usable.set(p.folder.concept, p.folder);
+    });
+    const settled = new Set<string>();
+    if (usable.size > 0) {
+      const concepts = await store.getConcepts(req.dataset.id);
+      let count = concepts.length;
+      for (const folder of usable.values()) {
+        const existing = concepts.find((c) => c.name === folder.concept);
+        const where = `\`${folder.path}\` → concept \`${folder.concept}\``;
+        if (!existing) {
+          if (count >= MAX_CONCEPTS) {
+            report.layout.push(`folder \`${folder.path}\`: the dataset already has ${MAX_CONCEPTS} concepts; its images go to \`${req.concept}\``);
+            continue;
+          }
+          await store.ensureConcept(req.dataset.id, folder.concept, null, folder.repeats);
+          count += 1;
+          report.layout.push(`${where} (new), ${folder.repeats} repeats`);
+        } else if (existing.repeats === undefined) {
+          await store.setConceptRepeats(req.dataset.id, folder.concept, folder.repeats);
+          report.layout.push(`${where}, ${folder.repeats} repeats from now on`);
+        } else if (existing.repeats === folder.repeats) {
+          report.layout.push(`${where}, ${folder.repeats} repeats`);
+        } else {
+          report.layout.push(`${where}, which keeps its ${existing.repeats} repeats`);
+        }
+        settled.add(folder.concept);
+      }
+    }
+    return (p) => (p.folder && settled.has(p.folder.concept) ? p.folder.concept : req.concept);
   }
 
   private async duplicateReason(datasetId: string, no: number, what: string): Promise<string> {

@@ -24,9 +24,16 @@ export interface RenderedReport {
 }
 
 /** One file of an upload, short: its number, name and size, and only what a contributor may act on. */
-function outcomeLine(o: FileOutcome): string {
+function outcomeLine(o: FileOutcome, concept: string): string {
   if (o.status === 'refused') return `❌ \`${o.name}\` — ${o.reason}`;
-  const facts = [`**#${o.no}** \`${o.name}\``, `${o.width}×${o.height}`, ...o.notes, ...(o.captioned ? ['caption kept'] : []), ...o.warnings];
+  const facts = [
+    `**#${o.no}** \`${o.name}\``,
+    `${o.width}×${o.height}`,
+    ...(o.concept !== concept ? [`concept \`${o.concept}\``] : []),
+    ...o.notes,
+    ...(o.captioned ? ['caption kept'] : []),
+    ...o.warnings,
+  ];
   return `${o.warnings.length > 0 ? '⚠️' : '✅'} ${facts.join(' · ')}`;
 }
 
@@ -42,8 +49,9 @@ function renderIntakeReport(report: IntakeReport): RenderedReport {
   const refused = report.outcomes.length - accepted;
   const head = [`**${report.dataset.name}** · concept \`${report.concept}\` · ${accepted} added, ${refused} refused`];
   if (report.zipProblem) head.push(`❌ ${report.zipProblem}`);
+  if (report.layout.length > 0) head.push(`📁 Folders read as concepts:\n${report.layout.map((l) => `· ${l}`).join('\n')}`);
   const skipped = report.skipped.length > 0 ? `Skipped in the zip: ${summarizeSkipped(report.skipped)}` : null;
-  const lines = report.outcomes.map(outcomeLine);
+  const lines = report.outcomes.map((o) => outcomeLine(o, report.concept));
   if (report.outcomes.length === 0 && !report.zipProblem) lines.push('No images found in what you sent.');
 
   const all = [...head, ...lines, ...(skipped ? [skipped] : [])].join('\n');
@@ -52,6 +60,7 @@ function renderIntakeReport(report: IntakeReport): RenderedReport {
   const fullText = [
     `${report.dataset.name} / ${report.concept}: ${accepted} added, ${refused} refused`,
     ...(report.zipProblem ? [`ZIP: ${report.zipProblem}`] : []),
+    ...report.layout.map((l) => `FOLDER  ${l}`),
     ...report.outcomes.map(plainLine),
     ...report.skipped.map((s) => `SKIPPED  ${s.name}: ${s.reason}`),
   ].join('\n');

@@ -4,7 +4,7 @@ import { UserError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { computeDatasetHash } from '../core/lora-metadata.ts';
 import { measuredSecondsPerStep, planRun, type Plan, type SpeedSample } from '../core/plan.ts';
-import { captionModeOf, composeForMode } from '../core/caption-text.ts';
+import { captionModeOf } from '../core/caption-text.ts';
 import { COMPANION_KINDS, FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily, type CompanionKind } from '../core/model-family.ts';
 import {
   NETWORK_LABELS,
@@ -18,14 +18,14 @@ import {
   type ResolvedRecipe,
   type RunOverrides,
 } from '../core/recipes.ts';
-import { composeCaption } from '../core/tag-ops.ts';
 import { JobName, sharedKeys, workerRunsOptimizer, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
-import { DEFAULT_CONCEPT, newId, type Dataset, type DatasetStore } from '../store/dataset-store.ts';
+import { newId, type Dataset, type DatasetStore } from '../store/dataset-store.ts';
 import type { ExpiringStore, PendingPlan } from '../store/expiring-store.ts';
 import { ACTIVE_STATUSES, type GuildSettingsStore, type Run, type RunStore } from '../store/run-store.ts';
 import type { WorkerStore } from '../store/worker-store.ts';
-import { sentenceOf, type CaptionStore, type CaptionVersion } from '../store/caption-store.ts';
+import { type CaptionStore, type CaptionVersion } from '../store/caption-store.ts';
 import { listNos } from './reports.ts';
+import { trainingConcepts } from './training-input.ts';
 import { trainerLabel, workersForGuild } from './workers.ts';
 
 export interface PlanRequest {
@@ -240,25 +240,10 @@ export class TrainingService {
     }
     refuseUnrunnableOptimizer(recipe.optimizer.type, online);
 
-    const concepts = await this.deps.store.getConcepts(dataset.id);
-    const byConcept = new Map<string, typeof images>();
-    for (const img of images) byConcept.set(img.concept, [...(byConcept.get(img.concept) ?? []), img]);
+    const input = trainingConcepts(dataset, mode, await this.deps.store.getConcepts(dataset.id), images, captions, sentences);
+    const planConcepts = input.concepts;
     const payloadImages: TrainRunPayload['images'] = {};
-    const planConcepts = concepts
-      .filter((c) => (byConcept.get(c.name)?.length ?? 0) > 0)
-      .map((c) => ({
-        name: c.name,
-        ...(c.trigger ? { trigger: c.trigger } : {}),
-        isMain: c.name === DEFAULT_CONCEPT,
-        images: (byConcept.get(c.name) ?? []).map((img) => {
-          const tags = captions.get(img.no)?.tags ?? null;
-          const sentence = sentences.get(img.no);
-          const caption =
-            composeForMode(mode, dataset.trigger, c.trigger, tags, sentence ? sentenceOf(sentence) : null) ?? composeCaption(dataset.trigger, c.trigger, []);
-          payloadImages[String(img.no)] = { blob: img.masterBlob, caption };
-          return { id: String(img.no), width: img.width, height: img.height, captioned: true, caption };
-        }),
-      }));
+    for (const img of input.images.values()) payloadImages[String(img.no)] = { blob: img.blob, caption: img.caption };
     // The chosen worker's own speed for this family, from the runs it finished here.
     let secondsPerStep: number | undefined;
     if (worker) {

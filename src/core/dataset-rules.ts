@@ -6,6 +6,8 @@ import { UserError } from './errors.ts';
 
 export const DATASET_NAME = /^[a-z0-9][a-z0-9_-]{1,31}$/;
 export const CONCEPT_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;
+/** How many concepts a dataset may have. */
+export const MAX_CONCEPTS = 20;
 // Letters and digits of any script, with single inner spaces, _ - ' and .; no commas (tag separator).
 const WORD = /^[\p{L}\p{N}](?:[\p{L}\p{N}_.'-]| (?! ))*$/u;
 

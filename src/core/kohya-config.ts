@@ -264,19 +264,15 @@ function familyConfig(recipe: ResolvedRecipe, baseModelPath: string): Record<str
   return out;
 }
 
-export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: KohyaFilesOptions): KohyaFiles {
-  checkOptions(plan, recipe, options);
-  const script = kohyaScriptFor(plan.base);
-  const paths = {
-    datasetToml: join(options.stagingDir, KOHYA_FILE_NAMES.datasetToml),
-    configToml: join(options.stagingDir, KOHYA_FILE_NAMES.configToml),
-    samplePromptsTxt: join(options.stagingDir, KOHYA_FILE_NAMES.samplePromptsTxt),
-  };
+/**
+ * The dataset TOML of a plan: one subset per concept, its images in `<imageRoot>/<repeats>_<name>`
+ * (the run's staging folder; or `img` in a dataset export, read from the folder it was unpacked in).
+ */
+export function buildDatasetToml(plan: Plan, recipe: ResolvedRecipe, imageRoot: string): string {
   const settings = plan.bucketSettings;
   const [resW, resH] = settings.resolution;
   const mainKeepTokens = plan.concepts.find((c) => c.isMain)?.keepTokens ?? 1;
-
-  const dataset = datasetToml({
+  return datasetToml({
     general: {
       shuffle_caption: recipe.shuffleCaption,
       caption_extension: '.txt',
@@ -292,7 +288,7 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
         bucket_reso_steps: settings.steps,
         bucket_no_upscale: settings.noUpscale,
         subsets: plan.concepts.map((c) => ({
-          image_dir: join(options.stagingDir, c.folder),
+          image_dir: join(imageRoot, c.folder),
           num_repeats: c.repeats,
           flip_aug: recipe.flipAug,
           class_tokens: c.classTokens,
@@ -302,6 +298,21 @@ export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: Koh
       },
     ],
   });
+}
+
+export function buildKohyaFiles(plan: Plan, recipe: ResolvedRecipe, options: KohyaFilesOptions): KohyaFiles {
+  checkOptions(plan, recipe, options);
+  const script = kohyaScriptFor(plan.base);
+  const paths = {
+    datasetToml: join(options.stagingDir, KOHYA_FILE_NAMES.datasetToml),
+    configToml: join(options.stagingDir, KOHYA_FILE_NAMES.configToml),
+    samplePromptsTxt: join(options.stagingDir, KOHYA_FILE_NAMES.samplePromptsTxt),
+  };
+  const settings = plan.bucketSettings;
+  const [resW, resH] = settings.resolution;
+  const mainKeepTokens = plan.concepts.find((c) => c.isMain)?.keepTokens ?? 1;
+
+  const dataset = buildDatasetToml(plan, recipe, options.stagingDir);
 
   const prompts = options.samplePrompts.some((p) => cleanPromptText(p).length > 0) ? options.samplePrompts : defaultSamplePrompts(plan);
   const promptLines = buildSamplePrompts(prompts, recipe, options.seed);

@@ -22,6 +22,8 @@ export interface PlanConceptInput {
   /** The concept's own trigger (an outfit), placed after the dataset trigger. */
   trigger?: string;
   isMain: boolean;
+  /** The concept's own repeats (a `N_name` folder it was imported from); absent: from the recipe. */
+  repeats?: number;
   images: PlanImageInput[];
 }
 
@@ -477,9 +479,10 @@ export function planRun(input: PlanInput): Plan {
     const triggers = ownTrigger ? [trigger, ownTrigger] : [trigger];
     const n = concept.images.length;
     const repeats =
-      recipe.repeats.mode === 'fixed'
+      concept.repeats ??
+      (recipe.repeats.mode === 'fixed'
         ? recipe.repeats.repeats
-        : repeatsForTarget(n, concept.isMain ? recipe.repeats.mainStepsPerEpoch : recipe.repeats.subStepsPerEpoch);
+        : repeatsForTarget(n, concept.isMain ? recipe.repeats.mainStepsPerEpoch : recipe.repeats.subStepsPerEpoch));
 
     const images: PlannedImage[] = [];
     const captions: string[] = [];

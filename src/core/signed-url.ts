@@ -77,9 +77,10 @@ function assertSecret(secret: string): void {
   }
 }
 
-function mac(secret: string, blobId: string, fileName: string, exp: number): Buffer {
-  // The parts cannot contain a newline (validated), so the message is unambiguous.
-  return createHmac('sha256', secret).update(`${SIGNATURE_VERSION}\n${blobId}\n${fileName}\n${exp}`, 'utf8').digest();
+function mac(secret: string, blobId: string, fileName: string, exp: number, version = SIGNATURE_VERSION): Buffer {
+  // The parts cannot contain a newline (validated), so the message is unambiguous; the version
+  // tells a blob link from a dataset export link, so one can never be turned into the other.
+  return createHmac('sha256', secret).update(`${version}\n${blobId}\n${fileName}\n${exp}`, 'utf8').digest();
 }
 
 /** The path and query of a signed link, e.g. `/dl/<blob>/<name>?exp=1767225600&sig=…`. */
@@ -107,16 +108,20 @@ export function makeDownloadUrl(publicUrl: string, input: SignDownloadInput): st
  * expiry, so "expired" is only ever said of a link we really signed.
  */
 export function verifyDownload(input: VerifyDownloadInput): VerifyResult {
+  return verifyLink(input, isBlobId(input.blobId), SIGNATURE_VERSION);
+}
+
+function verifyLink(input: VerifyDownloadInput, idValid: boolean, version: string): VerifyResult {
   assertSecret(input.secret);
   const { blobId, fileName, sig } = input;
   const expText = typeof input.exp === 'number' ? String(input.exp) : input.exp;
-  if (!isBlobId(blobId) || !isDownloadFileName(fileName) || typeof expText !== 'string' || !EXP.test(expText) || typeof sig !== 'string' || !SIG.test(sig)) {
+  if (!idValid || !isDownloadFileName(fileName) || typeof expText !== 'string' || !EXP.test(expText) || typeof sig !== 'string' || !SIG.test(sig)) {
     return { ok: false, reason: 'malformed' };
   }
   const exp = Number(expText);
   // Compare the canonical text, not decoded bytes: base64url's last character carries two spare
   // bits, so decoding would accept four spellings of one signature. Both are 43 ASCII bytes here.
-  const expected = Buffer.from(mac(input.secret, blobId, fileName, exp).toString('base64url'), 'ascii');
+  const expected = Buffer.from(mac(input.secret, blobId, fileName, exp, version).toString('base64url'), 'ascii');
   const given = Buffer.from(sig, 'ascii');
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'bad-signature' };
   const now = (input.now ?? new Date()).getTime();
@@ -133,9 +138,9 @@ export interface DownloadPath {
  * Splits `/dl/<blob>/<name>` (a request's path, without the query). Null when the path has another
  * shape; the parts are not validated here (verifyDownload does that).
  */
-export function parseDownloadPath(pathname: string): DownloadPath | null {
-  if (!pathname.startsWith(DOWNLOAD_PATH_PREFIX)) return null;
-  const parts = pathname.slice(DOWNLOAD_PATH_PREFIX.length).split('/');
+export function parseDownloadPath(pathname: string, prefix = DOWNLOAD_PATH_PREFIX): DownloadPath | null {
+  if (!pathname.startsWith(prefix)) return null;
+  const parts = pathname.slice(prefix.length).split('/');
   if (parts.length !== 2) return null;
   const [blobId, rawName] = parts as [string, string];
   let fileName: string;
@@ -145,4 +150,34 @@ export function parseDownloadPath(pathname: string): DownloadPath | null {
     return null;
   }
   return { blobId, fileName };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dataset exports: `/export/<datasetId>/<fileName>.zip?exp=…&sig=…`, built when fetched.
+
+export const EXPORT_PATH_PREFIX = '/export/';
+const EXPORT_SIGNATURE_VERSION = 'lg-export-v1';
+const DATASET_ID = /^[a-z0-9]{4,32}$/;
+
+/** The path and query of a signed dataset export link. */
+export function signExport(input: { secret: string; datasetId: string; fileName: string; expiresAt: Date }): string {
+  assertSecret(input.secret);
+  if (!DATASET_ID.test(input.datasetId)) throw new TypeError('invalid dataset id');
+  if (!isDownloadFileName(input.fileName) || !input.fileName.endsWith('.zip')) throw new TypeError('invalid export file name');
+  const exp = Math.floor(input.expiresAt.getTime() / 1000);
+  if (!Number.isFinite(exp) || exp <= 0) throw new TypeError('invalid expiry');
+  const sig = mac(input.secret, input.datasetId, input.fileName, exp, EXPORT_SIGNATURE_VERSION).toString('base64url');
+  return `${EXPORT_PATH_PREFIX}${input.datasetId}/${encodeURIComponent(input.fileName)}?exp=${exp}&sig=${sig}`;
+}
+
+/** An absolute signed export link under `publicUrl`. */
+export function makeExportUrl(publicUrl: string, input: Parameters<typeof signExport>[0]): string {
+  const base = new URL(publicUrl);
+  if (base.protocol !== 'https:' && base.protocol !== 'http:') throw new TypeError('PUBLIC_URL must be http(s)');
+  return `${base.origin}${base.pathname.replace(/\/+$/, '')}${signExport(input)}`;
+}
+
+/** Checks an export link's parts, as verifyDownload does a blob link's (`blobId` is the dataset id). */
+export function verifyExport(input: VerifyDownloadInput): VerifyResult {
+  return verifyLink(input, DATASET_ID.test(input.blobId) && input.fileName.endsWith('.zip'), EXPORT_SIGNATURE_VERSION);
 }

@@ -29,15 +29,23 @@ export type ZipImage = {
   name: string;
   /** The extracted file under destDir, named by number (`00001.png`). */
   path: string;
-  /** The text of a `.txt` beside it (same folder, same stem): trimmed, lines joined with ", ". */
+  /** The text of a `.txt` (or `.caption`) beside it (same folder, same stem): trimmed, lines joined with ", ". */
   caption?: string;
+  /** The folders it sits in inside the zip, outermost first (NFC), e.g. `['img', '10_aria']`. */
+  folders: string[];
 };
 
 export type ZipSkip = { name: string; reason: string };
 
 export type ZipIntake = { images: ZipImage[]; skipped: ZipSkip[] };
 
-export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.avif', '.tif', '.tiff', '.bmp']);
+export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.avif', '.tif', '.tiff', '.bmp', '.heic', '.heif']);
+
+/**
+ * Caption files beside an image, in order of preference when an image has both: `.txt` is what the
+ * guides and most tools write, `.caption` is sd-scripts' own default `--caption_extension`.
+ */
+export const CAPTION_EXTENSIONS: readonly string[] = ['.txt', '.caption'];
 
 /** Captions longer than this are not read; the image comes in without one. */
 export const MAX_CAPTION_BYTES = 8 * 1024;
@@ -92,6 +100,7 @@ type Candidate = {
   ext: string;
   /** folder + stem, the key that pairs an image with its caption */
   key: string;
+  folders: string[];
 };
 
 type CaptionResult = { text: string } | { note: string } | { none: true };
@@ -170,14 +179,19 @@ export async function extractZip(zipPath: string, destDir: string, limits: ZipLi
       if (base === undefined) return;
       if (segments.some((s) => s === '__MACOSX' || s.startsWith('.'))) return;
       if (LITTER.has(base.toLowerCase())) return;
+      // sd-scripts' settings (a dataset or config TOML) travel with a dataset in its layout.
+      if (base.toLowerCase().endsWith('.toml')) return;
 
       const dot = base.lastIndexOf('.');
       const ext = dot > 0 ? base.slice(dot).toLowerCase() : '';
       const key = [...segments.slice(0, -1), dot > 0 ? base.slice(0, dot) : base].join('/');
-      const candidate: Candidate = { index: at, entry, display, ext, key };
+      const folders = segments.slice(0, -1).map((s) => s.normalize('NFC'));
+      const candidate: Candidate = { index: at, entry, display, ext, key, folders };
 
-      if (ext === '.txt') {
-        if (!captions.has(key)) captions.set(key, candidate);
+      const preference = CAPTION_EXTENSIONS.indexOf(ext);
+      if (preference >= 0) {
+        const held = captions.get(key);
+        if (!held || CAPTION_EXTENSIONS.indexOf(held.ext) > preference) captions.set(key, candidate);
         return;
       }
       if (!IMAGE_EXTENSIONS.has(ext)) {
@@ -239,7 +253,7 @@ export async function extractZip(zipPath: string, destDir: string, limits: ZipLi
         continue;
       }
 
-      const result: ZipImage = { name: image.display, path };
+      const result: ZipImage = { name: image.display, path, folders: image.folders };
       const captionEntry = captions.get(image.key);
       if (captionEntry) {
         let caption = captionResults.get(image.key);

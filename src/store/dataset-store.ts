@@ -34,6 +34,8 @@ export interface Concept {
   name: string;
   trigger: string | null;
   createdAt: number;
+  /** Repeats the concept trains with (from a `N_name` folder it came in); absent: the recipe balances them. */
+  repeats?: number;
 }
 
 export const DEFAULT_CONCEPT = 'main';
@@ -134,6 +136,13 @@ redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 return 1
 `;
 
+// Replace one hash field only if it still holds what was read.
+const HASH_CAS_LUA = `
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+`;
+
 export function newId(bytes = 6): string {
   return randomBytes(bytes).toString('base64url').replace(/[-_]/g, 'x').toLowerCase();
 }
@@ -214,10 +223,22 @@ export class DatasetStore {
   }
 
   /** Creates the concept when missing; returns it either way. */
-  async ensureConcept(datasetId: string, name: string, trigger: string | null = null): Promise<Concept> {
-    const concept: Concept = { name, trigger, createdAt: Date.now() };
+  async ensureConcept(datasetId: string, name: string, trigger: string | null = null, repeats?: number): Promise<Concept> {
+    const concept: Concept = { name, trigger, createdAt: Date.now(), ...(repeats !== undefined ? { repeats } : {}) };
     await this.redis.hsetnx(this.k.concepts(datasetId), name, JSON.stringify(concept));
     return (await this.getConcept(datasetId, name)) ?? concept;
+  }
+
+  /** Sets a concept's own repeats; false when the concept does not exist. */
+  async setConceptRepeats(datasetId: string, name: string, repeats: number): Promise<boolean> {
+    const key = this.k.concepts(datasetId);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const json = await this.redis.hget(key, name);
+      if (!json) return false;
+      const next = JSON.stringify({ ...(JSON.parse(json) as Concept), repeats });
+      if ((await this.redis.eval(HASH_CAS_LUA, 1, key, name, json, next)) === 1) return true;
+    }
+    throw new Error(`concept ${name} kept changing while its repeats were set`);
   }
 
   async addImage(datasetId: string, facts: ImageFacts): Promise<AddImageOutcome> {

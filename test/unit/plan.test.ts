@@ -64,6 +64,19 @@ describe('repeats balancing', () => {
     expect(codes(plan)).toContain('too-many-steps');
   });
 
+  it("trains a concept's own repeats (from an imported N_name folder) instead of balancing it", () => {
+    const plan = planRun({
+      base: 'sd15',
+      trigger: TRIGGER,
+      recipe: resolveRecipe('character', 'sd15'),
+      concepts: [concept('main', true, images('m', 10)), { ...concept('outfit', false, images('o', 8)), repeats: 7 }],
+    });
+    expect(plan.concepts.map((c) => [c.folder, c.stepsPerEpoch])).toEqual([
+      ['30_main', 300],
+      ['7_outfit', 56],
+    ]);
+  });
+
   it('gives the main concept ~300 and outfits ~100 image-steps with the character recipe', () => {
     const plan = planRun({
       base: 'sd15',

@@ -68,9 +68,9 @@ describe('extractZip', () => {
 
     expect(got.skipped).toEqual([]);
     expect(got.images).toEqual([
-      { name: 'set/a.png', path: join(dest, '00001.png'), caption: 'mychar, 1girl, red hair, smiling' },
-      { name: 'set/deeper/b.JPEG', path: join(dest, '00002.jpeg'), caption: 'solo' },
-      { name: 'c.webp', path: join(dest, '00003.webp') },
+      { name: 'set/a.png', path: join(dest, '00001.png'), caption: 'mychar, 1girl, red hair, smiling', folders: ['set'] },
+      { name: 'set/deeper/b.JPEG', path: join(dest, '00002.jpeg'), caption: 'solo', folders: ['set', 'deeper'] },
+      { name: 'c.webp', path: join(dest, '00003.webp'), folders: [] },
     ]);
     expect(await readFile(join(dest, '00001.png'))).toEqual(a);
     expect(await readFile(join(dest, '00002.jpeg'))).toEqual(b);
@@ -126,8 +126,25 @@ describe('extractZip', () => {
     ]);
     const got = await extractZip(zip, dest, limits);
     expect(got.images).toEqual([
-      { name: 'x/cat.png', path: join(dest, '00001.png') },
-      { name: 'x/v1.2.png', path: join(dest, '00002.png'), caption: 'dotted stem' },
+      { name: 'x/cat.png', path: join(dest, '00001.png'), folders: ['x'] },
+      { name: 'x/v1.2.png', path: join(dest, '00002.png'), caption: 'dotted stem', folders: ['x'] },
+    ]);
+    expect(got.skipped).toEqual([]);
+  });
+
+  it('reads `.caption` files too, preferring a `.txt` beside the same image; settings TOMLs are ignored quietly', async () => {
+    const zip = await zipOf([
+      { name: 'img/5_a/one.png', data: fakeImage('one') },
+      { name: 'img/5_a/one.caption', data: 'from caption' },
+      { name: 'img/5_a/two.png', data: fakeImage('two') },
+      { name: 'img/5_a/two.caption', data: 'not this one' },
+      { name: 'img/5_a/two.txt', data: 'from txt' },
+      { name: 'dataset.toml', data: '[general]' },
+    ]);
+    const got = await extractZip(zip, dest, limits);
+    expect(got.images.map((i) => [i.name, i.caption, i.folders])).toEqual([
+      ['img/5_a/one.png', 'from caption', ['img', '5_a']],
+      ['img/5_a/two.png', 'from txt', ['img', '5_a']],
     ]);
     expect(got.skipped).toEqual([]);
   });
@@ -141,8 +158,8 @@ describe('extractZip', () => {
     ]);
     const got = await extractZip(zip, dest, limits);
     expect(got.images).toEqual([
-      { name: 'long.png', path: join(dest, '00001.png') },
-      { name: 'latin1.png', path: join(dest, '00002.png') },
+      { name: 'long.png', path: join(dest, '00001.png'), folders: [] },
+      { name: 'latin1.png', path: join(dest, '00002.png'), folders: [] },
     ]);
     expect(got.skipped).toEqual([
       { name: 'long.txt', reason: 'caption not used: larger than 8 KB' },
@@ -160,7 +177,7 @@ describe('extractZip', () => {
       { name: 'fine.png', data: fakeImage('fine') },
     ]);
     const got = await extractZip(zip, dest, limits);
-    expect(got.images).toEqual([{ name: 'fine.png', path: join(dest, '00001.png') }]);
+    expect(got.images).toEqual([{ name: 'fine.png', path: join(dest, '00001.png'), folders: [] }]);
     expect(got.skipped).toEqual([
       { name: '../../evil.png', reason: 'unsafe file name' },
       { name: '/etc/evil.png', reason: 'unsafe file name' },

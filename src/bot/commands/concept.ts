@@ -1,14 +1,12 @@
 import type { ChatInputCommandInteraction } from 'discord.js';
 import { conceptCommandData } from '../../../commands/workshop.ts';
-import { parseImageSelection, validateConceptName, validateTrigger } from '../../core/dataset-rules.ts';
+import { MAX_CONCEPTS, parseImageSelection, validateConceptName, validateTrigger } from '../../core/dataset-rules.ts';
 import { UserError } from '../../core/errors.ts';
 import type { BotContext } from '../context.ts';
 import { requireEditor, resolveDataset } from '../dataset-access.ts';
 import type { SlashCommand } from '../interactions.ts';
 import { listNos } from '../reports.ts';
 import { autocompleteWorkshop } from './tags.ts';
-
-export const MAX_CONCEPTS = 20;
 
 async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
@@ -32,7 +30,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const [concepts, images] = await Promise.all([ctx.store.getConcepts(dataset.id), ctx.store.listImages(dataset.id)]);
   const lines = concepts.map((c) => {
     const n = images.filter((i) => i.concept === c.name).length;
-    return `\`${c.name}\`${c.trigger ? ` · trigger \`${c.trigger}\`` : ''} · ${n} image${n === 1 ? '' : 's'}`;
+    return `\`${c.name}\`${c.trigger ? ` · trigger \`${c.trigger}\`` : ''}${c.repeats !== undefined ? ` · ${c.repeats} repeats` : ''} · ${n} image${n === 1 ? '' : 's'}`;
   });
   await interaction.editReply({ content: `Concepts of **${dataset.name}**:\n${lines.join('\n')}` });
 }

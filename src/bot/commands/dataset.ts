@@ -12,6 +12,7 @@ import {
 import { datasetCommandData, IMAGE_OPTION_COUNT } from '../../../commands/dataset.ts';
 import { captionModeOf } from '../../core/caption-text.ts';
 import {
+  MAX_CONCEPTS,
   parseImageSelection,
   validateClassWord,
   validateConceptName,
@@ -24,7 +25,6 @@ import { BASE_FAMILIES, familyLabel, isBaseFamily } from '../../core/model-famil
 import { makeContactSheet } from '../../core/image-sheets.ts';
 import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
-import { MAX_CONCEPTS } from './concept.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import { attestationPrompt, hasAttested } from '../attestation.ts';
 import { reportComponent, reportRow } from '../moderation-report.ts';
@@ -221,6 +221,31 @@ async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext)
   await interaction.editReply(`Removed ${removed.length} image${removed.length === 1 ? '' : 's'} from **${dataset.name}**: ${listNos(removed)}.`);
 }
 
+/**
+ * A signed link to the dataset as a zip in sd-scripts' layout. Who may: its owner, moderators and
+ * its contributors — the members who may already edit its captions and concepts. The zip holds
+ * every member's pictures, so a member who gave none does not get them all in one click.
+ */
+async function exportDataset(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  if (!isModerator(interaction, dataset) && !(await ctx.store.listImages(dataset.id)).some((i) => i.contributorId === interaction.user.id)) {
+    throw new UserError(`Only contributors to **${dataset.name}**, its owner and moderators can export it.`);
+  }
+  const { PUBLIC_URL, DOWNLOAD_SECRET } = ctx.config;
+  if (!PUBLIC_URL || !DOWNLOAD_SECRET) {
+    throw new UserError('Exports are sent as download links, which this server has not set up: an admin needs to set PUBLIC_URL and DOWNLOAD_SECRET.');
+  }
+  const { plan } = await ctx.exporter.contents(dataset);
+  const { url, expiresAt } = ctx.exporter.link(dataset, PUBLIC_URL, DOWNLOAD_SECRET);
+  const images = plan.concepts.reduce((n, c) => n + c.images.length, 0);
+  const folders = plan.concepts.map((c) => `\`img/${c.folder}\` (${c.images.length})`).join(', ');
+  await interaction.editReply(
+    `**${dataset.name}** for sd-scripts: ${images} image${images === 1 ? '' : 's'} in ${folders}, each with its caption, and \`dataset.toml\`. ` +
+      `[Download the zip](<${url}>) (the link expires <t:${Math.floor(expiresAt.getTime() / 1000)}:R>). ` +
+      'It is put together when you download it, so images withdrawn by then are left out.',
+  );
+}
+
 async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContext) {
   const focused = interaction.options.getFocused(true);
   await interaction.respond(focused.name === 'dataset' ? await autocompleteDatasets(interaction, ctx, String(focused.value)) : []);
@@ -234,6 +259,7 @@ export const datasetCommand: SlashCommand = {
     show: { defer: 'public', execute: show },
     list: { defer: 'public', execute: list },
     remove: { defer: 'ephemeral', execute: remove },
+    export: { defer: 'ephemeral', execute: exportDataset },
   },
   autocomplete,
 };
