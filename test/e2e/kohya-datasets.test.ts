@@ -102,8 +102,8 @@ describe('photos from phones and Windows', () => {
     const h = world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user: alice, options: { dataset: 'phones', ...imageOptions(world, files) } });
     const reply = await done(world, h);
     expect(reply).toMatch(/3 added, 0 refused/);
-    expect(reply).toMatch(/`scan\.bmp` → \*\*#1\*\* · 640×480/);
-    expect(reply).toMatch(/`IMG_0001\.HEIC` → \*\*#2\*\* · 320×288/);
+    expect(reply).toContain('✅ **#1** `scan.bmp` · 640×480');
+    expect(reply).toContain('⚠️ **#2** `IMG_0001.HEIC` · 320×288 · small for training');
     const images = await store.listImages((await dataset('phones')).id);
     expect(images.map((i) => [i.originalFormat, i.width, i.height])).toEqual([
       ['bmp', 640, 480],
@@ -163,7 +163,7 @@ describe('a dataset in kohya layout', () => {
     const later = buildZip([{ name: 'img/3_aria/e.png', data: await png(27) }]);
     const reply = await addZip('kohya', later);
     expect(reply).toContain('· `img/3_aria` → concept `aria`, which keeps its 10 repeats');
-    expect(reply).toMatch(/`e\.png` → \*\*#5\*\* .*concept `aria`/);
+    expect(reply).toContain('✅ **#5** `e.png` · 512×512 · concept `aria`');
     expect((await conceptsAndCaptions('kohya')).aria?.repeats).toBe(10);
     await done(world, world.discord.sendCommand({ name: 'dataset', subcommand: 'remove', user: alice, options: { dataset: 'kohya', images: '5' } }));
   });
