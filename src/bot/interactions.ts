@@ -6,6 +6,7 @@ import {
   type Interaction,
   type MessageComponentInteraction,
   type ModalSubmitInteraction,
+  type RepliableInteraction,
   type RESTPostAPIChatInputApplicationCommandsJSONBody,
   type StringSelectMenuInteraction,
 } from 'discord.js';
@@ -116,6 +117,36 @@ export function customIdCodec<S extends Record<string, IdPart<unknown>>>(family:
   };
 }
 
+/** How long checks may run before `checkThenDefer` acknowledges anyway (Discord allows 3 s). */
+const CHECKS_WITHIN_MS = 2000;
+
+/**
+ * For a public answer that may be a refusal (a handler with `defer: 'none'`): runs `checks`
+ * before acknowledging, so a refusal is an ephemeral reply with no public "thinking…" before it;
+ * once they pass, defers publicly and returns what they found. Checks that outlast Discord's
+ * window get an ephemeral deferral instead: the answer, whichever it is, is then the member's alone.
+ */
+export async function checkThenDefer<T>(interaction: RepliableInteraction, checks: () => Promise<T>): Promise<T> {
+  const pending = checks();
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), CHECKS_WITHIN_MS)));
+  const first = await Promise.race([
+    pending.then(
+      () => 'checked' as const,
+      () => 'checked' as const,
+    ),
+    late,
+  ]);
+  clearTimeout(timer);
+  if (first === 'late') {
+    await interaction.deferReply({ flags: MessageFlags.Ephemeral });
+    return pending;
+  }
+  const found = await pending;
+  await interaction.deferReply();
+  return found;
+}
+
 function outOfDate(interaction: ComponentInteraction): string {
   if (interaction.isModalSubmit()) return 'That form is out of date.';
   if (interaction.isButton()) return 'That button is out of date.';
@@ -193,12 +224,12 @@ async function replyWithError(interaction: Interaction, message: string, mode: D
   const flags = MessageFlags.Ephemeral;
   if (!interaction.deferred && !interaction.replied) {
     await interaction.reply({ content, flags });
-  } else if (mode === 'ephemeral') {
+  } else if (mode !== 'update' && interaction.ephemeral) {
     await interaction.editReply({ content, embeds: [], components: [], files: [] });
   } else {
     // A public "thinking…" placeholder is removed (a component's own message, after an update,
     // is left alone); only the person who asked is told why.
-    if (mode === 'public') await interaction.deleteReply().catch(() => undefined);
+    if (mode !== 'update' && interaction.deferred) await interaction.deleteReply().catch(() => undefined);
     await interaction.followUp({ content, flags });
   }
 }

@@ -6,6 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
+import { pruneButton } from '../../src/bot/commands/tags.ts';
+import { keys } from '../../src/store/keys.ts';
+import { privateRefusal } from './steps.ts';
 import { World } from './world.ts';
 
 let world: World;
@@ -40,11 +43,6 @@ function command(subcommandOf: string, subcommand: string, options: Record<strin
 async function done(h: InteractionHandle): Promise<string> {
   await h.waitForEdit(undefined, 30_000);
   return h.lastReply()?.content ?? '';
-}
-
-async function errorOf(h: InteractionHandle): Promise<string> {
-  const f = await h.waitForFollowup(undefined, 30_000);
-  return (f.json as { content?: string }).content ?? '';
 }
 
 describe('tagging and the caption workshop', () => {
@@ -159,11 +157,35 @@ describe('tagging and the caption workshop', () => {
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('circlet');
   });
 
-  it('refuses tag operations from members who did not contribute, and from another server', async () => {
-    expect(await errorOf(command('tags', 'remove', { dataset: 'aria', tags: 'smile' }, mallory, { permissions: '0' }))).toMatch(/Only contributors/);
-    expect(await errorOf(command('tags', 'remove', { dataset: 'aria', tags: 'smile' }, alice, { guildId: OTHER_GUILD }))).toMatch(
-      /no dataset named `aria` in this server/,
+  it('refuses tag operations to the asker alone, with nothing public before the refusal', async () => {
+    const stranger = { permissions: '0' };
+    const refusals: [InteractionHandle, RegExp][] = [
+      [command('tags', 'remove', { dataset: 'aria', tags: 'smile' }, mallory, stranger), /Only contributors/],
+      [command('tags', 'remove', { dataset: 'aria', tags: 'smile' }, alice, { guildId: OTHER_GUILD }), /no dataset named `aria` in this server/],
+      [command('tags', 'add', { dataset: 'aria', tags: 'smile,\u0007bell' }), /control character/],
+      [command('tags', 'replace', { dataset: 'aria', from: 'smile', to: 'grin' }, mallory, stranger), /Only contributors/],
+      [command('tags', 'top', { dataset: 'aria', concept: 'nope' }), /no concept `nope`/],
+      [command('tags', 'prune', { dataset: 'nope' }), /no dataset named `nope`/],
+      [command('tags', 'retag', { dataset: 'aria', images: '99' }), /has no image #99/],
+      [command('tags', 'undesired', { dataset: 'aria', tags: 'smile' }, mallory, stranger), /Only contributors/],
+    ];
+    const publicBefore = world.discord.channelMessages().length;
+    for (const [h, reason] of refusals) expect(await privateRefusal(h), JSON.stringify(h.payload.data)).toMatch(reason);
+
+    // The Prune button: pressed by a member who may not edit, and once its suggestion is gone.
+    const offer = command('tags', 'prune', { dataset: 'aria' });
+    await done(offer);
+    const customId = (offer.lastReply()!.components[0] as { components: { custom_id: string }[] }).components[0]!.custom_id;
+    const offered = world.discord.channelMessages().length;
+    expect(await privateRefusal(world.discord.sendButton({ customId, user: mallory, permissions: '0', message: offer.lastReply()!.id }))).toMatch(
+      /Only contributors/,
     );
+    expect(await world.redis.del(keys(world.env.REDIS_PREFIX!).pruneSuggestion(pruneButton.parse(customId)!.suggestionId))).toBe(1);
+    expect(await privateRefusal(world.discord.sendButton({ customId, user: alice, message: offer.lastReply()!.id }))).toMatch(/This suggestion has expired/);
+
+    // privateRefusal saw each acknowledged ephemerally; nor is anything left in the channel, and nothing changed.
+    expect(offered).toBe(publicBefore + 1);
+    expect(world.discord.channelMessages()).toHaveLength(offered);
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).toContain('smile');
   });
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CAPTIONER_TEST_FILES, testCaptionFor, writeTestCaptioner } from '../fixtures/florence-model.ts';
 import { tinted } from '../fixtures/workshop.ts';
+import { privateRefusal } from './steps.ts';
 import { World } from './world.ts';
 
 let world: World;
@@ -75,8 +76,7 @@ describe('a missing or corrupt captioner model', () => {
     expect(show.lastReply()?.content).toContain('Captions: 0/1 · not described yet: #1 · the trainer reads sentences');
 
     const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'streets' } });
-    const refusal = await plan.waitForFollowup();
-    expect((refusal.json as { content: string }).content).toMatch(/1 image is not described yet \(#1\)\. Wait for captioning to finish/);
+    expect(await privateRefusal(plan)).toMatch(/1 image is not described yet \(#1\)\. Wait for captioning to finish/);
 
     // The admin puts the good file in place: the waiting job is described without anyone asking.
     await copyFile(join(good, 'onnx', 'decoder_model_merged.onnx'), join(modelDir, 'onnx', '.decoder.tmp'));

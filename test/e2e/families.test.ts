@@ -39,7 +39,7 @@ let trainingQueue: Queue;
 const threads: Record<string, string> = {};
 
 const done = (h: InteractionHandle) => steps.done(world, h);
-const refusal = steps.refusal;
+const refusal = steps.privateRefusal;
 const until = steps.until;
 const threadMessages = (threadId: string) => steps.channelMessages(world, threadId);
 

@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { WorkerInfo } from '../../src/queues/contract.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
+import { expect } from 'vitest';
 import { tinted } from '../fixtures/workshop.ts';
 import type { AttachmentInfo, InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
 import type { World } from './world.ts';
@@ -21,15 +22,49 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Waits for a command's reply and returns its text; a followup (a refusal) fails with the bot's logged errors. */
+interface CallbackJson {
+  type: number;
+  data?: { flags?: number; content?: string };
+}
+
+const EPHEMERAL = 64;
+
+/**
+ * Waits for a command's reply and returns its text; a refusal (a followup, or an ephemeral reply
+ * in place of the deferral) fails with the bot's logged errors.
+ */
 export async function done(world: World, h: InteractionHandle, timeoutMs = 60_000): Promise<string> {
+  const refused = (content: string | undefined) => new Error(`refused: ${content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
   await Promise.race([
     h.waitForEdit(undefined, timeoutMs),
     h.waitForFollowup(undefined, timeoutMs).then((f) => {
-      throw new Error(`refused: ${(f.json as { content?: string }).content}\n${JSON.stringify(world.log.errors()).slice(0, 1500)}`);
+      throw refused((f.json as { content?: string }).content);
     }),
+    h.callback(timeoutMs).then(
+      (c) => {
+        const json = c.json as CallbackJson;
+        if (json.type === 4 && ((json.data?.flags ?? 0) & EPHEMERAL) !== 0) throw refused(json.data?.content);
+        return new Promise<never>(() => undefined);
+      },
+      () => new Promise<never>(() => undefined),
+    ),
   ]);
   return h.lastReply()?.content ?? '';
+}
+
+/**
+ * A refusal that was the asker's alone from the start: the interaction was acknowledged with an
+ * ephemeral reply (or an ephemeral deferral), never a public "thinking…" that a refusal replaced,
+ * and nothing else was posted for it. Returns the refusal's text.
+ */
+export async function privateRefusal(h: InteractionHandle, timeoutMs = 30_000): Promise<string> {
+  const json = (await h.callback(timeoutMs)).json as CallbackJson;
+  if (((json.data?.flags ?? 0) & EPHEMERAL) === 0) throw new Error(`acknowledged in public before the answer: ${JSON.stringify(json)}`);
+  const content = json.type === 4 ? (json.data?.content ?? '') : ((await h.waitForEdit(undefined, timeoutMs)).json as { content?: string }).content;
+  if (!content?.startsWith('⚠️ ')) throw new Error(`not a refusal: ${content}`);
+  if (h.followups().length > 0) throw new Error(`followups after a refusal: ${JSON.stringify(h.followups().map((f) => f.json))}`);
+  expect(h.lastReply()).toMatchObject({ flags: EPHEMERAL, deleted: false });
+  return content;
 }
 
 /** Polls `check` until it gives a value; `context` adds what helps to understand a time-out. */

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import { privateRefusal } from './steps.ts';
 import { World } from './world.ts';
 
 let world: World;
@@ -69,8 +70,7 @@ describe('a missing or corrupt tagger model', () => {
 
     // Untagged images cannot be trained: the plan says so, and nothing is queued.
     const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', options: { dataset: 'waiting' } });
-    const refusal = await plan.waitForFollowup();
-    expect((refusal.json as { content: string }).content).toMatch(/1 image is not tagged yet \(#1\)\. Wait for tagging to finish, or run `\/tags retag`/);
+    expect(await privateRefusal(plan)).toMatch(/1 image is not tagged yet \(#1\)\. Wait for tagging to finish, or run `\/tags retag`/);
     expect(plan.lastReply()?.components ?? []).toEqual([]);
 
     // The admin puts a good model in place: the waiting job is tagged without anyone asking.

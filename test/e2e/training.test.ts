@@ -58,7 +58,7 @@ afterAll(async () => {
 
 const done = (h: InteractionHandle) => steps.done(world, h);
 
-const refusal = steps.refusal;
+const refusal = steps.privateRefusal;
 
 const threadMessages = (channelId = threadId) => steps.channelMessages(world, channelId);
 

@@ -159,7 +159,7 @@ describe('lending a GPU', () => {
     expect(planText).toContain(`Can train it: 🟢 <@${alice.id}>'s RTX 4090 · 🟢 \`rack-1\` (A100-SXM4-80GB)`);
     expect(planText).not.toMatch(/elsewhere|secret|3090/);
     expect(
-      await refusal(
+      await steps.privateRefusal(
         world.discord.sendCommand({
           name: 'train',
           subcommand: 'plan',

@@ -9,7 +9,7 @@ import { sentenceOf } from '../../store/caption-store.ts';
 import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, requireEditor, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
 
 const TOP_PAGE_SIZE = 40;
@@ -50,9 +50,11 @@ async function captionsOf(ctx: BotContext, dataset: Dataset, images: ImageRecord
 }
 
 async function top(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  const concept = conceptOption(interaction);
-  const images = await imagesInScope(ctx, dataset, concept);
+  const { dataset, concept, images } = await checkThenDefer(interaction, async () => {
+    const dataset = await resolveDataset(interaction, ctx);
+    const concept = conceptOption(interaction);
+    return { dataset, concept, images: await imagesInScope(ctx, dataset, concept) };
+  });
   const mode = captionModeOf(dataset);
   const lines: string[] = [];
   let prune: Awaited<ReturnType<typeof pruneOffer>> = null;
@@ -131,9 +133,11 @@ async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
 }
 
 async function prune(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  const concept = conceptOption(interaction) ?? 'main';
-  const offer = await pruneOffer(ctx, dataset, concept);
+  const { dataset, concept, offer } = await checkThenDefer(interaction, async () => {
+    const dataset = await resolveDataset(interaction, ctx);
+    const concept = conceptOption(interaction) ?? 'main';
+    return { dataset, concept, offer: await pruneOffer(ctx, dataset, concept) };
+  });
   if (!offer) {
     await interaction.editReply(`No tag is in ≥ 90% of the captions of concept \`${concept}\` of **${dataset.name}**: nothing to prune.`);
     return;
@@ -141,17 +145,35 @@ async function prune(interaction: ChatInputCommandInteraction, ctx: BotContext) 
   await interaction.editReply({ content: offer.text, components: offer.components });
 }
 
+/** What a bulk edit covers, once the member is known to be allowed to make it. */
+interface BulkScope {
+  dataset: Dataset;
+  concept: string | null;
+  images: ImageRecord[];
+}
+
+async function bulkScope(interaction: GuildInteraction, ctx: BotContext, dataset: Dataset, concept: string | null): Promise<BulkScope> {
+  await requireEditor(interaction, ctx, dataset);
+  return { dataset, concept, images: await imagesInScope(ctx, dataset, concept) };
+}
+
+/** The checks of a typed bulk edit (dataset, tags, concept, who may edit), before any acknowledgement. */
+function typedBulk<T>(interaction: ChatInputCommandInteraction, ctx: BotContext, parse: () => T): Promise<BulkScope & { typed: T }> {
+  return checkThenDefer(interaction, async () => {
+    const dataset = await resolveDataset(interaction, ctx);
+    const typed = parse();
+    return { ...(await bulkScope(interaction, ctx, dataset, conceptOption(interaction))), typed };
+  });
+}
+
 /** Applies a tag operation to every caption in scope, as one bulk edit that can be undone. */
 async function bulk(
   interaction: GuildInteraction,
   ctx: BotContext,
-  dataset: Dataset,
-  concept: string | null,
+  { dataset, concept, images }: BulkScope,
   op: (tags: string[]) => string[] | null,
   description: string,
 ) {
-  await requireEditor(interaction, ctx, dataset);
-  const images = await imagesInScope(ctx, dataset, concept);
   const result = await ctx.captions.applyBulk(
     dataset.id,
     images.map((i) => i.no),
@@ -167,64 +189,48 @@ async function bulk(
 }
 
 async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  const tags = typedTags(interaction.options.getString('tags', true));
-  const text = await bulk(
-    interaction,
-    ctx,
-    dataset,
-    conceptOption(interaction),
-    (t) => changedOrNull(removeTags(t, tags)),
-    `removed ${tags.map((t) => `\`${t}\``).join(', ')}`,
-  );
+  const scope = await typedBulk(interaction, ctx, () => typedTags(interaction.options.getString('tags', true)));
+  const tags = scope.typed;
+  const text = await bulk(interaction, ctx, scope, (t) => changedOrNull(removeTags(t, tags)), `removed ${tags.map((t) => `\`${t}\``).join(', ')}`);
   await interaction.editReply({ content: text });
 }
 
 async function replace(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  const [from] = typedTags(interaction.options.getString('from', true));
-  const [to] = typedTags(interaction.options.getString('to', true));
-  const text = await bulk(
-    interaction,
-    ctx,
-    dataset,
-    conceptOption(interaction),
-    (t) => changedOrNull(replaceTag(t, from!, to!)),
-    `replaced \`${from}\` with \`${to}\``,
-  );
+  const scope = await typedBulk(interaction, ctx, () => [
+    typedTags(interaction.options.getString('from', true))[0]!,
+    typedTags(interaction.options.getString('to', true))[0]!,
+  ]);
+  const [from, to] = scope.typed;
+  const text = await bulk(interaction, ctx, scope, (t) => changedOrNull(replaceTag(t, from!, to!)), `replaced \`${from}\` with \`${to}\``);
   await interaction.editReply({ content: text });
 }
 
 async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  const tags = typedTags(interaction.options.getString('tags', true));
+  const scope = await typedBulk(interaction, ctx, () => typedTags(interaction.options.getString('tags', true)));
+  const tags = scope.typed;
   const position = interaction.options.getString('position') === 'start' ? 'start' : 'end';
-  const text = await bulk(
-    interaction,
-    ctx,
-    dataset,
-    conceptOption(interaction),
-    (t) => changedOrNull(addTags(t, tags, position)),
-    `added ${tags.map((t) => `\`${t}\``).join(', ')}`,
-  );
+  const text = await bulk(interaction, ctx, scope, (t) => changedOrNull(addTags(t, tags, position)), `added ${tags.map((t) => `\`${t}\``).join(', ')}`);
   await interaction.editReply({ content: text });
 }
 
 async function retag(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  await requireEditor(interaction, ctx, dataset);
-  const raw = interaction.options.getString('images');
-  let nos = await ctx.store.imageNumbers(dataset.id);
-  if (raw) {
-    const selection = parseImageSelection(raw);
-    if (selection.mine) nos = (await ctx.store.listImages(dataset.id)).filter((i) => i.contributorId === interaction.user.id).map((i) => i.no);
-    else {
-      const missing = selection.nos.filter((n) => !nos.includes(n));
-      if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}.`);
-      nos = selection.nos;
+  const { dataset, nos } = await checkThenDefer(interaction, async () => {
+    const dataset = await resolveDataset(interaction, ctx);
+    await requireEditor(interaction, ctx, dataset);
+    const raw = interaction.options.getString('images');
+    let nos = await ctx.store.imageNumbers(dataset.id);
+    if (raw) {
+      const selection = parseImageSelection(raw);
+      if (selection.mine) nos = (await ctx.store.listImages(dataset.id)).filter((i) => i.contributorId === interaction.user.id).map((i) => i.no);
+      else {
+        const missing = selection.nos.filter((n) => !nos.includes(n));
+        if (missing.length > 0) throw new UserError(`**${dataset.name}** has no image ${listNos(missing)}.`);
+        nos = selection.nos;
+      }
     }
-  }
-  if (nos.length === 0) throw new UserError(`**${dataset.name}** has no images to tag.`);
+    if (nos.length === 0) throw new UserError(`**${dataset.name}** has no images to tag.`);
+    return { dataset, nos };
+  });
   await ctx.taggingQueue.add(JobName.TagImages, {
     guildId: dataset.guildId,
     datasetId: dataset.id,
@@ -238,11 +244,14 @@ async function retag(interaction: ChatInputCommandInteraction, ctx: BotContext) 
 }
 
 async function undesired(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  await requireEditor(interaction, ctx, dataset);
-  const raw = interaction.options.getString('tags', true).trim();
-  const tags = raw.toLowerCase() === 'none' ? [] : typedTags(raw).map(normalizeTag);
-  if (tags.length > 100) throw new UserError('At most 100 undesired tags.');
+  const { dataset, tags } = await checkThenDefer(interaction, async () => {
+    const dataset = await resolveDataset(interaction, ctx);
+    await requireEditor(interaction, ctx, dataset);
+    const raw = interaction.options.getString('tags', true).trim();
+    const tags = raw.toLowerCase() === 'none' ? [] : typedTags(raw).map(normalizeTag);
+    if (tags.length > 100) throw new UserError('At most 100 undesired tags.');
+    return { dataset, tags };
+  });
   await ctx.store.updateDataset(dataset.id, { undesiredTags: tags });
   await interaction.editReply({
     content:
@@ -292,13 +301,14 @@ export async function autocompleteWorkshop(interaction: AutocompleteInteraction,
 export const tagsCommand: SlashCommand = {
   data: tagsCommandData,
   subcommands: {
-    top: { defer: 'public', execute: top },
-    remove: { defer: 'public', execute: remove },
-    replace: { defer: 'public', execute: replace },
-    add: { defer: 'public', execute: add },
-    prune: { defer: 'public', execute: prune },
-    retag: { defer: 'public', execute: retag },
-    undesired: { defer: 'public', execute: undesired },
+    // Each may refuse (no such dataset or concept, a bad tag, not an editor): checked before any acknowledgement.
+    top: { defer: 'none', execute: top },
+    remove: { defer: 'none', execute: remove },
+    replace: { defer: 'none', execute: replace },
+    add: { defer: 'none', execute: add },
+    prune: { defer: 'none', execute: prune },
+    retag: { defer: 'none', execute: retag },
+    undesired: { defer: 'none', execute: undesired },
   },
   async autocomplete(interaction, ctx) {
     await interaction.respond(await autocompleteWorkshop(interaction, ctx));
@@ -309,19 +319,16 @@ export const tagsCommand: SlashCommand = {
 export const pruneButton: ComponentHandler<{ suggestionId: string }, 'button'> = {
   ...customIdCodec('prune', { suggestionId: ID_PART }),
   kind: 'button',
-  defer: 'public',
+  // The result is for the channel; an expired offer or a member who may not edit is refused privately.
+  defer: 'none',
   async handle(interaction, ctx, { suggestionId }) {
-    const offer = await ctx.expiring.pruneSuggestions.get(suggestionId);
-    if (!offer) throw new UserError('This suggestion has expired: run `/tags prune` again.');
-    const dataset = await datasetById(interaction, ctx, offer.datasetId);
-    const text = await bulk(
-      interaction,
-      ctx,
-      dataset,
-      offer.concept,
-      (t) => changedOrNull(removeTags(t, offer.tags)),
-      `pruned ${offer.tags.map((t) => `\`${t}\``).join(', ')}`,
-    );
+    const { offer, scope } = await checkThenDefer(interaction, async () => {
+      const offer = await ctx.expiring.pruneSuggestions.get(suggestionId);
+      if (!offer) throw new UserError('This suggestion has expired: run `/tags prune` again.');
+      const dataset = await datasetById(interaction, ctx, offer.datasetId);
+      return { offer, scope: await bulkScope(interaction, ctx, dataset, offer.concept) };
+    });
+    const text = await bulk(interaction, ctx, scope, (t) => changedOrNull(removeTags(t, offer.tags)), `pruned ${offer.tags.map((t) => `\`${t}\``).join(', ')}`);
     await interaction.editReply({ content: text });
   },
 };

@@ -7,7 +7,7 @@ import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../store/worker-heartbeats.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { duration, truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
 import { acceptedIn } from '../content-policy.ts';
@@ -60,17 +60,20 @@ function overridesFrom(interaction: ChatInputCommandInteraction): RunOverrides {
   return o;
 }
 
+/** The plan is for everyone to see, but most of what may refuse it is found while planning: plan first, then acknowledge. */
 async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const dataset = await resolveDataset(interaction, ctx);
-  const request: PlanRequest = {
-    recipe: interaction.options.getString('recipe') ?? defaultRecipeFor(dataset.kind),
-    overrides: overridesFrom(interaction),
-    model: interaction.options.getString('model'),
-  };
-  const { planId, prepared } = await ctx.training.offer(dataset, request, interaction.user.id);
-  // A member who may not start it sees who may, not a button that would only refuse them.
-  const who = await whoMayNotStart(interaction, ctx);
-  const hold = await ctx.moderation.hold(dataset, await acceptedIn(interaction.client, ctx.settings, dataset));
+  const { dataset, planId, prepared, who, hold } = await checkThenDefer(interaction, async () => {
+    const dataset = await resolveDataset(interaction, ctx);
+    const request: PlanRequest = {
+      recipe: interaction.options.getString('recipe') ?? defaultRecipeFor(dataset.kind),
+      overrides: overridesFrom(interaction),
+      model: interaction.options.getString('model'),
+    };
+    const offered = await ctx.training.offer(dataset, request, interaction.user.id);
+    // A member who may not start it sees who may, not a button that would only refuse them.
+    const who = await whoMayNotStart(interaction, ctx);
+    return { dataset, ...offered, who, hold: await ctx.moderation.hold(dataset, await acceptedIn(interaction.client, ctx.settings, dataset)) };
+  });
   const shown = hold === null ? renderPlan(dataset.name, prepared) : truncate(`${renderPlan(dataset.name, prepared)}\n🛡️ ${hold}`, 1990);
   await interaction.editReply({
     content: who === null ? shown : truncate(`${shown}\n🔒 ${who} One of them can plan it with \`/train plan\` and start it.`, 1990),
@@ -230,7 +233,7 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 export const trainCommand: SlashCommand = {
   data: trainCommandData,
   subcommands: {
-    plan: { defer: 'public', execute: plan },
+    plan: { defer: 'none', execute: plan },
     status: { defer: 'public', execute: status },
     queue: { defer: 'public', execute: queue },
     cancel: { defer: 'ephemeral', execute: cancel },
