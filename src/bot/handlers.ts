@@ -3,7 +3,7 @@ import { conceptCommand } from './commands/concept.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
 import { loraCommand, tryButtonHandler } from './commands/lora.ts';
 import { settingsCommand } from './commands/settings.ts';
-import { pruneButton, tagsCommand } from './commands/tags.ts';
+import { pruneButton, tagsCommand, topPageButtons } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
 import { workerCommand } from './commands/worker.ts';
 import { moderationCommand, pageButton, removeButton, removeModal, reviewButton } from './commands/moderation.ts';
@@ -29,6 +29,7 @@ export const slashCommands: SlashCommand[] = [
 export const componentHandlers: ComponentHandler<unknown>[] = [
   showPageButtons,
   pruneButton,
+  topPageButtons,
   captionEditModal,
   captionSentenceModal,
   startButton,

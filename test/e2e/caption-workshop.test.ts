@@ -86,14 +86,51 @@ describe('tagging and the caption workshop', () => {
     expect(blue).toContain('ohwx_aria, blue theme, smile, long hair, tiara');
   });
 
-  it('lists tag frequencies and offers to prune tags found in ≥ 90% of a concept', async () => {
+  it('ranks tags, most used first, one per line with a bar and a count, and offers to prune tags found in ≥ 90% of a concept', async () => {
     const h = command('tags', 'top', { dataset: 'aria' });
     const content = await done(h);
-    expect(content).toMatch(/`smile` 3 \(100%\)/);
-    expect(content).toMatch(/`red theme` 1 \(33%\)/);
+    const ranked = content.split('\n').filter((l) => /^`\s*\d+`/.test(l));
+    // Three tags in every caption, then a colour in two of them.
+    expect(ranked.map((l) => /\*\*(\d+)\*\*/.exec(l)?.[1])).toEqual(['3', '3', '3', '1', '1']);
+    expect(ranked.map((l) => /^`(\d)`/.exec(l)?.[1])).toEqual(['1', '2', '3', '4', '5']);
+    expect(content).toMatch(/^`\d` █{10} \*\*3\*\* · `smile`$/m);
+    expect(content).toMatch(/^`\d` ███░{7} \*\*1\*\* · `red theme`$/m);
     expect(content).toMatch(/In ≥ 90% of `main`: .*`smile`/);
+    // One page: no page buttons, only the prune button.
+    expect(h.lastReply()!.components).toHaveLength(1);
     const row = h.lastReply()!.components[0] as { components: { custom_id: string; label: string }[] };
     expect(row.components[0]!.label).toBe('Prune these (3)');
+  });
+
+  it('pages a long tag list with Previous/Next buttons that edit the list in place', async () => {
+    const many = Array.from({ length: 20 }, (_, i) => `extra ${String(i + 1).padStart(2, '0')}`);
+    expect(await done(command('tags', 'add', { dataset: 'aria', tags: many.join(', ') }))).toMatch(/changed 3 captions/);
+    const h = command('tags', 'top', { dataset: 'aria' });
+    const first = await done(h);
+    expect(first).toMatch(/25 different tags · page 1\/2/);
+    const rows = h.lastReply()!.components as { components: { custom_id: string; label: string; disabled?: boolean }[] }[];
+    expect(rows[0]!.components.map((b) => [b.label, b.disabled ?? false])).toEqual([
+      ['◀ Previous', true],
+      ['Next ▶', false],
+    ]);
+    const ranksOf = (text: string) =>
+      text
+        .split('\n')
+        .flatMap((l) => /^`\s*(\d+)`/.exec(l)?.[1] ?? [])
+        .map(Number);
+    expect(ranksOf(first)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+
+    const next = world.discord.sendButton({ customId: rows[0]!.components[1]!.custom_id, user: mallory, message: h.lastReply()!.id });
+    expect((await next.callback()).json).toMatchObject({ type: 6 });
+    await world.discord.waitForCall((c) => c.method === 'PATCH' && c.path.includes(next.token));
+    const second = h.lastReply()!.content;
+    expect(second).toMatch(/page 2\/2/);
+    expect(ranksOf(second)).toEqual(Array.from({ length: 10 }, (_, i) => i + 16));
+    // Every tag is on one of the two pages, once.
+    const listed = `${first}\n${second}`.split('\n').flatMap((l) => /^`\s*\d+` .* · `([^`]+)`$/.exec(l)?.[1] ?? []);
+    expect(listed).toHaveLength(25);
+    expect(new Set(listed)).toEqual(new Set([...many, 'long hair', 'smile', 'tiara', 'blue theme', 'red theme']));
+    expect(await done(command('caption', 'undo', { dataset: 'aria' }))).toMatch(/on 3 captions/);
   });
 
   it('removes a tag across the dataset, and undo brings it back', async () => {

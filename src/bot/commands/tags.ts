@@ -9,10 +9,8 @@ import { sentenceOf } from '../../store/caption-store.ts';
 import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, requireEditor, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { COUNT_PART, ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
-
-const TOP_PAGE_SIZE = 40;
 
 /** The images a bulk operation covers: one concept, or the whole dataset. */
 export async function imagesInScope(ctx: BotContext, dataset: Dataset, concept: string | null): Promise<ImageRecord[]> {
@@ -55,9 +53,25 @@ async function top(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     const concept = conceptOption(interaction);
     return { dataset, concept, images: await imagesInScope(ctx, dataset, concept) };
   });
+  await interaction.editReply(await topMessage(ctx, dataset, concept, images, interaction.options.getInteger('page') ?? 1));
+}
+
+/** Tags (or phrases) ranked on one page. */
+const TOP_PAGE_SIZE = 15;
+const TOP_PHRASES = 10;
+const BAR_CELLS = 10;
+
+/** One ranked line: rank, a bar of the share of captions that have it, the count, and the tag. */
+function rankedLine(rank: number, rankWidth: number, text: string, count: number, share: number): string {
+  const filled = Math.max(count > 0 ? 1 : 0, Math.round(share * BAR_CELLS));
+  return `\`${String(rank).padStart(rankWidth)}\` ${'█'.repeat(filled)}${'░'.repeat(BAR_CELLS - filled)} **${count}** · \`${text}\``;
+}
+
+/** `/tags top` on one page: ranked tags with their counts, the phrases of the sentences, the prune offer and the page buttons. */
+async function topMessage(ctx: BotContext, dataset: Dataset, concept: string | null, images: ImageRecord[], askedPage: number) {
   const mode = captionModeOf(dataset);
   const lines: string[] = [];
-  let prune: Awaited<ReturnType<typeof pruneOffer>> = null;
+  const components: ActionRowBuilder<ButtonBuilder>[] = [];
   if (mode !== 'tags') lines.push(...(await topPhrases(ctx, dataset, concept, images)));
   if (mode !== 'sentences') {
     const captions = await captionsOf(ctx, dataset, images);
@@ -67,23 +81,57 @@ async function top(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     } else {
       const freq = tagFrequencies(tagged);
       const pages = Math.max(1, Math.ceil(freq.length / TOP_PAGE_SIZE));
-      const page = Math.min(pages, interaction.options.getInteger('page') ?? 1);
-      const shown = freq.slice((page - 1) * TOP_PAGE_SIZE, page * TOP_PAGE_SIZE);
+      const page = Math.max(1, Math.min(pages, askedPage));
+      const first = (page - 1) * TOP_PAGE_SIZE;
+      const width = String(Math.min(freq.length, first + TOP_PAGE_SIZE)).length;
       lines.push(
-        `Tags of ${scopeLabel(dataset, concept)}: ${tagged.length} captioned of ${images.length} images, ${freq.length} distinct tags` +
+        `Tags of ${scopeLabel(dataset, concept)}, most used first: ${tagged.length} of ${images.length} images tagged, ${freq.length} different tags` +
           (pages > 1 ? ` · page ${page}/${pages}` : ''),
-        shown.map((f) => `\`${f.tag}\` ${f.count} (${Math.round(f.share * 100)}%)`).join(' · '),
+        ...freq.slice(first, first + TOP_PAGE_SIZE).map((f, i) => rankedLine(first + i + 1, width, f.tag, f.count, f.share)),
       );
       const untagged = images.filter((_, i) => captions[i] === null).map((i) => i.no);
       if (untagged.length > 0) lines.push(`Not tagged yet: ${listNos(untagged)}`);
-      prune = await pruneOffer(ctx, dataset, concept ?? 'main');
-      if (prune) lines.push(prune.text);
+      if (pages > 1) components.push(topPageRow(dataset, concept, page, pages));
+      const prune = await pruneOffer(ctx, dataset, concept ?? 'main');
+      if (prune) {
+        lines.push(prune.text);
+        components.push(...prune.components);
+      }
     }
   }
-  await interaction.editReply({ content: truncate(lines.join('\n'), 1990), components: prune?.components ?? [] });
+  return { content: truncate(lines.join('\n'), 1990), components };
 }
 
-const TOP_PHRASES = 30;
+function topPageRow(dataset: Dataset, concept: string | null, page: number, pages: number) {
+  const to = (p: number) => topPageButtons.encode({ datasetId: dataset.id, concept: concept ?? ALL_CONCEPTS, page: p });
+  return new ActionRowBuilder<ButtonBuilder>().addComponents(
+    new ButtonBuilder()
+      .setCustomId(to(page - 1))
+      .setLabel('◀ Previous')
+      .setStyle(ButtonStyle.Secondary)
+      .setDisabled(page <= 1),
+    new ButtonBuilder()
+      .setCustomId(to(page + 1))
+      .setLabel('Next ▶')
+      .setStyle(ButtonStyle.Secondary)
+      .setDisabled(page >= pages),
+  );
+}
+
+/** In a page button's id: every concept of the dataset (not a concept name: those start with a letter or digit). */
+const ALL_CONCEPTS = '-';
+
+/** `/tags top`'s Previous/Next buttons: the same list, another page, in place. */
+export const topPageButtons: ComponentHandler<{ datasetId: string; concept: string; page: number }, 'button'> = {
+  ...customIdCodec('tagtop', { datasetId: ID_PART, concept: { pattern: /^(-|[a-z0-9][a-z0-9_-]{0,31})$/, decode: (text) => text }, page: COUNT_PART }),
+  kind: 'button',
+  defer: 'update',
+  async handle(interaction, ctx, { datasetId, concept, page }) {
+    const dataset = await datasetById(interaction, ctx, datasetId);
+    const scope = concept === ALL_CONCEPTS ? null : concept;
+    await interaction.editReply(await topMessage(ctx, dataset, scope, await imagesInScope(ctx, dataset, scope), page));
+  },
+};
 
 /** Frequent words and phrases of the sentences in scope (the workshop's `/tags top` for prose). */
 async function topPhrases(ctx: BotContext, dataset: Dataset, concept: string | null, images: ImageRecord[]): Promise<string[]> {
@@ -99,9 +147,10 @@ async function topPhrases(ctx: BotContext, dataset: Dataset, concept: string | n
     return [`No sentences in ${scopeLabel(dataset, concept)} yet${images.length > 0 ? ': describing may still be running' : ''}.`];
   }
   const freq = phraseFrequencies(texts, texts.length >= 4 ? 2 : 1).slice(0, TOP_PHRASES);
+  const width = String(freq.length).length;
   const lines = [
     `Words and phrases in the sentences of ${scopeLabel(dataset, concept)} (${texts.length} of ${images.length} images described):`,
-    freq.length > 0 ? freq.map((f) => `\`${f.phrase}\` ${f.count} (${Math.round(f.share * 100)}%)`).join(' · ') : 'No word comes back in two sentences.',
+    ...(freq.length > 0 ? freq.map((f, i) => rankedLine(i + 1, width, f.phrase, f.count, f.share)) : ['No word comes back in two sentences.']),
   ];
   const missing = images.filter((i) => !map.has(i.no)).map((i) => i.no);
   if (missing.length > 0) lines.push(`Not described yet: ${listNos(missing)}`);
