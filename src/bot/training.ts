@@ -43,6 +43,8 @@ export interface PreparedRun {
   worker: { id: string; memoryMiB: number | null } | null;
   /** Problems that are not the planner's: no worker online, a model nobody has confirmed… */
   notes: string[];
+  /** The GPUs that have the base model, online first (labels for members), at most 8 and a count of the rest. */
+  trainers: { shown: string[]; more: number };
   images: TrainRunPayload['images'];
 }
 
@@ -198,10 +200,10 @@ export class TrainingService {
     const able = views.filter((v) => v.info?.models.some((m) => m.file === model));
     if (online.length === 0) notes.push('⚠️ No training worker is online right now: a started run waits in the queue until one is.');
     else if (!able.some((v) => v.online)) notes.push(`⚠️ No online worker has \`${model}\`: a started run waits in the queue until one that has it is online.`);
-    if (able.length > 0) {
-      const shown = able.slice(0, 8).map((v) => `${v.online ? '🟢' : '⚫'} ${trainerLabel(v.id, v.info, v.lent)}${v.online ? '' : ' (offline)'}`);
-      notes.push(`Can train it: ${shown.join(' · ')}${able.length > 8 ? ` · and ${able.length - 8} more` : ''}`);
-    }
+    const trainers = {
+      shown: able.slice(0, 8).map((v) => `${v.online ? '🟢' : '⚫'} ${trainerLabel(v.id, v.info, v.lent)}${v.online ? '' : ' (offline)'}`),
+      more: Math.max(0, able.length - 8),
+    };
     const workers = online;
 
     // The workers that could take the run: they have the checkpoint (and FLUX's companion files).
@@ -265,8 +267,7 @@ export class TrainingService {
       recipe,
       ...(secondsPerStep !== undefined ? { secondsPerStep } : {}),
     });
-    if (plan.timing === 'measured' && worker) notes.push(`Time estimated from \`${worker.id}\`'s own ${familyLabel(dataset.base)} runs.`);
-    return { plan, recipe, model, workers, worker, notes, images: payloadImages };
+    return { plan, recipe, model, workers, worker, notes, trainers, images: payloadImages };
   }
 
   /** Prepares a run and keeps the request (with the model it settled on) for the plan's Start button. */

@@ -94,8 +94,24 @@ describe('a training run', () => {
     // A member without the trainer role (or Manage Server) sees the plan and who may start it: no button.
     const own = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: bob, permissions: '0', options: { dataset: 'hero' } });
     const ownPlan = await done(own);
-    expect(ownPlan).toMatch(/steps per epoch/);
-    expect(ownPlan).toMatch(/🔒 Starting a run needs Manage Server/);
+    // First what a member cares about, in plain words; the trainer's settings only under Details.
+    const [lead, details] = ownPlan.split('\n**Details**\n') as [string, string];
+    expect(lead.split('\n').slice(0, 5)).toEqual([
+      '**Plan for hero**: a LoRA of `ohwx_hero` for SD 1.5',
+      '🖼️ **3 images**',
+      expect.stringMatching(/^⏱️ About \*\*\d+ (s|min)\*\* of training$/) as unknown,
+      '🖥️ Trains on 🟢 `gpu-test`',
+      '🎁 Sample pictures after each of the **8** epochs to compare and vote on, then the LoRA file of the epoch you pick (`/lora fetch`)',
+    ]);
+    expect(lead).not.toMatch(/_main|dim|alpha|Prodigy|AdamW|cosine|bucket|steps|repeats/i);
+    expect(details).toMatch(/^recipe `character` · base `base-sd15\.safetensors` · 512 px · batch 1$/m);
+    expect(details).toMatch(/^Network dim \d+ \/ alpha \d+ · Prodigy lr 1 · cosine/m);
+    expect(details).toMatch(/^`\d+_main` — 3 images × \d+ repeats = \d+ per epoch$/m);
+    // The buckets and resizes an upload reply no longer shows: the masters are 640×512, bucketed 576×448 at 512 px.
+    expect(details).toMatch(/^Buckets: 576×448 ×\d+$/m);
+    expect(details).toContain('Resized for training: 3 of 3 scaled to their bucket, 3 trimmed at the edges to fit it');
+    expect(details).toMatch(/^\d+ steps per epoch × 8 epochs = \d+ steps$/m);
+    expect(lead).toMatch(/^🔒 Starting a run needs Manage Server/m);
     expect(own.lastReply()!.components).toEqual([]);
 
     // Pressing Start on someone else's plan is answered to them alone: nothing appears in public.

@@ -156,7 +156,7 @@ describe('lending a GPU', () => {
     const plan = world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero' } });
     const planText = await done(plan);
     expect(planText).toContain('base `base-sd15.safetensors`');
-    expect(planText).toContain(`Can train it: 🟢 <@${alice.id}>'s RTX 4090 · 🟢 \`rack-1\` (A100-SXM4-80GB)`);
+    expect(planText).toContain(`🖥️ Trains on whichever is free first: 🟢 <@${alice.id}>'s RTX 4090 · 🟢 \`rack-1\` (A100-SXM4-80GB)`);
     expect(planText).not.toMatch(/elsewhere|secret|3090/);
     expect(
       await steps.privateRefusal(
@@ -236,7 +236,7 @@ describe('lending a GPU', () => {
     const plan = await done(
       world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: admin, permissions: MANAGE_GUILD, options: { dataset: 'hero' } }),
     );
-    expect(plan).toContain(`Can train it: ⚫ <@${alice.id}>'s RTX 4090 (offline) · 🟢 \`rack-1\` (A100-SXM4-80GB)`);
+    expect(plan).toContain(`🖥️ Trains on whichever is free first: ⚫ <@${alice.id}>'s RTX 4090 (offline) · 🟢 \`rack-1\` (A100-SXM4-80GB)`);
     const list = await done(command('list', alice));
     expect(list).toMatch(new RegExp(`⚫ \\*\\*gaming-pc\\*\\* · lent by <@${alice.id}> · offline, last seen \\d+ s ago · RTX 4090 24 GiB`));
   });

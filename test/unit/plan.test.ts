@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
 import type { PlanConceptInput, PlanImageInput } from '../../src/core/plan.ts';
-import { isCommonWord, planRun, repeatsForTarget, stepsPerEpochFor } from '../../src/core/plan.ts';
+import { planRun, repeatsForTarget, stepsPerEpochFor } from '../../src/core/plan.ts';
+import { isCommonWord } from '../../src/core/trigger-words.ts';
 import type { ResolvedRecipe } from '../../src/core/recipes.ts';
 import { resolveRecipe } from '../../src/core/recipes.ts';
 

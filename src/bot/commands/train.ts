@@ -11,27 +11,8 @@ import { ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type Sla
 import { duration, truncate } from '../reports.ts';
 import { workersForGuild } from '../workers.ts';
 import { acceptedIn } from '../content-policy.ts';
-import { describeSetup, modelsFor, type PlanRequest, type PreparedRun } from '../training.ts';
-
-function renderPlan(datasetName: string, prepared: PreparedRun): string {
-  const { plan, recipe } = prepared;
-  const lines = [
-    `**Plan for ${datasetName}** · recipe \`${recipe.name}\` · base \`${prepared.model}\` · ${plan.resolution} px · batch ${plan.batchSize}`,
-    describeSetup(prepared),
-    `Network dim ${recipe.network.dim} / alpha ${recipe.network.alpha} · ${recipe.optimizer.type} lr ${recipe.optimizer.learningRate} · ${recipe.scheduler.type}`,
-    ...plan.concepts.map(
-      (c) => `\`${c.folder}\` — ${c.images.length} image${c.images.length === 1 ? '' : 's'} × ${c.repeats} repeats = ${c.stepsPerEpoch} per epoch`,
-    ),
-    `Buckets: ${plan.buckets
-      .slice(0, 10)
-      .map((b) => `${b.size[0]}×${b.size[1]} ×${b.count}`)
-      .join(' · ')}${plan.buckets.length > 10 ? ' · …' : ''}`,
-    `**${plan.stepsPerEpoch}** steps per epoch × **${plan.epochs}** epochs = **${plan.totalSteps}** steps · about **${duration(plan.estimateSeconds)}**`,
-    ...plan.warnings.map((w) => `⚠️ ${w.message}`),
-    ...prepared.notes,
-  ];
-  return truncate(lines.join('\n'), 1900);
-}
+import { renderPlan } from '../plan-report.ts';
+import { modelsFor, type PlanRequest } from '../training.ts';
 
 function overridesFrom(interaction: ChatInputCommandInteraction): RunOverrides {
   const o: RunOverrides = {};
@@ -74,9 +55,10 @@ async function plan(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     const who = await whoMayNotStart(interaction, ctx);
     return { dataset, ...offered, who, hold: await ctx.moderation.hold(dataset, await acceptedIn(interaction.client, ctx.settings, dataset)) };
   });
-  const shown = hold === null ? renderPlan(dataset.name, prepared) : truncate(`${renderPlan(dataset.name, prepared)}\n🛡️ ${hold}`, 1990);
+  // Above the Details: what holds the run back (moderation) and who may start it.
+  const closing = [...(hold === null ? [] : [`🛡️ ${hold}`]), ...(who === null ? [] : [`🔒 ${who} One of them can plan it with \`/train plan\` and start it.`])];
   await interaction.editReply({
-    content: who === null ? shown : truncate(`${shown}\n🔒 ${who} One of them can plan it with \`/train plan\` and start it.`, 1990),
+    content: renderPlan(dataset.name, prepared, closing),
     components:
       who === null
         ? [
