@@ -129,8 +129,8 @@ export class ModerationService {
     this.deps.logger.info({ datasetId: dataset.id, target, userId: reporterId }, 'member report recorded');
   }
 
-  /** Why a dataset may not start a run now (a moderator has to review it), or null. */
-  async hold(dataset: Dataset, limit: Rating): Promise<string | null> {
+  /** Why a dataset may not start a run now, or be exported (a moderator has to review it), or null. */
+  async hold(dataset: Dataset, limit: Rating, action: 'start' | 'be exported' = 'start'): Promise<string | null> {
     const flags = await this.ratingFlags(dataset, limit);
     const targets = (await this.deps.moderation.reportedTargets(dataset.guildId)).filter((t) => t.datasetId === dataset.id);
     let reports = 0;
@@ -145,7 +145,7 @@ export class ModerationService {
     ];
     return (
       `**${dataset.name}** is waiting for a moderator: ${why.join(' and ')}. ` +
-      'It can start once a member with Manage Messages reviews it in `/moderation queue` and approves it.'
+      `It can ${action} once a member with Manage Messages reviews it in \`/moderation queue\` and approves it.`
     );
   }
 

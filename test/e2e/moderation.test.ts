@@ -164,6 +164,9 @@ describe('moderation', () => {
     const replanned = plan('hero', 1);
     await done(replanned);
     expect(await done(press(replanned, 'Start training'))).toMatch(/waiting for a moderator: 3 reports from members/);
+    // Nor is it handed out in bulk: its owner's export waits for the moderators too.
+    const exporting = world.discord.sendCommand({ name: 'dataset', subcommand: 'export', user: alice, options: { dataset: 'hero' } });
+    expect(await done(exporting)).toMatch(/^⚠️ \*\*hero\*\* is waiting for a moderator: 3 reports from members\. It can be exported once/);
 
     const dismiss = world.discord.sendButton({ customId: rowsOf(queue)[1]![2]!.custom_id, user: mod, permissions: MODERATOR, message: queue.lastReply()!.id });
     expect(await done(dismiss)).toMatch(/✅ Done: dismissed the reports on image #2 of \*\*hero\*\* \(1 report closed\)[\s\S]*2 items/);

@@ -1,6 +1,16 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { downloadFileName, isDownloadFileName, makeDownloadUrl, parseDownloadPath, signDownload, verifyDownload } from '../../src/core/signed-url.ts';
+import {
+  downloadFileName,
+  EXPORT_PATH_PREFIX,
+  isDownloadFileName,
+  makeDownloadUrl,
+  parseDownloadPath,
+  signDownload,
+  signExport,
+  verifyDownload,
+  verifyExport,
+} from '../../src/core/signed-url.ts';
 
 const SECRET = 'a-download-secret-of-at-least-32-characters';
 const BLOB = createHash('sha256').update('lora bytes').digest('hex');
@@ -155,5 +165,31 @@ describe('makeDownloadUrl and parseDownloadPath', () => {
     expect(parseDownloadPath(`/dl/${BLOB}/a/b.png`)).toBeNull();
     expect(parseDownloadPath('/dl/x/%E0%A4%A.png')).toBeNull();
     expect(parseDownloadPath('/healthz')).toBeNull();
+  });
+});
+
+describe('signExport / verifyExport', () => {
+  const exportParts = (pathAndQuery: string) => {
+    const url = new URL(pathAndQuery, 'http://x');
+    const path = parseDownloadPath(url.pathname, EXPORT_PATH_PREFIX);
+    if (!path) throw new Error(`not an export path: ${url.pathname}`);
+    return { ...path, exp: url.searchParams.get('exp'), sig: url.searchParams.get('sig') };
+  };
+
+  it('round-trips, and an export link can never pass as a file link or the other way round', () => {
+    const path = signExport({ secret: SECRET, datasetId: 'k3x9abcd', fileName: 'aria-dataset.zip', expiresAt: IN_AN_HOUR });
+    expect(path).toMatch(/^\/export\/k3x9abcd\/aria-dataset\.zip\?exp=\d+&sig=[A-Za-z0-9_-]{43}$/);
+    const parts = exportParts(path);
+    expect(verifyExport({ secret: SECRET, ...parts, now: NOW })).toEqual({ ok: true });
+    expect(verifyExport({ secret: SECRET, ...parts, blobId: 'k3x9abce', now: NOW })).toEqual({ ok: false, reason: 'bad-signature' });
+    expect(verifyExport({ secret: SECRET, ...parts, now: new Date(IN_AN_HOUR.getTime() + 1000) })).toEqual({ ok: false, reason: 'expired' });
+
+    // The same id, name and expiry signed as a file link does not open the export, nor vice versa.
+    const zipBlob = createHash('sha256').update('a zip').digest('hex');
+    const file = partsOf(signDownload({ secret: SECRET, blobId: zipBlob, fileName: 'aria-dataset.zip', expiresAt: IN_AN_HOUR }));
+    expect(verifyExport({ secret: SECRET, ...parts, sig: file.sig, exp: file.exp, now: NOW })).toEqual({ ok: false, reason: 'bad-signature' });
+    expect(verifyDownload({ secret: SECRET, ...file, sig: parts.sig, now: NOW })).toEqual({ ok: false, reason: 'bad-signature' });
+    expect(verifyExport({ secret: SECRET, ...parts, fileName: 'aria-dataset.png', now: NOW })).toEqual({ ok: false, reason: 'malformed' });
+    expect(() => signExport({ secret: SECRET, datasetId: '../x', fileName: 'a.zip', expiresAt: IN_AN_HOUR })).toThrow('invalid dataset id');
   });
 });

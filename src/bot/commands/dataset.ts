@@ -28,7 +28,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
 import { attestationPrompt, hasAttested } from '../attestation.ts';
 import { reportComponent, reportRow } from '../moderation-report.ts';
-import { channelPolicy } from '../content-policy.ts';
+import { acceptedIn, channelPolicy } from '../content-policy.ts';
 import type { IncomingFile } from '../intake.ts';
 import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { effectiveRating, postingOf, type ContentPolicy } from '../../core/rating.ts';
@@ -231,6 +231,9 @@ async function exportDataset(interaction: ChatInputCommandInteraction, ctx: BotC
   if (!isModerator(interaction, dataset) && !(await ctx.store.listImages(dataset.id)).some((i) => i.contributorId === interaction.user.id)) {
     throw new UserError(`Only contributors to **${dataset.name}**, its owner and moderators can export it.`);
   }
+  // What waits for a moderator (flagged or reported) is not handed out in bulk before they decide.
+  const hold = await ctx.moderation.hold(dataset, await acceptedIn(interaction.client, ctx.settings, dataset), 'be exported');
+  if (hold) throw new UserError(hold);
   const { PUBLIC_URL, DOWNLOAD_SECRET } = ctx.config;
   if (!PUBLIC_URL || !DOWNLOAD_SECRET) {
     throw new UserError('Exports are sent as download links, which this server has not set up: an admin needs to set PUBLIC_URL and DOWNLOAD_SECRET.');
