@@ -16,7 +16,10 @@ import type { Logger } from '../core/logger.ts';
 import { VRAM_PRESET_INFO } from '../core/recipes.ts';
 import { bullPrefix, QueueName, type GeneratePayload, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { checkPayload } from '../queues/train-payload.ts';
+import { keys, type Keys } from '../store/keys.ts';
+import { RedisLocks } from '../store/redis-lock.ts';
 import type { RemoteWorker, WorkerStore } from '../store/worker-store.ts';
+import { LockTimeoutError } from '../core/limiter.ts';
 
 const LeaseSchema = z.object({
   id: z.string(),
@@ -115,6 +118,9 @@ export class LeaseManager {
   private readonly genQueue: Queue<GeneratePayload>;
   private readonly genBull: Worker;
   private readonly log: Logger;
+  private readonly k: Keys;
+  /** Taking does not wait: a worker that finds another take under way asks again on its next poll. */
+  private readonly takeLocks: RedisLocks;
   private timer: NodeJS.Timeout | null = null;
   private sweeping: Promise<void> = Promise.resolve();
 
@@ -142,22 +148,21 @@ export class LeaseManager {
     });
     this.genBull.on('error', (err) => this.log.warn({ err }, 'lease manager queue error'));
     this.log = opts.logger.child({ unit: 'leases' });
+    this.k = keys(opts.prefix);
+    this.takeLocks = new RedisLocks(opts.redis, opts.prefix, { ttlMs: 15_000, waitMs: 0, logger: this.log });
   }
 
   private key(id: string) {
-    return `${this.opts.prefix}:lease:${id}`;
+    return this.k.lease(id);
   }
   private workerKey(workerId: string) {
-    return `${this.opts.prefix}:rworker:${workerId}:lease`;
+    return this.k.workerLease(workerId);
   }
   private get expiryIndex() {
-    return `${this.opts.prefix}:leases`;
+    return this.k.leaseExpiry();
   }
   private recordKey(runId: string) {
-    return `${this.opts.prefix}:run:${runId}:remote`;
-  }
-  private get takeLock() {
-    return `${this.opts.prefix}:leases:take`;
+    return this.k.remoteRun(runId);
   }
 
   start(): void {
@@ -223,15 +228,13 @@ export class LeaseManager {
       .exec();
   }
 
-  /** One take at a time across bot processes (a short Redis lock), so a run is never leased twice. */
+  /** One take at a time across bot processes (a Redis lock), so a run is never leased twice; null when another takes now. */
   private async withTakeLock<T>(fn: () => Promise<T>): Promise<T | null> {
-    const token = randomBytes(12).toString('hex');
-    const ok = await this.opts.redis.set(this.takeLock, token, 'PX', 15_000, 'NX');
-    if (ok !== 'OK') return null;
     try {
-      return await fn();
-    } finally {
-      await this.opts.redis.eval(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`, 1, this.takeLock, token);
+      return await this.takeLocks.run('leases:take', () => fn());
+    } catch (err) {
+      if (err instanceof LockTimeoutError) return null;
+      throw err;
     }
   }
 

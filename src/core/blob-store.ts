@@ -103,9 +103,10 @@ export class BlobStore {
   /**
    * Stores the content of the file at `path`. With `move`, a regular file is moved in (renamed
    * when on the same file system, else copied and removed); on failure it is put back where it
-   * was. Without `move` the file is copied and left alone.
+   * was. Without `move` the file is copied and left alone. `verified`: the moved file's id and
+   * size as its writer hashed them while writing it (a checked download), so it is not read again.
    */
-  async putFile(path: string, opts: { move?: boolean } = {}): Promise<BlobRef> {
+  async putFile(path: string, opts: { move?: boolean; verified?: BlobRef } = {}): Promise<BlobRef> {
     if (opts.move) {
       const info = await lstat(path);
       if (!info.isFile()) throw new Error('putFile with move needs a regular file');
@@ -119,7 +120,7 @@ export class BlobStore {
         return ref;
       }
       try {
-        const ref = await hashFile(tmp);
+        const ref = opts.verified && opts.verified.size === info.size ? opts.verified : await hashFile(tmp);
         await seal(tmp);
         await this.commit(tmp, ref.id, ref.size);
         await rm(tmp, { force: true });

@@ -24,6 +24,14 @@ export function keys(p: string) {
     captionBatches: (id: string) => `${p}:ds:${id}:capbatches`,
     /** A lock shared by every process of the deployment (store/redis-lock.ts). */
     lock: (name: string) => `${p}:lock:${name}`,
+    /** A lent GPU's lease on a run or a generation (bot/leases.ts). */
+    lease: (id: string) => `${p}:lease:${id}`,
+    /** The lease a lent GPU holds now. */
+    workerLease: (workerId: string) => `${p}:rworker:${workerId}:lease`,
+    /** Every lease by when it lapses. */
+    leaseExpiry: () => `${p}:leases`,
+    /** Where a run on a lent GPU stands (its resume state, the GPU it is on). */
+    remoteRun: (runId: string) => `${p}:run:${runId}:remote`,
     /** Which process handles a Discord event that every connected bot process receives. */
     eventClaim: (kind: string, id: string) => `${p}:claim:${kind}:${id}`,
     sentences: (id: string) => `${p}:ds:${id}:sentences`,

@@ -18,7 +18,8 @@ import { checkPayload } from '../queues/train-payload.ts';
 import { GenerationFailure, generateProblem, runGeneration } from './generation.ts';
 import { GuildClient, LeaseGoneError, TokenRefusedError, type LeaseGrant, type ResumeState } from './guild-client.ts';
 import type { EpochEvent, RunHost, RunProgress } from './run-host.ts';
-import { describeRunError, TrainingRun, type TrainingRunDeps } from './training-run.ts';
+import { describeRunError } from './trainer-failure.ts';
+import { TrainingRun, type TrainingRunDeps } from './training-run.ts';
 import { WorkerRegistry } from './worker-registry.ts';
 
 /** The run was handed back (shutdown) or taken away (lease gone); nothing more to report. */
@@ -266,8 +267,10 @@ export function startRemoteWorker(config: Config, deps: RemoteWorkerDeps): Remot
           continue;
         }
         const tmp = blobs.tempPath('fetch');
-        bytes += await client.download(grant, id, tmp);
-        const ref = await blobs.putFile(tmp, { move: true });
+        const size = await client.download(grant, id, tmp);
+        bytes += size;
+        // The download was hashed as it arrived and refused unless it matched `id`.
+        const ref = await blobs.putFile(tmp, { move: true, verified: { id, size } });
         if (ref.id !== id) throw new Error(`a fetched file changed on disk (${id.slice(0, 12)}…)`);
         fetched++;
       }

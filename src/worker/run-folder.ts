@@ -13,6 +13,7 @@
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { codeOf, listDir } from '../core/fs-errors.ts';
+import { readSafetensorsHeader } from '../core/safetensors.ts';
 
 export const ENDED_FILE = 'ended.json';
 const KEEP = new Set(['run-state.json', ENDED_FILE]);
@@ -27,9 +28,7 @@ export interface ClearOptions {
 /** Records how the run ended, then removes everything in `runDir` but the bookkeeping. */
 export async function clearEndedRun(runDir: string, end: RunEnd, options: ClearOptions = {}): Promise<string[]> {
   const path = join(runDir, ENDED_FILE);
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify({ ...end, at: Date.now() })}\n`);
-  await rename(tmp, path);
+  await writeAtomic(path, `${JSON.stringify({ ...end, at: Date.now() })}\n`);
   const removed: string[] = [];
   for (const entry of (await listDir(runDir)).sort()) {
     if (KEEP.has(entry)) continue;
@@ -70,4 +69,31 @@ export async function sweepEndedRuns(runsDir: string, olderThanMs: number, now =
     swept.push(name);
   }
   return swept;
+}
+
+/** A complete epoch state folder: kohya's train_state.json and accelerate's RNG states. */
+export async function isResumableState(dir: string): Promise<boolean> {
+  const files = await listDir(dir);
+  return files.includes('train_state.json') && files.some((f) => /^random_states_\d+\.pkl$/.test(f));
+}
+
+/** A complete safetensors file (a half-written one fails the header/size check). */
+export async function validCheckpoint(path: string): Promise<boolean> {
+  try {
+    await readSafetensorsHeader(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Writes `text` to `path` through a temporary file and a rename: readers see the old file or the new one. */
+export async function writeAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
+  try {
+    await writeFile(tmp, text, 'utf8');
+    await rename(tmp, path);
+  } finally {
+    await rm(tmp, { force: true });
+  }
 }

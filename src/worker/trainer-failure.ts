@@ -7,6 +7,7 @@
  */
 
 import type { TrainerExit } from './trainer-process.ts';
+import { StagingError } from './staging.ts';
 
 const LAUNCHER_EXCEPTION = 'subprocess.CalledProcessError';
 const LAUNCHER_EXIT_RE = /^Command '.*' returned non-zero exit status (-?\d+)\.?$/s;
@@ -49,4 +50,27 @@ export class TrainerErrors {
     const code = launcher && 'code' in launcher ? launcher.code : exit.code;
     return `the trainer exited with code ${code ?? '?'}${this.#script ? `: ${this.#script}` : ''}`;
   }
+}
+
+export type StopReason = 'cancel' | 'shutdown' | 'nan';
+
+/** Thrown inside a run to end it with a `failed` event and a failed job. */
+export class RunFailure extends Error {
+  constructor(
+    readonly reason: string,
+    readonly logTail: string[] = [],
+  ) {
+    super(reason);
+    this.name = 'RunFailure';
+  }
+}
+
+/**
+ * How a run that threw is reported: the reason members read, the trainer's last lines, and whether
+ * it is the run's own failure (bad input, a failed trainer: never retried) or the worker's.
+ */
+export function describeRunError(err: unknown): { reason: string; logTail: string[]; runFailure: boolean } {
+  if (err instanceof RunFailure) return { reason: err.reason, logTail: err.logTail, runFailure: true };
+  if (err instanceof StagingError) return { reason: err.message, logTail: [], runFailure: true };
+  return { reason: `the worker failed: ${err instanceof Error ? err.message : String(err)}`, logTail: [], runFailure: false };
 }

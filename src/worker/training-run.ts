@@ -17,7 +17,7 @@
  * running by a crashed worker is found by its environment marker and stopped before anything else.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Config } from '../core/config.ts';
 import { codeOf, listDir } from '../core/fs-errors.ts';
@@ -26,15 +26,14 @@ import type { KohyaEvent } from '../core/kohya-progress.ts';
 import type { Logger } from '../core/logger.ts';
 import { makeSampleGrid } from '../core/image-sheets.ts';
 import { runFitProblem } from '../core/recipes.ts';
-import { readSafetensorsHeader } from '../core/safetensors.ts';
 import type { ArtifactRef, RunEvent, TrainRunPayload } from '../queues/contract.ts';
 import { baseModelProblem } from '../queues/train-payload.ts';
 import type { RunHost } from './run-host.ts';
 import { stageDataset, StagingError, type StageConcept } from './staging.ts';
 import { killStaleTrainers, TrainerProcess, trainerCommand, trainerEnv, type TrainerExit } from './trainer-process.ts';
-import { TrainerErrors } from './trainer-failure.ts';
+import { RunFailure, TrainerErrors, type StopReason } from './trainer-failure.ts';
 import { bytesUnder, diskShortfall, estimateRunDisk, freeBytes } from './disk-space.ts';
-import { clearEndedRun, readRunEnd, type RunEnd } from './run-folder.ts';
+import { clearEndedRun, isResumableState, readRunEnd, validCheckpoint, writeAtomic, type RunEnd } from './run-folder.ts';
 
 export interface TrainingRunDeps {
   config: Config;
@@ -59,38 +58,12 @@ export interface RunTimings {
   pickupToSpawnMs: number | null;
 }
 
-/** A complete epoch state folder: kohya's train_state.json and accelerate's RNG states. */
-export async function isResumableState(dir: string): Promise<boolean> {
-  const files = await listDir(dir);
-  return files.includes('train_state.json') && files.some((f) => /^random_states_\d+\.pkl$/.test(f));
-}
-
 // ---------------------------------------------------------------------------------------------
 // Small file helpers.
 
 const pad6 = (n: number) => String(n).padStart(6, '0');
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
-  try {
-    await writeFile(tmp, text, 'utf8');
-    await rename(tmp, path);
-  } finally {
-    await rm(tmp, { force: true });
-  }
-}
-
-/** A complete safetensors file (a half-written one fails the header/size check). */
-async function validCheckpoint(path: string): Promise<boolean> {
-  try {
-    await readSafetensorsHeader(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The prompt text of each line of the sample-prompts file (options dropped), in order. */
 function promptTexts(files: KohyaFiles): string[] {
@@ -110,19 +83,6 @@ interface RunState {
   finished: { final: ArtifactRef; seconds: number } | null;
   /** How many times a trainer was started for the run. */
   attempts: number;
-}
-
-export type StopReason = 'cancel' | 'shutdown' | 'nan';
-
-/** Thrown inside a run to end it with a `failed` event and a failed job. */
-export class RunFailure extends Error {
-  constructor(
-    readonly reason: string,
-    readonly logTail: string[] = [],
-  ) {
-    super(reason);
-    this.name = 'RunFailure';
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,12 +630,4 @@ export class TrainingRun {
   }
 }
 
-/**
- * How a run that threw is reported: the reason members read, the trainer's last lines, and whether
- * it is the run's own failure (bad input, a failed trainer: never retried) or the worker's.
- */
-export function describeRunError(err: unknown): { reason: string; logTail: string[]; runFailure: boolean } {
-  if (err instanceof RunFailure) return { reason: err.reason, logTail: err.logTail, runFailure: true };
-  if (err instanceof StagingError) return { reason: err.message, logTail: [], runFailure: true };
-  return { reason: `the worker failed: ${err instanceof Error ? err.message : String(err)}`, logTail: [], runFailure: false };
-}
+// Where a run's failures are described (re-exported for the workers that run it).

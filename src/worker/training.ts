@@ -16,7 +16,8 @@ import { startGenerationWorker } from './generation.ts';
 import { probeOptimizers, type OptimizerProbe } from './optimizers.ts';
 import { LocalRunHost } from './run-host.ts';
 import { sweepEndedRuns } from './run-folder.ts';
-import { describeRunError, TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
+import { describeRunError } from './trainer-failure.ts';
+import { TrainingRun, type TrainingRunDeps, type TrainRunResult } from './training-run.ts';
 import { WorkerRegistry } from './worker-registry.ts';
 
 export interface TrainingDeps extends TrainingRunDeps {

@@ -160,6 +160,7 @@ describe('a GPU lent from elsewhere', () => {
     const { token } = await workers.add({ guildId: world.discord.guildId, name: 'probe', ownerId: alice.id });
     const client = new GuildClient({ baseUrl: baseUrl(), token, logger: silent, retryForMs: 5_000 });
     const wrong = new GuildClient({ baseUrl: baseUrl(), token: `${token.slice(0, -4)}AAAA`, logger: silent, retryForMs: 5_000 });
+    let keepAlive: NodeJS.Timeout | undefined;
     try {
       await expect(wrong.heartbeat(modelsInfo(), null)).rejects.toBeInstanceOf(TokenRefusedError);
       await client.heartbeat(modelsInfo(), null);
@@ -176,6 +177,8 @@ describe('a GPU lent from elsewhere', () => {
       const grant = (await client.poll(10)) as LeaseGrant;
       expect(grant).not.toBeNull();
       expect((grant.payload as { runId: string }).runId).toBe(runId);
+      // It beats while it holds the lease, as a worker does, however long the checks below take.
+      keepAlive = setInterval(() => void client.heartbeat(modelsInfo(), grant.leaseId).catch(() => undefined), 1000);
 
       // A blob of the run arrives, checked; one outside the lease does not.
       const image = Object.values((grant.payload as { images: Record<string, { blob: string }> }).images)[0]!.blob;
@@ -224,6 +227,7 @@ describe('a GPU lent from elsewhere', () => {
 
       // An event about another run is refused; the lease is handed back and the run waits again.
       await expect(client.event(grant.leaseId, { kind: 'cancelled', runId: 'someotherrun', lastEpoch: null })).rejects.toBeInstanceOf(RefusedError);
+      clearInterval(keepAlive);
       await client.release(grant.leaseId);
       expect(await trainingQueue.getJobCountByTypes('waiting', 'prioritized')).toBe(1);
       expect((await runs.get(runId))?.status).toBe('queued');
@@ -233,6 +237,7 @@ describe('a GPU lent from elsewhere', () => {
         async () => (await runs.get(runId))?.status === 'cancelled' || (await trainingQueue.getJobCountByTypes('waiting', 'prioritized')) === 0,
       );
     } finally {
+      clearInterval(keepAlive);
       await client.close();
       await wrong.close();
     }

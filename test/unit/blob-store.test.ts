@@ -82,6 +82,20 @@ describe('BlobStore writes', () => {
     expect(await tempFiles()).toEqual([]);
   });
 
+  it('takes a checked download under the id its writer computed, and hashes it itself when the size disagrees', async () => {
+    const data = randomBytes(30_000);
+    const checked = store.tempPath('fetch');
+    await writeFile(checked, data);
+    // The writer's id is trusted as given: a checked download is not read a second time.
+    const trusted = { id: sha(Buffer.from('the writer hashed this')), size: data.length };
+    expect(await store.putFile(checked, { move: true, verified: trusted })).toEqual(trusted);
+    expectBytes(await store.read(trusted.id), data);
+    const other = store.tempPath('fetch');
+    await writeFile(other, data);
+    expect(await store.putFile(other, { move: true, verified: { id: trusted.id, size: 1 } })).toEqual({ id: sha(data), size: data.length });
+    expect(await tempFiles()).toEqual([]);
+  });
+
   it('refuses to move a symlink in (it would point outside the store)', async () => {
     const target = join(root, 'outside.bin');
     await writeFile(target, 'outside');
