@@ -4,7 +4,7 @@
  * kept well under Discord's upload limits.
  */
 import type { JpegOptions, OverlayOptions, ResizeOptions } from 'sharp';
-import { FONT_METRICS, renderLabel } from './bitmap-font.ts';
+import { FONT_METRICS, renderLabel, wrapText } from './bitmap-font.ts';
 import { blankCanvas, decodeImage as decoder, inSlot, jpegWithin } from './sharp.ts';
 
 export interface ContactSheetTile {
@@ -109,7 +109,7 @@ export async function makeContactSheet(tiles: ContactSheetTile[], opts: ContactS
 export interface SampleGridTile {
   /** A sample image (a Buffer or a file path). */
   image: Buffer | string;
-  /** Written under the sample, e.g. "#1 zkchar, 1girl, smile". Wrapped to two lines at most. */
+  /** Written under the sample, e.g. "#1 zkchar, 1girl, smile": wrapped to as many lines as it takes. */
   label: string;
 }
 
@@ -129,40 +129,69 @@ export interface SampleGridLayout {
   cells: { left: number; top: number }[];
   /** Integer scale of the bitmap font. */
   textScale: number;
+  /** Each tile's label as drawn under its cell, one entry per line. */
+  labels: string[][];
 }
 
 const GRID_BACKGROUND = '#1e1f22';
 const GRID_TEXT = '#f2f3f5';
 const GRID_MAX_BYTES = 8 * 1024 * 1024;
-const GRID_LABEL_LINES = 2;
+/** Space around label text, in font pixels (renderLabel's default). */
+const LABEL_PADDING = 2;
+/** A label longer than this many lines (a prompt of a few hundred characters) ends in "…". */
+const GRID_MAX_LABEL_LINES = 10;
+/** About how wide Discord shows an attached image in a channel before it is opened. */
+export const DISCORD_PREVIEW_WIDTH = 550;
+/** The height of a capital letter, in screen pixels, that stays readable in that preview. */
+const READABLE_CAP_HEIGHT = 6;
+/** The fewest characters a label line should hold, so a bigger font never leaves one word per line. */
+const MIN_LINE_CHARACTERS = 16;
 
 /**
- * Where everything goes in a sample grid of `count` cells of `cell` size: a title strip on top,
- * then the cells side by side, each with room for a two-line label under it. Pure; exported so
- * callers and tests can find a sample in the grid.
+ * The font scale of a grid `width` px wide with cells `cellWidth` px wide: large enough that a
+ * capital letter is READABLE_CAP_HEIGHT px tall once Discord scales the grid to its preview width,
+ * at least 2 on cells of 256 px and more, and small enough to keep MIN_LINE_CHARACTERS on a line.
  */
-export function sampleGridLayout(count: number, cell: { width: number; height: number }): SampleGridLayout {
-  if (!(count >= 1) || !Number.isInteger(count)) throw new RangeError('a sample grid needs at least one sample');
-  const textScale = Math.min(cell.width, cell.height) >= 256 ? 2 : 1;
+function gridTextScale(width: number, cell: { width: number; height: number }): number {
+  const readable = Math.ceil((READABLE_CAP_HEIGHT * width) / (FONT_METRICS.ascent * DISCORD_PREVIEW_WIDTH));
+  const floor = Math.min(cell.width, cell.height) >= 256 ? 2 : 1;
+  const fits = Math.floor(cell.width / (MIN_LINE_CHARACTERS * FONT_METRICS.advance));
+  return Math.max(1, Math.min(Math.max(readable, floor), Math.max(1, fits)));
+}
+
+/**
+ * Where everything goes in a sample grid of one cell of `cell` size per label: a title strip on
+ * top, then the cells side by side, each with its label wrapped under it, the label area as tall
+ * as the longest label needs. Pure; exported so callers and tests can find a sample in the grid.
+ */
+export function sampleGridLayout(cell: { width: number; height: number }, labels: readonly string[]): SampleGridLayout {
+  const count = labels.length;
+  if (count < 1) throw new RangeError('a sample grid needs at least one sample');
   const gap = Math.max(4, Math.round(Math.max(cell.width, cell.height) / 64));
-  const line = FONT_METRICS.lineHeight * textScale;
-  const pad = 2 * textScale;
-  const titleHeight = line + 2 * pad;
-  const labelHeight = GRID_LABEL_LINES * line + 2 * pad;
+  const width = count * cell.width + (count + 1) * gap;
+  const textScale = gridTextScale(width, cell);
+  const pad = LABEL_PADDING * textScale;
+  const wrapped = labels.map((label) => wrapText(label, cell.width - 2 * pad, textScale, GRID_MAX_LABEL_LINES));
+  const lines = Math.max(1, ...wrapped.map((l) => l.length));
+  const lineHeight = FONT_METRICS.lineHeight * textScale;
+  const titleHeight = lineHeight + 2 * pad;
+  const labelHeight = lines * lineHeight + 2 * pad;
   const top = gap + titleHeight + gap;
   return {
-    width: count * cell.width + (count + 1) * gap,
+    width,
     height: top + cell.height + labelHeight + gap,
     cell: { ...cell },
     cells: Array.from({ length: count }, (_, i) => ({ left: gap + i * (cell.width + gap), top })),
     textScale,
+    labels: wrapped,
   };
 }
 
 /**
  * One JPEG of an epoch's samples side by side (the run's prompts in order), each labelled under
- * it, with a title on top; labels use the built-in bitmap font. The cell takes the first sample's
- * aspect ratio (a run samples every prompt at one size). Kept well under Discord's limits.
+ * it in full, with a title on top; labels use the built-in bitmap font, sized to stay readable in
+ * Discord's preview. The cell takes the first sample's aspect ratio (a run samples every prompt
+ * at one size). Kept well under Discord's limits.
  */
 export async function makeSampleGrid(tiles: SampleGridTile[], opts: SampleGridOptions): Promise<Buffer> {
   if (tiles.length === 0) throw new RangeError('a sample grid needs at least one sample');
@@ -173,25 +202,44 @@ export async function makeSampleGrid(tiles: SampleGridTile[], opts: SampleGridOp
     const longest = Math.max(first.width, first.height, 1);
     const fit = Math.min(1, maxCell / longest);
     const cell = { width: Math.max(16, Math.round(first.width * fit)), height: Math.max(16, Math.round(first.height * fit)) };
-    const layout = sampleGridLayout(tiles.length, cell);
+    const layout = sampleGridLayout(
+      cell,
+      tiles.map((t) => t.label),
+    );
     const scale = layout.textScale;
+    const text = { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, padding: LABEL_PADDING };
 
     const overlays: OverlayOptions[] = [];
     const gap = layout.cells[0]!.left;
-    const title = renderLabel(opts.title, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: layout.width - 2 * gap, maxLines: 1 });
-    overlays.push(labelAt(title, gap, gap));
+    const title = renderLabel(opts.title, { ...text, maxWidth: layout.width - 2 * gap, maxLines: 1 });
+    overlays.push({ input: title.data, raw: { width: title.width, height: title.height, channels: 4 }, top: gap, left: gap });
     for (let i = 0; i < tiles.length; i++) {
-      const { image, label } = tiles[i]!;
       const at = layout.cells[i]!;
-      overlays.push(await placed(image, { width: cell.width, height: cell.height, fit: 'contain' }, GRID_BACKGROUND, at));
-      const badge = renderLabel(label, { scale, colour: GRID_TEXT, background: GRID_BACKGROUND, maxWidth: cell.width, maxLines: GRID_LABEL_LINES });
-      overlays.push(labelAt(badge, at.left, at.top + cell.height));
+      const sample = await decoder(tiles[i]!.image, { limitInputPixels: 100_000_000, autoOrient: true, pages: 1 })
+        .resize(cell.width, cell.height, { fit: 'contain', background: GRID_BACKGROUND, kernel: 'lanczos3' })
+        .flatten({ background: GRID_BACKGROUND })
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true });
+      overlays.push({
+        input: sample.data,
+        raw: { width: sample.info.width, height: sample.info.height, channels: sample.info.channels },
+        left: at.left,
+        top: at.top,
+      });
+      // The lines the layout made room for, drawn as they are (no second wrap).
+      const badge = renderLabel(layout.labels[i]!.join('\n'), text);
+      overlays.push({ input: badge.data, raw: { width: badge.width, height: badge.height, channels: 4 }, left: at.left, top: at.top + cell.height });
     }
-    return composedJpeg(layout, GRID_BACKGROUND, overlays, {
-      maxBytes: GRID_MAX_BYTES,
-      qualities: [90, 75, 55],
-      what: `sample grid of ${tiles.length} samples`,
-      options: { chromaSubsampling: '4:4:4' },
+    const { width, height } = layout;
+    const canvas = await blankCanvas(width, height, GRID_BACKGROUND)
+      .composite(overlays)
+      .removeAlpha()
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (canvas.info.channels !== 3) throw new Error(`media: sample grid has ${canvas.info.channels} channels`);
+    return jpegWithin({ data: canvas.data, width, height, channels: 3 }, GRID_MAX_BYTES, [90, 75, 55], `sample grid of ${tiles.length} samples`, {
+      chromaSubsampling: '4:4:4',
     });
   });
 }

@@ -204,7 +204,7 @@ describe('trying a trained LoRA', () => {
     const grid = post.attachments[0]!.data;
     const meta = await sharp(grid).metadata();
     // Each row is a sample grid of three 384 px cells; rows are stacked with a gap around them.
-    const row = sampleGridLayout(3, { width: 384, height: 384 });
+    const row = sampleGridLayout({ width: 384, height: 384 }, ['weight 0.5', 'weight 1', 'weight 1.5']);
     const gap = 4 * Math.max(1, Math.round(row.width / 512));
     expect(meta.width).toBe(row.width + 2 * gap);
     expect(meta.height).toBe(gap + 2 * (row.height + gap));

@@ -307,7 +307,10 @@ describe('training worker', () => {
 
     const epochs = epochEvents(added);
     expect(epochs.map((e) => e.epoch)).toEqual([1, 2, 3]);
-    const layout = sampleGridLayout(PROMPTS.length, SAMPLE);
+    const layout = sampleGridLayout(
+      SAMPLE,
+      PROMPTS.map((p, i) => `#${i + 1} ${p}`),
+    );
     for (const e of epochs) {
       expect(e.epochs).toBe(EPOCHS);
       // The checkpoint: a blob that parses as safetensors, of this epoch.

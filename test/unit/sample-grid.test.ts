@@ -1,6 +1,7 @@
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { makeSampleGrid, sampleGridLayout } from '../../src/core/image-sheets.ts';
+import { FONT_METRICS, measureText } from '../../src/core/bitmap-font.ts';
+import { DISCORD_PREVIEW_WIDTH, makeSampleGrid, sampleGridLayout } from '../../src/core/image-sheets.ts';
 import { photoRgb } from '../fixtures/images.ts';
 
 type Rgb = [number, number, number];
@@ -33,7 +34,10 @@ describe('makeSampleGrid', () => {
     const meta = await sharp(jpeg).metadata();
     expect(meta.format).toBe('jpeg');
 
-    const layout = sampleGridLayout(3, { width: 128, height: 192 });
+    const layout = sampleGridLayout(
+      { width: 128, height: 192 },
+      tiles.map((t) => t.label),
+    );
     expect(layout.cell).toEqual({ width: 128, height: 192 });
     expect([meta.width, meta.height]).toEqual([layout.width, layout.height]);
 
@@ -59,7 +63,10 @@ describe('makeSampleGrid', () => {
   it('scales big samples down to the cell size, keeping their aspect ratio', async () => {
     const tiles = await Promise.all([0, 1].map(async (i) => ({ image: await solid(1024, 1536, [200, 200 - i * 100, 50]), label: `#${i + 1}` })));
     const jpeg = await makeSampleGrid(tiles, { title: 'big', maxCell: 512 });
-    const layout = sampleGridLayout(2, { width: 341, height: 512 });
+    const layout = sampleGridLayout(
+      { width: 341, height: 512 },
+      tiles.map((t) => t.label),
+    );
     const meta = await sharp(jpeg).metadata();
     expect([meta.width, meta.height]).toEqual([layout.width, layout.height]);
     expect(layout.textScale).toBe(2);
@@ -80,7 +87,52 @@ describe('makeSampleGrid', () => {
     const jpeg = await makeSampleGrid(tiles, { title: 'four prompts' });
     expect(jpeg.length).toBeLessThan(4 * 1024 * 1024);
     const meta = await sharp(jpeg).metadata();
-    expect(meta.width).toBe(sampleGridLayout(4, { width: 512, height: 512 }).width);
+    expect(meta.width).toBe(
+      sampleGridLayout(
+        { width: 512, height: 512 },
+        tiles.map((t) => t.label),
+      ).width,
+    );
+  });
+
+  it("writes a long prompt under its sample in full, on as many lines as it takes, in a font readable in Discord's preview", async () => {
+    const labels = [
+      '#1 ohwx_hero, portrait',
+      '#2 ohwx_hero, 1girl, solo, red dress, long hair, standing in a sunny park, looking at viewer, smile, cherry blossoms, detailed background',
+      '#3 ohwx_hero, 1girl, sitting on a bench',
+      '#4 ohwx_hero, night city',
+    ];
+    const tiles = await Promise.all(labels.map(async (label, i) => ({ image: await solid(512, 512, [30 + 20 * i, 40, 70]), label })));
+    const jpeg = await makeSampleGrid(tiles, { title: 'hero - epoch 3/8' });
+    const layout = sampleGridLayout({ width: 512, height: 512 }, labels);
+    const meta = await sharp(jpeg).metadata();
+    expect([meta.width, meta.height]).toEqual([layout.width, layout.height]);
+
+    // Every word of every prompt is there, none cut off or ended with "…", and each line fits its cell.
+    const pad = 2 * layout.textScale;
+    for (const [i, lines] of layout.labels.entries()) {
+      expect(lines.join(' ')).toBe(labels[i]);
+      for (const line of lines) expect(measureText(line, layout.textScale).width).toBeLessThanOrEqual(512 - 2 * pad);
+    }
+    expect(layout.labels[1]!.length).toBeGreaterThan(2);
+    // Scaled down to Discord's preview width, a capital letter is still at least 6 px tall.
+    expect((FONT_METRICS.ascent * layout.textScale * DISCORD_PREVIEW_WIDTH) / layout.width).toBeGreaterThanOrEqual(6);
+
+    // Drawn: ink on every line of the long label, under its own cell, and nothing below the last line.
+    const { at } = await decode(jpeg);
+    const cell = layout.cells[1]!;
+    const lineHeight = FONT_METRICS.lineHeight * layout.textScale;
+    const inkIn = (top: number, bottom: number, left: number, right: number) => {
+      let ink = 0;
+      for (let y = top; y < bottom; y++) for (let x = left; x < right; x++) if (at(x, y)[0] > 180) ink++;
+      return ink;
+    };
+    const labelTop = cell.top + 512 + pad;
+    for (let k = 0; k < layout.labels[1]!.length; k++) {
+      const top = labelTop + k * lineHeight;
+      expect(inkIn(top, top + FONT_METRICS.ascent * layout.textScale, cell.left, cell.left + 512), `line ${k + 1}`).toBeGreaterThan(100);
+    }
+    expect(inkIn(labelTop + layout.labels[1]!.length * lineHeight, layout.height, 0, layout.width)).toBe(0);
   });
 
   it('refuses no samples and samples that are cut short', async () => {
