@@ -303,6 +303,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       workerLabel: (id) => labelOfWorker({ redis, prefix: config.REDIS_PREFIX, workerStore: workers }, id),
       // Samples are rated like uploads and posted as the run's channel allows (threads take their parent's flag).
       posting: async (run, image) => {
+        // A run of a dataset the moderators removed shows nothing of it any more.
+        if (await moderationStore.withheld(run.id)) return { how: 'withhold', rating: null, why: 'a moderator removed this dataset.' };
         const [sampleRating = null] = await rating.rate([image]);
         return { how: postingOf(sampleRating, await channelPolicy(client, settings, run.guildId, run.channelId)), rating: sampleRating };
       },

@@ -39,6 +39,8 @@ export interface RunReporterDeps {
 export interface SamplePosting {
   how: 'show' | 'spoiler' | 'withhold';
   rating: Rating | null;
+  /** Why it is withheld, when not for its rating (a moderator removed the run's dataset). */
+  why?: string;
 }
 
 /** The grid as an attachment, spoilered, or left out with a line saying why (votes by number still work). */
@@ -47,7 +49,9 @@ async function sampleAttachment(deps: RunReporterDeps, run: Run, image: Buffer, 
   if (posting.how === 'withhold') {
     return {
       file: null,
-      note: `\n🙈 Samples not shown here: rated ${posting.rating ?? 'unknown'}, more than this channel shows. You can still vote by epoch number.`,
+      note: posting.why
+        ? `\n🛡️ Samples not shown: ${posting.why}`
+        : `\n🙈 Samples not shown here: rated ${posting.rating ?? 'unknown'}, more than this channel shows. You can still vote by epoch number.`,
     };
   }
   const file = new AttachmentBuilder(image, { name });

@@ -229,6 +229,7 @@ describe('moderation', () => {
     expect(await store.imageCount(dataset.id)).toBe(3);
 
     const reason = 'Photos of a real person shared without their consent';
+    const removedAt = Date.now();
     const removal = moderation('remove', { target: 'dataset', dataset: 'villain', reason });
     expect(await done(removal)).toBe('Done: removed dataset **villain** (3 images, 2 runs cancelled, files of 3 runs withheld). It is in `/moderation log`.');
     // The running run still reads the masters: they stay until it ends; everything else is gone now.
@@ -247,6 +248,19 @@ describe('moderation', () => {
       steps.channelMessages(world, villainThread).find((m) => m.content.startsWith(`⏹️ Run \`${running}\` of **villain** was cancelled`)),
     );
     expect((await runs.get(running))?.status).toBe('cancelled');
+    // The thread is told; an epoch the trainer still finished after the removal shows no samples.
+    await steps.until('the removal notice in the thread', () =>
+      steps
+        .channelMessages(world, villainThread)
+        .find(
+          (m) =>
+            m.content === `🛡️ **villain** was removed by the moderators: its images are deleted, its runs stopped and its LoRAs withheld. Reason: ${reason}`,
+        ),
+    );
+    for (const post of steps.epochPosts(world, villainThread, running).filter((m) => m.createdAt >= removedAt)) {
+      expect(post.attachments).toEqual([]);
+      expect(post.content).toContain('🛡️ Samples not shown: a moderator removed this dataset.');
+    }
     await steps.until('the running run’s files to be freed', async () => {
       const left = await Promise.all(images.map((i) => blobs.has(i.masterBlob)));
       return left.every((has) => !has);

@@ -171,7 +171,15 @@ function reasonOf(text: string): string {
 
 async function remove(ctx: BotContext, dataset: Dataset, no: number, moderatorId: string, reason: string): Promise<AuditEntry> {
   const by = { moderatorId, reason: reasonOf(reason) };
-  return no === 0 ? ctx.moderation.removeDataset(dataset, by) : ctx.moderation.removeImage(dataset, no, by);
+  if (no !== 0) return ctx.moderation.removeImage(dataset, no, by);
+  const entry = await ctx.moderation.removeDataset(dataset, by);
+  // Its contributors learn where it went (who removed it stays in the audit log).
+  await ctx.notices.post(
+    dataset.threadId ?? dataset.channelId,
+    `🛡️ **${dataset.name}** was removed by the moderators: its images are deleted, its runs stopped and its LoRAs withheld. Reason: ${by.reason}`,
+    `dataset-removed:${dataset.id}`,
+  );
+  return entry;
 }
 
 export const moderationCommand: SlashCommand = {
