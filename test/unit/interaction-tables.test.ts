@@ -4,7 +4,7 @@ import { allCommandData } from '../../commands/all.ts';
 import { attestButton } from '../../src/bot/attestation.ts';
 import { captionEditModal, captionSentenceModal } from '../../src/bot/commands/caption.ts';
 import { showPageButtons } from '../../src/bot/commands/dataset.ts';
-import { pruneButton } from '../../src/bot/commands/tags.ts';
+import { pruneButton, topPageButtons } from '../../src/bot/commands/tags.ts';
 import { tryButtonHandler } from '../../src/bot/commands/lora.ts';
 import { startButton } from '../../src/bot/commands/train.ts';
 import { componentHandlers, slashCommands } from '../../src/bot/handlers.ts';
@@ -21,6 +21,7 @@ function sample<T, K extends ComponentKind>(handler: ComponentHandler<T, K>, dat
 const samples = [
   sample(showPageButtons, { datasetId: 'ds01abc', page: 12 }),
   sample(pruneButton, { suggestionId: 'p9x2kq' }),
+  sample(topPageButtons, { datasetId: 'ds01abc', concept: '-', page: 2 }),
   sample(captionEditModal, { datasetId: 'ds01abc', imageNo: 40, version: 0 }),
   sample(captionSentenceModal, { datasetId: 'ds01abc', imageNo: 40, version: 7 }),
   sample(startButton, { planId: 'pl4n01' }),
