@@ -1,6 +1,7 @@
 /**
- * Windows bitmaps (BMP), read here because sharp's libvips has no BMP loader. Pure: bytes in, raw
- * 8-bit pixels out, for media.ts to hand to sharp.
+ * Windows bitmaps (BMP), read here because sharp's libvips has no BMP loader: bytes in, raw 8-bit
+ * pixels out, for media.ts to hand to sharp. `decodeBmp` is pure; media.ts calls it in a thread of
+ * its own (`decodeBmpInThread`), as a large bitmap takes a second or more of JavaScript.
  *
  * What Windows and common editors write is covered: BITMAPCOREHEADER (OS/2 1.x), BITMAPINFOHEADER
  * and its V2–V5 extensions; bottom-up and top-down rows; 1/4/8-bit palettes; 16/24/32-bit BI_RGB;
@@ -10,6 +11,10 @@
  * The header is read and its size checked before any pixel buffer is allocated, and every read of
  * pixel data is bounds-checked against the file: a short file is refused as truncated.
  */
+
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { pixelsOf, runPixelThread } from './pixel-thread.ts';
 
 export class BmpError extends Error {
   constructor(readonly reason: string) {
@@ -144,6 +149,12 @@ function field(mask: number): { shift: number; max: number } {
   return { shift, max: mask >>> shift };
 }
 
+/** Which byte of a little-endian 32-bit pixel a mask selects whole (0–3), or -1 when it is not one whole byte. */
+function byteOfMask(mask: number): number {
+  for (let i = 0; i < 4; i++) if (mask >>> 0 === (0xff << (i * 8)) >>> 0) return i;
+  return -1;
+}
+
 /**
  * Decodes a BMP into top-down 8-bit RGB (or RGBA when it has an alpha mask).
  * @throws BmpError with a reason for the contributor; `maxPixels` is checked before allocating.
@@ -162,9 +173,25 @@ export function decodeBmp(buf: Buffer, maxPixels: number): { data: Buffer; width
   const scale = (value: number, f: { shift: number; max: number }) => (f.max === 0 ? 0 : Math.round((((value >>> f.shift) & f.max) * 255) / f.max));
   let paletteMiss = false;
 
+  // Byte-aligned 8-bit channels (24-bit, and 32-bit BGRX/BGRA as Windows writes them): copied
+  // byte by byte, several times faster than shifting and scaling every pixel.
+  const byteOffsets = l.bitCount === 24 ? [2, 1, 0, -1] : l.bitCount === 32 ? l.masks.map(byteOfMask) : null;
+  const aligned = byteOffsets !== null && byteOffsets.slice(0, 3).every((b) => b >= 0) && (channels === 3 || byteOffsets[3]! >= 0);
+
   for (let y = 0; y < l.height; y++) {
     const row = l.dataOffset + (l.topDown ? y : l.height - 1 - y) * stride;
     let o = y * l.width * channels;
+    if (aligned) {
+      const step = l.bitCount / 8;
+      const [br, bg, bb, ba] = byteOffsets as [number, number, number, number];
+      for (let p = row, end = row + l.width * step; p < end; p += step, o += channels) {
+        out[o] = buf[p + br]!;
+        out[o + 1] = buf[p + bg]!;
+        out[o + 2] = buf[p + bb]!;
+        if (channels === 4) out[o + 3] = buf[p + ba]!;
+      }
+      continue;
+    }
     for (let x = 0; x < l.width; x++, o += channels) {
       if (l.bitCount <= 8) {
         const bit = x * l.bitCount;
@@ -205,4 +232,40 @@ export function decodeBmp(buf: Buffer, maxPixels: number): { data: Buffer; width
     if (opaque) for (let i = 3; i < out.length; i += 4) out[i] = 255;
   }
   return { data: out, width: l.width, height: l.height, channels };
+}
+
+/**
+ * The thread loads this module as it is, TypeScript, through tsx's require hook (a worker thread
+ * does not inherit the hooks of the thread that starts it; tagger-session.ts does the same).
+ */
+const THREAD = `
+const { parentPort, workerData } = require('node:worker_threads');
+const bmp = require(workerData.tsx).require(workerData.entry, workerData.entry);
+try {
+  const r = bmp.decodeBmp(Buffer.from(workerData.bytes), workerData.maxPixels);
+  const data = new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+  parentPort.postMessage({ type: 'pixels', width: r.width, height: r.height, channels: r.channels, data }, [data.buffer]);
+} catch (err) {
+  if (err && err.name === 'BmpError') parentPort.postMessage({ type: 'refused', reason: err.reason });
+  else throw err;
+}
+`;
+const TSX_API = createRequire(import.meta.url).resolve('tsx/cjs/api');
+const ENTRY = fileURLToPath(import.meta.url);
+
+/** `decodeBmp` in a worker thread, ended after `timeoutSeconds`. */
+export async function decodeBmpInThread(
+  bytes: Buffer,
+  opts: { maxPixels: number; timeoutSeconds: number },
+): Promise<{ data: Buffer; width: number; height: number; channels: 3 | 4 }> {
+  const copy = new Uint8Array(bytes).buffer;
+  let msg;
+  try {
+    msg = await runPixelThread(THREAD, { tsx: TSX_API, entry: ENTRY, bytes: copy, maxPixels: opts.maxPixels }, [copy], opts.timeoutSeconds);
+  } catch (err) {
+    if (err instanceof Error && err.message.startsWith('timeout: ')) throw new BmpError(err.message.slice('timeout: '.length));
+    throw err;
+  }
+  if (msg.type === 'refused') throw new BmpError(msg.reason);
+  return { data: pixelsOf(msg), width: msg.width, height: msg.height, channels: msg.channels };
 }

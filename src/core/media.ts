@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
 import type { Metadata, OutputInfo, Sharp } from 'sharp';
 import { parseHexColour } from './bitmap-font.ts';
-import { BmpError, decodeBmp, looksLikeBmp, readBmpHeader } from './bmp.ts';
+import { BmpError, decodeBmpInThread, looksLikeBmp, readBmpHeader } from './bmp.ts';
 import type { Config } from './config.ts';
 import { UserError } from './errors.ts';
 import { decodeHeic, HeicError } from './heic.ts';
@@ -293,7 +293,7 @@ async function pixelSource(input: Input, info: ImageProbe, opts: NormalizeOption
   if (!DECODED_BY_US.has(info.format)) return decoder(input, { limitInputPixels: opts.maxInputPixels, autoOrient: true, pages: 1, page: 0 });
   const bytes = Buffer.isBuffer(input) ? input : await readFile(input);
   if (info.format === 'bmp') {
-    const bmp = decodeBmp(bytes, opts.maxInputPixels);
+    const bmp = await decodeBmpInThread(bytes, { maxPixels: opts.maxInputPixels, timeoutSeconds: DECODE_TIMEOUT_SECONDS });
     return fromRaw(bmp.data, bmp.width, bmp.height, bmp.channels);
   }
   const heic = await decodeHeic(bytes, { maxPixels: opts.maxInputPixels, timeoutSeconds: DECODE_TIMEOUT_SECONDS });
