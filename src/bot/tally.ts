@@ -1,25 +1,37 @@
 import type { ActionRowBuilder, ButtonBuilder, Client } from 'discord.js';
-import { formatBytes } from '../core/download.ts';
 import type { Logger } from '../core/logger.ts';
 import { duration, truncate } from './reports.ts';
 import type { Run, RunStore, Tally, VoteStore } from '../store/run-store.ts';
 
+/** The rule `best` follows on a tie, in the words members read. */
+export const TIE_RULE = 'a tie goes to the later epoch';
+
+/** "epochs 2 and 3", "epochs 1, 2 and 4". */
+export function epochList(epochs: readonly number[]): string {
+  const head = epochs.slice(0, -1).join(', ');
+  return epochs.length < 2 ? `epoch ${epochs.join('')}` : `epochs ${head} and ${epochs[epochs.length - 1]}`;
+}
+
 export function renderTally(tally: Tally): string {
   if (tally.total === 0) return 'No votes yet.';
   const parts = [...tally.counts].map(([e, n]) => `epoch ${e}: **${n}**`);
-  return `Votes (${tally.total}): ${parts.join(' · ')} · leading: **epoch ${tally.best}**`;
+  const lead =
+    tally.tied.length > 1
+      ? `tied: **${epochList(tally.tied)}** (\`best\` is epoch ${tally.best} until a vote breaks the tie: ${TIE_RULE})`
+      : `leading: **epoch ${tally.best}**`;
+  return `Votes (${tally.total}): ${parts.join(' · ')} · ${lead}`;
 }
 
 /**
- * The one message a finished run ends with (the status message turned into it): the file, the
- * epochs side by side, the tally, how to fetch it, and who is told.
+ * The one message a finished run ends with (the status message turned into it), for members: the
+ * epochs side by side, the tally, how to fetch it, and who is told. The file's name and hash are
+ * in `/lora fetch`'s reply, beside the file.
  */
 export function summaryContent(run: Run, tally: Tally): string {
   const seconds = run.startedAt !== null && run.finishedAt !== null ? Math.max(0, (run.finishedAt - run.startedAt) / 1000) : null;
   const epochs = Object.keys(run.epochs).length;
-  const file = run.final ? ` · \`${run.outputName}.safetensors\`, ${formatBytes(run.final.bytes)}, sha256 \`${run.final.sha256.slice(0, 16)}…\`` : '';
   const lines = [
-    `✅ Run \`${run.id}\` of **${run.datasetName}** finished${seconds !== null ? ` in ${duration(seconds)}` : ''}${file}`,
+    `✅ Run \`${run.id}\` of **${run.datasetName}** finished${seconds !== null ? ` in ${duration(seconds)}` : ''}`,
     ...(run.licenceNote ? [`⚖️ ${run.licenceNote}`] : []),
     epochs > 0 ? `🏁 ${epochs} epoch${epochs === 1 ? '' : 's'} side by side below · vote for the best one with its button or the menu.` : '',
     renderTally(tally),

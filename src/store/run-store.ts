@@ -242,8 +242,10 @@ export interface Tally {
   /** Votes per epoch (only epochs with votes). */
   counts: Map<number, number>;
   total: number;
-  /** Most votes; ties go to the later epoch. Null when nobody voted. */
+  /** Most votes; a tie goes to the later epoch (it trained longer). Null when nobody voted. */
   best: number | null;
+  /** The epochs sharing the most votes when two or more do (ascending), else empty. */
+  tied: number[];
 }
 
 /** One vote per member per run; voting again moves it. */
@@ -283,6 +285,9 @@ export class VoteStore {
       const bestCount = best === null ? -1 : (counts.get(best) ?? 0);
       if (n > bestCount || (n === bestCount && best !== null && epoch > best)) best = epoch;
     }
-    return { counts: new Map([...counts].sort((a, b) => a[0] - b[0])), total: all.length, best };
+    const top = best === null ? 0 : (counts.get(best) ?? 0);
+    const leaders = [...counts].filter(([, n]) => n === top).map(([e]) => e);
+    const tied = leaders.length > 1 ? leaders.sort((a, b) => a - b) : [];
+    return { counts: new Map([...counts].sort((a, b) => a[0] - b[0])), total: all.length, best, tied };
   }
 }

@@ -82,11 +82,7 @@ async function startAndFinish(shown: InteractionHandle, dataset: string, epochs:
   const runId = /Queued run `([a-z0-9]+)`/.exec(await done(start))?.[1];
   if (!runId) throw new Error('no run queued');
   const threadId = threads[dataset]!;
-  const finished = await until(
-    'the finished message',
-    () => threadMessages(threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')),
-    120_000,
-  );
+  const finished = await steps.finished(world, threadId, runId, 120_000);
   const grids = threadMessages(threadId).filter((m) => m.content.startsWith('🖼️') && m.content.includes(`of run \`${runId}\``));
   expect(grids.map((m) => new RegExp(`Epoch (\\d+)/${epochs}`).exec(m.content)?.[1])).toEqual(Array.from({ length: epochs }, (_, i) => String(i + 1)));
   for (const g of grids) expect(g.attachments).toHaveLength(1);

@@ -106,8 +106,7 @@ function plan(dataset: string, epochs: number): InteractionHandle {
   return world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: mod, permissions: MODERATOR, options: { dataset, epochs } });
 }
 
-const heroFinished = (runId: string) => () =>
-  steps.channelMessages(world, heroThread).find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256'));
+const heroFinished = (runId: string) => () => steps.runSummary(world, heroThread, runId);
 
 describe('moderation', () => {
   it('flags an image the tagger rates above the channel’s policy after intake; the dataset starts only once a moderator approves it', async () => {

@@ -252,7 +252,7 @@ describe('a GPU lent from elsewhere', () => {
     expect(env).not.toHaveProperty('DATA_DIR');
     await world.spawnWorker(env, 30_000, { remote: true });
     runId = await startRun({ epochs: 3 });
-    await until('the finished message', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')));
+    await until('the finished message', () => steps.runSummary(world, threadId, runId));
     expect(epochNumbers(runId)).toEqual([1, 2, 3]);
     for (const post of epochPosts(runId)) expect(post.attachments).toHaveLength(1);
     const run = await runs.get(runId);
@@ -321,7 +321,7 @@ describe('a GPU lent from elsewhere', () => {
 
     const b = await workers.add({ guildId: world.discord.guildId, name: 'second', ownerId: admin.id });
     await world.spawnWorker(await remoteEnv('k2', b.token), 30_000, { remote: true });
-    await until('the finished message', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``) && m.content.includes('sha256')), 90_000);
+    await until('the finished message', () => steps.runSummary(world, threadId, id), 90_000);
     expect(epochNumbers(id)).toEqual([1, 2, 3, 4]);
     expect(world.worker!.log.lines.some((l) => l.msg === 'resume state restored from the bot')).toBe(true);
     expect(world.worker!.log.lines.find((l) => l.msg === 'resuming from the last saved epoch')).toMatchObject({ resumeFrom: expect.any(Number) as number });
@@ -341,7 +341,7 @@ describe('a GPU lent from elsewhere', () => {
 
     const b = await workers.add({ guildId: world.discord.guildId, name: 'takes-over', ownerId: admin.id });
     await world.spawnWorker(await remoteEnv('r2', b.token), 30_000, { remote: true });
-    await until('the finished message', () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``) && m.content.includes('sha256')), 90_000);
+    await until('the finished message', () => steps.runSummary(world, threadId, id), 90_000);
     expect(epochNumbers(id)).toEqual([1, 2, 3]);
     await world.killWorker('SIGTERM');
   });

@@ -58,9 +58,7 @@ afterAll(async () => {
 describe('sample grids rated above the policy', () => {
   it('post no image in a normal thread, and members still vote by epoch number', async () => {
     const runId = await steps.startRun(world, admin, { dataset: 'hero', epochs: 2 });
-    const finished = await steps.until('the finished message', () =>
-      steps.channelMessages(world, threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')),
-    );
+    const finished = await steps.finished(world, threadId, runId);
     const posts = steps.epochPosts(world, threadId, runId);
     expect(posts.map((m) => /Epoch (\d+)\/2/.exec(m.content)?.[1])).toEqual(['1', '2']);
     for (const p of posts) {

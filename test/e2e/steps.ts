@@ -108,6 +108,16 @@ export function epochPosts(world: World, threadId: string, runId: string): Messa
   return channelMessages(world, threadId).filter((m) => m.content.includes(`of run \`${runId}\``) && m.content.startsWith('🖼️'));
 }
 
+/** A run's finished summary in its thread (posted once, when the run is done), waited for. */
+export function runSummary(world: World, threadId: string, runId: string): MessageSnapshot | undefined {
+  return channelMessages(world, threadId).find((m) => m.content.startsWith(`✅ Run \`${runId}\``));
+}
+
+/** Waits for a run's finished summary in its thread. */
+export async function finished(world: World, threadId: string, runId: string, timeoutMs = 60_000): Promise<MessageSnapshot> {
+  return until('the finished message', () => runSummary(world, threadId, runId), timeoutMs);
+}
+
 /** The text of a command's refusal (an ephemeral followup). */
 export async function refusal(h: InteractionHandle, timeoutMs = 30_000): Promise<string> {
   return ((await h.waitForFollowup(undefined, timeoutMs)).json as { content: string }).content;

@@ -134,10 +134,10 @@ describe('a training run', () => {
 
   it('goes plan → Start → progress → one grid per epoch → the final file, in the dataset thread', async () => {
     runId = await startRun({ epochs: 3 });
-    const finished = await until('the finished message', () =>
-      threadMessages().find((m) => m.content.startsWith(`✅ Run \`${runId}\``) && m.content.includes('sha256')),
-    );
-    expect(finished.content).toMatch(/\.safetensors`, .*sha256/);
+    const finished = await steps.finished(world, threadId, runId);
+    // For members: which epochs, the votes and how to fetch; the file's name and hash come with /lora fetch.
+    expect(finished.content).toMatch(/Fetch the LoRA with `\/lora fetch run:\w+`/);
+    expect(finished.content).not.toMatch(/sha256|\.safetensors/);
     const posts = epochPosts(runId);
     expect(posts.map((m) => /Epoch (\d+)\/3/.exec(m.content)?.[1])).toEqual(['1', '2', '3']);
     for (const p of posts) {
@@ -168,9 +168,17 @@ describe('a training run', () => {
   it('counts one vote per member (a second vote moves it) and `best` resolves to the winner', async () => {
     const a = world.discord.sendButton({ customId: `vote:${runId}:2`, user: alice });
     expect(await done(a)).toMatch(/Your vote: \*\*epoch 2\*\*/);
-    await done(world.discord.sendSelect({ customId: `votesel:${runId}`, values: ['3'], user: bob }));
+    // One vote each for epochs 2 and 3 is a tie, said as one; `best` follows the stated rule.
+    const tie = await done(world.discord.sendSelect({ customId: `votesel:${runId}`, values: ['3'], user: bob }));
+    expect(tie).toContain(
+      'Votes (2): epoch 2: **1** · epoch 3: **1** · tied: **epochs 2 and 3** (`best` is epoch 3 until a vote breaks the tie: a tie goes to the later epoch)',
+    );
+    expect(tie).not.toContain('leading');
+    const tied = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: runId, epoch: 'best' } });
+    expect(await done(tied)).toContain('epoch 3, the community’s pick (tied with epoch 2 at 1 vote each: a tie goes to the later epoch)');
+    expect(tied.lastReply()!.attachments[0]!.filename).toBe(`hero-${runId}.safetensors`); // epoch 3 is the last
     const moved = world.discord.sendSelect({ customId: `votesel:${runId}`, values: ['2'], user: bob });
-    expect(await done(moved)).toMatch(/epoch 2\*\* \(moved from epoch 3\)[\s\S]*Votes \(2\): epoch 2: \*\*2\*\*/);
+    expect(await done(moved)).toMatch(/epoch 2\*\* \(moved from epoch 3\)[\s\S]*Votes \(2\): epoch 2: \*\*2\*\* · leading: \*\*epoch 2\*\*$/);
     await done(world.discord.sendButton({ customId: `vote:${runId}:1`, user: admin }));
     // Each epoch's button shows its count (edits are batched, so it may take one interval).
     const label = (epoch: number) => JSON.stringify(epochPosts(runId)[epoch - 1]!.components);
@@ -184,6 +192,10 @@ describe('a training run', () => {
     const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: runId, epoch: 'best' } });
     expect(await done(fetch)).toMatch(/epoch 2, the community’s pick \(2 of 3 votes\)/);
     const file = fetch.lastReply()!.attachments[0]!;
+    // The file's details sit with the file: its name, size and sha256.
+    const sha = createHash('sha256').update(file.data).digest('hex');
+    expect(fetch.lastReply()!.content).toContain(`📄 \`hero-${runId}-e2.safetensors\` · `);
+    expect(fetch.lastReply()!.content).toContain(` · sha256 \`${sha}\``);
     expect(file.filename).toBe(`hero-${runId}-e2.safetensors`);
     const headerLength = Number(file.data.readBigUInt64LE(0));
     const header = JSON.parse(file.data.subarray(8, 8 + headerLength).toString('utf8')) as { __metadata__: Record<string, string> };
@@ -324,7 +336,7 @@ describe('a training run', () => {
     expect(threadMessages().some((m) => m.content.startsWith(`🚀 Run \`${id}\``) && /resumed after epoch [12]/.test(m.content))).toBe(true);
     // One status message for the whole run, resumed or not, showing how it ended.
     const statuses = threadMessages().filter((m) => m.content.includes(`Run \`${id}\``) && /^(✅|⏳|🏋️)/u.test(m.content));
-    expect(statuses.map((m) => m.content)).toEqual([expect.stringMatching(/^✅ Run .* finished in \d+ s · /)]);
+    expect(statuses.map((m) => m.content)).toEqual([expect.stringMatching(/^✅ Run .* finished in \d+ s\n/)]);
     // The resumed trainer counted its steps from 0 again; the delivered file counts the whole run.
     const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, options: { run: id } });
     await done(fetch);
@@ -370,11 +382,7 @@ describe('a training run', () => {
     expect(await blobs.has(first.masterBlob)).toBe(true); // the queued run still needs it
 
     await world.spawnWorker(WORKER_ENV());
-    await until(
-      'the run over the removed image to finish',
-      () => threadMessages().find((m) => m.content.startsWith(`✅ Run \`${id}\``) && m.content.includes('sha256')),
-      90_000,
-    );
+    await until('the run over the removed image to finish', () => steps.runSummary(world, threadId, id), 90_000);
     expect(epochPosts(id)).toHaveLength(2);
     // Once the run is over, nothing holds the file any more: the orphan sweep may take it.
     expect(await runs.isPinned(first.masterBlob)).toBe(false);

@@ -14,7 +14,7 @@ import { getRequest, MAX_COMPARE_CELLS, queuedText, randomSeed, requestGeneratio
 import { tryButtonCodec, type TryButtonHandler } from '../generation-poster.ts';
 import type { SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
-import { renderTally } from '../tally.ts';
+import { epochList, renderTally, TIE_RULE } from '../tally.ts';
 import { runChoices } from './train.ts';
 
 const LINK_LIFETIME_MS = 24 * 3600_000;
@@ -60,7 +60,11 @@ async function pick(ctx: BotContext, run: Run, choice: EpochChoice): Promise<{ e
     const tally = await ctx.votes.tally(run.id);
     if (tally.best === null) throw new UserError(`Nobody has voted on run \`${run.id}\` yet: vote on the epoch posts, or ask for \`epoch:final\`.`);
     epoch = tally.best;
-    label = `epoch ${epoch}, the community’s pick (${tally.counts.get(epoch)} of ${tally.total} votes)`;
+    const votes = tally.counts.get(epoch) ?? 0;
+    label =
+      tally.tied.length > 1
+        ? `epoch ${epoch}, the community’s pick (tied with ${epochList(tally.tied.filter((e) => e !== epoch))} at ${votes} vote${votes === 1 ? '' : 's'} each: ${TIE_RULE})`
+        : `epoch ${epoch}, the community’s pick (${votes} of ${tally.total} votes)`;
   } else if (choice.kind === 'final') {
     epoch = last;
     label = 'the final epoch';
@@ -93,7 +97,8 @@ async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotConte
   const fileName = downloadFileName(epoch === run.summary.epochs ? run.outputName : `${run.outputName}-e${epoch}`, '.safetensors');
   const licence = await licenceNoteOf(ctx.blobs.path(file.blob));
   const what =
-    `**${run.datasetName}** · run \`${run.id}\` · ${label} · \`${fileName}\` (${formatBytes(file.bytes)}) · ${familyLabel(run.credits.base)} · ${triggerText(run.credits.triggers)}` +
+    `**${run.datasetName}** · run \`${run.id}\` · ${label} · ${familyLabel(run.credits.base)} · ${triggerText(run.credits.triggers)}\n` +
+    `📄 \`${fileName}\` · ${formatBytes(file.bytes)} · sha256 \`${file.blob}\`` +
     (licence ? `\n⚖️ ${licence}` : '');
   // Discord tells each interaction how large a file the bot may attach there.
   const limit = interaction.attachmentSizeLimit;
