@@ -260,6 +260,7 @@ export class IntakeService {
       const concept = conceptOf(p);
       const rating = ratings[i] ?? null;
       if (!n.ok) {
+        if (n.detail) this.deps.logger.info({ datasetId: req.dataset.id, file: p.name, detail: n.detail }, 'image refused by the decoder');
         report.outcomes.push({ status: 'refused', name: p.name, reason: n.reason });
         continue;
       }

@@ -65,7 +65,12 @@ export interface NormalizeRefused {
   ok: false;
   /** Why, in words for the contributor; shown next to the file name. */
   reason: string;
+  /** The decoder's own words, for the logs (absent when the reason says it all). */
+  detail?: string;
 }
+
+/** A file the decoder cannot read through, in plain words (its words go to the logs). */
+export const DAMAGED_FILE = 'the file is cut short or damaged — try saving or exporting it again';
 
 export type NormalizeResult = NormalizeAccepted | NormalizeRefused;
 
@@ -119,7 +124,10 @@ const ACCEPTED_LIST = 'JPEG, PNG, WebP, GIF, AVIF, TIFF, BMP or HEIC';
 
 /** A refusal for the contributor (a UserError); thrown by probeImage, returned by normalizeImage. */
 export class ImageRefused extends UserError {
-  constructor(readonly reason: string) {
+  constructor(
+    readonly reason: string,
+    readonly detail?: string,
+  ) {
     super(reason);
     this.name = 'ImageRefused';
   }
@@ -228,7 +236,7 @@ async function probe(input: Input): Promise<ImageProbe> {
     // Header only: no pixels are decoded, so the size can be read (and refused) without a limit.
     meta = await decoder(input, { limitInputPixels: false }).metadata();
   } catch (err) {
-    throw new ImageRefused(`corrupt image: its header can't be read (${decoderDetail(err)})`);
+    throw new ImageRefused(DAMAGED_FILE, `header can't be read: ${decoderDetail(err)}`);
   }
   let format: ImageFormat;
   if (meta.format === 'heif') {
@@ -356,7 +364,7 @@ async function normalizeNow(input: Input, opts: NormalizeOptions): Promise<Norma
   try {
     info = await probe(input);
   } catch (err) {
-    if (err instanceof ImageRefused) return { ok: false, reason: err.reason };
+    if (err instanceof ImageRefused) return { ok: false, reason: err.reason, ...(err.detail ? { detail: err.detail } : {}) };
     throw err;
   }
 
@@ -387,7 +395,7 @@ async function normalizeNow(input: Input, opts: NormalizeOptions): Promise<Norma
     const message = err instanceof Error ? err.message : String(err);
     if (/timeout/i.test(message)) return { ok: false, reason: `the image took too long to decode (over ${DECODE_TIMEOUT_SECONDS} s)` };
     if (/pixel limit/i.test(message)) return { ok: false, reason: `the image is larger than the limit of ${formatMegapixels(opts.maxInputPixels)} megapixels` };
-    return { ok: false, reason: `corrupt or truncated image data (${decoderDetail(err)})` };
+    return { ok: false, reason: DAMAGED_FILE, detail: decoderDetail(err) };
   }
 
   const { width, height, channels } = decoded.info;

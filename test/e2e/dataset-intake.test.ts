@@ -131,7 +131,10 @@ describe('/dataset add', () => {
     expect(lineFor(content, 'print-cmyk.jpg')).toMatch(/#5\*\* .*CMYK/);
     expect(lineFor(content, 'dance.gif')).toMatch(/#6\*\* .*first of \d+ frames/);
     // Refused, each with its own reason.
-    expect(lineFor(content, 'broken.jpg')).toMatch(/^❌ .*(corrupt|truncated)/);
+    // A cut-short file in plain words; the decoder's own words go to the log.
+    expect(lineFor(content, 'broken.jpg')).toMatch(/^❌ .*the file is cut short or damaged — try saving or exporting it again$/);
+    expect(content).not.toMatch(/corrupt|premature|JPEG image/);
+    expect(world.log.lines.find((l) => l.msg === 'image refused by the decoder' && l.file === 'broken.jpg')).toMatchObject({
     expect(lineFor(content, 'notes.png')).toMatch(/^❌ .*not an image/);
     expect(lineFor(content, 'IMG_copy.jpg')).toMatch(/^❌ .*near duplicate of #1 \(added by alice\)/);
     expect(lineFor(content, 'huge.png')).toMatch(/^❌ .*20000×20000.*megapixels/);

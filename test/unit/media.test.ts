@@ -16,6 +16,7 @@ import {
   normalizeOptionsFromConfig,
   probeImage,
   sniffFormat,
+  DAMAGED_FILE,
   type NormalizeAccepted,
   type NormalizeOptions,
 } from '../../src/core/media.ts';
@@ -318,16 +319,28 @@ describe('normalizeImage: refusals the contributor can act on', () => {
     const file = await truncatedJpeg(12);
     // Without failOn the decoder would hand back a full-size picture, half of it grey.
     expect((await sharp(file.data, { failOn: 'none' }).raw().toBuffer({ resolveWithObject: true })).info.height).toBe(600);
-    expect(await refusal(file.data)).toBe('corrupt or truncated image data (premature end of JPEG image)');
+    expect(await normalizeImage(file.data, opts)).toEqual({
+      ok: false,
+      reason: 'the file is cut short or damaged — try saving or exporting it again',
+      detail: 'premature end of JPEG image',
+    });
   });
 
   it('refuses a JPEG cut inside its header', async () => {
     const { data } = await normalJpeg(12);
-    expect(await refusal(data.subarray(0, 120))).toMatch(/^corrupt image: its header can't be read \(.+\)$/);
+    expect(await normalizeImage(data.subarray(0, 120), opts)).toMatchObject({
+      ok: false,
+      reason: DAMAGED_FILE,
+      detail: expect.stringMatching(/^header can't be read: .+/) as unknown,
+    });
   });
 
   it('refuses a truncated PNG', async () => {
-    expect(await refusal((await truncatedPng(13)).data)).toMatch(/^corrupt or truncated image data \(.+\)$/);
+    expect(await normalizeImage((await truncatedPng(13)).data, opts)).toMatchObject({
+      ok: false,
+      reason: DAMAGED_FILE,
+      detail: expect.stringMatching(/.+/) as unknown,
+    });
   });
 
   it('refuses a text file named .png as not an image', async () => {
@@ -431,7 +444,7 @@ describe('the upload of ten (acceptance)', () => {
       ['IMG_0102_rotated.jpg', 'accepted: turned upright'],
       ['cutout.png', 'accepted: transparency flattened onto white'],
       ['print-cmyk.jpg', 'accepted: converted from CMYK'],
-      ['broken.jpg', 'refused: corrupt or truncated image data (premature end of JPEG image)'],
+      ['broken.jpg', 'refused: the file is cut short or damaged — try saving or exporting it again'],
       ['notes.png', 'refused: not an image (the file contains text)'],
       ['IMG_copy.jpg', 'accepted'],
       ['huge.png', 'refused: 20000×20000 is 400 megapixels; the limit is 100'],
