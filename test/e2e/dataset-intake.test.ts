@@ -135,6 +135,8 @@ describe('/dataset add', () => {
     expect(lineFor(content, 'broken.jpg')).toMatch(/^❌ .*the file is cut short or damaged — try saving or exporting it again$/);
     expect(content).not.toMatch(/corrupt|premature|JPEG image/);
     expect(world.log.lines.find((l) => l.msg === 'image refused by the decoder' && l.file === 'broken.jpg')).toMatchObject({
+      detail: 'premature end of JPEG image',
+    });
     expect(lineFor(content, 'notes.png')).toMatch(/^❌ .*not an image/);
     expect(lineFor(content, 'IMG_copy.jpg')).toMatch(/^❌ .*near duplicate of #1 \(added by alice\)/);
     expect(lineFor(content, 'huge.png')).toMatch(/^❌ .*20000×20000.*megapixels/);
@@ -144,6 +146,8 @@ describe('/dataset add', () => {
     const sheet = h.lastReply()!.attachments.find((a) => a.filename === 'contact-sheet.jpg');
     expect(sheet).toBeDefined();
     expect((await sharp(sheet!.data).metadata()).format).toBe('jpeg');
+    // The uploader's own receipt has no Report button: that is for members looking at others' images (/dataset show).
+    expect(JSON.stringify(h.lastReply()!.components ?? [])).not.toContain('modreport');
 
     // What was stored is what the report says, and the masters are normalised.
     const images = await imagesOf('mixed');

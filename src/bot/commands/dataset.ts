@@ -133,9 +133,8 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
     zip: zip ? asIncoming(zip) : undefined,
   });
   const policy = await channelPolicy(interaction.client, ctx.settings, dataset.guildId, interaction.channelId);
-  const reply = await intakeReply(report, policy);
-  // Anyone who sees the added images can flag one (or the dataset) for the moderators.
-  await interaction.editReply({ ...reply, components: report.thumbnails.length > 0 ? [reportRow(dataset.id)] : [] });
+  // The uploader's own receipt: the Report button sits where others look at the dataset (/dataset show).
+  await interaction.editReply(await intakeReply(report, policy));
 }
 
 async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number, policy: ContentPolicy) {
