@@ -226,6 +226,27 @@ export function tagFrequencies(captions: readonly (readonly string[])[]): TagFre
  */
 export const NEVER_PRUNE_TAGS: readonly string[] = ['flat_chest', 'small_breasts', 'medium_breasts', 'large_breasts', 'huge_breasts', 'gigantic_breasts'];
 
+/**
+ * Tags for what changes from one picture to the next: expression, gaze, pose and framing. Even in
+ * nearly every image they are not part of who or what the trigger stands for; pruned, the LoRA
+ * would draw them whenever the trigger is used (a subject that always smiles and looks at you), so
+ * they are never suggested. The tagger's categories cannot tell them apart (all are "general"
+ * tags), hence this list.
+ */
+export const VARIABLE_TAGS: readonly string[] = [
+  // expression
+  ...'smile grin smirk laughing open_mouth closed_mouth parted_lips teeth tongue_out blush frown crying tears angry sad'.split(' '),
+  ...'surprised expressionless serious closed_eyes half-closed_eyes one_eye_closed wink :d :o :p ;d :3'.split(' '),
+  // gaze
+  ...'looking_at_viewer looking_away looking_back looking_to_the_side looking_up looking_down looking_at_another eye_contact'.split(' '),
+  // pose and action
+  ...'standing sitting lying kneeling squatting walking running jumping leaning_forward head_tilt arms_up arm_up hand_up'.split(' '),
+  ...'arms_behind_back hands_on_hips hand_on_hip crossed_arms outstretched_arm waving v peace_sign pointing on_back on_stomach'.split(' '),
+  'contrapposto',
+  // framing
+  ...'upper_body full_body cowboy_shot portrait close-up from_side from_behind from_above from_below'.split(' '),
+];
+
 export interface PruneOptions {
   /** Share of captions a tag must be in, 0–1. Default 0.9. */
   threshold?: number;
@@ -233,19 +254,20 @@ export interface PruneOptions {
   minImages?: number;
   /** Tags never suggested, typically the triggers. */
   exclude?: readonly string[];
-  /** Tags never suggested whatever the data says. Default `NEVER_PRUNE_TAGS`; pass [] to allow all. */
+  /** Tags never suggested whatever the data says. Default `NEVER_PRUNE_TAGS` and `VARIABLE_TAGS`; pass [] to allow all. */
   neverPrune?: readonly string[];
 }
 
 /**
- * Tags in at least `threshold` of the captions (pass one concept's captions): the intrinsic traits
- * the guides prune so that the concept's trigger absorbs them. Ordered like `tagFrequencies`.
+ * Tags in at least `threshold` of the captions (pass one concept's captions): the traits that make
+ * the subject what it is, pruned so that the concept's trigger carries them. What changes between
+ * pictures (`VARIABLE_TAGS`) is never offered. Ordered like `tagFrequencies`.
  */
 export function pruneSuggestions(captions: readonly (readonly string[])[], opts: PruneOptions = {}): string[] {
   const threshold = opts.threshold ?? 0.9;
   const minImages = opts.minImages ?? 3;
   if (captions.length === 0 || captions.length < minImages) return [];
-  const excluded = new Set([...(opts.exclude ?? []), ...(opts.neverPrune ?? NEVER_PRUNE_TAGS)].map(tagKey));
+  const excluded = new Set([...(opts.exclude ?? []), ...(opts.neverPrune ?? [...NEVER_PRUNE_TAGS, ...VARIABLE_TAGS])].map(tagKey));
   // Compare counts, not float shares: 27 of 30 is exactly 90 %, whatever 27 / 30 rounds to.
   const needed = Math.max(1, Math.ceil(threshold * captions.length - 1e-9));
   return tagFrequencies(captions)

@@ -226,6 +226,12 @@ describe('pruneSuggestions', () => {
     expect(pruneSuggestions(caps, { exclude: ['ohwx'], neverPrune: [] })).toEqual(['large_breasts', 'red_hair']);
   });
 
+  it('never offers what changes between pictures (expression, gaze, pose), in either spelling', () => {
+    const caps = Array.from({ length: 10 }, () => ['red_hair', 'smile', 'looking at viewer', 'standing', 'upper_body', 'tiara']);
+    expect(pruneSuggestions(caps)).toEqual(['red_hair', 'tiara']);
+    expect(pruneSuggestions(caps, { neverPrune: [] })).toHaveLength(6);
+  });
+
   it('says nothing below minImages, and honours a custom threshold', () => {
     expect(pruneSuggestions(concept(2, 2))).toEqual([]);
     expect(pruneSuggestions(concept(2, 2), { minImages: 2 })).toEqual(['1girl', 'red_hair']);

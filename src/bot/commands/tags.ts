@@ -157,6 +157,13 @@ async function topPhrases(ctx: BotContext, dataset: Dataset, concept: string | n
   return lines;
 }
 
+/** What a tag in nearly every image says, by the dataset's kind. */
+const WHAT_THE_TRIGGER_IS: Record<Dataset['kind'], string> = {
+  character: 'who the character is',
+  style: 'the style itself',
+  concept: 'the concept itself',
+};
+
 /** Suggested pruning for a concept, with a one-click button (the list is kept for a day: store/expiring-store.ts). */
 async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
   const images = await imagesInScope(ctx, dataset, concept);
@@ -169,7 +176,8 @@ async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
   return {
     text:
       `✂️ In ≥ 90% of \`${concept}\`: ${tags.map((t) => `\`${t}\``).join(', ')}. ` +
-      'The guides fold such tags into the trigger, so the LoRA learns them as part of it.',
+      `These describe ${WHAT_THE_TRIGGER_IS[dataset.kind]}, so the trigger word should carry them: pruned, the LoRA learns them as part of it. ` +
+      'Tags for what changes between pictures (expression, gaze, pose) are never offered.',
     components: [
       new ActionRowBuilder<ButtonBuilder>().addComponents(
         new ButtonBuilder()
@@ -233,7 +241,7 @@ async function bulk(
   if (result.changed.length === 0) return `Nothing to change: ${description} would not change any caption of ${scopeLabel(dataset, concept)}.`;
   return (
     `${description[0]!.toUpperCase()}${description.slice(1)}: changed ${result.changed.length} caption${result.changed.length === 1 ? '' : 's'} of ${scopeLabel(dataset, concept)}` +
-    ` (${listNos(result.changed, 15)}). Undo with \`/caption undo\`.`
+    ` (${result.changed.length > 1 && result.changed.length === images.length ? `all ${images.length} images` : listNos(result.changed, 15)}). Undo with \`/caption undo\`.`
   );
 }
 
