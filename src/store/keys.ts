@@ -14,6 +14,8 @@ export function keys(p: string) {
     blobRefs: () => `${p}:blobrefs`,
     pruneSuggestion: (id: string) => `${p}:prune:${id}`,
     pendingPlan: (id: string) => `${p}:plan:${id}`,
+    /** A member's upload waiting for their first attestation in a guild (store/expiring-store.ts). */
+    heldUpload: (guildId: string, userId: string) => `${p}:guild:${guildId}:held-upload:${userId}`,
     /** A delivered LoRA file of a run's epoch, as of one vote result (`winnerEpoch.votes` or `none`). */
     deliveredFile: (runId: string, epoch: number, steps: number, winner: string) => `${p}:run:${runId}:enriched:${epoch}:${steps}:${winner}`,
     /** Every delivered file of a run (see `deliveredFile`). */

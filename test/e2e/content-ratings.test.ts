@@ -8,6 +8,7 @@ import { DatasetStore } from '../../src/store/dataset-store.ts';
 import { normalJpeg, photoRgb, type ImageFile } from '../fixtures/images.ts';
 import { writeRaterModel } from '../fixtures/rater-model.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
+import * as steps from './steps.ts';
 import { World } from './world.ts';
 
 /**
@@ -103,33 +104,43 @@ async function captionShow(dataset: string, image: number, channelId?: string) {
   return run(world.discord.sendCommand({ name: 'caption', subcommand: 'show', user: alice, ...(channelId ? { channelId } : {}), options: { dataset, image } }));
 }
 
-function buttonsOf(h: InteractionHandle): { custom_id: string; label: string }[] {
-  const rows = (h.lastReply()?.components ?? []) as { components: { custom_id: string; label: string }[] }[];
-  return rows.flatMap((r) => r.components);
-}
-
 describe('attestation', () => {
-  it('asks a first contributor once, stores nothing without it, and records who confirmed and when', async () => {
+  it('asks a first contributor once, to them alone, holds their upload and takes it in when they confirm', async () => {
     await createDataset('aria');
-    const first = addImages('aria', [await normalJpeg(1)]);
-    expect(await run(first)).toMatch(
-      /please confirm once:\n> I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal\.\nNothing was saved/,
+    await createDataset('consent');
+    const first = addImages('consent', [await normalJpeg(31), await normalJpeg(32)]);
+    // The question is alice's alone: the public placeholder goes, an ephemeral followup asks.
+    const asked = await first.waitForFollowup(undefined, 60_000);
+    const question = asked.json as { content: string; flags: number; components: { components: { custom_id: string; label: string }[] }[] };
+    expect(question.flags & 64).toBe(64);
+    expect(question.content).toMatch(
+      /please confirm once:\n> I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal\.\nPress the button and your upload goes in \(it waits 15 minutes\)\./,
     );
-    expect(first.lastReply()!.attachments).toEqual([]);
-    const ds = (await store.findDataset(world.discord.guildId, 'aria'))!;
-    expect(await store.imageCount(ds.id)).toBe(0);
-    const [button] = buttonsOf(first);
-    expect(button?.label).toBe('I confirm');
+    expect(world.discord.calls.some((c) => c.method === 'DELETE' && c.path.includes(first.token))).toBe(true);
+    const held = (await store.findDataset(world.discord.guildId, 'consent'))!;
+    expect(await store.imageCount(held.id)).toBe(0);
+    const button = question.components[0]!.components[0]!;
+    expect(button.label).toBe('I confirm');
+    // The upload is held (its files' details only), for a while.
+    const heldKey = `${world.env.REDIS_PREFIX}:guild:${world.discord.guildId}:held-upload:${alice.id}`;
+    expect(await world.redis.ttl(heldKey)).toBeGreaterThan(14 * 60);
 
     // Someone else cannot confirm for alice.
-    const other = world.discord.sendButton({ customId: button!.custom_id, message: first.lastReply()!.id, user: bob });
+    const other = world.discord.sendButton({ customId: button.custom_id, user: bob });
     expect(await run(other)).toMatch(/asked of someone else/);
     const key = `${world.env.REDIS_PREFIX}:guild:${world.discord.guildId}:attestations`;
     expect(await world.redis.hkeys(key)).toEqual([]);
 
+    // Confirming takes in the upload that asked, without sending it again.
     const before = Date.now();
-    const press = world.discord.sendButton({ customId: button!.custom_id, message: first.lastReply()!.id, user: alice });
-    expect(await run(press)).toMatch(/^Thank you: recorded <t:\d+:f>\. Now send your images again\.$/);
+    const press = world.discord.sendButton({ customId: button.custom_id, user: alice });
+    expect(await run(press)).toMatch(/^Thank you: recorded <t:\d+:f>\. Your upload went in:\n.*2 added, 0 refused/);
+    expect(press.lastReply()!.attachments.map((a) => a.filename)).toContain('contact-sheet.jpg');
+    expect(await store.imageCount(held.id)).toBe(2);
+    expect(await world.redis.exists(heldKey)).toBe(0);
+    // A second press finds nothing held and adds nothing twice.
+    expect(await run(world.discord.sendButton({ customId: button.custom_id, user: alice }))).toMatch(/Now send your images again/);
+    expect(await store.imageCount(held.id)).toBe(2);
     const record = JSON.parse((await world.redis.hget(key, alice.id))!) as { userId: string; name: string; at: number; statement: string };
     expect([record.userId, record.name]).toEqual([alice.id, 'alice']);
     expect(record.statement).toMatch(/right to share/);
@@ -137,7 +148,8 @@ describe('attestation', () => {
 
     // Asked once: alice's next upload goes in; bob is still asked.
     expect(await run(addImages('aria', [await normalJpeg(9)]))).toMatch(/1 added, 0 refused/);
-    expect(await run(addImages('aria', [await normalJpeg(10)], undefined, bob))).toMatch(/please confirm once/);
+    expect(await steps.refusal(addImages('aria', [await normalJpeg(10)], undefined, bob))).toMatch(/please confirm once/);
+    const ds = (await store.findDataset(world.discord.guildId, 'aria'))!;
     expect((await store.listImages(ds.id)).map((i) => i.contributorName)).toEqual(['alice']);
   });
 });

@@ -94,9 +94,9 @@ export async function runScenario(opts: ScenarioOptions): Promise<PreviewTranscr
     const thread = w.discord.threads(channel).find((t) => t.name === 'dataset · aurora')!.id;
     const images = (files: typeof uploads.mira) => Object.fromEntries(files.map((f, i) => [`image${i + 1}`, rec.attach(f)]));
     const first = rec.command(mira, 'dataset', 'add', { dataset: 'aurora', ...images(uploads.mira) });
-    await answered(first);
-    await answered(rec.press(mira, reply(first), /confirm/i));
-    await answered(rec.command(mira, 'dataset', 'add', { dataset: 'aurora', ...images(uploads.mira) }));
+    // Her first upload asks her (alone) to confirm once, and goes in when she does.
+    const question = await first.waitForFollowup(undefined, 60_000);
+    await answered(rec.press(mira, w.discord.message((question.response as { id: string }).id)!, /confirm/i));
     await answered(rec.command(mira, 'dataset', 'add', { dataset: 'auroa', image1: rec.attach(uploads.stray) }));
 
     const firstPost = rec.post(jonas, thread, 'some from our hike last weekend 🏔️', uploads.jonas);
@@ -106,7 +106,6 @@ export async function runScenario(opts: ScenarioOptions): Promise<PreviewTranscr
       'the confirmation',
     );
     await answered(rec.press(jonas, asked, /confirm/i));
-    rec.post(jonas, thread, 'ok, here they are again', uploads.jonas);
     await inThread(thread, (m) => m.authorId === BOT.id && /\d+ added/.test(m.content), 'the report on jonas’s post');
     await answered(rec.command(jonas, 'dataset', 'add', { zip: rec.attach(uploads.zip, thread) }, thread));
     await until('the tagger', () => channelMessages(w, thread).filter((m) => m.content.startsWith('🏷️ Tagged')).length >= 3, 60_000).catch(() =>
@@ -116,7 +115,7 @@ export async function runScenario(opts: ScenarioOptions): Promise<PreviewTranscr
     await rec.endPhase(
       'intake',
       'Intake',
-      'Mira creates **aurora** and adds ten photos (after confirming once), mistypes the dataset name; Jonas posts eight in the thread (one cut short, one a copy of Mira’s) and a zip.',
+      'Mira creates **aurora** and adds ten photos (taken in once she confirms), mistypes the dataset name; Jonas posts eight in the thread (one cut short, one a copy of Mira’s), confirms once, and adds a zip.',
     );
 
     // ---- workshop ----

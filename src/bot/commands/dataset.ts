@@ -4,6 +4,7 @@ import {
   ButtonBuilder,
   ButtonStyle,
   ChannelType,
+  MessageFlags,
   ThreadAutoArchiveDuration,
   type Attachment,
   type AutocompleteInteraction,
@@ -12,7 +13,6 @@ import {
 import { datasetCommandData, IMAGE_OPTION_COUNT } from '../../../commands/dataset.ts';
 import { captionModeOf } from '../../core/caption-text.ts';
 import {
-  MAX_CONCEPTS,
   parseImageSelection,
   validateClassWord,
   validateConceptName,
@@ -26,13 +26,14 @@ import { makeContactSheet } from '../../core/image-sheets.ts';
 import { DEFAULT_CONCEPT, type Dataset, type DatasetKind } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, displayNameOf, guildIdOf, isModerator, resolveDataset } from '../dataset-access.ts';
-import { attestationPrompt, hasAttested } from '../attestation.ts';
+import { attestationPrompt, hasAttested, holdForAttestation } from '../attestation.ts';
+import { takeIn } from '../contribution.ts';
 import { reportComponent, reportRow } from '../moderation-report.ts';
 import { acceptedIn, channelPolicy } from '../content-policy.ts';
 import type { IncomingFile } from '../intake.ts';
 import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { effectiveRating, postingOf, type ContentPolicy } from '../../core/rating.ts';
-import { hiddenLine, intakeReply, listNos, renderDatasetSummary, truncate } from '../reports.ts';
+import { hiddenLine, listNos, renderDatasetSummary, truncate } from '../reports.ts';
 
 const SHEET_PAGE_SIZE = 40;
 
@@ -113,28 +114,25 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const zip = interaction.options.getAttachment('zip');
   if (zip && !/\.zip$/i.test(zip.name)) throw new UserError(`\`${zip.name.slice(0, 60)}\` is not a .zip file: attach images as image1…image10.`);
   if (files.length === 0 && !zip) throw new UserError('Attach at least one image (image1…image10) or a zip.');
-  // A member's first contribution to the server waits for their attestation; nothing is fetched before it.
-  if (!(await hasAttested(ctx, dataset.guildId, interaction.user.id))) {
-    await interaction.editReply(attestationPrompt(interaction.user.id));
-    return;
-  }
-  const concepts = await ctx.store.getConcepts(dataset.id);
-  if (!concepts.some((c) => c.name === concept)) {
-    if (concepts.length >= MAX_CONCEPTS) throw new UserError(`**${dataset.name}** already has ${MAX_CONCEPTS} concepts; add to one of them.`);
-    await ctx.store.ensureConcept(dataset.id, concept);
-  }
-
-  const report = await ctx.intake.ingest({
-    dataset,
+  const upload = {
+    datasetId: dataset.id,
     concept,
     contributor: { id: interaction.user.id, name: displayNameOf(interaction) },
+    channelId: interaction.channelId,
     sourceMessageId: null,
     files,
-    zip: zip ? asIncoming(zip) : undefined,
-  });
-  const policy = await channelPolicy(interaction.client, ctx.settings, dataset.guildId, interaction.channelId);
+    zip: zip ? asIncoming(zip) : null,
+  };
+  // A member's first contribution to the server waits for their attestation: nothing is fetched
+  // before it, and the upload is held to be taken in when they confirm. The question is theirs alone.
+  if (!(await hasAttested(ctx, dataset.guildId, interaction.user.id))) {
+    await holdForAttestation(ctx, dataset.guildId, upload);
+    await interaction.deleteReply();
+    await interaction.followUp({ ...attestationPrompt(interaction.user.id, 'command'), flags: MessageFlags.Ephemeral });
+    return;
+  }
   // The uploader's own receipt: the Report button sits where others look at the dataset (/dataset show).
-  await interaction.editReply(await intakeReply(report, policy));
+  await interaction.editReply(await takeIn(ctx, interaction.client, dataset, upload));
 }
 
 async function showPage(ctx: BotContext, dataset: Dataset, requestedPage: number, policy: ContentPolicy) {
