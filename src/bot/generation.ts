@@ -10,10 +10,9 @@ import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blob-store.ts';
 import { UserError } from '../core/errors.ts';
-import { canGenerate, roundWeight, SEED_MAX } from '../core/generate-args.ts';
+import { roundWeight, SEED_MAX } from '../core/generate-args.ts';
 import type { Logger } from '../core/logger.ts';
-import { familyLabel } from '../core/model-family.ts';
-import { bullPrefix, defaultJobOptions, JobName, QueueName, type GeneratedPayload, type GeneratePayload } from '../queues/contract.ts';
+import { bullPrefix, defaultJobOptions, generationFiles, JobName, QueueName, type GeneratedPayload, type GeneratePayload } from '../queues/contract.ts';
 import { newId, type DatasetStore } from '../store/dataset-store.ts';
 import type { GuildSettingsStore, Run, RunStore } from '../store/run-store.ts';
 import type { WorkerStore } from '../store/worker-store.ts';
@@ -117,15 +116,33 @@ export async function getRequest(deps: Pick<GenerationDeps, 'redis' | 'prefix'>,
   return json ? (JSON.parse(json) as GenerationRequest) : null;
 }
 
+/** FLUX.1/Chroma: the text encoders and autoencoder the run trained with, as a generation names them. */
+function fluxFilesOf(run: Run): GeneratePayload['flux'] {
+  const { companions, flux, memory } = run.recipe;
+  if (!flux || !companions) return undefined;
+  if (companions.t5xxl === null || companions.ae === null) throw new UserError(`Run \`${run.id}\` names no text encoder or autoencoder to draw with.`);
+  return { clipL: companions.clip_l, t5xxl: companions.t5xxl, ae: companions.ae, applyT5AttnMask: flux.applyT5AttnMask, fp8: memory.fp8Base };
+}
+
 /** Why nothing can draw this run now, or null. */
-async function noWorkerReason(deps: GenerationDeps, run: Run): Promise<{ reason: string | null; busyWith: string | null }> {
-  if (!canGenerate(run.credits.base)) return { reason: `Drawing with ${familyLabel(run.credits.base)} LoRAs is not supported yet.`, busyWith: null };
+async function noWorkerReason(deps: GenerationDeps, run: Run, needs: string[]): Promise<{ reason: string | null; busyWith: string | null }> {
   const views = await workersForGuild({ redis: deps.redis, prefix: deps.prefix, workerStore: deps.workers }, run.guildId);
   // In-cluster workers and the GPUs lent to this server draw alike.
-  const withModel = views.filter((v) => v.online && v.info?.models.some((m) => m.file === run.baseModel));
+  const has = (info: NonNullable<(typeof views)[number]['info']>) => {
+    const files = new Set([...info.models.map((m) => m.file), ...(info.companions ?? []).map((c) => c.file)]);
+    return needs.every((f) => files.has(f));
+  };
+  const withModel = views.filter((v) => v.online && v.info && has(v.info));
   if (withModel.length === 0) {
+    const also =
+      needs.length > 1
+        ? ` (with ${needs
+            .slice(1)
+            .map((f) => `\`${f}\``)
+            .join(', ')})`
+        : '';
     return {
-      reason: `No GPU online has the base model \`${run.baseModel}\` that run \`${run.id}\` was trained on, so I can’t draw with it right now. Try again when one is back.`,
+      reason: `No GPU online has the base model \`${run.baseModel}\`${also} that run \`${run.id}\` was trained on, so I can’t draw with it right now. Try again when one is back.`,
       busyWith: null,
     };
   }
@@ -142,7 +159,8 @@ export async function requestGeneration(
   run: Run,
   req: Omit<GenerationRequest, 'id' | 'createdAt' | 'guildId' | 'runId'>,
 ): Promise<Queued> {
-  const { reason, busyWith } = await noWorkerReason(deps, run);
+  const flux = fluxFilesOf(run);
+  const { reason, busyWith } = await noWorkerReason(deps, run, generationFiles({ baseModel: run.baseModel, ...(flux ? { flux } : {}) }));
   if (reason) throw new UserError(reason);
   const settings = await deps.settings.get(run.guildId);
   const limit = settings.maxGenerationsPerMember;
@@ -186,6 +204,7 @@ export async function requestGeneration(
     height: request.height,
     cells,
     expiresAt: Date.now() + QUEUE_TTL_MS,
+    ...(flux ? { flux } : {}),
   };
   await deps.queue.add(JobName.Generate, payload, { jobId: `gen-${request.id}` });
   // Oldest first: where this request stands among the generations waiting for a GPU.

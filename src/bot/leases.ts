@@ -14,12 +14,12 @@ import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Logger } from '../core/logger.ts';
 import { VRAM_PRESET_INFO } from '../core/recipes.ts';
-import { bullPrefix, QueueName, type GeneratePayload, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
+import { bullPrefix, generationFiles, QueueName, type GeneratePayload, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
+import { takeFitting } from '../queues/take-fitting.ts';
 import { checkPayload } from '../queues/train-payload.ts';
 import { keys, type Keys } from '../store/keys.ts';
 import { RedisLocks } from '../store/redis-lock.ts';
 import type { RemoteWorker, WorkerStore } from '../store/worker-store.ts';
-import { LockTimeoutError } from '../core/limiter.ts';
 
 const LeaseSchema = z.object({
   id: z.string(),
@@ -69,9 +69,11 @@ export interface GenerationGrant {
 /** What a poll hands a remote worker: a generation (they go first) or a run. */
 export type AnyGrant = ({ kind: 'run' } & LeaseGrant) | ({ kind: 'generate' } & GenerationGrant);
 
-/** Whether a waiting generation fits a remote worker: its guild, and the base model. */
+/** Whether a waiting generation fits a remote worker: its guild, the base model and FLUX's text encoders and autoencoder. */
 export function generationFits(payload: GeneratePayload, worker: RemoteWorker, info: WorkerInfo | null): boolean {
-  return payload.guildId === worker.guildId && info !== null && info.models.some((m) => m.file === payload.baseModel);
+  if (payload.guildId !== worker.guildId || info === null) return false;
+  const files = new Set([...info.models.map((m) => m.file), ...(info.companions ?? []).map((c) => c.file)]);
+  return generationFiles(payload).every((f) => files.has(f));
 }
 
 export interface LeaseManagerOptions {
@@ -113,10 +115,10 @@ export function runFits(payload: TrainRunPayload, worker: Pick<RemoteWorker, 'gu
 }
 
 export class LeaseManager {
-  private readonly queue: Queue;
-  private readonly bull: Worker;
+  private readonly queue: Queue<TrainRunPayload>;
+  private readonly bull: Worker<TrainRunPayload>;
   private readonly genQueue: Queue<GeneratePayload>;
-  private readonly genBull: Worker;
+  private readonly genBull: Worker<GeneratePayload>;
   private readonly log: Logger;
   private readonly k: Keys;
   /** Taking does not wait: a worker that finds another take under way asks again on its next poll. */
@@ -228,16 +230,6 @@ export class LeaseManager {
       .exec();
   }
 
-  /** One take at a time across bot processes (a Redis lock), so a run is never leased twice; null when another takes now. */
-  private async withTakeLock<T>(fn: () => Promise<T>): Promise<T | null> {
-    try {
-      return await this.takeLocks.run('leases:take', () => fn());
-    } catch (err) {
-      if (err instanceof LockTimeoutError) return null;
-      throw err;
-    }
-  }
-
   /**
    * Leases the first waiting run that fits the worker, or returns null. A worker holds one lease at
    * a time: asking again while it holds one returns that lease (its last poll's answer was lost).
@@ -251,46 +243,38 @@ export class LeaseManager {
       if (checked?.ok) return { lease: held, payload: checked.payload, record: await this.record(held.runId) };
       await this.dropLease(held);
     }
-    return this.withTakeLock(async () => {
-      const waiting = await this.queue.getJobs(['prioritized', 'wait'], 0, 199, true);
-      const fit = waiting.find((j) => {
+    const taken = await takeFitting<TrainRunPayload>({
+      locks: this.takeLocks,
+      queue: this.queue,
+      consumer: this.bull,
+      choose: (j) => {
         const checked = checkPayload(j.data);
         return checked.ok && runFits(checked.payload, worker, info);
-      });
-      if (!fit?.id) return null;
-      // Bring the chosen run to the head of the queue, then take the head.
-      await fit.changePriority({ priority: 0, lifo: true });
-      const lockToken = randomBytes(16).toString('hex');
-      const job = (await this.bull.getNextJob(lockToken, { block: false })) as Job<TrainRunPayload> | undefined;
-      if (!job?.id) return null;
-      const checked = checkPayload(job.data);
-      if (!checked.ok || !runFits(checked.payload, worker, info)) {
-        // Another consumer changed the head meanwhile: give this one back where it was.
-        await job.moveToWait(lockToken);
-        return null;
-      }
-      const payload = checked.payload;
-      const record = await this.record(payload.runId);
-      const now = Date.now();
-      const lease: Lease = {
-        id: randomBytes(18).toString('base64url'),
-        workerId: worker.id,
-        guildId: worker.guildId,
-        runId: payload.runId,
-        jobId: job.id,
-        lockToken,
-        blobs: [...new Set([...Object.values(payload.images).map((i) => i.blob), ...(record.resume?.files.map((f) => f.blob) ?? [])])],
-        grantedAt: now,
-        expiresAt: now + this.opts.leaseMs,
-        kind: 'run',
-      };
-      await this.saveLease(lease);
-      this.log.info(
-        { leaseId: lease.id, workerId: worker.id, runId: payload.runId, resumeFrom: record.resume?.epoch ?? null },
-        'run leased to a remote worker',
-      );
-      return { lease, payload, record };
+      },
     });
+    if (taken === null || taken === 'busy') return null;
+    const { job, token: lockToken } = taken;
+    if (!job.id) return null;
+    const checked = checkPayload(job.data);
+    if (!checked.ok) throw new Error('a chosen run has an invalid payload');
+    const payload = checked.payload;
+    const record = await this.record(payload.runId);
+    const now = Date.now();
+    const lease: Lease = {
+      id: randomBytes(18).toString('base64url'),
+      workerId: worker.id,
+      guildId: worker.guildId,
+      runId: payload.runId,
+      jobId: job.id,
+      lockToken,
+      blobs: [...new Set([...Object.values(payload.images).map((i) => i.blob), ...(record.resume?.files.map((f) => f.blob) ?? [])])],
+      grantedAt: now,
+      expiresAt: now + this.opts.leaseMs,
+      kind: 'run',
+    };
+    await this.saveLease(lease);
+    this.log.info({ leaseId: lease.id, workerId: worker.id, runId: payload.runId, resumeFrom: record.resume?.epoch ?? null }, 'run leased to a remote worker');
+    return { lease, payload, record };
   }
 
   /**
@@ -312,35 +296,31 @@ export class LeaseManager {
   }
 
   private async takeGeneration(worker: RemoteWorker, info: WorkerInfo | null): Promise<GenerationGrant | null> {
-    return this.withTakeLock(async () => {
-      const waiting = await this.genQueue.getJobs(['prioritized', 'wait'], 0, 199, true);
-      const fit = waiting.find((j) => j?.data && generationFits(j.data, worker, info));
-      if (!fit?.id) return null;
-      await fit.changePriority({ priority: 0, lifo: true });
-      const lockToken = randomBytes(16).toString('hex');
-      const job = (await this.genBull.getNextJob(lockToken, { block: false })) as Job<GeneratePayload> | undefined;
-      if (!job?.id) return null;
-      if (!generationFits(job.data, worker, info)) {
-        await job.moveToWait(lockToken);
-        return null;
-      }
-      const now = Date.now();
-      const lease: Lease = {
-        id: randomBytes(18).toString('base64url'),
-        workerId: worker.id,
-        guildId: worker.guildId,
-        runId: job.data.runId,
-        jobId: job.id,
-        lockToken,
-        blobs: [...new Set(job.data.cells.map((c) => c.lora))],
-        grantedAt: now,
-        expiresAt: now + this.opts.leaseMs,
-        kind: 'generate',
-      };
-      await this.saveLease(lease);
-      this.log.info({ leaseId: lease.id, workerId: worker.id, requestId: job.data.requestId }, 'generation leased to a remote worker');
-      return { lease, payload: job.data };
+    const taken = await takeFitting<GeneratePayload>({
+      locks: this.takeLocks,
+      queue: this.genQueue,
+      consumer: this.genBull,
+      choose: (j) => generationFits(j.data, worker, info),
     });
+    if (taken === null || taken === 'busy') return null;
+    const { job, token: lockToken } = taken;
+    if (!job.id) return null;
+    const now = Date.now();
+    const lease: Lease = {
+      id: randomBytes(18).toString('base64url'),
+      workerId: worker.id,
+      guildId: worker.guildId,
+      runId: job.data.runId,
+      jobId: job.id,
+      lockToken,
+      blobs: [...new Set(job.data.cells.map((c) => c.lora))],
+      grantedAt: now,
+      expiresAt: now + this.opts.leaseMs,
+      kind: 'generate',
+    };
+    await this.saveLease(lease);
+    this.log.info({ leaseId: lease.id, workerId: worker.id, requestId: job.data.requestId }, 'generation leased to a remote worker');
+    return { lease, payload: job.data };
   }
 
   /** The generation a generation lease holds (null: its job is gone). */

@@ -1,19 +1,33 @@
 /**
- * Image generation with a trained LoRA through sd-scripts' own script: `gen_img.py` for SD 1.5
- * and SDXL (one image per call: `--prompt` with the negative prompt as its ` --n` option, `--seed`,
- * `--W`/`--H`, and the LoRA as `--network_module networks.lora --network_weights F --network_mul
- * W`). The script writes `im_{YYYYmmddHHMMSS}_000_{seed}.png` into `--outdir`.
+ * Image generation with a trained LoRA through sd-scripts' own scripts, one image per call:
+ * - `gen_img.py` for SD 1.5 and SDXL: `--prompt` with the negative prompt as its ` --n` option,
+ *   `--seed`, `--W`/`--H`, and the LoRA as `--network_module networks.lora --network_weights F
+ *   --network_mul W`. It writes `im_{YYYYmmddHHMMSS}_000_{seed}.png` into `--outdir`.
+ * - `flux_minimal_inference.py` for FLUX.1 and Chroma: `--ckpt_path` with `--model_type flux|chroma`,
+ *   the text encoders and autoencoder (`--clip_l`, not for Chroma; `--t5xxl`, `--ae`), `--prompt`,
+ *   `--seed`, `--width`/`--height`, and the LoRA as `--lora_weights "F;W"`. It writes
+ *   `{YYYYmmdd_HHMMSS}.png` into `--output_dir` (no seed in the name: one folder per image).
  *
  * Also what members may ask for: the prompt, negative prompt, weight, seed and size checks.
  */
 import { UserError } from './errors.ts';
-import type { BaseFamily } from './model-family.ts';
+import { familyLabel, isTransformerFamily, type BaseFamily } from './model-family.ts';
 
 export const GENERATE_SCRIPT = 'gen_img.py';
+export const FLUX_GENERATE_SCRIPT = 'flux_minimal_inference.py';
 
-/** Families `gen_img.py` can draw; FLUX.1 and Chroma need another script. */
-export function canGenerate(base: BaseFamily): boolean {
-  return base === 'sd15' || base === 'sdxl' || base === 'sdxl-vpred';
+/** sd-scripts' script that draws `base` with a LoRA. */
+export function generateScript(base: BaseFamily): string {
+  return isTransformerFamily(base) ? FLUX_GENERATE_SCRIPT : GENERATE_SCRIPT;
+}
+
+/**
+ * The negative prompt a family draws with. FLUX.1 is guidance-distilled: the inference script
+ * ignores a negative prompt unless classifier-free guidance doubles the work, so it is refused.
+ */
+export function checkNegativeFor(base: BaseFamily, negative: string): string {
+  if (base === 'flux1' && negative !== '') throw new UserError(`${familyLabel(base)} draws without a negative prompt; leave \`negative\` out.`);
+  return negative;
 }
 
 export const WEIGHT_MIN = -2;
@@ -38,8 +52,21 @@ export interface GenerateInvocation {
   weight: number;
   outDir: string;
   settings: GenerateSettings;
-  /** Sampling steps (default 24). */
+  /** Sampling steps (default 24 for gen_img.py; the FLUX script's own: 4 for schnell, 50 for dev). */
   steps?: number;
+  /** FLUX.1/Chroma only: the files beside the checkpoint and how the run was trained. */
+  flux?: FluxGenerateFiles;
+}
+
+export interface FluxGenerateFiles {
+  /** Paths of the CLIP-L text encoder (null for Chroma), T5-XXL and the autoencoder. */
+  clipL: string | null;
+  t5xxl: string;
+  ae: string;
+  /** The run masked T5's padding (Chroma always does). */
+  applyT5AttnMask: boolean;
+  /** The run's base was loaded in fp8 (GPUs under 24 GB): draw the transformer in fp8 too. */
+  fp8: boolean;
 }
 
 /** A weight rounded to two decimals, as members see and buttons step it. */
@@ -90,9 +117,50 @@ export function parseWeights(raw: string, max: number): number[] {
   return weights;
 }
 
-/** The arguments after the script path, for `TRAINER_CMD <SD_SCRIPTS_DIR>/gen_img.py …`. */
+/** The arguments after the script path, for `TRAINER_CMD <SD_SCRIPTS_DIR>/<generateScript(base)> …`. */
 export function generateArgs(inv: GenerateInvocation): string[] {
-  if (!canGenerate(inv.base)) throw new Error(`gen_img.py does not draw ${inv.base}`);
+  return isTransformerFamily(inv.base) ? fluxArgs(inv) : genImgArgs(inv);
+}
+
+/** Chroma is not guidance-distilled: with a negative prompt it draws with real classifier-free guidance. */
+const CHROMA_CFG = 4;
+/** FLUX.1 dev's distilled guidance (the script's default); Chroma takes none, as it trains. */
+const FLUX_GUIDANCE = 3.5;
+
+function fluxArgs(inv: GenerateInvocation): string[] {
+  const { settings, flux } = inv;
+  if (!flux) throw new Error(`${inv.base} needs its text encoders and autoencoder`);
+  const chroma = inv.base === 'chroma';
+  if (!chroma && flux.clipL === null) throw new Error('FLUX.1 needs the CLIP-L text encoder');
+  // `--lora_weights` splits "path;multiplier" on the semicolon.
+  if (inv.loraPath.includes(';')) throw new Error('a LoRA path may not contain `;`');
+  const args = ['--ckpt_path', inv.modelPath, '--model_type', chroma ? 'chroma' : 'flux'];
+  if (!chroma) args.push('--clip_l', flux.clipL!);
+  args.push('--t5xxl', flux.t5xxl, '--ae', flux.ae);
+  if (chroma || flux.applyT5AttnMask) args.push('--apply_t5_attn_mask');
+  args.push(
+    '--prompt',
+    settings.prompt,
+    '--output_dir',
+    inv.outDir,
+    '--seed',
+    String(settings.seed),
+    '--width',
+    String(settings.width),
+    '--height',
+    String(settings.height),
+    '--guidance',
+    String(chroma ? 0 : FLUX_GUIDANCE),
+  );
+  if (inv.steps !== undefined) args.push('--steps', String(inv.steps));
+  if (chroma && settings.negative !== '') args.push('--negative_prompt', settings.negative, '--cfg_scale', String(CHROMA_CFG));
+  if (flux.fp8) args.push('--flux_dtype', 'fp8');
+  // Text encoders, transformer and autoencoder take the GPU in turn.
+  args.push('--offload', '--lora_weights', `${inv.loraPath};${inv.weight}`);
+  return args;
+}
+
+function genImgArgs(inv: GenerateInvocation): string[] {
   const { settings } = inv;
   const prompt = settings.negative ? `${settings.prompt} --n ${settings.negative}` : settings.prompt;
   const args = ['--ckpt', inv.modelPath];
@@ -129,9 +197,9 @@ export function generateArgs(inv: GenerateInvocation): string[] {
   return args;
 }
 
-/** The file gen_img.py wrote for one image at `seed`, among the names in its output folder. */
-export function generatedFile(names: readonly string[], seed: number): string | null {
-  const re = new RegExp(`^im_\\d{14}_\\d{3}_${seed}\\.png$`);
+/** The file the script for `base` wrote for one image at `seed`, among the names in its output folder. */
+export function generatedFile(base: BaseFamily, names: readonly string[], seed: number): string | null {
+  const re = isTransformerFamily(base) ? /^\d{8}_\d{6}\.png$/ : new RegExp(`^im_\\d{14}_\\d{3}_${seed}\\.png$`);
   return (
     names
       .filter((n) => re.test(n))

@@ -138,6 +138,17 @@ export interface GeneratePayload {
   cells: GenerateCell[];
   /** After this (ms) a worker that cannot take it lets it fail rather than wait on. */
   expiresAt: number;
+  /**
+   * FLUX.1/Chroma: the run's text encoders and autoencoder (file names in MODELS_DIR, CLIP-L null
+   * for Chroma), whether it masked T5's padding and loaded its base in fp8.
+   */
+  flux?: { clipL: string | null; t5xxl: string; ae: string; applyT5AttnMask: boolean; fp8: boolean };
+}
+
+/** The files in MODELS_DIR a worker needs to draw a generation: the base model, and FLUX's companions. */
+export function generationFiles(p: Pick<GeneratePayload, 'baseModel' | 'flux'>): string[] {
+  const f = p.flux;
+  return [p.baseModel, ...(f ? [f.clipL, f.t5xxl, f.ae].filter((x): x is string => x !== null) : [])];
 }
 
 export type GeneratedPayload =

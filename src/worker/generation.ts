@@ -1,9 +1,10 @@
 /**
  * Image generations on a training worker (`/lora try`, `/lora compare`): short jobs from the
- * `generate` queue, drawn with sd-scripts' own `gen_img.py` through the same `TRAINER_CMD` and
+ * `generate` queue, drawn with sd-scripts' own scripts (`gen_img.py` for SD 1.5 and SDXL,
+ * `flux_minimal_inference.py` for FLUX.1 and Chroma) through the same `TRAINER_CMD` and
  * `SD_SCRIPTS_DIR` as training. They share the GPU with training runs under two rules:
  * - a generation never interrupts a run: while this worker trains, its generation consumer is
- *   paused (another free worker may take the job meanwhile);
+ *   paused (another free worker with the model may take the job meanwhile);
  * - generations go ahead of waiting runs: before a run starts, the worker first serves the
  *   generations waiting for a model it has (`yieldToGenerations`), then pauses them.
  *
@@ -12,16 +13,27 @@
  */
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { DelayedError, Queue, Worker, type Job } from 'bullmq';
+import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blob-store.ts';
 import type { Config } from '../core/config.ts';
 import { codeOf } from '../core/fs-errors.ts';
-import { canGenerate, GENERATE_SCRIPT, generateArgs, generatedFile } from '../core/generate-args.ts';
+import { generateArgs, generatedFile, generateScript } from '../core/generate-args.ts';
 import type { Logger } from '../core/logger.ts';
-import { BASE_FAMILIES } from '../core/model-family.ts';
+import { BASE_FAMILIES, familyLabel, isTransformerFamily } from '../core/model-family.ts';
 import { baseModelProblem } from '../queues/train-payload.ts';
-import { bullPrefix, defaultJobOptions, JobName, QueueName, sharedKeys, type GeneratedPayload, type GeneratePayload } from '../queues/contract.ts';
+import {
+  bullPrefix,
+  defaultJobOptions,
+  generationFiles,
+  JobName,
+  QueueName,
+  sharedKeys,
+  type GeneratedPayload,
+  type GeneratePayload,
+} from '../queues/contract.ts';
+import { takeFitting } from '../queues/take-fitting.ts';
+import { RedisLocks } from '../store/redis-lock.ts';
 import { TrainerProcess, trainerCommand, trainerEnv } from './trainer-process.ts';
 
 export interface GenerationDeps {
@@ -54,7 +66,15 @@ export function generateProblem(p: GeneratePayload): string | null {
   if (typeof p.requestId !== 'string' || !ID.test(p.requestId)) return 'the generation has no valid id';
   const model = baseModelProblem(p.baseModel);
   if (model) return model;
-  if (!BASE_FAMILIES.includes(p.base) || !canGenerate(p.base)) return `images of ${String(p.base)} models cannot be drawn here yet`;
+  if (!BASE_FAMILIES.includes(p.base)) return `images of ${String(p.base)} models cannot be drawn here`;
+  if (isTransformerFamily(p.base)) {
+    const f = p.flux;
+    if (typeof f !== 'object' || f === null) return `the generation names no text encoders or autoencoder for ${familyLabel(p.base)}`;
+    if ((p.base === 'flux1') !== (f.clipL !== null)) return p.base === 'flux1' ? 'FLUX.1 needs the CLIP-L text encoder' : 'Chroma draws without CLIP-L';
+    for (const file of [f.clipL, f.t5xxl, f.ae])
+      if (file !== null && (typeof file !== 'string' || baseModelProblem(file) !== null)) return 'a model file of the generation is not valid';
+    if (typeof f.applyT5AttnMask !== 'boolean' || typeof f.fp8 !== 'boolean') return 'the generation settings are not valid';
+  } else if (p.flux !== undefined) return `${familyLabel(p.base)} draws without FLUX files`;
   if (typeof p.prompt !== 'string' || p.prompt.length === 0 || p.prompt.length > 400 || p.prompt.includes('--')) return 'the prompt is not valid';
   if (typeof p.negative !== 'string' || p.negative.length > 400 || p.negative.includes('--')) return 'the negative prompt is not valid';
   if (!Number.isInteger(p.seed) || p.seed < 0 || p.seed > 2 ** 32 - 1) return 'the seed is not valid';
@@ -90,6 +110,14 @@ function scriptError(tail: string[], exit: { code: number | null; signal: NodeJS
 export async function runGeneration(deps: GenerationDeps, p: GeneratePayload, workDir: string): Promise<{ epoch: number; weight: number; blob: string }[]> {
   const { config } = deps;
   const modelPath = resolve(config.MODELS_DIR, p.baseModel);
+  const inModels = (file: string) => resolve(config.MODELS_DIR, file);
+  const flux = p.flux && {
+    ...p.flux,
+    clipL: p.flux.clipL === null ? null : inModels(p.flux.clipL),
+    t5xxl: inModels(p.flux.t5xxl),
+    ae: inModels(p.flux.ae),
+  };
+  const script = join(resolve(config.SD_SCRIPTS_DIR), generateScript(p.base));
   const out: { epoch: number; weight: number; blob: string }[] = [];
   await rm(workDir, { recursive: true, force: true });
   await mkdir(workDir, { recursive: true });
@@ -105,8 +133,9 @@ export async function runGeneration(deps: GenerationDeps, p: GeneratePayload, wo
         weight: cell.weight,
         outDir,
         settings: { prompt: p.prompt, negative: p.negative, seed: p.seed, width: p.width, height: p.height },
+        ...(flux ? { flux } : {}),
       });
-      const { command, args: full } = trainerCommand(config.TRAINER_CMD, join(resolve(config.SD_SCRIPTS_DIR), GENERATE_SCRIPT), args);
+      const { command, args: full } = trainerCommand(config.TRAINER_CMD, script, args);
       let proc: TrainerProcess;
       try {
         proc = await TrainerProcess.start({ command, args: full, cwd: workDir, env: trainerEnv(deps.env, workDir) });
@@ -122,7 +151,7 @@ export async function runGeneration(deps: GenerationDeps, p: GeneratePayload, wo
         clearTimeout(timer);
       }
       if (exit.code !== 0) throw new GenerationFailure(scriptError(proc.tail(), exit));
-      const name = generatedFile(await readdir(outDir), p.seed);
+      const name = generatedFile(p.base, await readdir(outDir), p.seed);
       if (!name) throw new GenerationFailure('the image script ended without writing the image');
       const ref = await deps.blobs.putFile(join(outDir, name), { move: true });
       out.push({ epoch: cell.epoch, weight: cell.weight, blob: ref.id });
@@ -140,20 +169,42 @@ export class GenerationFailure extends Error {
   }
 }
 
-/** The in-cluster consumer of the `generate` queue, beside the training worker of the same process. */
+/** How often a worker looks at the queue without being woken by a new generation (a model file added, a lapsed job). */
+const LOOK_AGAIN_MS = 30_000;
+const LOCK_MS = 60_000;
+
+/**
+ * The in-cluster consumer of the `generate` queue, beside the training worker of the same process.
+ * It takes only generations it can draw (it has their files), invalid ones (to report them) and
+ * lapsed ones (to say nobody took them): what needs another worker's model stays in line, untouched,
+ * for that worker or a lent GPU. It looks when a generation is queued (the queue's event stream),
+ * after each one, when taking generations again after a run, and every 30 s.
+ */
 export function startGenerationWorker(deps: GenerationDeps, connection: Redis): GenerationHandle {
   const { config } = deps;
   const log = deps.logger.child({ queue: QueueName.Generate });
   const prefix = bullPrefix(config.REDIS_PREFIX);
   const results = new Queue<GeneratedPayload>(QueueName.Generated, { connection, prefix, defaultJobOptions: defaultJobOptions[QueueName.Generated] });
   const queue = new Queue<GeneratePayload>(QueueName.Generate, { connection, prefix });
+  // No processor: this worker takes only the jobs it chose (takeFitting).
+  const consumer = new Worker<GeneratePayload>(QueueName.Generate, null, { connection, prefix, name: deps.workerId, lockDuration: LOCK_MS });
+  consumer.on('error', (err) => log.error({ err }, 'generation worker error'));
+  const eventsConnection = connection.duplicate();
+  const events = new QueueEvents(QueueName.Generate, { connection: eventsConnection, prefix });
+  events.on('error', (err) => log.warn({ err }, 'generation queue events error'));
   const workRoot = resolve(config.DATA_DIR, 'generate', deps.workerId);
+  const takeLocks = new RedisLocks(connection, config.REDIS_PREFIX, { ttlMs: 15_000, waitMs: 0, logger: log });
 
   const report = (result: GeneratedPayload) => results.add(JobName.Generated, result, { jobId: `generated-${result.requestId}` });
 
-  const hasModel = (file: string) => baseModelProblem(file) === null && isFile(resolve(config.MODELS_DIR, file));
+  const hasFiles = async (p: GeneratePayload): Promise<boolean> => {
+    for (const file of generationFiles(p)) if (baseModelProblem(file) !== null || !(await isFile(resolve(config.MODELS_DIR, file)))) return false;
+    return true;
+  };
+  const lapsed = (p: GeneratePayload) => !(Date.now() < p.expiresAt);
+  const choose = async (job: Job<GeneratePayload>) => generateProblem(job.data) !== null || (await hasFiles(job.data)) || lapsed(job.data);
 
-  const process = async (job: Job<GeneratePayload>, token?: string): Promise<void> => {
+  const process = async (job: Job<GeneratePayload>): Promise<void> => {
     const p = job.data;
     const problem = generateProblem(p);
     if (problem) {
@@ -162,12 +213,7 @@ export function startGenerationWorker(deps: GenerationDeps, connection: Redis): 
         await report({ requestId: p.requestId, ok: false, workerId: deps.workerId, reason: problem });
       return;
     }
-    if (!(await hasModel(p.baseModel))) {
-      // Another worker may have the model: hand it back for a while, until it expires.
-      if (Date.now() < p.expiresAt && token !== undefined) {
-        await job.moveToDelayed(Date.now() + 2_000, token);
-        throw new DelayedError();
-      }
+    if (!(await hasFiles(p))) {
       await report({ requestId: p.requestId, ok: false, workerId: deps.workerId, reason: `no GPU with the base model ${p.baseModel} took it in time` });
       return;
     }
@@ -186,28 +232,84 @@ export function startGenerationWorker(deps: GenerationDeps, connection: Redis): 
     }
   };
 
-  const worker = new Worker<GeneratePayload>(QueueName.Generate, process, {
-    connection,
-    prefix,
-    name: deps.workerId,
-    concurrency: 1,
-    lockDuration: 60_000,
-    stalledInterval: 30_000,
-    maxStalledCount: 2,
-  });
-  worker.on('error', (err) => log.error({ err }, 'generation worker error'));
+  /** Draws one taken job, holding its lock, and completes it. */
+  const serve = async (job: Job<GeneratePayload>, token: string): Promise<void> => {
+    const keep = setInterval(() => void job.extendLock(token, LOCK_MS).catch(() => undefined), LOCK_MS / 3);
+    try {
+      await process(job);
+      await job.moveToCompleted(undefined, token, false);
+    } catch (err) {
+      log.error({ err, jobId: job.id }, 'generation job failed');
+      await job.moveToFailed(err instanceof Error ? err : new Error(String(err)), token, false).catch(() => undefined);
+    } finally {
+      clearInterval(keep);
+    }
+  };
 
-  /** Generations waiting for a model this worker has. */
+  // Wake-ups: a flag set by each event, so none is lost while the loop is busy.
+  let poked = true;
+  let wake: (() => void) | null = null;
+  const poke = () => {
+    poked = true;
+    wake?.();
+  };
+  const nextPoke = async (ms: number) => {
+    if (!poked) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((r) => {
+        wake = r;
+        timer = setTimeout(r, ms);
+      });
+      clearTimeout(timer);
+      wake = null;
+    }
+    poked = false;
+  };
+  events.on('waiting', poke);
+
+  let paused = false;
+  let closing = false;
+  let serving: Promise<void> = Promise.resolve();
+  const loop = (async () => {
+    while (!closing) {
+      if (paused) {
+        await nextPoke(LOOK_AGAIN_MS);
+        continue;
+      }
+      let taken: Awaited<ReturnType<typeof takeFitting<GeneratePayload>>>;
+      try {
+        taken = await takeFitting({ locks: takeLocks, queue, consumer, choose });
+      } catch (err) {
+        if (closing) break;
+        log.warn({ err }, 'could not look at the waiting generations');
+        taken = null;
+      }
+      if (taken === 'busy') {
+        // Another process is taking a job: look again in a moment.
+        await new Promise((r) => setTimeout(r, 50));
+        continue;
+      }
+      if (taken === null) {
+        log.debug('no generation here to draw');
+        await nextPoke(LOOK_AGAIN_MS);
+        continue;
+      }
+      serving = serve(taken.job, taken.token);
+      await serving;
+    }
+  })();
+
+  /** Generations waiting that this worker can draw. */
   const servable = async (): Promise<number> => {
     const waiting = await queue.getJobs(['waiting', 'prioritized'], 0, 99);
     let n = 0;
-    for (const job of waiting) if (job?.data && (await hasModel(job.data.baseModel))) n++;
+    for (const job of waiting) if (job?.data && generateProblem(job.data) === null && (await hasFiles(job.data))) n++;
     return n;
   };
 
-  let paused = false;
   return {
     async yieldToGenerations(maxWaitMs = 120_000) {
+      poke();
       const deadline = Date.now() + maxWaitMs;
       try {
         while (Date.now() < deadline && (await servable()) > 0) await new Promise((r) => setTimeout(r, 100));
@@ -216,15 +318,20 @@ export function startGenerationWorker(deps: GenerationDeps, connection: Redis): 
       }
       paused = true;
       // Waits for a generation in progress; nothing new is taken until resume().
-      await worker.pause();
+      await serving;
     },
     resume() {
       if (!paused) return;
       paused = false;
-      void Promise.resolve(worker.resume()).catch((err: unknown) => log.error({ err }, 'could not resume taking generations'));
+      poke();
     },
     async close() {
-      await worker.close();
+      closing = true;
+      poke();
+      await loop;
+      await events.close();
+      eventsConnection.disconnect();
+      await consumer.close();
       await queue.close();
       await results.close();
     },

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlobStore } from '../../src/core/blob-store.ts';
 import { bullPrefix, QueueName, type WorkerInfo } from '../../src/queues/contract.ts';
 import { RunStore } from '../../src/store/run-store.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
@@ -36,6 +37,7 @@ let tmp: string;
 let models: string;
 let runs: RunStore;
 let trainingQueue: Queue;
+let blobs: BlobStore;
 const threads: Record<string, string> = {};
 
 const done = (h: InteractionHandle) => steps.done(world, h);
@@ -119,6 +121,7 @@ beforeAll(async () => {
   });
   await world.startBot();
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
+  blobs = new BlobStore(world.dataDir);
   trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(world.env.REDIS_PREFIX!) });
   await createDataset('fluxhero', 'character', 'flux1');
   await createDataset('chromastyle', 'style', 'chroma');
@@ -168,7 +171,7 @@ describe('FLUX.1 and Chroma', () => {
     expect(text).toMatch(/recipe `character`/);
     expect(text).toMatch(/FLUX\.1 · LoRA · memory preset \*\*16 GB\*\* \(fp8 base, 8 blocks swapped, batch 1\) for `gpu-test` \(16 GB\)/);
     expect(text).toMatch(/`clip_l.safetensors`, `t5xxl_fp16.safetensors`, `ae.safetensors`/);
-    const { finished, delivered, meta } = await startAndFinish(shown, 'fluxhero', 2);
+    const { runId, finished, delivered, meta } = await startAndFinish(shown, 'fluxhero', 2);
     expect(meta).toMatchObject({
       ss_base_model_version: 'flux1',
       'modelspec.architecture': 'flux-1-dev/lora',
@@ -179,6 +182,39 @@ describe('FLUX.1 and Chroma', () => {
     expect(finished).toMatch(/non-commercial licence/);
     expect(delivered).toMatch(/FLUX\.1 · trigger/);
     expect(delivered).toMatch(/FLUX\.1 \[dev\].*non-commercial licence/);
+
+    // /lora try draws with flux_minimal_inference.py: the final epoch's file at weight 0.5.
+    const ask = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'try',
+      user: alice,
+      options: { run: runId, prompt: 'ohwx_fluxhero reading a book', weight: 0.5, seed: 21, size: '512' },
+    });
+    expect(await done(ask)).toMatch(/Drawing \*\*ohwx_fluxhero reading a book\*\* with run `\w+`, the final epoch, weight 0\.5, seed 21/);
+    const image = await until('the FLUX image', () => steps.triedImages(world).find((m) => m.content.includes(`run \`${runId}\``)));
+    expect(image.content).toMatch(/the final epoch · weight 0\.5 · seed 21 · 512×512/);
+    const drawn = await steps.standinBar(image.attachments[0]!.data, { left: 0, top: 0, width: 512, height: 512 });
+    expect(drawn.colour).toEqual(await steps.standinLoraColour(blobs, (await runs.get(runId))!.final!.blob));
+    expect(drawn.share).toBeCloseTo(2.5 / 4, 2);
+    expect(world.worker!.log.lines.some((l) => l.msg === 'generating' && l.runId === runId)).toBe(true);
+    expect(
+      await refusal(
+        world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { run: runId, prompt: 'ohwx_fluxhero', negative: 'blurry' } }),
+      ),
+    ).toBe('⚠️ FLUX.1 draws without a negative prompt; leave `negative` out.');
+
+    // /lora compare: both epochs side by side in the dataset's thread.
+    const compare = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'compare',
+      user: alice,
+      options: { run: runId, prompt: 'ohwx_fluxhero portrait', epochs: '1, 2', weights: '1', seed: 4, size: '256' },
+    });
+    expect(await done(compare)).toMatch(/epochs 1, 2 × weights 1/);
+    const grid = await until('the FLUX comparison', () =>
+      threadMessages(threads.fluxhero!).find((m) => m.content.startsWith('🧪 **ohwx_fluxhero portrait**') && m.attachments.length === 1),
+    );
+    expect(grid.content).toContain('Rows: epoch 1, epoch 2 · columns: weight 1');
   });
 
   it('Chroma on a 24 GB worker: the style dataset gets the style recipe, the 24 GB preset, and a chroma file', async () => {
@@ -191,7 +227,7 @@ describe('FLUX.1 and Chroma', () => {
     expect(text).toMatch(/recipe `style`/);
     expect(text).toMatch(/Chroma · LoRA · memory preset \*\*24 GB\*\* \(fp8 base, no block swap, batch 2\) for `gpu-test` \(24 GB\)/);
     expect(text).not.toMatch(/clip_l/);
-    const { finished, delivered, meta } = await startAndFinish(shown, 'chromastyle', 2);
+    const { runId, finished, delivered, meta } = await startAndFinish(shown, 'chromastyle', 2);
     expect(meta).toMatchObject({
       ss_base_model_version: 'chroma',
       'modelspec.architecture': 'chroma/lora',
@@ -201,5 +237,18 @@ describe('FLUX.1 and Chroma', () => {
     });
     expect(finished).not.toMatch(/licence/);
     expect(delivered).not.toMatch(/licence/);
+
+    // Chroma draws without CLIP-L, and with a negative prompt.
+    const ask = world.discord.sendCommand({
+      name: 'lora',
+      subcommand: 'try',
+      user: alice,
+      options: { run: runId, prompt: 'a watercolour harbour', negative: 'blurry', seed: 8, size: '256' },
+    });
+    expect(await done(ask)).toMatch(/Drawing \*\*a watercolour harbour\*\* with run `\w+`/);
+    const image = await until('the Chroma image', () => steps.triedImages(world).find((m) => m.content.includes(`run \`${runId}\``)));
+    expect(image.content).toMatch(/seed 8 · 256×256 · negative: blurry/);
+    const drawn = await steps.standinBar(image.attachments[0]!.data, { left: 0, top: 0, width: 256, height: 256 });
+    expect(drawn.colour).toEqual(await steps.standinLoraColour(blobs, (await runs.get(runId))!.final!.blob));
   });
 });

@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -60,36 +59,14 @@ async function spawnWorker(extra: Record<string, string> = {}): Promise<void> {
 const startRun = (options: Record<string, string | number> = {}) =>
   steps.startRun(world, admin, { dataset: 'hero', model: 'base-sd15.safetensors', ...options });
 
-/** Tried images in the main channel, oldest first. */
-function tried(): MessageSnapshot[] {
-  return messages(world.discord.channelId).filter((m) => m.content.startsWith('🎨 **') && m.attachments.length === 1);
-}
+const tried = () => steps.triedImages(world);
 
 function buttonsOf(m: MessageSnapshot): { custom_id: string; label: string; disabled?: boolean }[] {
   return (m.components[0] as unknown as { components: { custom_id: string; label: string; disabled?: boolean }[] }).components;
 }
 
-/** The stand-in's colour for a file's bytes (sha256 of its sha256, three bytes into 40..239). */
-async function loraColour(blob: string): Promise<number[]> {
-  const digest = createHash('sha256')
-    .update(await readFile(blobs.path(blob)))
-    .digest();
-  return [...createHash('sha256').update(digest).digest().subarray(0, 3)].map((b) => 40 + (b % 200));
-}
-
-/** Colour and filled share of the stand-in's bottom bar, read in a `w`×`h` region at (left, top). */
-async function bar(image: Buffer, region: { left: number; top: number; width: number; height: number }) {
-  const { data, info } = await sharp(image).extract(region).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-  const y = info.height - Math.round(info.height / 24); // inside the bar
-  const pixel = (x: number) => {
-    const i = (y * info.width + x) * 3;
-    return [data[i]!, data[i + 1]!, data[i + 2]!];
-  };
-  let lit = 0;
-  for (let x = 0; x < info.width; x++) if (Math.max(...pixel(x)) > 0x30) lit++;
-  // The middle of the filled part: away from the edges a scaled JPEG blurs.
-  return { share: lit / info.width, colour: pixel(Math.floor(lit / 2)) };
-}
+const loraColour = (blob: string) => steps.standinLoraColour(blobs, blob);
+const bar = steps.standinBar;
 
 function pngText(png: Buffer, key: string): string | null {
   let at = 8;

@@ -1,7 +1,10 @@
-/** Steps the end-to-end tests share: waiting for replies and messages, starting a run. */
-import { mkdir, writeFile } from 'node:fs/promises';
+/** Steps the end-to-end tests share: waiting for replies and messages, starting a run, reading tried images. */
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import sharp from 'sharp';
+import type { BlobStore } from '../../src/core/blob-store.ts';
 import type { WorkerInfo } from '../../src/queues/contract.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { expect } from 'vitest';
@@ -182,4 +185,31 @@ export async function sd15Models(dir: string): Promise<string> {
 /** Waits for a worker's first heartbeat ("worker ready" comes before it; plans know its models only after it). */
 export async function workerOnline(world: World, id: string): Promise<WorkerInfo> {
   return until(`worker ${id}'s first heartbeat`, async () => (await listWorkers(world.redis, world.env.REDIS_PREFIX!)).find((w) => w.id === id), 30_000);
+}
+
+/** Images tried with `/lora try` in a channel (the main one unless named), oldest first. */
+export function triedImages(world: World, channelId = world.discord.channelId): MessageSnapshot[] {
+  return channelMessages(world, channelId).filter((m) => m.content.startsWith('🎨 **') && m.attachments.length === 1);
+}
+
+/** The colour the sd-scripts stand-in draws a LoRA file's bar with (sha256 of its sha256, three bytes into 40..239). */
+export async function standinLoraColour(blobs: BlobStore, blob: string): Promise<number[]> {
+  const digest = createHash('sha256')
+    .update(await readFile(blobs.path(blob)))
+    .digest();
+  return [...createHash('sha256').update(digest).digest().subarray(0, 3)].map((b) => 40 + (b % 200));
+}
+
+/** Colour and filled share of the stand-in's bottom bar (the LoRA file and its weight), read in a region of an image. */
+export async function standinBar(image: Buffer, region: { left: number; top: number; width: number; height: number }) {
+  const { data, info } = await sharp(image).extract(region).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const y = info.height - Math.round(info.height / 24); // inside the bar
+  const pixel = (x: number) => {
+    const i = (y * info.width + x) * 3;
+    return [data[i]!, data[i + 1]!, data[i + 2]!];
+  };
+  let lit = 0;
+  for (let x = 0; x < info.width; x++) if (Math.max(...pixel(x)) > 0x30) lit++;
+  // The middle of the filled part: away from the edges a scaled JPEG blurs.
+  return { share: lit / info.width, colour: pixel(Math.floor(lit / 2)) };
 }

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { runFits } from '../../src/bot/leases.ts';
+import { generationFits, runFits } from '../../src/bot/leases.ts';
 import type { BaseFamily } from '../../src/core/model-family.ts';
 import { pickCompanions, resolveRecipe } from '../../src/core/recipes.ts';
-import type { TrainRunPayload, WorkerInfo } from '../../src/queues/contract.ts';
+import type { GeneratePayload, TrainRunPayload, WorkerInfo } from '../../src/queues/contract.ts';
 
 const COMPANIONS = [
   { file: 'clip_l.safetensors', kind: 'clip_l' as const },
@@ -54,5 +54,21 @@ describe('which waiting run a lent GPU may take', () => {
 
   it('takes nothing before its first heartbeat', () => {
     expect(runFits(payload('sd15'), { guildId: 'g1' }, null)).toBe(false);
+  });
+});
+
+describe('which waiting generation a lent GPU may draw', () => {
+  const flux = { clipL: 'clip_l.safetensors', t5xxl: 't5xxl_fp16.safetensors', ae: 'ae.safetensors', applyT5AttnMask: false, fp8: false };
+  const gen = (over: Partial<GeneratePayload> = {}) => ({ guildId: 'g1', baseModel: 'base.safetensors', ...over }) as GeneratePayload;
+  const worker = { id: 'w1', guildId: 'g1' } as Parameters<typeof generationFits>[1];
+
+  it('draws what its own guild asked with a base model it has, and for FLUX.1 the text encoders and autoencoder too', () => {
+    expect(generationFits(gen(), worker, info())).toBe(true);
+    expect(generationFits(gen({ flux }), worker, info())).toBe(true);
+    expect(generationFits(gen({ flux }), worker, info({ companions: COMPANIONS.slice(1) }))).toBe(false);
+    expect(generationFits(gen({ flux: { ...flux, clipL: null } }), worker, info({ companions: COMPANIONS.slice(1) }))).toBe(true);
+    expect(generationFits(gen({ baseModel: 'other.safetensors' }), worker, info())).toBe(false);
+    expect(generationFits(gen({ guildId: 'g2' }), worker, info())).toBe(false);
+    expect(generationFits(gen(), worker, null)).toBe(false);
   });
 });

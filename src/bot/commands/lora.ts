@@ -3,7 +3,7 @@ import { loraCommandData } from '../../../commands/lora.ts';
 import { formatBytes } from '../../core/download.ts';
 import { UserError } from '../../core/errors.ts';
 import { licenceNoteOf } from '../../core/lora-metadata.ts';
-import { checkPromptText, checkWeight, parseSize, parseWeights } from '../../core/generate-args.ts';
+import { checkNegativeFor, checkPromptText, checkWeight, parseSize, parseWeights } from '../../core/generate-args.ts';
 import { FAMILY_INFO, familyLabel } from '../../core/model-family.ts';
 import { downloadFileName, makeDownloadUrl } from '../../core/signed-url.ts';
 import type { ArtifactRef } from '../../queues/contract.ts';
@@ -132,7 +132,7 @@ async function defaultTryEpoch(ctx: BotContext, run: Run): Promise<EpochChoice> 
 async function tryLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const run = await resolveRun(interaction, ctx);
   const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
-  const negative = checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt');
+  const negative = checkNegativeFor(run.credits.base, checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt'));
   const weight = checkWeight(interaction.options.getNumber('weight') ?? 1);
   const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
   const rawEpoch = interaction.options.getString('epoch');
@@ -166,7 +166,7 @@ async function parseEpochs(ctx: BotContext, run: Run, raw: string): Promise<numb
 async function compareLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const run = await resolveRun(interaction, ctx);
   const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
-  const negative = checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt');
+  const negative = checkNegativeFor(run.credits.base, checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt'));
   const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
   const epochs = await parseEpochs(ctx, run, interaction.options.getString('epochs', true));
   const weights = parseWeights(interaction.options.getString('weights', true), 6);
