@@ -57,6 +57,12 @@ export const trainCommandData = new SlashCommandBuilder()
       .setDescription('Stop a run (what was saved is kept)')
       .addStringOption((o) => o.setName('run').setDescription('Run id').setRequired(true).setAutocomplete(true).setMaxLength(16)),
   )
+  .addSubcommand((s) =>
+    s
+      .setName('prompts')
+      .setDescription('A dataset’s sample prompts, drawn after every epoch (owner and moderators can remove them)')
+      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true)),
+  )
   .toJSON();
 
 export const settingsCommandData = new SlashCommandBuilder()

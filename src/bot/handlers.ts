@@ -2,6 +2,7 @@ import { captionCommand, captionEditModal, captionSentenceModal } from './comman
 import { conceptCommand } from './commands/concept.ts';
 import { datasetCommand, showPageButtons } from './commands/dataset.ts';
 import { loraCommand, tryButtonHandler } from './commands/lora.ts';
+import { removePromptButton } from './commands/sample-prompts.ts';
 import { settingsCommand } from './commands/settings.ts';
 import { pruneButton, tagsCommand, topPageButtons } from './commands/tags.ts';
 import { startButton, trainCommand } from './commands/train.ts';
@@ -43,4 +44,5 @@ export const componentHandlers: ComponentHandler<unknown>[] = [
   pageButton,
   reportButton,
   reportModal,
+  removePromptButton,
 ];

@@ -150,6 +150,31 @@ describe('trying a trained LoRA', () => {
     expect(await done(pin)).toMatch(/Added to \*\*hero\*\*’s sample prompts \(1 of 4\)/);
   });
 
+  it('lists the sample prompts; the owner removes one with its button, another member may not', async () => {
+    const prompts = (user: typeof alice) => world.discord.sendCommand({ name: 'train', subcommand: 'prompts', user, options: { dataset: 'hero' } });
+    // bob sees the list without buttons.
+    const seen = prompts(bob);
+    expect(await done(seen)).toBe(
+      '**hero**’s sample prompts (1 of 4), drawn after every epoch:\n1. ohwx_hero smiling in a garden\nThe dataset’s owner and moderators can remove them.',
+    );
+    expect(seen.lastReply()!.components).toEqual([]);
+    // alice (the owner) gets a remove button; bob pressing it is refused and nothing changes.
+    const list = prompts(alice);
+    await done(list);
+    const [remove] = buttonsOf(list.lastReply()!);
+    expect(remove!.label).toBe('Remove 1');
+    const press = (user: typeof alice) => world.discord.sendButton({ customId: remove!.custom_id, user, message: list.lastReply()!.id });
+    expect(await refusal(press(bob))).toBe('⚠️ Only the owner of **hero** and moderators can remove its sample prompts.');
+    expect(await done(prompts(bob))).toMatch(/1\. ohwx_hero smiling in a garden/);
+    const removed = press(alice);
+    await removed.waitForEdit(undefined, 30_000);
+    expect(removed.lastReply()!.content).toMatch(/^🗑️ Removed \*\*ohwx_hero smiling in a garden\*\*\.\n\*\*hero\*\* has no sample prompts of its own/);
+    expect(removed.lastReply()!.components).toEqual([]);
+    // The same button again: the prompt is gone.
+    expect(await refusal(press(alice))).toBe('⚠️ That prompt is no longer among the sample prompts.');
+    expect(await done(prompts(bob))).toMatch(/has no sample prompts of its own/);
+  });
+
   it('refuses bad settings with a clear message', async () => {
     expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'a --n trick', run: runId } }))).toMatch(
       /may not contain `--`/,

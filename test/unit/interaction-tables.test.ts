@@ -5,6 +5,7 @@ import { attestButton } from '../../src/bot/attestation.ts';
 import { captionEditModal, captionSentenceModal } from '../../src/bot/commands/caption.ts';
 import { showPageButtons } from '../../src/bot/commands/dataset.ts';
 import { pruneButton, topPageButtons } from '../../src/bot/commands/tags.ts';
+import { removePromptButton } from '../../src/bot/commands/sample-prompts.ts';
 import { tryButtonHandler } from '../../src/bot/commands/lora.ts';
 import { startButton } from '../../src/bot/commands/train.ts';
 import { componentHandlers, slashCommands } from '../../src/bot/handlers.ts';
@@ -35,6 +36,7 @@ const samples = [
   sample(pageButton, { view: 'log', page: 3 }),
   sample(reportButton, { datasetId: 'ds01abc' }),
   sample(reportModal, { datasetId: 'ds01abc' }),
+  sample(removePromptButton, { datasetId: 'ds01abc', index: 2, print: '0a1b2c3d4e' }),
 ];
 
 describe('slash command table', () => {

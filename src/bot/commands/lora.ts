@@ -15,6 +15,7 @@ import { tryButtonCodec, type TryButtonHandler } from '../generation-poster.ts';
 import type { SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { epochList, renderTally, TIE_RULE } from '../tally.ts';
+import { MAX_SAMPLE_PROMPTS } from './sample-prompts.ts';
 import { runChoices } from './train.ts';
 
 const LINK_LIFETIME_MS = 24 * 3600_000;
@@ -205,11 +206,14 @@ export const tryButtonHandler: TryButtonHandler = {
       if (!dataset) throw new UserError('That run’s dataset no longer exists.');
       const prompts = dataset.samplePrompts ?? [];
       if (prompts.includes(before.prompt)) throw new UserError(`**${dataset.name}** already samples that prompt.`);
-      if (prompts.length >= 4) throw new UserError(`**${dataset.name}** already has 4 sample prompts, the most a run samples.`);
+      if (prompts.length >= MAX_SAMPLE_PROMPTS)
+        throw new UserError(
+          `**${dataset.name}** already has ${MAX_SAMPLE_PROMPTS} sample prompts, the most a run samples; \`/train prompts\` lists them to remove one.`,
+        );
       await ctx.store.updateDataset(dataset.id, { samplePrompts: [...prompts, before.prompt] });
       ctx.logger.info({ datasetId: dataset.id, userId: interaction.user.id }, 'sample prompt added');
       await interaction.editReply({
-        content: `📌 Added to **${dataset.name}**’s sample prompts (${prompts.length + 1} of 4): the next runs draw it after every epoch.`,
+        content: `📌 Added to **${dataset.name}**’s sample prompts (${prompts.length + 1} of ${MAX_SAMPLE_PROMPTS}): the next runs draw it after every epoch. \`/train prompts\` lists them.`,
       });
       return;
     }

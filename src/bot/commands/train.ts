@@ -9,6 +9,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
 import { ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { duration, truncate } from '../reports.ts';
+import { listSamplePrompts } from './sample-prompts.ts';
 import { workersForGuild } from '../workers.ts';
 import { acceptedIn } from '../content-policy.ts';
 import { renderPlan } from '../plan-report.ts';
@@ -219,6 +220,7 @@ export const trainCommand: SlashCommand = {
     status: { defer: 'public', execute: status },
     queue: { defer: 'public', execute: queue },
     cancel: { defer: 'ephemeral', execute: cancel },
+    prompts: { defer: 'ephemeral', execute: listSamplePrompts },
   },
   autocomplete,
 };
