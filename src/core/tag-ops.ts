@@ -227,7 +227,7 @@ export function tagFrequencies(captions: readonly (readonly string[])[]): TagFre
 export const NEVER_PRUNE_TAGS: readonly string[] = ['flat_chest', 'small_breasts', 'medium_breasts', 'large_breasts', 'huge_breasts', 'gigantic_breasts'];
 
 /**
- * Tags for what changes from one picture to the next: expression, gaze, pose and framing. Even in
+ * Tags for what changes from one picture to the next: expression, gaze, pose, framing and setting. Even in
  * nearly every image they are not part of who or what the trigger stands for; pruned, the LoRA
  * would draw them whenever the trigger is used (a subject that always smiles and looks at you), so
  * they are never suggested. The tagger's categories cannot tell them apart (all are "general"
@@ -243,6 +243,9 @@ export const VARIABLE_TAGS: readonly string[] = [
   ...'standing sitting lying kneeling squatting walking running jumping leaning_forward head_tilt arms_up arm_up hand_up'.split(' '),
   ...'arms_behind_back hands_on_hips hand_on_hip crossed_arms outstretched_arm waving v peace_sign pointing on_back on_stomach'.split(' '),
   'contrapposto',
+  // setting (a set shot in one place still is not the subject)
+  ...'outdoors indoors day night sky cloud sunset sunlight simple_background white_background grey_background'.split(' '),
+  ...'gradient_background blurry_background blurry depth_of_field scenery'.split(' '),
   // framing
   ...'upper_body full_body cowboy_shot portrait close-up from_side from_behind from_above from_below'.split(' '),
 ];

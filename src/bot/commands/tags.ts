@@ -177,7 +177,7 @@ async function pruneOffer(ctx: BotContext, dataset: Dataset, concept: string) {
     text:
       `✂️ In ≥ 90% of \`${concept}\`: ${tags.map((t) => `\`${t}\``).join(', ')}. ` +
       `These describe ${WHAT_THE_TRIGGER_IS[dataset.kind]}, so the trigger word should carry them: pruned, the LoRA learns them as part of it. ` +
-      'Tags for what changes between pictures (expression, gaze, pose) are never offered.',
+      'Tags for what changes between pictures (expression, gaze, pose, setting) are never offered.',
     components: [
       new ActionRowBuilder<ButtonBuilder>().addComponents(
         new ButtonBuilder()
