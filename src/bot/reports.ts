@@ -190,7 +190,7 @@ export function renderDatasetSummary(
     warnings.push(`⚠️ ${upscaled.length} image${upscaled.length === 1 ? '' : 's'} smaller than their bucket (the trainer will upscale): ${listNos(upscaled)}`);
   }
   if (images.length > 0 && images.length < 6)
-    warnings.push(`⚠️ Only ${images.length} image${images.length === 1 ? '' : 's'}: the guides suggest at least 6 for a character.`);
+    warnings.push(`⚠️ Only ${images.length} image${images.length === 1 ? '' : 's'}: a character needs at least 6 to learn from.`);
   lines.push(...warnings);
   if (images.length > 0) lines.push(`Contact sheet ${pageRange}${pages > 1 ? ` · page ${page}/${pages}` : ''}`);
   else lines.push('No images yet: contribute with `/dataset add`.');
