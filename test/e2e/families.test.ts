@@ -198,7 +198,7 @@ describe('FLUX.1 and Chroma', () => {
     expect(drawn.share).toBeCloseTo(2.5 / 4, 2);
     expect(world.worker!.log.lines.some((l) => l.msg === 'generating' && l.runId === runId)).toBe(true);
     expect(
-      await refusal(
+      await steps.privateRefusal(
         world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { run: runId, prompt: 'ohwx_fluxhero', negative: 'blurry' } }),
       ),
     ).toBe('⚠️ FLUX.1 draws without a negative prompt; leave `negative` out.');

@@ -176,17 +176,17 @@ describe('trying a trained LoRA', () => {
   });
 
   it('refuses bad settings with a clear message', async () => {
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'a --n trick', run: runId } }))).toMatch(
+    expect(await steps.privateRefusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'a --n trick', run: runId } }))).toMatch(
       /may not contain `--`/,
     );
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, size: '500' } }))).toMatch(
-      /multiple of 64/,
-    );
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, epoch: '9' } }))).toMatch(
-      /no saved file for epoch 9/,
-    );
     expect(
-      await refusal(
+      await steps.privateRefusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, size: '500' } })),
+    ).toMatch(/multiple of 64/);
+    expect(
+      await steps.privateRefusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', options: { prompt: 'ohwx_hero', run: runId, epoch: '9' } })),
+    ).toMatch(/no saved file for epoch 9/);
+    expect(
+      await steps.privateRefusal(
         world.discord.sendCommand({ name: 'lora', subcommand: 'compare', options: { prompt: 'ohwx_hero', run: runId, epochs: '1', weights: '0.5, 7' } }),
       ),
     ).toMatch(/between -2 and 2/);
@@ -242,7 +242,9 @@ describe('trying a trained LoRA', () => {
     const before = tried().length;
     await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at the beach', run: runId } }));
     expect(
-      await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at night', run: runId } })),
+      await steps.privateRefusal(
+        world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero at night', run: runId } }),
+      ),
     ).toMatch(/You already have 1 image waiting or being drawn; the limit is 1 per member/);
     // Another member is not held by bob's image.
     await done(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { prompt: 'ohwx_hero at night', run: runId } }));
@@ -285,8 +287,8 @@ describe('trying a trained LoRA', () => {
 
   it('refuses when no GPU online has the run’s base model', async () => {
     await world.killWorker('SIGTERM');
-    expect(await refusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero', run: runId } }))).toMatch(
-      /No GPU online has the base model `base-sd15\.safetensors` that run `\w+` was trained on/,
-    );
+    expect(
+      await steps.privateRefusal(world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero', run: runId } })),
+    ).toMatch(/No GPU online has the base model `base-sd15\.safetensors` that run `\w+` was trained on/);
   });
 });

@@ -267,7 +267,7 @@ describe('moderation', () => {
 
     for (const runId of [finishedRun, running]) {
       const fetch = world.discord.sendCommand({ name: 'lora', subcommand: 'fetch', user: bob, permissions: MEMBER, options: { run: runId } });
-      const text = await steps.refusal(fetch);
+      const text = await steps.privateRefusal(fetch);
       expect(text).toMatch(
         new RegExp(
           `^⚠️ The files of run \`${runId}\` \\(\\*\\*villain\\*\\*\\) are withheld: a moderator removed the dataset <t:\\d+:R>\\. Reason: ${reason}$`,
@@ -281,7 +281,7 @@ describe('moderation', () => {
       permissions: MEMBER,
       options: { run: finishedRun, prompt: 'a portrait' },
     });
-    expect(await steps.refusal(tryIt)).toMatch(/are withheld.*Reason: Photos of a real person/);
+    expect(await steps.privateRefusal(tryIt)).toMatch(/are withheld.*Reason: Photos of a real person/);
     const final = (await runs.get(finishedRun))!.final!;
     const link = makeDownloadUrl(publicUrl, { secret: SECRET, blobId: final.blob, fileName: 'villain.safetensors', expiresAt: new Date(Date.now() + 60_000) });
     const response = await fetch(link);

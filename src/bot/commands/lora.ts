@@ -12,7 +12,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
 import { getRequest, MAX_COMPARE_CELLS, queuedText, randomSeed, requestGeneration, weightText } from '../generation.ts';
 import { tryButtonCodec, type TryButtonHandler } from '../generation-poster.ts';
-import type { SlashCommand } from '../interactions.ts';
+import { checkThenDefer, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { epochList, renderTally, TIE_RULE } from '../tally.ts';
 import { MAX_SAMPLE_PROMPTS } from './sample-prompts.ts';
@@ -92,8 +92,10 @@ function triggerText(triggers: readonly string[]): string {
 }
 
 async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const run = await resolveRun(interaction, ctx);
-  const { epoch, artifact, label } = await pick(ctx, run, parseEpoch(interaction.options.getString('epoch')));
+  const { run, epoch, artifact, label } = await checkThenDefer(interaction, async () => {
+    const run = await resolveRun(interaction, ctx);
+    return { run, ...(await pick(ctx, run, parseEpoch(interaction.options.getString('epoch')))) };
+  });
   const file = await ctx.delivery.file(run, epoch, artifact);
   const fileName = downloadFileName(epoch === run.summary.epochs ? run.outputName : `${run.outputName}-e${epoch}`, '.safetensors');
   const licence = await licenceNoteOf(ctx.blobs.path(file.blob));
@@ -131,24 +133,27 @@ async function defaultTryEpoch(ctx: BotContext, run: Run): Promise<EpochChoice> 
 }
 
 async function tryLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const run = await resolveRun(interaction, ctx);
-  const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
-  const negative = checkNegativeFor(run.credits.base, checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt'));
-  const weight = checkWeight(interaction.options.getNumber('weight') ?? 1);
-  const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
-  const rawEpoch = interaction.options.getString('epoch');
-  const { epoch, label } = await pick(ctx, run, rawEpoch === null ? await defaultTryEpoch(ctx, run) : parseEpoch(rawEpoch));
-  const queued = await requestGeneration(ctx.generations, run, {
-    kind: 'try',
-    userId: interaction.user.id,
-    channelId: interaction.channelId,
-    prompt,
-    negative,
-    seed: interaction.options.getInteger('seed') ?? randomSeed(),
-    ...size,
-    epochs: [epoch],
-    weights: [weight],
-    epochLabel: label,
+  // Checked before answering: a refusal is the asker's alone; queuing it is the last check.
+  const queued = await checkThenDefer(interaction, async () => {
+    const run = await resolveRun(interaction, ctx);
+    const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
+    const negative = checkNegativeFor(run.credits.base, checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt'));
+    const weight = checkWeight(interaction.options.getNumber('weight') ?? 1);
+    const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
+    const rawEpoch = interaction.options.getString('epoch');
+    const { epoch, label } = await pick(ctx, run, rawEpoch === null ? await defaultTryEpoch(ctx, run) : parseEpoch(rawEpoch));
+    return requestGeneration(ctx.generations, run, {
+      kind: 'try',
+      userId: interaction.user.id,
+      channelId: interaction.channelId,
+      prompt,
+      negative,
+      seed: interaction.options.getInteger('seed') ?? randomSeed(),
+      ...size,
+      epochs: [epoch],
+      weights: [weight],
+      epochLabel: label,
+    });
   });
   await interaction.editReply({ content: queuedText(queued) });
 }
@@ -165,25 +170,27 @@ async function parseEpochs(ctx: BotContext, run: Run, raw: string): Promise<numb
 }
 
 async function compareLora(interaction: ChatInputCommandInteraction, ctx: BotContext) {
-  const run = await resolveRun(interaction, ctx);
-  const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
-  const negative = checkNegativeFor(run.credits.base, checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt'));
-  const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
-  const epochs = await parseEpochs(ctx, run, interaction.options.getString('epochs', true));
-  const weights = parseWeights(interaction.options.getString('weights', true), 6);
-  if (epochs.length * weights.length > MAX_COMPARE_CELLS)
-    throw new UserError(`That is ${epochs.length * weights.length} images; a comparison has at most ${MAX_COMPARE_CELLS}.`);
-  const queued = await requestGeneration(ctx.generations, run, {
-    kind: 'compare',
-    userId: interaction.user.id,
-    channelId: run.channelId,
-    prompt,
-    negative,
-    seed: interaction.options.getInteger('seed') ?? randomSeed(),
-    ...size,
-    epochs,
-    weights,
-    epochLabel: '',
+  const queued = await checkThenDefer(interaction, async () => {
+    const run = await resolveRun(interaction, ctx);
+    const prompt = checkPromptText(interaction.options.getString('prompt', true), 'prompt');
+    const negative = checkNegativeFor(run.credits.base, checkPromptText(interaction.options.getString('negative') ?? '', 'negative prompt'));
+    const size = parseSize(interaction.options.getString('size'), FAMILY_INFO[run.credits.base].nativeResolution);
+    const epochs = await parseEpochs(ctx, run, interaction.options.getString('epochs', true));
+    const weights = parseWeights(interaction.options.getString('weights', true), 6);
+    if (epochs.length * weights.length > MAX_COMPARE_CELLS)
+      throw new UserError(`That is ${epochs.length * weights.length} images; a comparison has at most ${MAX_COMPARE_CELLS}.`);
+    return requestGeneration(ctx.generations, run, {
+      kind: 'compare',
+      userId: interaction.user.id,
+      channelId: run.channelId,
+      prompt,
+      negative,
+      seed: interaction.options.getInteger('seed') ?? randomSeed(),
+      ...size,
+      epochs,
+      weights,
+      epochLabel: '',
+    });
   });
   await interaction.editReply({ content: queuedText(queued) });
 }
@@ -277,9 +284,10 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 export const loraCommand: SlashCommand = {
   data: loraCommandData,
   subcommands: {
-    fetch: { defer: 'public', execute: fetchLora },
-    try: { defer: 'public', execute: tryLora },
-    compare: { defer: 'public', execute: compareLora },
+    // Answered in public once their checks pass; a refusal is the asker's alone (checkThenDefer).
+    fetch: { defer: 'none', execute: fetchLora },
+    try: { defer: 'none', execute: tryLora },
+    compare: { defer: 'none', execute: compareLora },
     list: { defer: 'public', execute: list },
   },
   autocomplete,
