@@ -33,6 +33,14 @@ export interface SlashCommand {
   autocomplete?(interaction: AutocompleteInteraction, ctx: BotContext): Promise<void>;
 }
 
+/**
+ * Entries of a subcommand table that are all acknowledged the same way, keyed by subcommand name:
+ * `subcommands: { ...acknowledged('public', { create, show }), ...acknowledged('ephemeral', { remove }) }`.
+ */
+export function acknowledged(defer: DeferMode, handlers: Record<string, Subcommand['execute']>): Record<string, Subcommand> {
+  return Object.fromEntries(Object.entries(handlers).map(([name, execute]) => [name, { defer, execute }]));
+}
+
 export type ComponentInteraction = MessageComponentInteraction | ModalSubmitInteraction;
 
 /** The interaction each kind of component sends. */

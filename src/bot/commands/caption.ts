@@ -31,7 +31,7 @@ import { MAX_BULK_EDITS, sentenceOf, type CaptionStore, type CaptionVersion } fr
 import type { Dataset, ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { datasetById, requireEditor, resolveDataset } from '../dataset-access.ts';
-import { COUNT_PART, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { COUNT_PART, acknowledged, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
 import { autocompleteWorkshop, imagesInScope } from './tags.ts';
 
@@ -312,14 +312,9 @@ async function mode(interaction: ChatInputCommandInteraction, ctx: BotContext) {
 export const captionCommand: SlashCommand = {
   data: captionCommandData,
   subcommands: {
-    show: { defer: 'public', execute: show },
+    ...acknowledged('public', { show, undo, replace, mode }),
     // The edit form must be the first answer, so it is not deferred.
-    edit: { defer: 'none', execute: edit },
-    undo: { defer: 'public', execute: undo },
-    replace: { defer: 'public', execute: replace },
-    mode: { defer: 'public', execute: mode },
+    ...acknowledged('none', { edit }),
   },
-  async autocomplete(interaction, ctx) {
-    await interaction.respond(await autocompleteWorkshop(interaction, ctx));
-  },
+  autocomplete: autocompleteWorkshop,
 };

@@ -4,7 +4,7 @@ import { MAX_CONCEPTS, parseImageSelection, validateConceptName, validateTrigger
 import { UserError } from '../../core/errors.ts';
 import type { BotContext } from '../context.ts';
 import { requireEditor, resolveDataset } from '../dataset-access.ts';
-import type { SlashCommand } from '../interactions.ts';
+import { acknowledged, type SlashCommand } from '../interactions.ts';
 import { listNos } from '../reports.ts';
 import { autocompleteWorkshop } from './tags.ts';
 
@@ -55,12 +55,6 @@ async function move(interaction: ChatInputCommandInteraction, ctx: BotContext) {
 
 export const conceptCommand: SlashCommand = {
   data: conceptCommandData,
-  subcommands: {
-    add: { defer: 'public', execute: add },
-    list: { defer: 'public', execute: list },
-    move: { defer: 'public', execute: move },
-  },
-  async autocomplete(interaction, ctx) {
-    await interaction.respond(await autocompleteWorkshop(interaction, ctx));
-  },
+  subcommands: acknowledged('public', { add, list, move }),
+  autocomplete: autocompleteWorkshop,
 };

@@ -12,7 +12,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
 import { getRequest, MAX_COMPARE_CELLS, queuedText, randomSeed, requestGeneration, weightText } from '../generation.ts';
 import { tryButtonCodec, type TryButtonHandler } from '../generation-poster.ts';
-import { checkThenDefer, type SlashCommand } from '../interactions.ts';
+import { acknowledged, checkThenDefer, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { epochList, renderTally, TIE_RULE } from '../tally.ts';
 import { MAX_SAMPLE_PROMPTS } from './sample-prompts.ts';
@@ -285,10 +285,8 @@ export const loraCommand: SlashCommand = {
   data: loraCommandData,
   subcommands: {
     // Answered in public once their checks pass; a refusal is the asker's alone (checkThenDefer).
-    fetch: { defer: 'none', execute: fetchLora },
-    try: { defer: 'none', execute: tryLora },
-    compare: { defer: 'none', execute: compareLora },
-    list: { defer: 'public', execute: list },
+    ...acknowledged('none', { fetch: fetchLora, try: tryLora, compare: compareLora }),
+    ...acknowledged('public', { list }),
   },
   autocomplete,
 };

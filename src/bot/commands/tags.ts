@@ -9,7 +9,7 @@ import { sentenceOf } from '../../store/caption-store.ts';
 import { newId, type Dataset, type ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, requireEditor, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { COUNT_PART, ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { COUNT_PART, acknowledged, ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
 
 /** The images a bulk operation covers: one concept, or the whole dataset. */
@@ -318,8 +318,13 @@ async function undesired(interaction: ChatInputCommandInteraction, ctx: BotConte
   });
 }
 
-/** Suggestions for `concept` and tag options of the workshop commands. */
+/** Answers the autocomplete of the workshop commands (/tags, /caption, /concept). */
 export async function autocompleteWorkshop(interaction: AutocompleteInteraction, ctx: BotContext) {
+  await interaction.respond(await workshopSuggestions(interaction, ctx));
+}
+
+/** Suggestions for the `dataset`, `concept` and tag options of the workshop commands. */
+async function workshopSuggestions(interaction: AutocompleteInteraction, ctx: BotContext) {
   const focused = interaction.options.getFocused(true);
   const typed = String(focused.value).trim().toLowerCase();
   if (focused.name === 'dataset') return autocompleteDatasets(interaction, ctx, typed);
@@ -357,19 +362,9 @@ export async function autocompleteWorkshop(interaction: AutocompleteInteraction,
 
 export const tagsCommand: SlashCommand = {
   data: tagsCommandData,
-  subcommands: {
-    // Each may refuse (no such dataset or concept, a bad tag, not an editor): checked before any acknowledgement.
-    top: { defer: 'none', execute: top },
-    remove: { defer: 'none', execute: remove },
-    replace: { defer: 'none', execute: replace },
-    add: { defer: 'none', execute: add },
-    prune: { defer: 'none', execute: prune },
-    retag: { defer: 'none', execute: retag },
-    undesired: { defer: 'none', execute: undesired },
-  },
-  async autocomplete(interaction, ctx) {
-    await interaction.respond(await autocompleteWorkshop(interaction, ctx));
-  },
+  // Each may refuse (no such dataset or concept, a bad tag, not an editor): checked before any acknowledgement.
+  subcommands: acknowledged('none', { top, remove, replace, add, prune, retag, undesired }),
+  autocomplete: autocompleteWorkshop,
 };
 
 /** The "Prune these" button: removes the suggested tags across the concept, as one bulk edit. */

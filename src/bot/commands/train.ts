@@ -7,7 +7,7 @@ import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../store/worker-heartbeats.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { ID_PART, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { ID_PART, acknowledged, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { duration, truncate } from '../reports.ts';
 import { listSamplePrompts } from './sample-prompts.ts';
 import { workersForGuild } from '../workers.ts';
@@ -216,11 +216,9 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 export const trainCommand: SlashCommand = {
   data: trainCommandData,
   subcommands: {
-    plan: { defer: 'none', execute: plan },
-    status: { defer: 'public', execute: status },
-    queue: { defer: 'public', execute: queue },
-    cancel: { defer: 'ephemeral', execute: cancel },
-    prompts: { defer: 'ephemeral', execute: listSamplePrompts },
+    ...acknowledged('none', { plan }),
+    ...acknowledged('public', { status, queue }),
+    ...acknowledged('ephemeral', { cancel, prompts: listSamplePrompts }),
   },
   autocomplete,
 };

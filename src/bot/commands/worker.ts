@@ -6,7 +6,7 @@ import { KeyedMutex } from '../../core/limiter.ts';
 import { WORKER_NAME } from '../../store/worker-store.ts';
 import type { BotContext } from '../context.ts';
 import { guildIdOf } from '../dataset-access.ts';
-import type { SlashCommand } from '../interactions.ts';
+import { acknowledged, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { companionsOf } from '../training.ts';
 import { ago, familyText, forgetWorker, gpuText, mib, workersForGuild, type WorkerView } from '../workers.ts';
@@ -196,11 +196,8 @@ export const workerCommand: SlashCommand = {
   data: workerCommandData,
   subcommands: {
     // The token is for the member who asked only; removing says nothing others need.
-    add: { defer: 'ephemeral', execute: add },
-    list: { defer: 'public', execute: list },
-    remove: { defer: 'ephemeral', execute: remove },
+    ...acknowledged('ephemeral', { add, remove }),
+    ...acknowledged('public', { list }),
   },
-  async autocomplete(interaction, ctx) {
-    await autocomplete(interaction, ctx);
-  },
+  autocomplete,
 };
