@@ -4,7 +4,7 @@ import { UserError } from '../../src/core/errors.ts';
 import { addTags, changedOrNull, removeTags, replaceTag } from '../../src/core/tag-ops.ts';
 import { CaptionStore, MAX_VERSIONS, sentenceOf, type CaptionVersion } from '../../src/store/caption-store.ts';
 import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
-import { imageFacts } from '../fixtures/image-facts.ts';
+import { characterDataset, imageFacts } from '../fixtures/image-facts.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 
 let server: RedisHandle;
@@ -32,17 +32,7 @@ beforeEach(() => {
 
 /** A dataset with `count` images, #1…#count. */
 async function datasetWithImages(count: number): Promise<string> {
-  const ds = await datasets.createDataset({
-    guildId: 'g1',
-    name: `ds${newId(3)}`,
-    trigger: 'ohwx',
-    className: 'woman',
-    kind: 'character',
-    base: 'sd15',
-    resolution: 512,
-    ownerId: 'owner',
-    channelId: 'c1',
-  });
+  const ds = await datasets.createDataset(characterDataset(`ds${newId(3)}`));
   for (let i = 1; i <= count; i++) await datasets.addImage(ds.id, imageFacts(i));
   return ds.id;
 }

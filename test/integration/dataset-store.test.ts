@@ -1,7 +1,7 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
 import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
-import { hex, imageFacts } from '../fixtures/image-facts.ts';
+import { characterDataset, hex, imageFacts } from '../fixtures/image-facts.ts';
 import { redisForFile } from '../harness/redis-per-file.ts';
 
 const server = redisForFile();
@@ -12,17 +12,7 @@ beforeEach(() => {
 });
 
 async function dataset(name = 'aria', guildId = 'g1') {
-  return store.createDataset({
-    guildId,
-    name,
-    trigger: 'ohwx',
-    className: 'woman',
-    kind: 'character',
-    base: 'sd15',
-    resolution: 512,
-    ownerId: 'owner',
-    channelId: 'c1',
-  });
+  return store.createDataset(characterDataset(name, guildId));
 }
 
 describe('datasets', () => {

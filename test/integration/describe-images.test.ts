@@ -1,7 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis } from 'ioredis';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/core/blob-store.ts';
@@ -13,10 +12,9 @@ import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
 import { TaggingService } from '../../src/worker/tagging.ts';
 import { testCaptionFor, writeTestCaptioner } from '../fixtures/florence-model.ts';
 import { imageFacts } from '../fixtures/image-facts.ts';
-import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
+import { redisForFile } from '../harness/redis-per-file.ts';
 
-let server: RedisHandle;
-let redis: Redis;
+const server = redisForFile();
 let tmp: string;
 let service: TaggingService;
 let store: DatasetStore;
@@ -25,8 +23,7 @@ let blobs: BlobStore;
 let notices: NoticeSender;
 
 beforeAll(async () => {
-  server = await startRedis();
-  redis = new Redis(server.url);
+  const redis = server.redis;
   tmp = await mkdtemp(path.join(tmpdir(), 'describe-'));
   await writeTestCaptioner(path.join(tmp, 'florence'));
   const prefix = `t${newId(4)}`;
@@ -49,8 +46,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await service?.close();
   await notices?.close();
-  redis?.disconnect();
-  await server?.stop();
   await rm(tmp, { recursive: true, force: true });
 });
 

@@ -17,6 +17,7 @@ import {
   trainerCommand,
   trainerEnv,
 } from '../../src/worker/trainer-process.ts';
+import { alive } from '../fixtures/process.ts';
 
 let root: string;
 beforeAll(async () => {
@@ -25,15 +26,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
 
 const python = (code: string, env: NodeJS.ProcessEnv = trainerEnv(process.env, join(root, 'no-run'))) =>
   ({ command: 'python3', args: ['-c', code], cwd: root, env }) as const;

@@ -26,6 +26,7 @@ import { clearEndedRun } from '../../src/worker/run-folder.ts';
 import { startTrainingWorker, type TrainingDeps, type TrainingWorkerHandle } from '../../src/worker/training.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
+import { alive } from '../fixtures/process.ts';
 import { startRedis, type RedisHandle } from '../harness/redis-server.ts';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -73,14 +74,6 @@ async function waitFor<T>(what: string, check: () => Promise<T | null | undefine
   }
 }
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
 const groupAlive = (pgid: number) => alive(-pgid);
 const exists = (path: string) =>
   access(path).then(
