@@ -10,7 +10,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaggerUnavailableError } from '../../src/core/tagger-model.ts';
 import { loadTagger, TaggerImageError, type Tagger, type TagResult } from '../../src/core/wd14-tagger.ts';
-import { logitOf, makeSelectedTagsCsv, writeTestModel, type TestTag } from '../fixtures/onnx-model.ts';
+import { logitOf, makeSelectedTagsCsv, writeTestModel, type TestModelSpec, type TestTag } from '../fixtures/onnx-model.ts';
 
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
@@ -178,46 +178,43 @@ describe('WD14 tagger: batches', () => {
 });
 
 describe('WD14 tagger: what it reads from the model', () => {
-  it('uses the input and output names and the input size the model declares', async () => {
-    const dir = path.join(root, 'renamed');
-    await writeTestModel(dir, { tags: TAGS, size: 24, inputName: 'input_1:0', outputName: 'predictions_sigmoid' });
+  /** Writes a test model with `spec` into its own folder, loads it for `use`, and closes it. */
+  async function withModel(name: string, spec: Omit<TestModelSpec, 'tags'>, use: (t: Tagger) => Promise<void>): Promise<void> {
+    const dir = path.join(root, name);
+    await writeTestModel(dir, { tags: TAGS, ...spec });
     const t = await loadTagger(dir);
     try {
-      expect(t.info).toMatchObject({ inputName: 'input_1:0', outputName: 'predictions_sigmoid', size: 24, fixedBatch: undefined, tagCount: TAGS.length });
-      const [result] = await t.tag([await solid(50, 50, BLUE)]);
-      expect(result?.tags).toContain('blue sky');
+      await use(t);
     } finally {
       await t.close();
     }
+  }
+
+  it('uses the input and output names and the input size the model declares', async () => {
+    await withModel('renamed', { size: 24, inputName: 'input_1:0', outputName: 'predictions_sigmoid' }, async (t) => {
+      expect(t.info).toMatchObject({ inputName: 'input_1:0', outputName: 'predictions_sigmoid', size: 24, fixedBatch: undefined, tagCount: TAGS.length });
+      const [result] = await t.tag([await solid(50, 50, BLUE)]);
+      expect(result?.tags).toContain('blue sky');
+    });
   });
 
   it('honours a fixed batch dimension, filling the last batch', async () => {
-    const dir = path.join(root, 'fixed');
-    await writeTestModel(dir, { tags: TAGS, size: 16, batch: 2 });
-    const t = await loadTagger(dir);
-    try {
+    await withModel('fixed', { size: 16, batch: 2 }, async (t) => {
       expect(t.info.fixedBatch).toBe(2);
       const images = await Promise.all([BLUE, RED, BLUE, RED, BLUE].map((c) => solid(16, 16, c)));
       const results = await t.tag(images, { batchSize: 8 });
       expect(results.map((r) => r.tags.includes('blue sky'))).toEqual([true, false, true, false, true]);
       expect(t.stats().batches).toBe(3);
-    } finally {
-      await t.close();
-    }
+    });
   });
 
   it('takes 448 when the model leaves the input size open', async () => {
     expect(tagger.info.size).toBe(32);
-    const dir = path.join(root, 'open-size');
-    await writeTestModel(dir, { tags: TAGS, size: 'dynamic' });
-    const t = await loadTagger(dir);
-    try {
+    await withModel('open-size', { size: 'dynamic' }, async (t) => {
       expect(t.info.size).toBe(448);
       const [result] = await t.tag([await solid(100, 100, BLUE)]);
       expect(result?.tags).toContain('blue sky');
-    } finally {
-      await t.close();
-    }
+    });
   });
 
   it('refuses to tag after close', async () => {

@@ -6,6 +6,7 @@ import { deflateRawSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
 import { MAX_CAPTION_BYTES, extractZip, normalizeCaption, sanitizeDisplayName, type ZipLimits } from '../../src/core/zip-intake.ts';
+import { rejectionOf } from '../fixtures/rejection.ts';
 import { buildZip, fakeImage, type ZipEntrySpec } from '../fixtures/zip.ts';
 
 const MiB = 1024 * 1024;
@@ -40,12 +41,7 @@ async function listTree(dir: string): Promise<string[]> {
 }
 
 async function refusal(promise: Promise<unknown>): Promise<UserError> {
-  const err: unknown = await promise.then(
-    () => {
-      throw new Error('expected the zip to be refused');
-    },
-    (e: unknown) => e,
-  );
+  const err = await rejectionOf(promise, 'the zip to be refused');
   expect(err).toBeInstanceOf(UserError);
   return err as UserError;
 }
