@@ -1,12 +1,9 @@
-import { InteractionContextType, SlashCommandBuilder } from 'discord.js';
 import { BASE_FAMILIES, familyLabel } from '../src/core/model-family.ts';
+import { datasetOption, guildCommand } from './options.ts';
 
 export const IMAGE_OPTION_COUNT = 10;
 
-const builder = new SlashCommandBuilder()
-  .setName('dataset')
-  .setDescription('Build a LoRA dataset together')
-  .setContexts(InteractionContextType.Guild)
+const builder = guildCommand('dataset', 'Build a LoRA dataset together')
   .addSubcommand((s) =>
     s
       .setName('create')
@@ -41,7 +38,7 @@ const builder = new SlashCommandBuilder()
   .addSubcommand((s) => {
     s.setName('add')
       .setDescription('Contribute images (up to 10 attachments and/or a zip)')
-      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
+      .addStringOption(datasetOption)
       .addStringOption((o) => o.setName('concept').setDescription('Concept (subset) to add to; default: main').setMaxLength(32))
       .addAttachmentOption((o) => o.setName('zip').setDescription('A zip of images: captions beside them are kept; img/10_name folders become concepts'));
     for (let i = 1; i <= IMAGE_OPTION_COUNT; i++) {
@@ -53,7 +50,7 @@ const builder = new SlashCommandBuilder()
     s
       .setName('show')
       .setDescription('Counts, contributors, buckets, warnings and a contact sheet')
-      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
+      .addStringOption(datasetOption)
       .addIntegerOption((o) => o.setName('page').setDescription('Contact sheet page').setMinValue(1)),
   )
   .addSubcommand((s) => s.setName('list').setDescription('Datasets in this server'))
@@ -62,13 +59,10 @@ const builder = new SlashCommandBuilder()
       .setName('remove')
       .setDescription('Remove images: numbers like 3, 5-8, or "mine" to withdraw all of yours')
       .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 · mine').setRequired(true).setMaxLength(200))
-      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true)),
+      .addStringOption(datasetOption),
   )
   .addSubcommand((s) =>
-    s
-      .setName('export')
-      .setDescription('A link to the dataset as a zip: img/N_concept folders, captions and the dataset TOML')
-      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true)),
+    s.setName('export').setDescription('A link to the dataset as a zip: img/N_concept folders, captions and the dataset TOML').addStringOption(datasetOption),
   );
 
 export const datasetCommandData = builder.toJSON();

@@ -1,27 +1,32 @@
-import { InteractionContextType, SlashCommandBuilder } from 'discord.js';
+import type { SlashCommandStringOption, SlashCommandSubcommandBuilder } from 'discord.js';
+import { datasetOption, guildCommand, runOption } from './options.ts';
 
-export const loraCommandData = new SlashCommandBuilder()
-  .setName('lora')
-  .setDescription('Get finished LoRAs')
-  .setContexts(InteractionContextType.Guild)
+/** How /lora try and /lora compare draw: the seed, what to keep out, the size. */
+function drawingOptions(s: SlashCommandSubcommandBuilder, negative: string) {
+  return s
+    .addIntegerOption((o) => o.setName('seed').setDescription('Seed (default: random)').setMinValue(0).setMaxValue(4294967295))
+    .addStringOption((o) => o.setName('negative').setDescription(negative).setMaxLength(400))
+    .addStringOption((o) => o.setName('size').setDescription('512, or width×height like 768x512 (default: the model’s own size)').setMaxLength(12));
+}
+
+const promptOption = (o: SlashCommandStringOption) =>
+  o.setName('prompt').setDescription('What to draw (include the trigger word)').setRequired(true).setMaxLength(400);
+const threadRunOption = runOption('Run id (default: the latest finished run of this thread’s dataset)');
+
+export const loraCommandData = guildCommand('lora', 'Get finished LoRAs')
   .addSubcommand((s) =>
     s
       .setName('fetch')
       .setDescription('Get a LoRA file: the community’s pick, the final one, or any saved epoch')
-      .addStringOption((o) =>
-        o.setName('run').setDescription('Run id (default: the latest finished run of the dataset)').setAutocomplete(true).setMaxLength(16),
-      )
-      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
+      .addStringOption(runOption('Run id (default: the latest finished run of the dataset)'))
+      .addStringOption(datasetOption)
       .addStringOption((o) => o.setName('epoch').setDescription('best (most votes), final, or an epoch number').setAutocomplete(true).setMaxLength(8)),
   )
-  .addSubcommand((s) =>
-    s
-      .setName('try')
+  .addSubcommand((s) => {
+    s.setName('try')
       .setDescription('Draw an image with a trained LoRA')
-      .addStringOption((o) => o.setName('prompt').setDescription('What to draw (include the trigger word)').setRequired(true).setMaxLength(400))
-      .addStringOption((o) =>
-        o.setName('run').setDescription('Run id (default: the latest finished run of this thread’s dataset)').setAutocomplete(true).setMaxLength(16),
-      )
+      .addStringOption(promptOption)
+      .addStringOption(threadRunOption)
       .addStringOption((o) =>
         o
           .setName('epoch')
@@ -29,25 +34,18 @@ export const loraCommandData = new SlashCommandBuilder()
           .setAutocomplete(true)
           .setMaxLength(8),
       )
-      .addNumberOption((o) => o.setName('weight').setDescription('LoRA weight (default 1)').setMinValue(-2).setMaxValue(2))
-      .addIntegerOption((o) => o.setName('seed').setDescription('Seed (default: random)').setMinValue(0).setMaxValue(4294967295))
-      .addStringOption((o) => o.setName('negative').setDescription('What to keep out of the image').setMaxLength(400))
-      .addStringOption((o) => o.setName('size').setDescription('512, or width×height like 768x512 (default: the model’s own size)').setMaxLength(12)),
-  )
-  .addSubcommand((s) =>
-    s
-      .setName('compare')
+      .addNumberOption((o) => o.setName('weight').setDescription('LoRA weight (default 1)').setMinValue(-2).setMaxValue(2));
+    return drawingOptions(s, 'What to keep out of the image');
+  })
+  .addSubcommand((s) => {
+    s.setName('compare')
       .setDescription('One grid of epochs × LoRA weights on a fixed seed, posted in the run’s thread')
       .addStringOption((o) => o.setName('epochs').setDescription('Epochs, e.g. 6, 8, final (best works too)').setRequired(true).setMaxLength(60))
       .addStringOption((o) => o.setName('weights').setDescription('Weights, e.g. 0.5, 0.75, 1').setRequired(true).setMaxLength(60))
-      .addStringOption((o) => o.setName('prompt').setDescription('What to draw (include the trigger word)').setRequired(true).setMaxLength(400))
-      .addStringOption((o) =>
-        o.setName('run').setDescription('Run id (default: the latest finished run of this thread’s dataset)').setAutocomplete(true).setMaxLength(16),
-      )
-      .addIntegerOption((o) => o.setName('seed').setDescription('Seed (default: random)').setMinValue(0).setMaxValue(4294967295))
-      .addStringOption((o) => o.setName('negative').setDescription('What to keep out of the images').setMaxLength(400))
-      .addStringOption((o) => o.setName('size').setDescription('512, or width×height like 768x512 (default: the model’s own size)').setMaxLength(12)),
-  )
+      .addStringOption(promptOption)
+      .addStringOption(threadRunOption);
+    return drawingOptions(s, 'What to keep out of the images');
+  })
   .addSubcommand((s) =>
     s
       .setName('list')

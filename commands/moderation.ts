@@ -1,10 +1,8 @@
-import { InteractionContextType, PermissionFlagsBits, SlashCommandBuilder } from 'discord.js';
+import { PermissionFlagsBits } from 'discord.js';
 import { MAX_REASON_CHARS, MIN_REASON_CHARS } from '../src/core/dataset-rules.ts';
+import { guildCommand } from './options.ts';
 
-export const moderationCommandData = new SlashCommandBuilder()
-  .setName('moderation')
-  .setDescription('Review reported and flagged images and datasets (Manage Messages)')
-  .setContexts(InteractionContextType.Guild)
+export const moderationCommandData = guildCommand('moderation', 'Review reported and flagged images and datasets (Manage Messages)')
   // Discord shows it to moderators only; the bot checks the permission on every use too.
   .setDefaultMemberPermissions(PermissionFlagsBits.ManageMessages)
   .addSubcommand((s) =>

@@ -1,15 +1,12 @@
-import { InteractionContextType, SlashCommandBuilder } from 'discord.js';
 import { NETWORK_LABELS, NETWORK_TYPES, OPTIMIZERS, RECIPE_NAMES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
+import { datasetOption, guildCommand, runOption } from './options.ts';
 
-export const trainCommandData = new SlashCommandBuilder()
-  .setName('train')
-  .setDescription('Plan, start and follow LoRA training runs')
-  .setContexts(InteractionContextType.Guild)
+export const trainCommandData = guildCommand('train', 'Plan, start and follow LoRA training runs')
   .addSubcommand((s) =>
     s
       .setName('plan')
       .setDescription('Exact plan (repeats, buckets, steps, time) with a Start button')
-      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true))
+      .addStringOption(datasetOption)
       .addStringOption((o) =>
         o
           .setName('recipe')
@@ -44,31 +41,18 @@ export const trainCommandData = new SlashCommandBuilder()
           .addChoices(...VRAM_PRESETS.map((p) => ({ name: VRAM_PRESET_INFO[p].label, value: p }))),
       ),
   )
-  .addSubcommand((s) =>
-    s
-      .setName('status')
-      .setDescription('A run’s progress (default: the latest run here)')
-      .addStringOption((o) => o.setName('run').setDescription('Run id').setAutocomplete(true).setMaxLength(16)),
-  )
+  .addSubcommand((s) => s.setName('status').setDescription('A run’s progress (default: the latest run here)').addStringOption(runOption('Run id')))
   .addSubcommand((s) => s.setName('queue').setDescription('Runs waiting and running, and the training workers'))
-  .addSubcommand((s) =>
-    s
-      .setName('cancel')
-      .setDescription('Stop a run (what was saved is kept)')
-      .addStringOption((o) => o.setName('run').setDescription('Run id').setRequired(true).setAutocomplete(true).setMaxLength(16)),
-  )
+  .addSubcommand((s) => s.setName('cancel').setDescription('Stop a run (what was saved is kept)').addStringOption(runOption('Run id', true)))
   .addSubcommand((s) =>
     s
       .setName('prompts')
       .setDescription('A dataset’s sample prompts, drawn after every epoch (owner and moderators can remove them)')
-      .addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true)),
+      .addStringOption(datasetOption),
   )
   .toJSON();
 
-export const settingsCommandData = new SlashCommandBuilder()
-  .setName('settings')
-  .setDescription('LoRA Guild settings for this server')
-  .setContexts(InteractionContextType.Guild)
+export const settingsCommandData = guildCommand('settings', 'LoRA Guild settings for this server')
   // Every member sees it for their own mentions; the server's settings check Manage Server.
   .addSubcommand((s) => s.setName('show').setDescription('Current settings'))
   .addSubcommand((s) =>

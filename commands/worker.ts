@@ -1,9 +1,6 @@
-import { InteractionContextType, SlashCommandBuilder } from 'discord.js';
+import { guildCommand } from './options.ts';
 
-export const workerCommandData = new SlashCommandBuilder()
-  .setName('worker')
-  .setDescription('GPUs that train for this server, including ones members lend')
-  .setContexts(InteractionContextType.Guild)
+export const workerCommandData = guildCommand('worker', 'GPUs that train for this server, including ones members lend')
   .addSubcommand((s) =>
     s
       .setName('add')

@@ -1,23 +1,19 @@
-import { InteractionContextType, SlashCommandBuilder, type SlashCommandSubcommandBuilder } from 'discord.js';
+import type { SlashCommandSubcommandBuilder } from 'discord.js';
+import { datasetOption, guildCommand } from './options.ts';
 
 // The caption workshop: /tags (bulk), /caption (one image), /concept (kohya subsets).
 
-const datasetOption = (s: SlashCommandSubcommandBuilder) =>
-  s.addStringOption((o) => o.setName('dataset').setDescription('Dataset (default: the dataset of this thread)').setAutocomplete(true));
 const conceptOption = (s: SlashCommandSubcommandBuilder, what = 'Only this concept (default: the whole dataset)') =>
   s.addStringOption((o) => o.setName('concept').setDescription(what).setAutocomplete(true).setMaxLength(32));
 const imageOption = (s: SlashCommandSubcommandBuilder) =>
   s.addIntegerOption((o) => o.setName('image').setDescription('Image number, e.g. 3').setRequired(true).setMinValue(1));
 
-export const tagsCommandData = new SlashCommandBuilder()
-  .setName('tags')
-  .setDescription('Tags across a dataset: frequencies, pruning, bulk edits')
-  .setContexts(InteractionContextType.Guild)
+export const tagsCommandData = guildCommand('tags', 'Tags across a dataset: frequencies, pruning, bulk edits')
   .addSubcommand((s) => {
     s.setName('top').setDescription('Tag frequencies, and which tags to prune');
     conceptOption(s);
     s.addIntegerOption((o) => o.setName('page').setDescription('Page').setMinValue(1));
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .addSubcommand((s) => {
     s.setName('remove')
@@ -26,7 +22,7 @@ export const tagsCommandData = new SlashCommandBuilder()
         o.setName('tags').setDescription('Comma-separated, e.g. tiara, jewelry').setRequired(true).setAutocomplete(true).setMaxLength(500),
       );
     conceptOption(s);
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .addSubcommand((s) => {
     s.setName('replace')
@@ -34,7 +30,7 @@ export const tagsCommandData = new SlashCommandBuilder()
       .addStringOption((o) => o.setName('from').setDescription('Tag to replace').setRequired(true).setAutocomplete(true).setMaxLength(100))
       .addStringOption((o) => o.setName('to').setDescription('Replacement tag').setRequired(true).setMaxLength(100));
     conceptOption(s);
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .addSubcommand((s) => {
     s.setName('add')
@@ -47,24 +43,24 @@ export const tagsCommandData = new SlashCommandBuilder()
           .addChoices({ name: 'start', value: 'start' }, { name: 'end', value: 'end' }),
       );
     conceptOption(s);
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .addSubcommand((s) => {
     s.setName('prune').setDescription('Suggest tags to fold into the trigger (in ≥ 90% of a concept)');
     conceptOption(s, 'Concept (default: main)');
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .addSubcommand((s) => {
     s.setName('retag')
       .setDescription('Run the tagger again (replaces captions; undo with /caption undo)')
       .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 (default: all)').setMaxLength(200));
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .addSubcommand((s) => {
     s.setName('undesired')
       .setDescription('Tags the tagger must never write for this dataset')
       .addStringOption((o) => o.setName('tags').setDescription('Comma-separated, or "none" to clear').setRequired(true).setMaxLength(1000));
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .toJSON();
 
@@ -76,21 +72,20 @@ const partOption = (s: SlashCommandSubcommandBuilder) =>
       .addChoices({ name: 'tags', value: 'tags' }, { name: 'sentence', value: 'sentences' }),
   );
 
-export const captionCommandData = new SlashCommandBuilder()
-  .setName('caption')
-  .setDescription('Captions: one image, sentences across a dataset, and the caption mode')
-  .setContexts(InteractionContextType.Guild)
-  .addSubcommand((s) => datasetOption(imageOption(s.setName('show').setDescription('The image, its sentence, its tags and what the trainer reads'))))
-  .addSubcommand((s) => datasetOption(partOption(imageOption(s.setName('edit').setDescription('Edit the tags or the sentence of an image in a form')))))
+export const captionCommandData = guildCommand('caption', 'Captions: one image, sentences across a dataset, and the caption mode')
   .addSubcommand((s) =>
-    datasetOption(
-      partOption(
-        s
-          .setName('undo')
-          .setDescription('Undo the last change of one image, or (without image) the last bulk edit')
-          .addIntegerOption((o) => o.setName('image').setDescription('Image number (leave out to undo the last bulk edit)').setMinValue(1)),
-      ),
-    ),
+    imageOption(s.setName('show').setDescription('The image, its sentence, its tags and what the trainer reads')).addStringOption(datasetOption),
+  )
+  .addSubcommand((s) =>
+    partOption(imageOption(s.setName('edit').setDescription('Edit the tags or the sentence of an image in a form'))).addStringOption(datasetOption),
+  )
+  .addSubcommand((s) =>
+    partOption(
+      s
+        .setName('undo')
+        .setDescription('Undo the last change of one image, or (without image) the last bulk edit')
+        .addIntegerOption((o) => o.setName('image').setDescription('Image number (leave out to undo the last bulk edit)').setMinValue(1)),
+    ).addStringOption(datasetOption),
   )
   .addSubcommand((s) => {
     s.setName('replace')
@@ -98,44 +93,38 @@ export const captionCommandData = new SlashCommandBuilder()
       .addStringOption((o) => o.setName('from').setDescription('Word or phrase to find (whole words, any case)').setRequired(true).setMaxLength(100))
       .addStringOption((o) => o.setName('to').setDescription('What to write instead (leave out to remove it)').setMaxLength(100));
     conceptOption(s);
-    return datasetOption(s);
+    return s.addStringOption(datasetOption);
   })
   .addSubcommand((s) =>
-    datasetOption(
-      s
-        .setName('mode')
-        .setDescription('What the trainer reads: tags, sentences, or both')
-        .addStringOption((o) =>
-          o
-            .setName('mode')
-            .setDescription('Leave out to see the current mode')
-            .addChoices({ name: 'tags', value: 'tags' }, { name: 'sentences', value: 'sentences' }, { name: 'both (sentence, then tags)', value: 'both' }),
-        ),
-    ),
+    s
+      .setName('mode')
+      .setDescription('What the trainer reads: tags, sentences, or both')
+      .addStringOption((o) =>
+        o
+          .setName('mode')
+          .setDescription('Leave out to see the current mode')
+          .addChoices({ name: 'tags', value: 'tags' }, { name: 'sentences', value: 'sentences' }, { name: 'both (sentence, then tags)', value: 'both' }),
+      )
+      .addStringOption(datasetOption),
   )
   .toJSON();
 
-export const conceptCommandData = new SlashCommandBuilder()
-  .setName('concept')
-  .setDescription('Concepts: subsets of a dataset with their own repeats (e.g. outfits)')
-  .setContexts(InteractionContextType.Guild)
+export const conceptCommandData = guildCommand('concept', 'Concepts: subsets of a dataset with their own repeats (e.g. outfits)')
   .addSubcommand((s) =>
-    datasetOption(
-      s
-        .setName('add')
-        .setDescription('Add a concept')
-        .addStringOption((o) => o.setName('name').setDescription('e.g. outfit-red').setRequired(true).setMaxLength(32))
-        .addStringOption((o) => o.setName('trigger').setDescription('Its own trigger word, written after the dataset trigger').setMaxLength(40)),
-    ),
+    s
+      .setName('add')
+      .setDescription('Add a concept')
+      .addStringOption((o) => o.setName('name').setDescription('e.g. outfit-red').setRequired(true).setMaxLength(32))
+      .addStringOption((o) => o.setName('trigger').setDescription('Its own trigger word, written after the dataset trigger').setMaxLength(40))
+      .addStringOption(datasetOption),
   )
-  .addSubcommand((s) => datasetOption(s.setName('list').setDescription('Concepts and their image counts')))
+  .addSubcommand((s) => s.setName('list').setDescription('Concepts and their image counts').addStringOption(datasetOption))
   .addSubcommand((s) =>
-    datasetOption(
-      s
-        .setName('move')
-        .setDescription('Move images to a concept')
-        .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8').setRequired(true).setMaxLength(200))
-        .addStringOption((o) => o.setName('concept').setDescription('Target concept').setRequired(true).setAutocomplete(true).setMaxLength(32)),
-    ),
+    s
+      .setName('move')
+      .setDescription('Move images to a concept')
+      .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8').setRequired(true).setMaxLength(200))
+      .addStringOption((o) => o.setName('concept').setDescription('Target concept').setRequired(true).setAutocomplete(true).setMaxLength(32))
+      .addStringOption(datasetOption),
   )
   .toJSON();
