@@ -74,7 +74,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   const blobs = new BlobStore(config.DATA_DIR);
   await blobs.init();
   // Locks and claims live in Redis: several bot processes may share this deployment.
-  const locks = new RedisLocks(redis, config.REDIS_PREFIX, { logger: logger.child({ unit: 'locks' }) });
+  const locks = new RedisLocks(redis, config.REDIS_PREFIX, { ttlMs: config.LOCK_TTL_SECONDS * 1000, logger: logger.child({ unit: 'locks' }) });
   const blobLock = mutexOf(locks, 'blobs');
   const claims = new EventClaims(redis, config.REDIS_PREFIX, `${hostname()}:${process.pid}:${newId(3)}`);
   const taggingQueue = new Queue<TagImagesPayload>(QueueName.Tagging, {

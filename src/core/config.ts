@@ -98,6 +98,8 @@ export const configSchema = z.object({
     .optional(),
   /** How often a worker beats; it counts as gone after three missed beats. */
   WORKER_HEARTBEAT_SECONDS: int(1, 300).default(10),
+  /** How long a bot process that died keeps holding a dataset's lock (its uploads, removals) before another takes it. */
+  LOCK_TTL_SECONDS: int(1, 600).default(30),
   /** How soon a run held by a dead worker is handed to the next worker (BullMQ lock + stall check). */
   TRAINING_STALLED_SECONDS: int(1, 3600).default(60),
   /** How often a run reports its progress at most. */

@@ -96,6 +96,8 @@ export class World {
       IMAGE_RATING: opts.env?.RATER_MODEL_DIR ? 'true' : 'false',
       // Tests about contributing attest where they need to (content-ratings.test.ts).
       ATTESTATION_REQUIRED: 'false',
+      // A bot killed mid-upload frees its dataset's lock after this, not production's 30 s.
+      LOCK_TTL_SECONDS: '3',
       RATER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
       TAGGER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
       CAPTIONER_MODEL_URL: 'http://127.0.0.1:9/no-network-in-tests',
