@@ -259,7 +259,7 @@ describe('trying a trained LoRA', () => {
 
   it('serves a generation before a waiting run, waits for a training run without disturbing it, and shows its place in line', async () => {
     await world.killWorker('SIGTERM');
-    await spawnWorker({ STANDIN_STEP_SECONDS: '0.02' });
+    await spawnWorker({ STANDIN_STEP_SECONDS: '0.005' });
     const training = await startRun({ epochs: 4 });
     await until('the run to train', () => messages(threadId).find((m) => m.content.startsWith(`🚀 Run \`${training}\``)));
     const waiting = await startRun({ epochs: 1 });
