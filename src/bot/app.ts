@@ -121,7 +121,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   });
   // Nothing the bot writes pings anyone: names in member text (and <@id> in ours) only display.
   const client = new Client({ intents: botIntents(config), rest: { api: config.DISCORD_API_URL }, allowedMentions: { parse: [], repliedUser: false } });
-  const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: 10_000, epochButton: voteButton });
+  const tallies = new TallyUpdater({ client, runs, votes, logger, intervalMs: config.VOTE_EDIT_SECONDS * 1000, epochButton: voteButton });
   const workers = new WorkerStore(redis, config.REDIS_PREFIX);
   const expiring = new ExpiringStore(redis, config.REDIS_PREFIX);
   const removal = new ImageRemovalService({ store, captions, runs, blobs, blobLock, logger: logger.child({ unit: 'removal' }) });

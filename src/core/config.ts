@@ -104,6 +104,8 @@ export const configSchema = z.object({
   TRAINING_STALLED_SECONDS: int(1, 3600).default(60),
   /** How often a run reports its progress at most. */
   PROGRESS_INTERVAL_SECONDS: int(1, 3600).default(60),
+  /** How often an epoch post's vote counts are edited at most (votes in between are batched). */
+  VOTE_EDIT_SECONDS: int(1, 600).default(10),
   /** Which queues a worker process (`npm run worker`) consumes. */
   WORKER_QUEUES: z
     .string()

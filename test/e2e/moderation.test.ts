@@ -51,7 +51,7 @@ beforeAll(async () => {
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   blobs = new BlobStore(world.dataDir);
   // Steps slow enough that a 20-epoch run is still training when its dataset is removed.
-  await world.spawnWorker(steps.standinWorkerEnv(models, { STANDIN_STEP_SECONDS: '0.01' }));
+  await world.spawnWorker(steps.standinWorkerEnv(models, { STANDIN_STEP_SECONDS: '0.004' }));
   await steps.workerOnline(world, 'gpu-test');
   heroThread = await steps.heroDataset(world, alice);
 });

@@ -311,7 +311,7 @@ describe('a GPU lent from elsewhere', () => {
 
   it('a worker killed in epoch 2 loses no epoch: another worker resumes from the uploaded state, every epoch posted once, in order', async () => {
     const a = await workers.add({ guildId: world.discord.guildId, name: 'first', ownerId: alice.id });
-    await world.spawnWorker(await remoteEnv('k1', a.token, { STANDIN_STEP_SECONDS: '0.02' }), 30_000, { remote: true });
+    await world.spawnWorker(await remoteEnv('k1', a.token, { STANDIN_STEP_SECONDS: '0.008' }), 30_000, { remote: true });
     const id = await startRun({ epochs: 4 });
     await until('epoch 1 and progress into epoch 2', async () => {
       const run = await runs.get(id);
@@ -330,7 +330,7 @@ describe('a GPU lent from elsewhere', () => {
 
   it('a token revoked mid-run stops that worker at once; the run goes back to the queue and finishes elsewhere', async () => {
     const a = await workers.add({ guildId: world.discord.guildId, name: 'revoked', ownerId: alice.id });
-    await world.spawnWorker(await remoteEnv('r1', a.token, { STANDIN_STEP_SECONDS: '0.02' }), 30_000, { remote: true });
+    await world.spawnWorker(await remoteEnv('r1', a.token, { STANDIN_STEP_SECONDS: '0.008' }), 30_000, { remote: true });
     const id = await startRun({ epochs: 3 });
     await until('epoch 1', () => epochNumbers(id).includes(1));
     const first = world.worker!;

@@ -40,6 +40,7 @@ beforeAll(async () => {
       PUBLIC_URL: `http://127.0.0.1:${port}`,
       DOWNLOAD_SECRET: SECRET,
       PROGRESS_INTERVAL_SECONDS: '1',
+      VOTE_EDIT_SECONDS: '1',
     },
   });
   await world.startBot();
