@@ -1,16 +1,18 @@
 /** Steps the end-to-end tests share: waiting for replies and messages, starting a run, reading tried images. */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import type { BlobStore } from '../../src/core/blob-store.ts';
 import type { WorkerInfo } from '../../src/queues/contract.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { tinted } from '../fixtures/workshop.ts';
 import type { AttachmentInfo, InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
-import type { World } from './world.ts';
+import type { CommandSpec } from '../harness/fake-discord-types.ts';
+import { World } from './world.ts';
 
 export const MANAGE_GUILD = String(1n << 5n);
 export const MANAGE_MESSAGES = String(1n << 13n);
@@ -23,6 +25,37 @@ export async function freePort(): Promise<number> {
       srv.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * A world (bot started) for the tests of a file, with a folder of its own named from `prefix`:
+ * `env` makes the bot's settings, given the folder. Started before the tests; closed and the folder
+ * removed after them. Read `world` and `folder` inside tests and hooks.
+ */
+export function worldWithFolder(prefix: string, env: (folder: string) => Promise<Record<string, string>> | Record<string, string>) {
+  let world: World | undefined;
+  let folder: string | undefined;
+  beforeAll(async () => {
+    folder = await mkdtemp(join(tmpdir(), prefix));
+    world = await World.start({ env: await env(folder) });
+    await world.startBot();
+  });
+  afterAll(async () => {
+    await world?.close();
+    if (folder) await rm(folder, { recursive: true, force: true });
+  });
+  const started = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('the world is started by beforeAll: read it inside a test or hook');
+    return value;
+  };
+  return {
+    get world(): World {
+      return started(world);
+    },
+    get folder(): string {
+      return started(folder);
+    },
+  };
 }
 
 interface CallbackJson {
@@ -53,6 +86,11 @@ export async function done(world: World, h: InteractionHandle, timeoutMs = 60_00
     ),
   ]);
   return h.lastReply()?.content ?? '';
+}
+
+/** Sends a slash command (as the default member unless `spec.user` says otherwise) and returns its reply's text; a refusal fails. */
+export async function ask(world: World, spec: CommandSpec): Promise<string> {
+  return done(world, world.discord.sendCommand(spec));
 }
 
 /**
@@ -140,9 +178,27 @@ export function imageOptions(world: World, files: { name: string; data: Buffer }
   return Object.fromEntries(files.map((f, i) => [`image${i + 1}`, world.discord.addAttachment({ filename: f.name, data: f.data })]));
 }
 
+/** Waits until the bot posts a message saying `text` in `threadId`. */
+export async function postedIn(world: World, threadId: string, text: string, timeoutMs = 30_000): Promise<void> {
+  await world.discord.waitForCall(
+    (c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes(text),
+    timeoutMs,
+  );
+}
+
 /** Waits until the tagger says in `threadId` that it tagged `count` images. */
 export async function taggedIn(world: World, threadId: string, count: number): Promise<void> {
-  await world.discord.waitForCall((c) => c.path === `/channels/${threadId}/messages` && JSON.stringify(c.json).includes(`Tagged ${count} images`), 30_000);
+  await postedIn(world, threadId, `Tagged ${count} images`);
+}
+
+/** `/dataset add` of `files` to `dataset` as `user`; returns the reply. */
+export async function addImages(world: World, user: Member, dataset: string, files: { name: string; data: Buffer }[]): Promise<string> {
+  return done(world, world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user, options: { dataset, ...imageOptions(world, files) } }));
+}
+
+/** The error lines the bot logged for the admins that start with `prefix`. */
+export function adminErrors(world: World, prefix: string): Record<string, unknown>[] {
+  return world.log.lines.filter((l) => l.level === 50 && String(l.msg).startsWith(prefix));
 }
 
 /** The dataset most tests train on: alice's character `hero` (trigger `ohwx_hero`, SD 1.5) with `count` tagged images. */
@@ -151,7 +207,7 @@ export async function heroDataset(world: World, user: Member, count = 3, extra: 
   const threadId = await createDataset(world, user, { name, trigger: `ohwx_${name}`, class: 'woman', kind: 'character', base: 'sd15', ...extra });
   const colours = ['#ff2020', '#2040ff', '#20c020', '#e0c020'];
   const files = await Promise.all(colours.slice(0, count).map((c, i) => tinted(i + 1, c)));
-  await done(world, world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user, options: { dataset: name, ...imageOptions(world, files) } }));
+  await addImages(world, user, name, files);
   await taggedIn(world, threadId, count);
   return threadId;
 }
