@@ -1,4 +1,5 @@
-import { NETWORK_LABELS, NETWORK_TYPES, OPTIMIZERS, RECIPE_NAMES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
+import { OPTIMIZERS, RECIPE_NAMES } from '../src/core/recipe-table.ts';
+import { NETWORK_LABELS, NETWORK_TYPES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
 import { datasetOption, guildCommand, runOption } from './options.ts';
 
 export const trainCommandData = guildCommand('train', 'Plan, start and follow LoRA training runs')

@@ -8,7 +8,6 @@ import { captionModeOf } from '../core/caption-text.ts';
 import { COMPANION_KINDS, FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily, type CompanionKind } from '../core/model-family.ts';
 import {
   NETWORK_LABELS,
-  OPTIMIZERS,
   pickCompanions,
   resolveRecipe,
   ResolvedRecipeSchema,
@@ -18,6 +17,7 @@ import {
   type ResolvedRecipe,
   type RunOverrides,
 } from '../core/recipes.ts';
+import { OPTIMIZERS } from '../core/recipe-table.ts';
 import { JobName, sharedKeys, workerRunsOptimizer, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { newId, type Dataset, type DatasetStore } from '../store/dataset-store.ts';
 import type { ExpiringStore, PendingPlan } from '../store/expiring-store.ts';

@@ -5,7 +5,7 @@
  * run, and advertises only those that import.
  */
 import { execFile } from 'node:child_process';
-import { OPTIMIZERS, type OptimizerType } from '../core/recipes.ts';
+import { OPTIMIZERS, type OptimizerType } from '../core/recipe-table.ts';
 
 /** The module sd-scripts imports for each optimizer (library/train_util.py, get_optimizer). */
 export const OPTIMIZER_MODULES: Record<OptimizerType, string> = {

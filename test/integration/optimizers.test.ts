@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OPTIMIZERS } from '../../src/core/recipes.ts';
+import { OPTIMIZERS } from '../../src/core/recipe-table.ts';
 import { OPTIMIZER_MODULES, probeOptimizers } from '../../src/worker/optimizers.ts';
 
 const PACKAGES = fileURLToPath(new URL('../fixtures/python-packages/', import.meta.url));

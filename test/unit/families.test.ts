@@ -13,13 +13,13 @@ import {
   networkProblem,
   pickCompanions,
   presetForVram,
-  RECIPE_NAMES,
   resolveRecipe,
   ResolvedRecipeSchema,
   runFitProblem,
   type ResolvedRecipe,
   type RunOverrides,
 } from '../../src/core/recipes.ts';
+import { RECIPE_NAMES } from '../../src/core/recipe-table.ts';
 
 /**
  * What `flux_train_network.py`'s argparse has beyond `train_network.py`'s, read from sd-scripts

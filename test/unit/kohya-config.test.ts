@@ -6,7 +6,7 @@ import type { DatasetValueType, KohyaValueType } from '../../src/core/kohya-args
 import { DATASET_KEYS, KOHYA_ARGS } from '../../src/core/kohya-args.ts';
 import type { PlanConceptInput } from '../../src/core/plan.ts';
 import { planRun } from '../../src/core/plan.ts';
-import type { RecipeName } from '../../src/core/recipes.ts';
+import type { RecipeName } from '../../src/core/recipe-table.ts';
 import { resolveRecipe } from '../../src/core/recipes.ts';
 
 const STAGING = '/srv/lora-guild/staging/run-1';

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { UserError } from '../../src/core/errors.ts';
-import { getRecipe, listRecipes, RECIPE_NAMES, resolveRecipe, ResolvedRecipeSchema } from '../../src/core/recipes.ts';
+import { RECIPE_NAMES } from '../../src/core/recipe-table.ts';
+import { getRecipe, listRecipes, resolveRecipe, ResolvedRecipeSchema } from '../../src/core/recipes.ts';
 
 const PRODIGY_ARGS = ['weight_decay=0.01', 'decouple=True', 'use_bias_correction=True', 'safeguard_warmup=True', 'd_coef=2'];
 
