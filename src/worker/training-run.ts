@@ -17,7 +17,7 @@
  * running by a crashed worker is found by its environment marker and stopped before anything else.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Config } from '../core/config.ts';
 import { codeOf, listDir } from '../core/fs-errors.ts';
@@ -33,6 +33,7 @@ import { stageDataset, StagingError, type StageConcept } from './staging.ts';
 import { killStaleTrainers, TrainerProcess, trainerCommand, trainerEnv, type TrainerExit } from './trainer-process.ts';
 import { RunFailure, TrainerErrors, type StopReason } from './trainer-failure.ts';
 import { bytesUnder, diskShortfall, estimateRunDisk, freeBytes } from './disk-space.ts';
+import { RunOutput } from './run-output.ts';
 import { clearEndedRun, isResumableState, readRunEnd, validCheckpoint, writeAtomic, type RunEnd } from './run-folder.ts';
 
 export interface TrainingRunDeps {
@@ -61,8 +62,6 @@ export interface RunTimings {
 // ---------------------------------------------------------------------------------------------
 // Small file helpers.
 
-const pad6 = (n: number) => String(n).padStart(6, '0');
-const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** The prompt text of each line of the sample-prompts file (options dropped), in order. */
@@ -93,6 +92,7 @@ export class TrainingRun {
   readonly runDir: string;
   readonly stagingDir: string;
   readonly outputDir: string;
+  private readonly output: RunOutput;
   private readonly log: Logger;
   private readonly startedAt = Date.now();
   private state!: RunState;
@@ -119,6 +119,7 @@ export class TrainingRun {
     this.runDir = resolve(host.runsDir, payload.runId);
     this.stagingDir = join(this.runDir, 'dataset');
     this.outputDir = join(this.runDir, 'output');
+    this.output = new RunOutput(this.outputDir, payload.outputName, payload.plan.epochs);
     this.log = deps.logger.child({ runId: payload.runId });
     this.stepsPerEpoch = payload.plan.stepsPerEpoch;
   }
@@ -129,14 +130,6 @@ export class TrainingRun {
 
   private get epochs(): number {
     return this.payload.plan.epochs;
-  }
-
-  private epochFile(e: number): string {
-    return join(this.outputDir, e === this.epochs ? `${this.payload.outputName}.safetensors` : `${this.payload.outputName}-${pad6(e)}.safetensors`);
-  }
-
-  private get finalFile(): string {
-    return join(this.outputDir, `${this.payload.outputName}.safetensors`);
   }
 
   /** Asks the run to stop; the trainer's group is signalled at once if it runs. */
@@ -199,20 +192,8 @@ export class TrainingRun {
     return this.host.artifact(await this.host.blobs.putFile(path));
   }
 
-  /** The newest sample per prompt index of epoch `e` (a re-run epoch leaves older ones behind). */
-  private async samplesOf(e: number): Promise<Map<number, string>> {
-    const dir = join(this.outputDir, 'sample');
-    const re = new RegExp(`^${escapeRe(this.payload.outputName)}_e${pad6(e)}_(\\d{2})_(.+)\\.png$`);
-    const newest = new Map<number, string>();
-    for (const name of (await listDir(dir)).sort()) {
-      const m = re.exec(name);
-      if (m?.[1]) newest.set(Number(m[1]), join(dir, name));
-    }
-    return newest;
-  }
-
   private async gridOf(e: number): Promise<ArtifactRef | null> {
-    const samples = await this.samplesOf(e);
+    const samples = await this.output.samplesOf(e);
     if (samples.size === 0) return null;
     if (samples.size < this.prompts.length) this.log.warn({ epoch: e, found: samples.size, expected: this.prompts.length }, 'some sample images are missing');
     const tiles = [...samples.entries()]
@@ -231,14 +212,14 @@ export class TrainingRun {
   /** Reports epoch `e` once, if its checkpoint was saved completely. */
   private async reportEpoch(e: number): Promise<void> {
     if (this.reported.has(e)) return;
-    const file = this.epochFile(e);
+    const file = this.output.epochFile(e);
     if (!(await validCheckpoint(file))) {
       this.log.warn({ epoch: e, file }, 'epoch checkpoint missing or incomplete; epoch not reported');
       return;
     }
     const checkpoint = await this.putArtifact(file);
     const grid = await this.gridOf(e);
-    const state = join(this.outputDir, `${this.payload.outputName}-${pad6(e)}-state`);
+    const state = this.output.stateDir(e);
     await this.host.epochSaved(
       { kind: 'epoch', runId: this.runId, epoch: e, epochs: this.epochs, grid, checkpoint },
       (await isResumableState(state)) ? state : null,
@@ -251,49 +232,6 @@ export class TrainingRun {
   /** Reports every epoch before the last whose checkpoint is saved (up to `upTo`). */
   private async reportSavedEpochs(upTo = this.epochs - 1): Promise<void> {
     for (let e = 1; e <= Math.min(upTo, this.epochs - 1); e++) await this.reportEpoch(e);
-  }
-
-  // -- resume ---------------------------------------------------------------------------------
-
-  /** The highest epoch with a complete state folder (kohya's train_state.json and accelerate's RNG states). */
-  private async resumableEpoch(): Promise<number | null> {
-    const re = new RegExp(`^${escapeRe(this.payload.outputName)}-(\\d{6})-state$`);
-    let best: number | null = null;
-    for (const name of await listDir(this.outputDir)) {
-      const m = re.exec(name);
-      if (!m?.[1]) continue;
-      const e = Number(m[1]);
-      if (e < 1 || e >= this.epochs || (best !== null && e <= best)) continue;
-      if (await isResumableState(join(this.outputDir, name))) best = e;
-    }
-    return best;
-  }
-
-  /** Removes what a crashed attempt left of epochs after `keep` (they are trained again). */
-  private async clearAfter(keep: number): Promise<void> {
-    const name = escapeRe(this.payload.outputName);
-    const checkpoint = new RegExp(`^${name}-(\\d{6})\\.safetensors$`);
-    const state = new RegExp(`^${name}-(\\d{6})-state$`);
-    const sample = new RegExp(`^${name}_e(\\d{6})_\\d{2}_.+\\.png$`);
-    let removed = 0;
-    for (const entry of await listDir(this.outputDir)) {
-      const m = checkpoint.exec(entry) ?? state.exec(entry);
-      const stale =
-        (m?.[1] !== undefined && Number(m[1]) > keep) || entry === `${this.payload.outputName}.safetensors` || entry === `${this.payload.outputName}-state`;
-      if (stale) {
-        await rm(join(this.outputDir, entry), { recursive: true, force: true });
-        removed++;
-      }
-    }
-    const sampleDir = join(this.outputDir, 'sample');
-    for (const entry of await listDir(sampleDir)) {
-      const m = sample.exec(entry);
-      if (m?.[1] !== undefined && Number(m[1]) > keep) {
-        await rm(join(sampleDir, entry), { force: true });
-        removed++;
-      }
-    }
-    if (removed > 0) this.log.info({ keep, removed }, 'removed files of unfinished epochs');
   }
 
   // -- the run --------------------------------------------------------------------------------
@@ -333,7 +271,7 @@ export class TrainingRun {
       this.log.info('run already finished; reporting its end again');
       return this.finish();
     }
-    if (await validCheckpoint(this.finalFile)) {
+    if (await validCheckpoint(this.output.finalFile)) {
       this.log.info('the final file is there; reporting the end');
       return this.finish();
     }
@@ -342,8 +280,8 @@ export class TrainingRun {
     if ((await this.cancelRequested()) || this.stopReason !== null) return this.endWithoutTrainer();
 
     // 5. Stage, write the files, decide where to start.
-    const resumeFrom = await this.resumableEpoch();
-    await this.clearAfter(resumeFrom ?? 0);
+    const resumeFrom = await this.output.resumableEpoch();
+    await this.output.clearAfter(resumeFrom ?? 0, this.log);
     await this.checkDisk();
     const staged = await stageDataset(this.host.blobs, this.stagingDir, this.stageConcepts());
     this.log.info({ ...staged }, 'dataset staged');
@@ -428,9 +366,7 @@ export class TrainingRun {
         baseModelPath: modelPath,
         samplePrompts: this.payload.samplePrompts,
         seed: this.payload.seed,
-        ...(resumeFrom !== null
-          ? { resume: { stateDir: join(this.outputDir, `${this.payload.outputName}-${pad6(resumeFrom)}-state`), initialEpoch: resumeFrom + 1 } }
-          : {}),
+        ...(resumeFrom !== null ? { resume: { stateDir: this.output.stateDir(resumeFrom), initialEpoch: resumeFrom + 1 } } : {}),
       });
     } catch (err) {
       throw new RunFailure(`the run's settings were refused: ${err instanceof Error ? err.message : String(err)}`);
@@ -572,7 +508,7 @@ export class TrainingRun {
       default:
         break;
     }
-    if (exit.code === 0 && (await validCheckpoint(this.finalFile))) return this.finish();
+    if (exit.code === 0 && (await validCheckpoint(this.output.finalFile))) return this.finish();
     await this.reportSavedEpochs();
     let reason: string;
     if (exit.signal !== null || exit.code !== 0) reason = this.errors.reason(exit);
@@ -604,7 +540,7 @@ export class TrainingRun {
     let finished = this.state.finished;
     if (!finished) {
       for (let e = 1; e <= this.epochs; e++) await this.reportEpoch(e);
-      const final = await this.putArtifact(this.finalFile);
+      const final = await this.putArtifact(this.output.finalFile);
       finished = { final, seconds: Math.max(0, Math.round((Date.now() - this.state.firstStartedAt) / 1000)) };
       this.state.finished = finished;
       await this.saveState();
