@@ -2,6 +2,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Florence2ForConditionalGeneration, Florence2Processor, RawImage, Tensor } from '@huggingface/transformers';
 import { CAPTIONER_MODEL_FILES as CAPTIONER_FILES, CaptionerUnavailableError } from './captioner-model.ts';
+import { BatchImageError } from './errors.ts';
 import { decodeForModel } from './sharp.ts';
 
 export { CaptionerUnavailableError };
@@ -15,16 +16,9 @@ export { CaptionerUnavailableError };
 
 export const CAPTION_TASK = '<MORE_DETAILED_CAPTION>';
 
-/** One image could not be read; the others of the batch are fine. */
-export class CaptionerImageError extends Error {
-  constructor(
-    readonly index: number,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    this.name = 'CaptionerImageError';
-  }
+/** One image given to `caption` could not be read; the others of the batch are fine. */
+export class CaptionerImageError extends BatchImageError {
+  override name = 'CaptionerImageError';
 }
 
 export interface CaptionTimings {

@@ -1,6 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { InferenceSession } from 'onnxruntime-node';
+import { BatchImageError } from './errors.ts';
 import { taggerBgr } from './tagger-preprocess.ts';
 import { SessionThread, type ModelIo, type RunResult } from './tagger-session.ts';
 import { TAGGER_MODEL_FILE, TAGGER_TAGS_FILE, TaggerUnavailableError } from './tagger-model.ts';
@@ -83,16 +84,9 @@ export interface Tagger {
   close(): Promise<void>;
 }
 
-/** One input image could not be decoded; `index` is its position in the `tag` call. */
-export class TaggerImageError extends Error {
-  constructor(
-    readonly index: number,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    this.name = 'TaggerImageError';
-  }
+/** One image given to `tag` could not be decoded; the others of the batch are fine. */
+export class TaggerImageError extends BatchImageError {
+  override name = 'TaggerImageError';
 }
 
 export interface SelectedTag {

@@ -2,15 +2,15 @@ import { DelayedError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blob-store.ts';
 import type { Config } from '../core/config.ts';
-import { isUserError } from '../core/errors.ts';
+import { BatchImageError, isUserError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { captionModeOf, tracksOf, type CaptionTrack } from '../core/caption-text.ts';
 import { ensureCaptionerModel } from '../core/captioner-model.ts';
-import { CaptionerImageError, CaptionerUnavailableError, loadCaptioner, type Captioner } from '../core/florence-captioner.ts';
+import { CaptionerUnavailableError, loadCaptioner, type Captioner } from '../core/florence-captioner.ts';
 import { isRating } from '../core/rating.ts';
 import { stripLeadingTriggers } from '../core/tag-ops.ts';
 import { ensureTaggerModel, TaggerUnavailableError } from '../core/tagger-model.ts';
-import { loadTagger, TaggerImageError, type Tagger, type TagResult } from '../core/wd14-tagger.ts';
+import { loadTagger, type Tagger, type TagResult } from '../core/wd14-tagger.ts';
 import { bullPrefix, QueueName, type TagImagesPayload } from '../queues/contract.ts';
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore, ImageRecord } from '../store/dataset-store.ts';
@@ -45,12 +45,22 @@ export interface DescribeResult {
  * admins get one clear message in the logs.
  */
 export class TaggingService {
-  private tagger: Promise<Tagger> | null = null;
-  private lastProblem: string | null = null;
-  private captioner: Promise<Captioner> | null = null;
-  private lastCaptionerProblem: string | null = null;
+  private readonly tagger: OnDemandModel<Tagger>;
+  private readonly captioner: OnDemandModel<Captioner>;
 
-  constructor(private readonly deps: TaggingDeps) {}
+  constructor(private readonly deps: TaggingDeps) {
+    const { config, logger } = deps;
+    this.tagger = new OnDemandModel('tagger', 'Tagging', logger, () =>
+      ensureTaggerModel({ modelDir: config.TAGGER_MODEL_DIR, modelUrl: config.TAGGER_MODEL_URL, dataDir: config.DATA_DIR, logger }).then((dir) =>
+        loadTagger(dir),
+      ),
+    );
+    this.captioner = new OnDemandModel('captioner', 'Captioning', logger, () =>
+      ensureCaptionerModel({ modelDir: config.CAPTIONER_MODEL_DIR, modelUrl: config.CAPTIONER_MODEL_URL, dataDir: config.DATA_DIR, logger }).then((dir) =>
+        loadCaptioner(dir, { maxNewTokens: config.CAPTIONER_MAX_TOKENS }),
+      ),
+    );
+  }
 
   /** The tracks a job fills: `/tags retag` only tags; otherwise what the dataset's mode trains on. */
   async tracksFor(payload: TagImagesPayload): Promise<CaptionTrack[]> {
@@ -60,42 +70,30 @@ export class TaggingService {
     return dataset ? tracksOf(captionModeOf(dataset)) : [];
   }
 
-  private async loadedCaptioner(): Promise<Captioner> {
-    if (!this.captioner) {
-      const { config } = this.deps;
-      this.captioner = ensureCaptionerModel({
-        modelDir: config.CAPTIONER_MODEL_DIR,
-        modelUrl: config.CAPTIONER_MODEL_URL,
-        dataDir: config.DATA_DIR,
-        logger: this.deps.logger,
-      }).then((dir) => loadCaptioner(dir, { maxNewTokens: config.CAPTIONER_MAX_TOKENS }));
-      this.captioner.catch(() => {
-        this.captioner = null;
-      });
-    }
-    const captioner = await this.captioner;
-    if (this.lastCaptionerProblem !== null) {
-      this.deps.logger.info({ model: captioner.info.modelDir }, 'captioner model available again');
-      this.lastCaptionerProblem = null;
-    }
-    return captioner;
+  /** A job's dataset and images, with what `track` holds for them; null when the dataset is gone or another server's. */
+  private async jobImages(payload: TagImagesPayload, track: CaptionStore) {
+    const { store } = this.deps;
+    const dataset = await store.getDataset(payload.datasetId);
+    if (!dataset || dataset.guildId !== payload.guildId) return null;
+    const images = await store.getImages(dataset.id, payload.imageNos);
+    const current = await track.getMany(
+      dataset.id,
+      images.map((i) => i.no),
+    );
+    return { dataset, images, current };
   }
 
   /** Writes a sentence for every listed image that has none yet. */
   async describeImages(payload: TagImagesPayload): Promise<DescribeResult> {
-    const { store, sentences } = this.deps;
-    const dataset = await store.getDataset(payload.datasetId);
-    if (!dataset || dataset.guildId !== payload.guildId) return { described: [], skipped: payload.imageNos };
-    const images = await store.getImages(dataset.id, payload.imageNos);
-    const current = await sentences.getMany(
-      dataset.id,
-      images.map((i) => i.no),
-    );
+    const { sentences } = this.deps;
+    const found = await this.jobImages(payload, sentences);
+    if (!found) return { described: [], skipped: payload.imageNos };
+    const { dataset, images, current } = found;
     const todo = images.filter((i) => !current.has(i.no));
     const skipped = payload.imageNos.filter((n) => !todo.some((i) => i.no === n));
     if (todo.length === 0) return { described: [], skipped };
 
-    const captioner = await this.loadedCaptioner();
+    const captioner = await this.captioner.get();
     const described: number[] = [];
     const batch = this.deps.config.CAPTIONER_BATCH;
     for (let i = 0; i < todo.length; i += batch) {
@@ -114,20 +112,27 @@ export class TaggingService {
     return { described, skipped: skipped.sort((a, b) => a - b) };
   }
 
-  /** One batched call; an unreadable image is dropped (null) instead of failing the others. */
-  private async describeAll(captioner: Captioner, images: ImageRecord[]): Promise<(string | null)[]> {
+  private describeAll(captioner: Captioner, images: ImageRecord[]): Promise<(string | null)[]> {
     const paths = images.map((i) => this.deps.blobs.path(i.masterBlob));
+    return this.sparingUnreadable(paths, (some) => captioner.caption(some), 'an image could not be described; describing the others one by one');
+  }
+
+  /**
+   * One batched call of the model over `paths`; when an image can't be read, each is tried alone,
+   * so an unreadable image gets null instead of failing the others.
+   */
+  private async sparingUnreadable<R>(paths: string[], run: (paths: string[]) => Promise<R[]>, warning: string): Promise<(R | null)[]> {
     try {
-      return await captioner.caption(paths);
+      return await run(paths);
     } catch (err) {
-      if (!(err instanceof CaptionerImageError)) throw err;
-      this.deps.logger.warn({ err }, 'an image could not be described; describing the others one by one');
-      const out: (string | null)[] = [];
+      if (!(err instanceof BatchImageError)) throw err;
+      this.deps.logger.warn({ err }, warning);
+      const out: (R | null)[] = [];
       for (const p of paths) {
         try {
-          out.push((await captioner.caption([p]))[0] ?? null);
+          out.push((await run([p]))[0] ?? null);
         } catch (one) {
-          if (!(one instanceof CaptionerImageError)) throw one;
+          if (!(one instanceof BatchImageError)) throw one;
           out.push(null);
         }
       }
@@ -137,41 +142,14 @@ export class TaggingService {
 
   /** Logs an unavailable captioner once per distinct problem (admin-facing). */
   reportCaptionerUnavailable(err: CaptionerUnavailableError): void {
-    if (this.lastCaptionerProblem === err.message) return;
-    this.lastCaptionerProblem = err.message;
-    this.deps.logger.error({ err }, `captioner unavailable: ${err.message}. Captioning jobs wait until it is fixed.`);
-  }
-
-  private async loadedTagger(): Promise<Tagger> {
-    if (!this.tagger) {
-      const { config } = this.deps;
-      this.tagger = ensureTaggerModel({
-        modelDir: config.TAGGER_MODEL_DIR,
-        modelUrl: config.TAGGER_MODEL_URL,
-        dataDir: config.DATA_DIR,
-        logger: this.deps.logger,
-      }).then((dir) => loadTagger(dir));
-      this.tagger.catch(() => {
-        this.tagger = null;
-      });
-    }
-    const tagger = await this.tagger;
-    if (this.lastProblem !== null) {
-      this.deps.logger.info({ model: tagger.info.modelDir }, 'tagger model available again');
-      this.lastProblem = null;
-    }
-    return tagger;
+    this.captioner.reportUnavailable(err);
   }
 
   async tagImages(payload: TagImagesPayload): Promise<TaggingResult> {
     const { store, captions } = this.deps;
-    const dataset = await store.getDataset(payload.datasetId);
-    if (!dataset || dataset.guildId !== payload.guildId) return { tagged: [], skipped: payload.imageNos };
-    const images = await store.getImages(dataset.id, payload.imageNos);
-    const current = await captions.getMany(
-      dataset.id,
-      images.map((i) => i.no),
-    );
+    const found = await this.jobImages(payload, captions);
+    if (!found) return { tagged: [], skipped: payload.imageNos };
+    const { dataset, images, current } = found;
     // A caption that arrived with the image (and nobody edited since) is still tagged: the
     // tagger's tags are added after it, and the uploaded version stays in the history.
     const fromUpload = (no: number) => current.get(no)?.source === 'upload';
@@ -179,7 +157,7 @@ export class TaggingService {
     const skipped = payload.imageNos.filter((n) => !todo.some((i) => i.no === n));
     if (todo.length === 0) return { tagged: [], skipped };
 
-    const tagger = await this.loadedTagger();
+    const tagger = await this.tagger.get();
     const concepts = new Map((await store.getConcepts(dataset.id)).map((c) => [c.name, c]));
     const results = await this.tagAll(tagger, todo, dataset.undesiredTags ?? []);
     const tagged: number[] = [];
@@ -215,8 +193,7 @@ export class TaggingService {
     return { tagged, skipped: skipped.sort((a, b) => a - b) };
   }
 
-  /** One batched call; an unreadable image is dropped (null) instead of failing the others. */
-  private async tagAll(tagger: Tagger, images: ImageRecord[], undesired: string[]): Promise<(TagResult | null)[]> {
+  private tagAll(tagger: Tagger, images: ImageRecord[], undesired: string[]): Promise<(TagResult | null)[]> {
     const { config, blobs } = this.deps;
     const opts = {
       generalThreshold: config.TAGGER_GENERAL_THRESHOLD,
@@ -225,38 +202,62 @@ export class TaggingService {
       includeRating: true,
     };
     const paths = images.map((i) => blobs.path(i.masterBlob));
-    try {
-      return await tagger.tag(paths, opts);
-    } catch (err) {
-      if (!(err instanceof TaggerImageError)) throw err;
-      this.deps.logger.warn({ err }, 'an image could not be tagged; tagging the others one by one');
-      const out: (TagResult | null)[] = [];
-      for (const p of paths) {
-        try {
-          out.push((await tagger.tag([p], opts))[0] ?? null);
-        } catch (one) {
-          if (!(one instanceof TaggerImageError)) throw one;
-          out.push(null);
-        }
-      }
-      return out;
-    }
+    return this.sparingUnreadable(paths, (some) => tagger.tag(some, opts), 'an image could not be tagged; tagging the others one by one');
   }
 
-  /** Logs an unavailable model once per distinct problem (admin-facing). */
+  /** Logs an unavailable tagger once per distinct problem (admin-facing). */
   reportUnavailable(err: TaggerUnavailableError): void {
-    if (this.lastProblem === err.message) return;
-    this.lastProblem = err.message;
-    this.deps.logger.error({ err }, `tagger unavailable: ${err.message}. Tagging jobs wait until it is fixed.`);
+    this.tagger.reportUnavailable(err);
   }
 
   async close(): Promise<void> {
-    const t = this.tagger;
-    const c = this.captioner;
-    this.tagger = null;
-    this.captioner = null;
-    if (t) await (await t.catch(() => null))?.close();
-    if (c) await (await c.catch(() => null))?.close();
+    await Promise.all([this.tagger.release(), this.captioner.release()]);
+  }
+}
+
+/**
+ * A model loaded on first use and kept; a load that fails is tried again at the next use. While it
+ * is unavailable, each distinct problem is logged once, and its end once.
+ */
+class OnDemandModel<M extends { info: { modelDir: string }; close(): Promise<void> }> {
+  private loading: Promise<M> | null = null;
+  private lastProblem: string | null = null;
+
+  constructor(
+    /** `tagger`, `captioner`: how the logs name it. */
+    private readonly name: string,
+    /** What waits for it in the logs (`Tagging` jobs). */
+    private readonly jobs: string,
+    private readonly logger: Logger,
+    private readonly load: () => Promise<M>,
+  ) {}
+
+  async get(): Promise<M> {
+    if (!this.loading) {
+      this.loading = this.load();
+      this.loading.catch(() => {
+        this.loading = null;
+      });
+    }
+    const model = await this.loading;
+    if (this.lastProblem !== null) {
+      this.logger.info({ model: model.info.modelDir }, `${this.name} model available again`);
+      this.lastProblem = null;
+    }
+    return model;
+  }
+
+  reportUnavailable(err: Error): void {
+    if (this.lastProblem === err.message) return;
+    this.lastProblem = err.message;
+    this.logger.error({ err }, `${this.name} unavailable: ${err.message}. ${this.jobs} jobs wait until it is fixed.`);
+  }
+
+  /** Forgets the model at once, and frees it once its load has settled. */
+  async release(): Promise<void> {
+    const loading = this.loading;
+    this.loading = null;
+    if (loading) await (await loading.catch(() => null))?.close();
   }
 }
 
