@@ -1,4 +1,4 @@
-import { MAX_REASON_CHARS, MIN_REASON_CHARS } from '../core/dataset-rules.ts';
+import { MAX_REASON_CHARS, MIN_REASON_CHARS, type ImageSelection } from '../core/dataset-rules.ts';
 import { UserError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { effectiveRating, isAbove, ratingRank, type Rating } from '../core/rating.ts';
@@ -6,7 +6,7 @@ import type { Dataset, DatasetStore, ImageRecord } from '../store/dataset-store.
 import type { ExpiringStore } from '../store/expiring-store.ts';
 import { type AuditEntry, type ModerationStore, type ModerationTarget, type Report } from '../store/moderation-store.ts';
 import { ACTIVE_STATUSES, type Run, type RunStore } from '../store/run-store.ts';
-import type { ImageRemovalService } from './image-removal.ts';
+import type { ImageRemovalService, Remover } from './image-removal.ts';
 import type { TrainingService } from './training.ts';
 
 export interface ModerationDeps {
@@ -182,6 +182,26 @@ export class ModerationService {
   }
 
   /**
+   * `/dataset remove` by its owner or a moderator: the selected images go as for anyone, and those
+   * that other members gave are written to the audit log (their reports closed), so a contributor's
+   * "where did my picture go" has an answer. Returns the numbers removed.
+   */
+  async removeSelected(dataset: Dataset, selection: ImageSelection, by: Remover): Promise<number[]> {
+    const { store, removal, moderation } = this.deps;
+    const others = new Set((await store.listImages(dataset.id)).filter((i) => i.contributorId !== by.userId).map((i) => i.no));
+    const removed = await removal.removeSelected(dataset, selection, by);
+    const theirs = removed.filter((no) => others.has(no));
+    if (theirs.length > 0) {
+      const closed = await moderation.closeReports(
+        dataset.guildId,
+        theirs.map((no) => ({ kind: 'image', datasetId: dataset.id, no })),
+      );
+      await this.log(dataset, 'remove-images', null, { moderatorId: by.userId, reason: null }, { images: theirs.length, reportsClosed: closed }, theirs);
+    }
+    return removed;
+  }
+
+  /**
    * Removes a whole dataset: it leaves the server at once (nothing is added or started any more),
    * its waiting and running runs are cancelled, every run's files are withheld with the reason,
    * and its images go from Redis and disk (files a running run still reads go when it ends).
@@ -227,7 +247,14 @@ export class ModerationService {
     return image;
   }
 
-  private async log(dataset: Dataset, action: AuditEntry['action'], no: number | null, by: ModeratorAction, effect: AuditEntry['effect']): Promise<AuditEntry> {
+  private async log(
+    dataset: Dataset,
+    action: AuditEntry['action'],
+    no: number | null,
+    by: ModeratorAction,
+    effect: AuditEntry['effect'],
+    nos?: number[],
+  ): Promise<AuditEntry> {
     const entry: AuditEntry = {
       at: Date.now(),
       moderatorId: by.moderatorId,
@@ -236,6 +263,7 @@ export class ModerationService {
       datasetId: dataset.id,
       datasetName: dataset.name,
       no,
+      ...(nos ? { nos } : {}),
       reason: by.reason,
       effect,
     };

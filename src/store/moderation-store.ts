@@ -28,13 +28,15 @@ const RatingSchema = z.enum(RATINGS);
 const AuditEntrySchema = z.object({
   at: z.number(),
   moderatorId: z.string(),
-  action: z.enum(['remove-image', 'remove-dataset', 'approve-image', 'approve-dataset', 'dismiss']),
+  action: z.enum(['remove-image', 'remove-images', 'remove-dataset', 'approve-image', 'approve-dataset', 'dismiss']),
   guildId: z.string(),
   datasetId: z.string(),
   /** The dataset's name when the action was taken (a removed dataset has no record left). */
   datasetName: z.string(),
   /** The image, for an action on one image. */
   no: z.number().int().positive().nullable(),
+  /** The images, for `remove-images` (`/dataset remove` of images other members gave). */
+  nos: z.array(z.number().int().positive()).max(1000).optional(),
   reason: z.string().max(MAX_REASON_CHARS).nullable(),
   /** What it did, in numbers: images removed, runs cancelled, runs withheld, reports closed. */
   effect: z.object({

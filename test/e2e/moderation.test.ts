@@ -184,6 +184,15 @@ describe('moderation', () => {
     expect(await done(removed)).toMatch(/✅ Done: removed image #3 of \*\*hero\*\* \(1 image, 1 report closed\)[\s\S]*1 item/);
     expect(await store.getImage(image3.datasetId, 3)).toBeNull();
     for (const blob of [image3.originalBlob, image3.masterBlob, image3.thumbBlob]) expect(await blobs.has(blob)).toBe(false);
+    // A moderator's `/dataset remove` of images other members gave is in the log as well.
+    const viaDataset = world.discord.sendCommand({
+      name: 'dataset',
+      subcommand: 'remove',
+      user: mod,
+      permissions: MODERATOR,
+      options: { dataset: 'hero', images: '2' },
+    });
+    expect(await done(viaDataset)).toBe('Removed 1 image from **hero**: #2.');
 
     expect(await done(moderation('approve', { dataset: 'hero' }))).toBe('Done: approved dataset **hero** (1 report closed). It is in `/moderation log`.');
     expect(await done(moderation('queue'))).toMatch(/^Nothing waits for review/);
@@ -191,13 +200,14 @@ describe('moderation', () => {
 
     const log = await done(moderation('log'));
     const lines = log.split('\n').slice(1);
-    expect(log).toMatch(/^\*\*Moderation log\*\* · 4 entries, newest first/);
+    expect(log).toMatch(/^\*\*Moderation log\*\* · 5 entries, newest first/);
     expect(lines[0]).toMatch(new RegExp(`<@${mod.id}> approved dataset \\*\\*hero\\*\\* \\(1 report closed\\)$`));
-    expect(lines[1]).toMatch(
+    expect(lines[1]).toMatch(new RegExp(`<@${mod.id}> removed image #2 of \\*\\*hero\\*\\* \\(1 image\\)$`));
+    expect(lines[2]).toMatch(
       new RegExp(`<@${mod.id}> removed image #3 of \\*\\*hero\\*\\* — “A stock photo with a watermark” \\(1 image, 1 report closed\\)$`),
     );
-    expect(lines[2]).toMatch(/dismissed the reports on image #2 of \*\*hero\*\* \(1 report closed\)$/);
-    expect(lines[3]).toMatch(/approved image #1 of \*\*hero\*\*$/);
+    expect(lines[3]).toMatch(/dismissed the reports on image #2 of \*\*hero\*\* \(1 report closed\)$/);
+    expect(lines[4]).toMatch(/approved image #1 of \*\*hero\*\*$/);
   });
 
   it('removes a whole dataset: images gone from Redis and disk (a running run’s files when it ends), runs cancelled, LoRAs withheld with the reason, all in the log', async () => {

@@ -214,7 +214,7 @@ async function list(interaction: ChatInputCommandInteraction, ctx: BotContext) {
 async function remove(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   const dataset = await resolveDataset(interaction, ctx);
   const selection = parseImageSelection(interaction.options.getString('images', true));
-  const removed = await ctx.removal.removeSelected(dataset, selection, { userId: interaction.user.id, moderator: isModerator(interaction, dataset) });
+  const removed = await ctx.moderation.removeSelected(dataset, selection, { userId: interaction.user.id, moderator: isModerator(interaction, dataset) });
   await interaction.editReply(`Removed ${removed.length} image${removed.length === 1 ? '' : 's'} from **${dataset.name}**: ${listNos(removed)}.`);
 }
 

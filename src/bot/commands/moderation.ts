@@ -20,7 +20,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, type GuildInteraction } from '../dataset-access.ts';
 import { COUNT_PART, ID_PART, customIdCodec, oneOfPart, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import type { QueueItem } from '../moderation.ts';
-import { truncate } from '../reports.ts';
+import { listNos, truncate } from '../reports.ts';
 
 /** Items per queue page: each has a row of buttons, and the pager takes the fifth row. */
 const QUEUE_PAGE_SIZE = 4;
@@ -121,6 +121,7 @@ async function queueView(client: Client, ctx: BotContext, guildId: string, reque
 
 const ACTION_WORDS: Record<AuditEntry['action'], string> = {
   'remove-image': 'removed',
+  'remove-images': 'removed',
   'remove-dataset': 'removed',
   'approve-image': 'approved',
   'approve-dataset': 'approved',
@@ -138,7 +139,11 @@ function effectText(entry: AuditEntry): string {
 }
 
 export function describeEntry(entry: AuditEntry): string {
-  const what = entry.no === null ? `dataset **${entry.datasetName}**` : `image #${entry.no} of **${entry.datasetName}**`;
+  const what = entry.nos
+    ? `${entry.nos.length === 1 ? 'image' : 'images'} ${listNos(entry.nos)} of **${entry.datasetName}**`
+    : entry.no === null
+      ? `dataset **${entry.datasetName}**`
+      : `image #${entry.no} of **${entry.datasetName}**`;
   const why = entry.reason ? ` — ${quote(entry.reason, 200)}` : '';
   return `<t:${Math.floor(entry.at / 1000)}:f> <@${entry.moderatorId}> ${ACTION_WORDS[entry.action]} ${what}${why}${effectText(entry)}`;
 }
