@@ -20,13 +20,12 @@ import { createWorkerApi, WORKER_API_PREFIX } from '../src/bot/worker-api.ts';
 import { BlobStore } from '../src/core/blob-store.ts';
 import { loadConfig } from '../src/core/config.ts';
 import { createLogger } from '../src/core/logger.ts';
-import { planRun } from '../src/core/plan.ts';
-import { resolveRecipe } from '../src/core/recipes.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, type TrainRunPayload } from '../src/queues/contract.ts';
 import { RunEventQueue } from '../src/queues/run-events.ts';
 import { WorkerStore } from '../src/store/worker-store.ts';
 import { startRemoteWorker } from '../src/worker/remote-worker.ts';
 import { startRedis } from '../test/harness/redis-server.ts';
+import { benchPlan } from './training.ts';
 
 const IMAGES = 100;
 const STANDIN_DIR = fileURLToPath(new URL('../test/fixtures/sd-scripts/', import.meta.url));
@@ -126,14 +125,7 @@ export async function benchRemoteWorker(): Promise<void> {
       `  ${IMAGES} PNG masters of 2448×1632 (4 MP), ${(totalBytes / 1024 ** 2).toFixed(0)} MiB in all, made in ${((performance.now() - t) / 1000).toFixed(1)} s (once)`,
     );
 
-    const recipe = { ...resolveRecipe('quick', 'sd15', { epochs: 1, seed: 7 }), repeats: { mode: 'fixed' as const, repeats: 1 } };
-    recipe.sample = { ...recipe.sample, width: 64, height: 64, steps: 1 };
-    const plan = planRun({
-      base: 'sd15',
-      trigger: 'zkchar',
-      recipe,
-      concepts: [{ name: 'main', isMain: true, images: Object.keys(images).map((id) => ({ id, width: 2448, height: 1632, captioned: true })) }],
-    });
+    const { recipe, plan } = benchPlan(Object.keys(images).map((id) => ({ id, width: 2448, height: 1632, captioned: true })));
     for (const label of ['first run', 'second run (same dataset)']) {
       const before = { ...worker.client.traffic };
       const runId = `bench${label.startsWith('first') ? 1 : 2}`;

@@ -16,8 +16,8 @@ import sharp from 'sharp';
 import { BlobStore } from '../src/core/blob-store.ts';
 import { loadConfig } from '../src/core/config.ts';
 import { createLogger } from '../src/core/logger.ts';
-import { planRun } from '../src/core/plan.ts';
-import { resolveRecipe } from '../src/core/recipes.ts';
+import { planRun, type Plan, type PlanImageInput } from '../src/core/plan.ts';
+import { resolveRecipe, type ResolvedRecipe } from '../src/core/recipes.ts';
 import { writeSafetensors } from '../src/core/safetensors.ts';
 import { bullPrefix, defaultJobOptions, JobName, QueueName, type TrainRunPayload } from '../src/queues/contract.ts';
 import { stageDataset, type StageConcept } from '../src/worker/staging.ts';
@@ -93,16 +93,7 @@ async function benchPickup(dir: string, blobs: BlobStore, sets: [string, Record<
   await queueEvents.waitUntilReady();
   try {
     for (const [label, images] of sets) {
-      const recipe = { ...resolveRecipe('quick', 'sd15', { epochs: 1, seed: 7 }), repeats: { mode: 'fixed' as const, repeats: 1 } };
-      recipe.sample = { ...recipe.sample, width: 64, height: 64, steps: 1 };
-      const plan = planRun({
-        base: 'sd15',
-        trigger: 'zkchar',
-        recipe,
-        concepts: [
-          { name: 'main', isMain: true, images: Object.entries(images).map(([id, v]) => ({ id, width: 64, height: 64, captioned: v.caption !== null })) },
-        ],
-      });
+      const { recipe, plan } = benchPlan(Object.entries(images).map(([id, v]) => ({ id, width: 64, height: 64, captioned: v.caption !== null })));
       const times: number[] = [];
       for (let i = 0; i < RUNS; i++) {
         const runId = `${label}-${i}`;
@@ -138,6 +129,13 @@ async function benchPickup(dir: string, blobs: BlobStore, sets: [string, Record<
     conn.disconnect();
     await redisServer.stop();
   }
+}
+
+/** What the training benches train: `quick` on SD 1.5, one epoch of one repeat, tiny samples, one concept of `images`. */
+export function benchPlan(images: PlanImageInput[]): { recipe: ResolvedRecipe; plan: Plan } {
+  const recipe = { ...resolveRecipe('quick', 'sd15', { epochs: 1, seed: 7 }), repeats: { mode: 'fixed' as const, repeats: 1 } };
+  recipe.sample = { ...recipe.sample, width: 64, height: 64, steps: 1 };
+  return { recipe, plan: planRun({ base: 'sd15', trigger: 'zkchar', recipe, concepts: [{ name: 'main', isMain: true, images }] }) };
 }
 
 export async function benchTraining(): Promise<void> {
