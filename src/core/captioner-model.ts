@@ -1,6 +1,6 @@
 import type { fetch as undiciFetch } from 'undici';
 import type { Logger } from './logger.ts';
-import { ensureModelFiles, modelCacheDir, type ModelFilesSpec } from './model-files.ts';
+import { ensureModelFiles, modelCacheDir, ModelUnavailableError, type ModelFilesSpec } from './model-files.ts';
 
 /**
  * Where the Florence-2 captioner's files come from: an admin's folder (CAPTIONER_MODEL_DIR), or a
@@ -9,11 +9,8 @@ import { ensureModelFiles, modelCacheDir, type ModelFilesSpec } from './model-fi
  */
 
 /** The captioner cannot be used; the message is for the bot's admin (what is wrong, what to do). */
-export class CaptionerUnavailableError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'CaptionerUnavailableError';
-  }
+export class CaptionerUnavailableError extends ModelUnavailableError {
+  override name = 'CaptionerUnavailableError';
 }
 
 /** The export's files, as transformers.js loads them (fp32 sessions under `onnx/`). */

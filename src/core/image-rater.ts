@@ -1,7 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from './logger.ts';
-import { ensureModelFiles, type ModelFilesSpec } from './model-files.ts';
+import { ensureModelFiles, ModelUnavailableError, type ModelFilesSpec } from './model-files.ts';
 import { isRating, type Rating } from './rating.ts';
 import { decodeForModel } from './sharp.ts';
 import { SessionThread } from './tagger-session.ts';
@@ -23,11 +23,9 @@ export const RATER_MODEL_FILE = 'model_quantized.onnx';
 export const RATER_CONFIG_FILE = 'config.json';
 export const RATER_PREPROCESSOR_FILE = 'preprocessor_config.json';
 
-export class RaterUnavailableError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'RaterUnavailableError';
-  }
+/** The rater cannot be used; the message is for the bot's admin (what is wrong, what to do). */
+export class RaterUnavailableError extends ModelUnavailableError {
+  override name = 'RaterUnavailableError';
 }
 
 type RaterFileKey = 'model' | 'config' | 'preprocessor';

@@ -17,6 +17,14 @@ import type { Logger } from './logger.ts';
 
 const DEFAULT_MAX_BYTES = 4 * 1024 ** 3;
 
+/** A model cannot be used; the message is for the bot's admin (what is wrong, what to do). Each model has its own subclass. */
+export class ModelUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ModelUnavailableError';
+  }
+}
+
 const inFlight = new Map<string, Promise<string>>();
 
 /** What differs between the models kept this way: their files, names and error type. */
@@ -33,7 +41,7 @@ export interface ModelFilesSpec<K extends string> {
   /** Where they come from, for messages: "a WD14 tagger (e.g. SmilingWolf/wd-vit-tagger-v3)". */
   sourceText: string;
   known: Readonly<Record<string, Partial<Record<K, string>>>>;
-  unavailable: (message: string, options?: { cause?: unknown }) => Error;
+  unavailable: (message: string, options?: { cause?: unknown }) => ModelUnavailableError;
 }
 
 export interface EnsureModelFilesOptions<K extends string> {

@@ -1,6 +1,6 @@
 import type { fetch as undiciFetch } from 'undici';
 import type { Logger } from './logger.ts';
-import { ensureModelFiles, modelCacheDir, type ModelFilesSpec } from './model-files.ts';
+import { ensureModelFiles, modelCacheDir, ModelUnavailableError, type ModelFilesSpec } from './model-files.ts';
 
 /**
  * Where the WD14 tagger's two files come from: an admin's folder (TAGGER_MODEL_DIR), or a one-time
@@ -18,11 +18,8 @@ export const TAGGER_MODEL_FILE = 'model.onnx';
 export const TAGGER_TAGS_FILE = 'selected_tags.csv';
 
 /** The tagger cannot be used; the message is for the bot's admin (what is wrong, what to do). */
-export class TaggerUnavailableError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'TaggerUnavailableError';
-  }
+export class TaggerUnavailableError extends ModelUnavailableError {
+  override name = 'TaggerUnavailableError';
 }
 
 export type TaggerFileKey = 'model' | 'tags';

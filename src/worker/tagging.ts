@@ -9,6 +9,7 @@ import { ensureCaptionerModel } from '../core/captioner-model.ts';
 import { CaptionerUnavailableError, loadCaptioner, type Captioner } from '../core/florence-captioner.ts';
 import { isRating } from '../core/rating.ts';
 import { stripLeadingTriggers } from '../core/tag-ops.ts';
+import { ModelUnavailableError } from '../core/model-files.ts';
 import { ensureTaggerModel, TaggerUnavailableError } from '../core/tagger-model.ts';
 import { loadTagger, type Tagger, type TagResult } from '../core/wd14-tagger.ts';
 import { bullPrefix, QueueName, type TagImagesPayload } from '../queues/contract.ts';
@@ -247,7 +248,7 @@ class OnDemandModel<M extends { info: { modelDir: string }; close(): Promise<voi
     return model;
   }
 
-  reportUnavailable(err: Error): void {
+  reportUnavailable(err: ModelUnavailableError): void {
     if (this.lastProblem === err.message) return;
     this.lastProblem = err.message;
     this.logger.error({ err }, `${this.name} unavailable: ${err.message}. ${this.jobs} jobs wait until it is fixed.`);
