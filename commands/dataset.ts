@@ -1,13 +1,11 @@
 import { BASE_FAMILIES, familyLabel } from '../src/core/model-family.ts';
-import { datasetOption, guildCommand } from './options.ts';
+import { datasetOption, guildCommand, subcommand } from './options.ts';
 
 export const IMAGE_OPTION_COUNT = 10;
 
 const builder = guildCommand('dataset', 'Build a LoRA dataset together')
-  .addSubcommand((s) =>
-    s
-      .setName('create')
-      .setDescription('Start a new dataset (opens a thread for it)')
+  .addSubcommand(
+    subcommand('create', 'Start a new dataset (opens a thread for it)')
       .addStringOption((o) =>
         o.setName('name').setDescription('Short name: letters, digits, - and _ (2–32)').setRequired(true).setMinLength(2).setMaxLength(32),
       )
@@ -35,9 +33,8 @@ const builder = guildCommand('dataset', 'Build a LoRA dataset together')
         o.setName('resolution').setDescription('Training resolution (default 512 for SD 1.5, 1024 for the others)').setMinValue(256).setMaxValue(2048),
       ),
   )
-  .addSubcommand((s) => {
-    s.setName('add')
-      .setDescription('Contribute images (up to 10 attachments and/or a zip)')
+  .addSubcommand(() => {
+    const s = subcommand('add', 'Contribute images (up to 10 attachments and/or a zip)')
       .addStringOption(datasetOption)
       .addStringOption((o) => o.setName('concept').setDescription('Concept (subset) to add to; default: main').setMaxLength(32))
       .addAttachmentOption((o) => o.setName('zip').setDescription('A zip of images: captions beside them are kept; img/10_name folders become concepts'));
@@ -46,23 +43,17 @@ const builder = guildCommand('dataset', 'Build a LoRA dataset together')
     }
     return s;
   })
-  .addSubcommand((s) =>
-    s
-      .setName('show')
-      .setDescription('Counts, contributors, buckets, warnings and a contact sheet')
+  .addSubcommand(
+    subcommand('show', 'Counts, contributors, buckets, warnings and a contact sheet')
       .addStringOption(datasetOption)
       .addIntegerOption((o) => o.setName('page').setDescription('Contact sheet page').setMinValue(1)),
   )
-  .addSubcommand((s) => s.setName('list').setDescription('Datasets in this server'))
-  .addSubcommand((s) =>
-    s
-      .setName('remove')
-      .setDescription('Remove images: numbers like 3, 5-8, or "mine" to withdraw all of yours')
+  .addSubcommand(subcommand('list', 'Datasets in this server'))
+  .addSubcommand(
+    subcommand('remove', 'Remove images: numbers like 3, 5-8, or "mine" to withdraw all of yours')
       .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 · mine').setRequired(true).setMaxLength(200))
       .addStringOption(datasetOption),
   )
-  .addSubcommand((s) =>
-    s.setName('export').setDescription('A link to the dataset as a zip: img/N_concept folders, captions and the dataset TOML').addStringOption(datasetOption),
-  );
+  .addSubcommand(subcommand('export', 'A link to the dataset as a zip: img/N_concept folders, captions and the dataset TOML').addStringOption(datasetOption));
 
 export const datasetCommandData = builder.toJSON();

@@ -1,5 +1,5 @@
 import type { SlashCommandStringOption, SlashCommandSubcommandBuilder } from 'discord.js';
-import { datasetOption, guildCommand, runOption } from './options.ts';
+import { datasetOption, guildCommand, runOption, subcommand } from './options.ts';
 
 /** How /lora try and /lora compare draw: the seed, what to keep out, the size. */
 function drawingOptions(s: SlashCommandSubcommandBuilder, negative: string) {
@@ -14,17 +14,14 @@ const promptOption = (o: SlashCommandStringOption) =>
 const threadRunOption = runOption('Run id (default: the latest finished run of this thread’s dataset)');
 
 export const loraCommandData = guildCommand('lora', 'Get finished LoRAs')
-  .addSubcommand((s) =>
-    s
-      .setName('fetch')
-      .setDescription('Get a LoRA file: the community’s pick, the final one, or any saved epoch')
+  .addSubcommand(
+    subcommand('fetch', 'Get a LoRA file: the community’s pick, the final one, or any saved epoch')
       .addStringOption(runOption('Run id (default: the latest finished run of the dataset)'))
       .addStringOption(datasetOption)
       .addStringOption((o) => o.setName('epoch').setDescription('best (most votes), final, or an epoch number').setAutocomplete(true).setMaxLength(8)),
   )
-  .addSubcommand((s) => {
-    s.setName('try')
-      .setDescription('Draw an image with a trained LoRA')
+  .addSubcommand(() => {
+    const s = subcommand('try', 'Draw an image with a trained LoRA')
       .addStringOption(promptOption)
       .addStringOption(threadRunOption)
       .addStringOption((o) =>
@@ -37,19 +34,15 @@ export const loraCommandData = guildCommand('lora', 'Get finished LoRAs')
       .addNumberOption((o) => o.setName('weight').setDescription('LoRA weight (default 1)').setMinValue(-2).setMaxValue(2));
     return drawingOptions(s, 'What to keep out of the image');
   })
-  .addSubcommand((s) => {
-    s.setName('compare')
-      .setDescription('One grid of epochs × LoRA weights on a fixed seed, posted in the run’s thread')
+  .addSubcommand(() => {
+    const s = subcommand('compare', 'One grid of epochs × LoRA weights on a fixed seed, posted in the run’s thread')
       .addStringOption((o) => o.setName('epochs').setDescription('Epochs, e.g. 6, 8, final (best works too)').setRequired(true).setMaxLength(60))
       .addStringOption((o) => o.setName('weights').setDescription('Weights, e.g. 0.5, 0.75, 1').setRequired(true).setMaxLength(60))
       .addStringOption(promptOption)
       .addStringOption(threadRunOption);
     return drawingOptions(s, 'What to keep out of the images');
   })
-  .addSubcommand((s) =>
-    s
-      .setName('list')
-      .setDescription('Finished runs and their votes')
-      .addStringOption((o) => o.setName('dataset').setDescription('Only this dataset').setAutocomplete(true)),
+  .addSubcommand(
+    subcommand('list', 'Finished runs and their votes').addStringOption((o) => o.setName('dataset').setDescription('Only this dataset').setAutocomplete(true)),
   )
   .toJSON();

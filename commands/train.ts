@@ -1,12 +1,10 @@
 import { OPTIMIZERS, RECIPE_NAMES } from '../src/core/recipe-table.ts';
 import { NETWORK_LABELS, NETWORK_TYPES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
-import { datasetOption, guildCommand, runOption } from './options.ts';
+import { datasetOption, guildCommand, runOption, subcommand } from './options.ts';
 
 export const trainCommandData = guildCommand('train', 'Plan, start and follow LoRA training runs')
-  .addSubcommand((s) =>
-    s
-      .setName('plan')
-      .setDescription('Exact plan (repeats, buckets, steps, time) with a Start button')
+  .addSubcommand(
+    subcommand('plan', 'Exact plan (repeats, buckets, steps, time) with a Start button')
       .addStringOption(datasetOption)
       .addStringOption((o) =>
         o
@@ -42,36 +40,29 @@ export const trainCommandData = guildCommand('train', 'Plan, start and follow Lo
           .addChoices(...VRAM_PRESETS.map((p) => ({ name: VRAM_PRESET_INFO[p].label, value: p }))),
       ),
   )
-  .addSubcommand((s) => s.setName('status').setDescription('A run’s progress (default: the latest run here)').addStringOption(runOption('Run id')))
-  .addSubcommand((s) => s.setName('queue').setDescription('Runs waiting and running, and the training workers'))
-  .addSubcommand((s) => s.setName('cancel').setDescription('Stop a run (what was saved is kept)').addStringOption(runOption('Run id', true)))
-  .addSubcommand((s) =>
-    s
-      .setName('prompts')
-      .setDescription('A dataset’s sample prompts, drawn after every epoch (owner and moderators can remove them)')
-      .addStringOption(datasetOption),
+  .addSubcommand(subcommand('status', 'A run’s progress (default: the latest run here)').addStringOption(runOption('Run id')))
+  .addSubcommand(subcommand('queue', 'Runs waiting and running, and the training workers'))
+  .addSubcommand(subcommand('cancel', 'Stop a run (what was saved is kept)').addStringOption(runOption('Run id', true)))
+  .addSubcommand(
+    subcommand('prompts', 'A dataset’s sample prompts, drawn after every epoch (owner and moderators can remove them)').addStringOption(datasetOption),
   )
   .toJSON();
 
 export const settingsCommandData = guildCommand('settings', 'LoRA Guild settings for this server')
   // Every member sees it for their own mentions; the server's settings check Manage Server.
-  .addSubcommand((s) => s.setName('show').setDescription('Current settings'))
-  .addSubcommand((s) =>
-    s
-      .setName('mentions')
-      .setDescription('Whether you are mentioned when a run of a dataset you added images to finishes')
-      .addBooleanOption((o) => o.setName('on').setDescription('true: mention me (the default); false: do not').setRequired(true)),
+  .addSubcommand(subcommand('show', 'Current settings'))
+  .addSubcommand(
+    subcommand('mentions', 'Whether you are mentioned when a run of a dataset you added images to finishes').addBooleanOption((o) =>
+      o.setName('on').setDescription('true: mention me (the default); false: do not').setRequired(true),
+    ),
   )
-  .addSubcommand((s) =>
-    s
-      .setName('trainer-role')
-      .setDescription('Who may start training runs (besides Manage Server)')
-      .addRoleOption((o) => o.setName('role').setDescription('The trainer role (leave out to allow Manage Server only)')),
+  .addSubcommand(
+    subcommand('trainer-role', 'Who may start training runs (besides Manage Server)').addRoleOption((o) =>
+      o.setName('role').setDescription('The trainer role (leave out to allow Manage Server only)'),
+    ),
   )
-  .addSubcommand((s) =>
-    s
-      .setName('limits')
-      .setDescription('How many runs and images may wait or run at once')
+  .addSubcommand(
+    subcommand('limits', 'How many runs and images may wait or run at once')
       .addIntegerOption((o) => o.setName('per-member').setDescription('Per member (1–10)').setMinValue(1).setMaxValue(10))
       .addIntegerOption((o) => o.setName('per-server').setDescription('For the whole server (1–50)').setMinValue(1).setMaxValue(50))
       .addIntegerOption((o) =>
@@ -82,31 +73,27 @@ export const settingsCommandData = guildCommand('settings', 'LoRA Guild settings
           .setMaxValue(20),
       ),
   )
-  .addSubcommand((s) =>
-    s
-      .setName('workers')
-      .setDescription('Who may lend a GPU to this server with /worker add')
-      .addBooleanOption((o) => o.setName('members-may-lend').setDescription('true: any member; false: Manage Server only (the default)').setRequired(true)),
+  .addSubcommand(
+    subcommand('workers', 'Who may lend a GPU to this server with /worker add').addBooleanOption((o) =>
+      o.setName('members-may-lend').setDescription('true: any member; false: Manage Server only (the default)').setRequired(true),
+    ),
   )
-  .addSubcommand((s) =>
-    s
-      .setName('captions')
-      .setDescription('What new datasets are captioned with (each can change it with /caption mode)')
-      .addStringOption((o) =>
-        o
-          .setName('mode')
-          .setDescription('auto: sentences for styles, FLUX and Chroma, tags otherwise')
-          .setRequired(true)
-          .addChoices(
-            { name: 'auto (by kind and base)', value: 'auto' },
-            { name: 'tags', value: 'tags' },
-            { name: 'sentences', value: 'sentences' },
-            { name: 'both (sentence, then tags)', value: 'both' },
-          ),
-      ),
+  .addSubcommand(
+    subcommand('captions', 'What new datasets are captioned with (each can change it with /caption mode)').addStringOption((o) =>
+      o
+        .setName('mode')
+        .setDescription('auto: sentences for styles, FLUX and Chroma, tags otherwise')
+        .setRequired(true)
+        .addChoices(
+          { name: 'auto (by kind and base)', value: 'auto' },
+          { name: 'tags', value: 'tags' },
+          { name: 'sentences', value: 'sentences' },
+          { name: 'both (sentence, then tags)', value: 'both' },
+        ),
+    ),
   )
-  .addSubcommand((s) => {
-    s.setName('moderation').setDescription('What images may be posted and taken in channels that are not age-restricted');
+  .addSubcommand(() => {
+    const s = subcommand('moderation', 'What images may be posted and taken in channels that are not age-restricted');
     const ratings = [
       { name: 'general', value: 'general' },
       { name: 'sensitive', value: 'sensitive' },

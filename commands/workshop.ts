@@ -1,5 +1,5 @@
 import type { SlashCommandSubcommandBuilder } from 'discord.js';
-import { datasetOption, guildCommand } from './options.ts';
+import { datasetOption, guildCommand, subcommand } from './options.ts';
 
 // The caption workshop: /tags (bulk), /caption (one image), /concept (kohya subsets).
 
@@ -9,32 +9,28 @@ const imageOption = (s: SlashCommandSubcommandBuilder) =>
   s.addIntegerOption((o) => o.setName('image').setDescription('Image number, e.g. 3').setRequired(true).setMinValue(1));
 
 export const tagsCommandData = guildCommand('tags', 'Tags across a dataset: frequencies, pruning, bulk edits')
-  .addSubcommand((s) => {
-    s.setName('top').setDescription('Tag frequencies, and which tags to prune');
+  .addSubcommand(() => {
+    const s = subcommand('top', 'Tag frequencies, and which tags to prune');
     conceptOption(s);
     s.addIntegerOption((o) => o.setName('page').setDescription('Page').setMinValue(1));
     return s.addStringOption(datasetOption);
   })
-  .addSubcommand((s) => {
-    s.setName('remove')
-      .setDescription('Remove tags from every caption')
-      .addStringOption((o) =>
-        o.setName('tags').setDescription('Comma-separated, e.g. tiara, jewelry').setRequired(true).setAutocomplete(true).setMaxLength(500),
-      );
+  .addSubcommand(() => {
+    const s = subcommand('remove', 'Remove tags from every caption').addStringOption((o) =>
+      o.setName('tags').setDescription('Comma-separated, e.g. tiara, jewelry').setRequired(true).setAutocomplete(true).setMaxLength(500),
+    );
     conceptOption(s);
     return s.addStringOption(datasetOption);
   })
-  .addSubcommand((s) => {
-    s.setName('replace')
-      .setDescription('Replace a tag everywhere, e.g. tiara → circlet')
+  .addSubcommand(() => {
+    const s = subcommand('replace', 'Replace a tag everywhere, e.g. tiara → circlet')
       .addStringOption((o) => o.setName('from').setDescription('Tag to replace').setRequired(true).setAutocomplete(true).setMaxLength(100))
       .addStringOption((o) => o.setName('to').setDescription('Replacement tag').setRequired(true).setMaxLength(100));
     conceptOption(s);
     return s.addStringOption(datasetOption);
   })
-  .addSubcommand((s) => {
-    s.setName('add')
-      .setDescription('Add tags to every caption')
+  .addSubcommand(() => {
+    const s = subcommand('add', 'Add tags to every caption')
       .addStringOption((o) => o.setName('tags').setDescription('Comma-separated').setRequired(true).setMaxLength(500))
       .addStringOption((o) =>
         o
@@ -45,23 +41,21 @@ export const tagsCommandData = guildCommand('tags', 'Tags across a dataset: freq
     conceptOption(s);
     return s.addStringOption(datasetOption);
   })
-  .addSubcommand((s) => {
-    s.setName('prune').setDescription('Suggest tags to fold into the trigger (in ≥ 90% of a concept)');
+  .addSubcommand(() => {
+    const s = subcommand('prune', 'Suggest tags to fold into the trigger (in ≥ 90% of a concept)');
     conceptOption(s, 'Concept (default: main)');
     return s.addStringOption(datasetOption);
   })
-  .addSubcommand((s) => {
-    s.setName('retag')
-      .setDescription('Run the tagger again (replaces captions; undo with /caption undo)')
-      .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 (default: all)').setMaxLength(200));
-    return s.addStringOption(datasetOption);
-  })
-  .addSubcommand((s) => {
-    s.setName('undesired')
-      .setDescription('Tags the tagger must never write for this dataset')
-      .addStringOption((o) => o.setName('tags').setDescription('Comma-separated, or "none" to clear').setRequired(true).setMaxLength(1000));
-    return s.addStringOption(datasetOption);
-  })
+  .addSubcommand(
+    subcommand('retag', 'Run the tagger again (replaces captions; undo with /caption undo)')
+      .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8 (default: all)').setMaxLength(200))
+      .addStringOption(datasetOption),
+  )
+  .addSubcommand(
+    subcommand('undesired', 'Tags the tagger must never write for this dataset')
+      .addStringOption((o) => o.setName('tags').setDescription('Comma-separated, or "none" to clear').setRequired(true).setMaxLength(1000))
+      .addStringOption(datasetOption),
+  )
   .toJSON();
 
 const partOption = (s: SlashCommandSubcommandBuilder) =>
@@ -73,32 +67,24 @@ const partOption = (s: SlashCommandSubcommandBuilder) =>
   );
 
 export const captionCommandData = guildCommand('caption', 'Captions: one image, sentences across a dataset, and the caption mode')
-  .addSubcommand((s) =>
-    imageOption(s.setName('show').setDescription('The image, its sentence, its tags and what the trainer reads')).addStringOption(datasetOption),
-  )
-  .addSubcommand((s) =>
-    partOption(imageOption(s.setName('edit').setDescription('Edit the tags or the sentence of an image in a form'))).addStringOption(datasetOption),
-  )
-  .addSubcommand((s) =>
+  .addSubcommand(imageOption(subcommand('show', 'The image, its sentence, its tags and what the trainer reads')).addStringOption(datasetOption))
+  .addSubcommand(partOption(imageOption(subcommand('edit', 'Edit the tags or the sentence of an image in a form'))).addStringOption(datasetOption))
+  .addSubcommand(
     partOption(
-      s
-        .setName('undo')
-        .setDescription('Undo the last change of one image, or (without image) the last bulk edit')
-        .addIntegerOption((o) => o.setName('image').setDescription('Image number (leave out to undo the last bulk edit)').setMinValue(1)),
+      subcommand('undo', 'Undo the last change of one image, or (without image) the last bulk edit').addIntegerOption((o) =>
+        o.setName('image').setDescription('Image number (leave out to undo the last bulk edit)').setMinValue(1),
+      ),
     ).addStringOption(datasetOption),
   )
-  .addSubcommand((s) => {
-    s.setName('replace')
-      .setDescription('Replace a word or phrase in every sentence, e.g. street → alley')
+  .addSubcommand(() => {
+    const s = subcommand('replace', 'Replace a word or phrase in every sentence, e.g. street → alley')
       .addStringOption((o) => o.setName('from').setDescription('Word or phrase to find (whole words, any case)').setRequired(true).setMaxLength(100))
       .addStringOption((o) => o.setName('to').setDescription('What to write instead (leave out to remove it)').setMaxLength(100));
     conceptOption(s);
     return s.addStringOption(datasetOption);
   })
-  .addSubcommand((s) =>
-    s
-      .setName('mode')
-      .setDescription('What the trainer reads: tags, sentences, or both')
+  .addSubcommand(
+    subcommand('mode', 'What the trainer reads: tags, sentences, or both')
       .addStringOption((o) =>
         o
           .setName('mode')
@@ -110,19 +96,15 @@ export const captionCommandData = guildCommand('caption', 'Captions: one image, 
   .toJSON();
 
 export const conceptCommandData = guildCommand('concept', 'Concepts: subsets of a dataset with their own repeats (e.g. outfits)')
-  .addSubcommand((s) =>
-    s
-      .setName('add')
-      .setDescription('Add a concept')
+  .addSubcommand(
+    subcommand('add', 'Add a concept')
       .addStringOption((o) => o.setName('name').setDescription('e.g. outfit-red').setRequired(true).setMaxLength(32))
       .addStringOption((o) => o.setName('trigger').setDescription('Its own trigger word, written after the dataset trigger').setMaxLength(40))
       .addStringOption(datasetOption),
   )
-  .addSubcommand((s) => s.setName('list').setDescription('Concepts and their image counts').addStringOption(datasetOption))
-  .addSubcommand((s) =>
-    s
-      .setName('move')
-      .setDescription('Move images to a concept')
+  .addSubcommand(subcommand('list', 'Concepts and their image counts').addStringOption(datasetOption))
+  .addSubcommand(
+    subcommand('move', 'Move images to a concept')
       .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8').setRequired(true).setMaxLength(200))
       .addStringOption((o) => o.setName('concept').setDescription('Target concept').setRequired(true).setAutocomplete(true).setMaxLength(32))
       .addStringOption(datasetOption),
