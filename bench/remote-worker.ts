@@ -162,11 +162,8 @@ export async function benchRemoteWorker(): Promise<void> {
       console.log(`    bytes downloaded ${(down / 1024 ** 2).toFixed(1)} MiB, uploaded ${(up / 1024).toFixed(0)} KiB (checkpoint, grid, state)`);
     }
   } finally {
-    await worker.close();
-    await queue.close();
-    await http.close();
-    await leases.close();
-    await events.close();
+    // The worker first, then the bot's side.
+    for (const part of [worker, queue, http, leases, events]) await part.close();
     redis.disconnect();
     await redisServer.stop();
     await rm(dir, { recursive: true, force: true });
