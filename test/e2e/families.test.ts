@@ -4,8 +4,7 @@
  * memory preset from that GPU, refusals with nothing queued, and runs of the sd-scripts stand-in's
  * flux_train_network.py whose delivered files carry the family metadata.
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
@@ -16,12 +15,11 @@ import { RunStore } from '../../src/store/run-store.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { chromaLayout, clipLLayout, fluxAeLayout, fluxLayout, t5xxlLayout, writeModelFile } from '../fixtures/model-layouts.ts';
 import { writeTestCaptioner } from '../fixtures/florence-model.ts';
-import { writeTestModel } from '../fixtures/onnx-model.ts';
-import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import { tinted } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 import * as steps from './steps.ts';
-import { freePort, MANAGE_GUILD } from './steps.ts';
-import { World } from './world.ts';
+import { MANAGE_GUILD } from './steps.ts';
+import type { World } from './world.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
 const alice = { id: '300000000000000002', username: 'alice' };
@@ -32,8 +30,12 @@ const GPUS = {
   24: 'NVIDIA GeForce RTX 4090, 24564',
 } as const;
 
+const suite = steps.worldWithTagger('lora-guild-families-', async (folder, port) => {
+  // FLUX.1 and Chroma datasets are captioned with sentences.
+  await writeTestCaptioner(join(folder, 'florence'));
+  return { CAPTIONER_MODEL_DIR: join(folder, 'florence'), PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: steps.DOWNLOAD_SECRET };
+});
 let world: World;
-let tmp: string;
 let models: string;
 let runs: RunStore;
 let trainingQueue: Queue;
@@ -97,29 +99,14 @@ async function startAndFinish(shown: InteractionHandle, dataset: string, epochs:
 }
 
 beforeAll(async () => {
-  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-families-'));
-  await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
-  // FLUX.1 and Chroma datasets are captioned with sentences.
-  await writeTestCaptioner(join(tmp, 'florence'));
-  models = join(tmp, 'models');
+  world = suite.world;
+  models = join(suite.folder, 'models');
   await mkdir(models);
   // The worker's models folder: FLUX.1 dev, Chroma, CLIP-L and the AE; no T5-XXL yet.
   await writeModelFile(join(models, 'flux1-dev.safetensors'), fluxLayout({ dtype: 'F8_E4M3' }));
   await writeModelFile(join(models, 'Chroma1-Base.safetensors'), chromaLayout());
   await writeModelFile(join(models, 'clip_l.safetensors'), clipLLayout());
   await writeModelFile(join(models, 'ae.safetensors'), fluxAeLayout());
-  const port = await freePort();
-  world = await World.start({
-    env: {
-      TAGGER_MODEL_DIR: join(tmp, 'tagger'),
-      CAPTIONER_MODEL_DIR: join(tmp, 'florence'),
-      HTTP_PORT: String(port),
-      PUBLIC_URL: `http://127.0.0.1:${port}`,
-      DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789',
-      PROGRESS_INTERVAL_SECONDS: '1',
-    },
-  });
-  await world.startBot();
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   blobs = new BlobStore(world.dataDir);
   trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(world.env.REDIS_PREFIX!) });
@@ -129,8 +116,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await trainingQueue?.close();
-  await world?.close();
-  await rm(tmp, { recursive: true, force: true });
 });
 
 describe('FLUX.1 and Chroma', () => {

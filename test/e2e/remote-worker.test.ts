@@ -3,13 +3,12 @@
  * URL at all, talking only over the bot's HTTP API; the worker API's refusals; a worker killed in
  * the middle of a run, and another one resuming it from the uploaded epoch state.
  */
-import { World } from './world.ts';
+import type { World } from './world.ts';
 import * as steps from './steps.ts';
-import { freePort, MANAGE_GUILD } from './steps.ts';
+import { MANAGE_GUILD } from './steps.ts';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { createServer, Socket, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { request } from 'undici';
@@ -19,28 +18,31 @@ import { bullPrefix, QueueName, type WorkerInfo } from '../../src/queues/contrac
 import { RunStore } from '../../src/store/run-store.ts';
 import { WorkerStore } from '../../src/store/worker-store.ts';
 import { GuildClient, LeaseGoneError, RefusedError, TokenRefusedError, type LeaseGrant } from '../../src/worker/guild-client.ts';
-import { writeTestModel } from '../fixtures/onnx-model.ts';
-import { WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
 const alice = { id: '300000000000000002', username: 'alice' };
-const SECRET = 'a-download-secret-that-is-long-enough-0123456789';
-
+const suite = steps.worldWithTagger('lora-guild-remote-', (_folder, port) => ({
+  PUBLIC_URL: `http://127.0.0.1:${port}`,
+  DOWNLOAD_SECRET: steps.DOWNLOAD_SECRET,
+  ALLOW_INSECURE_WORKER_HTTP: 'true',
+  WORKER_HEARTBEAT_SECONDS: '1',
+  LEASE_SECONDS: '3',
+  WORKER_UPLOAD_MAX_BYTES: String(8 * 1024 * 1024),
+}));
 let world: World;
-let tmp: string;
-let port: number;
 let runs: RunStore;
 let workers: WorkerStore;
 let trainingQueue: Queue;
 let threadId: string;
 const silent = createLogger('silent');
 
-const baseUrl = () => `http://127.0.0.1:${port}`;
+const port = () => Number(suite.world.env.HTTP_PORT);
+const baseUrl = () => `http://127.0.0.1:${port()}`;
 
 /** A member's machine: its own models folder and cache, the bot's URL and a token, nothing else. */
 async function remoteEnv(name: string, token: string, extra: Record<string, string> = {}): Promise<Record<string, string>> {
-  const models = join(tmp, `${name}-models`);
+  const models = join(suite.folder, `${name}-models`);
   await mkdir(models, { recursive: true });
   await writeFile(join(models, 'base-sd15.safetensors'), Buffer.alloc(64));
   return {
@@ -51,7 +53,7 @@ async function remoteEnv(name: string, token: string, extra: Record<string, stri
     TRAINER_CMD: 'python3',
     SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
     MODELS_DIR: models,
-    WORKER_CACHE_DIR: join(tmp, `${name}-cache`),
+    WORKER_CACHE_DIR: join(suite.folder, `${name}-cache`),
     WORKER_HEARTBEAT_SECONDS: '1',
     LEASE_SECONDS: '3',
     STANDIN_STEP_SECONDS: '0.003',
@@ -63,23 +65,7 @@ async function remoteEnv(name: string, token: string, extra: Record<string, stri
 }
 
 beforeAll(async () => {
-  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-remote-'));
-  await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
-  port = await freePort();
-  world = await World.start({
-    env: {
-      TAGGER_MODEL_DIR: join(tmp, 'tagger'),
-      HTTP_PORT: String(port),
-      PUBLIC_URL: baseUrl(),
-      DOWNLOAD_SECRET: SECRET,
-      ALLOW_INSECURE_WORKER_HTTP: 'true',
-      PROGRESS_INTERVAL_SECONDS: '1',
-      WORKER_HEARTBEAT_SECONDS: '1',
-      LEASE_SECONDS: '3',
-      WORKER_UPLOAD_MAX_BYTES: String(8 * 1024 * 1024),
-    },
-  });
-  await world.startBot();
+  world = suite.world;
   const prefix = world.env.REDIS_PREFIX!;
   runs = new RunStore(world.redis, prefix);
   workers = new WorkerStore(world.redis, prefix);
@@ -90,8 +76,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await trainingQueue?.close();
-  await world?.close();
-  await rm(tmp, { recursive: true, force: true });
 });
 
 const done = (h: InteractionHandle) => steps.done(world, h);
@@ -121,7 +105,7 @@ async function cuttingProxy(cutAfter: number): Promise<{ url: string; cuts: () =
   const server: Server = createServer((client) => {
     sockets.add(client);
     const upstream = new Socket();
-    upstream.connect(port, '127.0.0.1');
+    upstream.connect(port(), '127.0.0.1');
     sockets.add(upstream);
     let sent = 0;
     client.on('data', (d: Buffer) => {
@@ -182,7 +166,7 @@ describe('a GPU lent from elsewhere', () => {
 
       // A blob of the run arrives, checked; one outside the lease does not.
       const image = Object.values((grant.payload as { images: Record<string, { blob: string }> }).images)[0]!.blob;
-      const into = join(tmp, 'probe-blob');
+      const into = join(suite.folder, 'probe-blob');
       await client.download(grant, image, into);
       const other = createHash('sha256').update('not in this run').digest('hex');
       await world.bot!.ctx.blobs.putBuffer(Buffer.from('not in this run'));
@@ -199,7 +183,7 @@ describe('a GPU lent from elsewhere', () => {
       await workers.remove(second.worker);
 
       // Uploads: bytes that do not match their hash, and a file over the cap, are refused.
-      const file = join(tmp, 'upload.bin');
+      const file = join(suite.folder, 'upload.bin');
       await writeFile(file, Buffer.alloc(300_000, 7));
       const liar = createHash('sha256').update('something else').digest('hex');
       await expect(client.upload(grant.leaseId, file, liar)).rejects.toMatchObject({ status: 422 });
@@ -215,7 +199,7 @@ describe('a GPU lent from elsewhere', () => {
       // A connection dropped in the middle of an upload: retried, and the file arrives whole.
       const proxy = await cuttingProxy(150_000);
       const viaProxy = new GuildClient({ baseUrl: proxy.url, token, logger: silent, uploadChunkBytes: 256 * 1024, retryForMs: 10_000 });
-      const whole = join(tmp, 'checkpoint.bin');
+      const whole = join(suite.folder, 'checkpoint.bin');
       const bytes = Buffer.from(Array.from({ length: 700_000 }, (_, i) => (i * 31) % 251));
       await writeFile(whole, bytes);
       const sha = createHash('sha256').update(bytes).digest('hex');
@@ -265,7 +249,7 @@ describe('a GPU lent from elsewhere', () => {
     const headerLength = Number(file.data.readBigUInt64LE(0));
     expect(JSON.parse(file.data.subarray(8, 8 + headerLength).toString('utf8'))).toHaveProperty('__metadata__');
     // The worker's images came into its own cache; the bot's data folder was never shared.
-    expect((await readdir(join(tmp, 'a-cache', 'blobs'))).length).toBeGreaterThan(0);
+    expect((await readdir(join(suite.folder, 'a-cache', 'blobs'))).length).toBeGreaterThan(0);
     expect(world.worker!.log.raw.join('\n')).not.toContain(token);
     expect(world.log.raw.join('\n')).not.toContain(token.slice(-43));
   });

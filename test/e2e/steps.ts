@@ -9,7 +9,8 @@ import type { BlobStore } from '../../src/core/blob-store.ts';
 import type { WorkerInfo } from '../../src/queues/contract.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
 import { afterAll, beforeAll, expect } from 'vitest';
-import { tinted } from '../fixtures/workshop.ts';
+import { writeTestModel } from '../fixtures/onnx-model.ts';
+import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { AttachmentInfo, InteractionHandle, MessageSnapshot } from '../harness/fake-discord.ts';
 import type { CommandSpec } from '../harness/fake-discord-types.ts';
 import { World } from './world.ts';
@@ -56,6 +57,21 @@ export function worldWithFolder(prefix: string, env: (folder: string) => Promise
       return started(folder);
     },
   };
+}
+
+/** The secret the bots of the tests sign their download links with (and remote workers' leases). */
+export const DOWNLOAD_SECRET = 'a-download-secret-that-is-long-enough-0123456789';
+
+/**
+ * `worldWithFolder` for the files that tag and train: the workshop's tagger model in the folder's
+ * `tagger/`, the bot's HTTP server on a free port (given to `env`), progress posted every second.
+ */
+export function worldWithTagger(prefix: string, env: (folder: string, port: number) => Promise<Record<string, string>> | Record<string, string>) {
+  return worldWithFolder(prefix, async (folder) => {
+    await writeTestModel(join(folder, 'tagger'), { tags: WORKSHOP_TAGS });
+    const port = await freePort();
+    return { TAGGER_MODEL_DIR: join(folder, 'tagger'), HTTP_PORT: String(port), PROGRESS_INTERVAL_SECONDS: '1', ...(await env(folder, port)) };
+  });
 }
 
 interface CallbackJson {

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
-import { cp, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import sharp from 'sharp';
@@ -8,42 +7,29 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bullPrefix, QueueName } from '../../src/queues/contract.ts';
 import { RunStore } from '../../src/store/run-store.ts';
 import { listWorkers } from '../../src/store/worker-heartbeats.ts';
-import { writeTestModel } from '../fixtures/onnx-model.ts';
-import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
+import { tinted } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 import * as steps from './steps.ts';
-import { freePort, MANAGE_GUILD } from './steps.ts';
-import { World } from './world.ts';
+import { MANAGE_GUILD } from './steps.ts';
+import type { World } from './world.ts';
 
 const admin = { id: '300000000000000001', username: 'admin' };
 const alice = { id: '300000000000000002', username: 'alice' };
 const bob = { id: '300000000000000003', username: 'bob' };
-const SECRET = 'a-download-secret-that-is-long-enough-0123456789';
 
+const suite = steps.worldWithTagger('lora-guild-train-', async (folder, port) => {
+  await steps.sd15Models(join(folder, 'models'));
+  return { PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: steps.DOWNLOAD_SECRET };
+});
 let world: World;
-let tmp: string;
 let runs: RunStore;
 let threadId: string;
 let trainingQueue: Queue;
 
-const WORKER_ENV = () => steps.standinWorkerEnv(join(tmp, 'models'));
+const WORKER_ENV = () => steps.standinWorkerEnv(join(suite.folder, 'models'));
 
 beforeAll(async () => {
-  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-train-'));
-  await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
-  await steps.sd15Models(join(tmp, 'models'));
-  const port = await freePort();
-  world = await World.start({
-    env: {
-      TAGGER_MODEL_DIR: join(tmp, 'tagger'),
-      HTTP_PORT: String(port),
-      PUBLIC_URL: `http://127.0.0.1:${port}`,
-      DOWNLOAD_SECRET: SECRET,
-      PROGRESS_INTERVAL_SECONDS: '1',
-      VOTE_EDIT_SECONDS: '1',
-    },
-  });
-  await world.startBot();
+  world = suite.world;
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   trainingQueue = new Queue(QueueName.Training, { connection: world.redis, prefix: bullPrefix(world.env.REDIS_PREFIX!) });
   threadId = await steps.heroDataset(world, alice);
@@ -53,8 +39,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await trainingQueue?.close();
-  await world?.close();
-  await rm(tmp, { recursive: true, force: true });
 });
 
 const done = (h: InteractionHandle) => steps.done(world, h);
@@ -390,7 +374,7 @@ describe('a training run', () => {
   });
 
   it('refuses an optimizer that no online worker can import, naming those it can', async () => {
-    const partial = join(tmp, 'python-packages-without-dadaptation');
+    const partial = join(suite.folder, 'python-packages-without-dadaptation');
     await cp(join(process.cwd(), 'test/fixtures/python-packages'), partial, { recursive: true });
     await rm(join(partial, 'dadaptation'), { recursive: true });
     await world.killWorker('SIGTERM');

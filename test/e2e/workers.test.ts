@@ -1,26 +1,26 @@
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bullPrefix, JobName, QueueName, runEventId, sharedKeys, type RunEvent, type WorkerInfo } from '../../src/queues/contract.ts';
 import { WorkerStore } from '../../src/store/worker-store.ts';
 import { sd15Layout, writeModelFile } from '../fixtures/model-layouts.ts';
-import { writeTestModel } from '../fixtures/onnx-model.ts';
-import { WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 import * as steps from './steps.ts';
-import { freePort, MANAGE_GUILD } from './steps.ts';
-import { World } from './world.ts';
+import { MANAGE_GUILD } from './steps.ts';
+import type { World } from './world.ts';
 
 const admin = { id: '310000000000000001', username: 'admin' };
 const alice = { id: '310000000000000002', username: 'alice' };
 const bob = { id: '310000000000000003', username: 'bob' };
 const OTHER_GUILD = '399999999999999999';
 
+// No PUBLIC_URL at first: GPUs elsewhere cannot be lent yet.
+const suite = steps.worldWithTagger('lora-guild-workers-', async (folder) => {
+  await mkdir(join(folder, 'models'));
+  return {};
+});
 let world: World;
-let tmp: string;
-let port: number;
 let threadId: string;
 let workerStore: WorkerStore;
 let runEvents: Queue;
@@ -59,13 +59,7 @@ async function restartBot(env: Record<string, string | undefined>) {
 }
 
 beforeAll(async () => {
-  tmp = await mkdtemp(join(tmpdir(), 'lora-guild-workers-'));
-  await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
-  await mkdir(join(tmp, 'models'));
-  port = await freePort();
-  // No PUBLIC_URL at first: GPUs elsewhere cannot be lent yet.
-  world = await World.start({ env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), HTTP_PORT: String(port), PROGRESS_INTERVAL_SECONDS: '1' } });
-  await world.startBot();
+  world = suite.world;
   prefix = world.env.REDIS_PREFIX!;
   workerStore = new WorkerStore(world.redis, prefix);
   runEvents = new Queue(QueueName.RunEvents, { connection: world.redis, prefix: bullPrefix(prefix) });
@@ -74,20 +68,18 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await runEvents?.close();
-  await world?.close();
-  await rm(tmp, { recursive: true, force: true });
 });
 
 describe('lending a GPU', () => {
   it('hands out no token while the bot has no public https address', async () => {
     expect(await refusal(command('add', admin, { name: 'gaming-pc' }, MANAGE_GUILD))).toMatch(/no public address yet.*PUBLIC_URL/);
-    await restartBot({ PUBLIC_URL: `http://127.0.0.1:${port}` });
+    await restartBot({ PUBLIC_URL: `http://127.0.0.1:${world.env.HTTP_PORT}` });
     expect(await refusal(command('add', admin, { name: 'gaming-pc' }, MANAGE_GUILD))).toMatch(/not https/);
     expect(await workerStore.listForGuild(world.discord.guildId)).toEqual([]);
     // Plain http is for tests and local networks, and only when the operator says so.
     await restartBot({ ALLOW_INSECURE_WORKER_HTTP: 'true' });
     expect(await refusal(command('add', admin, { name: 'gaming-pc' }, MANAGE_GUILD))).toMatch(/not switched on.*DOWNLOAD_SECRET/);
-    await restartBot({ DOWNLOAD_SECRET: 'a-download-secret-that-is-long-enough-0123456789' });
+    await restartBot({ DOWNLOAD_SECRET: steps.DOWNLOAD_SECRET });
   });
 
   let aliceToken = '';
@@ -112,7 +104,7 @@ describe('lending a GPU', () => {
     const worker = await workerStore.authenticate(aliceToken);
     expect(worker).toMatchObject({ name: 'gaming-pc', ownerId: alice.id, guildId: world.discord.guildId });
     aliceWorkerId = worker!.id;
-    expect(reply).toContain(`LORA_GUILD_URL=http://127.0.0.1:${port} WORKER_TOKEN=${aliceToken} WORKER_QUEUES=training MODELS_DIR=`);
+    expect(reply).toContain(`LORA_GUILD_URL=http://127.0.0.1:${world.env.HTTP_PORT} WORKER_TOKEN=${aliceToken} WORKER_QUEUES=training MODELS_DIR=`);
     expect(reply).toContain('npm run worker');
     expect(reply).toMatch(/docker run .*--gpus all .*-e WORKER_TOKEN=lgw_\S+ .*lora-guild-worker/);
     expect(world.log.raw.join('\n')).not.toContain(aliceToken.slice(-43));
@@ -286,7 +278,7 @@ describe('lending a GPU', () => {
       'WORKER_QUEUES',
       'WORKER_TOKEN',
     ]);
-    const models = join(tmp, 'studio-models');
+    const models = join(suite.folder, 'studio-models');
     await mkdir(models);
     // A checkpoint with SD 1.5's tensor layout, under a name that does not say so.
     await writeModelFile(join(models, 'my-favourite.safetensors'), sd15Layout());
@@ -297,7 +289,7 @@ describe('lending a GPU', () => {
         MODELS_DIR: models,
         SD_SCRIPTS_DIR: 'test/fixtures/sd-scripts',
         TRAINER_CMD: 'python3',
-        WORKER_CACHE_DIR: join(tmp, 'studio-cache'),
+        WORKER_CACHE_DIR: join(suite.folder, 'studio-cache'),
         WORKER_HEARTBEAT_SECONDS: '1',
       },
       30_000,
