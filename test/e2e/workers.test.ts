@@ -43,6 +43,12 @@ const threadMessages = () => steps.channelMessages(world, threadId);
 const command = (subcommand: string, user: { id: string; username: string }, options: Record<string, string | number | boolean> = {}, permissions = '0') =>
   world.discord.sendCommand({ name: 'worker', subcommand, user, permissions, options });
 
+/** The lent GPUs `/worker remove` offers `user` (with `permissions`) while they type `typed`. */
+async function removable(user: { id: string; username: string }, permissions: string, typed: string) {
+  const h = world.discord.sendAutocomplete({ name: 'worker', subcommand: 'remove', options: { worker: typed }, focused: 'worker', user, permissions });
+  return ((await h.callback()).json as { data: { choices: { name: string; value: string }[] } }).data.choices;
+}
+
 /** A heartbeat as the bot writes it for a remote worker (or as an in-cluster worker writes its own). */
 async function beat(info: Partial<WorkerInfo> & { id: string }) {
   const full: WorkerInfo = { host: 'host', gpu: null, models: [], busyWith: null, startedAt: Date.now(), at: Date.now(), ...info };
@@ -234,24 +240,8 @@ describe('lending a GPU', () => {
   });
 
   it('removes a GPU for its owner or Manage Server only, and its token stops working at once', async () => {
-    const bobsChoices = world.discord.sendAutocomplete({
-      name: 'worker',
-      subcommand: 'remove',
-      options: { worker: '' },
-      focused: 'worker',
-      user: bob,
-      permissions: '0',
-    });
-    expect(((await bobsChoices.callback()).json as { data: { choices: { name: string }[] } }).data.choices.map((c) => c.name)).toEqual(['bobs laptop']);
-    const adminChoices = world.discord.sendAutocomplete({
-      name: 'worker',
-      subcommand: 'remove',
-      options: { worker: 'gam' },
-      focused: 'worker',
-      user: admin,
-      permissions: MANAGE_GUILD,
-    });
-    expect(((await adminChoices.callback()).json as { data: { choices: unknown[] } }).data.choices).toEqual([{ name: 'gaming-pc', value: aliceWorkerId }]);
+    expect((await removable(bob, '0', '')).map((c) => c.name)).toEqual(['bobs laptop']);
+    expect(await removable(admin, MANAGE_GUILD, 'gam')).toEqual([{ name: 'gaming-pc', value: aliceWorkerId }]);
 
     expect(await refusal(command('remove', bob, { worker: 'gaming-pc' }))).toMatch(/Only the member who lends a GPU, or a member with Manage Server/);
     expect(await workerStore.authenticate(aliceToken)).not.toBeNull();
