@@ -8,7 +8,7 @@ import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
 import { pruneButton } from '../../src/bot/commands/tags.ts';
 import { keys } from '../../src/store/keys.ts';
-import { privateRefusal } from './steps.ts';
+import { editCaption, privateRefusal } from './steps.ts';
 import { World } from './world.ts';
 
 let world: World;
@@ -159,12 +159,8 @@ describe('tagging and the caption workshop', () => {
   });
 
   it('edits one caption through the modal; undo restores the previous version', async () => {
-    const open = command('caption', 'edit', { dataset: 'aria', image: 1 });
-    const callback = await open.callback();
-    expect(callback.json).toMatchObject({ type: 9, data: { title: 'Caption of #1 (aria)' } });
-    const customId = (callback.json as { data: { custom_id: string } }).data.custom_id;
-    const submit = world.discord.sendModalSubmit({ customId, fields: { tags: 'ohwx_aria, red dress, standing, smile' }, user: alice });
-    expect(await done(submit)).toContain('ohwx_aria, red dress, standing, smile');
+    const reply = await editCaption(world, alice, 'aria', 1, 'Caption of #1 (aria)', { tags: 'ohwx_aria, red dress, standing, smile' });
+    expect(reply).toContain('ohwx_aria, red dress, standing, smile');
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).toContain('ohwx_aria, red dress, standing, smile\n');
     await done(command('caption', 'undo', { dataset: 'aria', image: 1 }));
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 1 }))).toContain('red theme');

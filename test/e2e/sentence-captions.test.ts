@@ -12,6 +12,7 @@ import { writeTestModel } from '../fixtures/onnx-model.ts';
 import { tinted, WORKSHOP_TAGS } from '../fixtures/workshop.ts';
 import { buildZip } from '../fixtures/zip.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
+import { editCaption } from './steps.ts';
 import { World } from './world.ts';
 
 let world: World;
@@ -137,12 +138,8 @@ describe('sentence captions for photos', () => {
   });
 
   it('edits one sentence in a form', async () => {
-    const open = command('caption', 'edit', { dataset: 'oldtown', image: 2 });
-    const callback = await open.callback();
-    expect(callback.json).toMatchObject({ type: 9, data: { title: 'Sentence of #2 (oldtown)' } });
-    const customId = (callback.json as { data: { custom_id: string } }).data.custom_id;
-    const submit = world.discord.sendModalSubmit({ customId, fields: { sentence: 'mdvl_city, A rainy night on a blue lit square.' }, user: alice });
-    expect(await done(submit)).toContain('A rainy night on a blue lit square.');
+    const reply = await editCaption(world, alice, 'oldtown', 2, 'Sentence of #2 (oldtown)', { sentence: 'mdvl_city, A rainy night on a blue lit square.' });
+    expect(reply).toContain('A rainy night on a blue lit square.');
     expect(await done(command('caption', 'show', { dataset: 'oldtown', image: 2 }))).toContain('mdvl_city, a rainy night on a blue lit square\n');
   });
 

@@ -212,6 +212,17 @@ export async function addImages(world: World, user: Member, dataset: string, fil
   return done(world, world.discord.sendCommand({ name: 'dataset', subcommand: 'add', user, options: { dataset, ...imageOptions(world, files) } }));
 }
 
+/**
+ * `/caption edit` of image `image` of `dataset` as `user`: the form opens with `title`, and `fields`
+ * are submitted in it. Returns the reply to the submission.
+ */
+export async function editCaption(world: World, user: Member, dataset: string, image: number, title: string, fields: Record<string, string>): Promise<string> {
+  const callback = await world.discord.sendCommand({ name: 'caption', subcommand: 'edit', user, options: { dataset, image } }).callback();
+  expect(callback.json).toMatchObject({ type: 9, data: { title } });
+  const customId = (callback.json as { data: { custom_id: string } }).data.custom_id;
+  return done(world, world.discord.sendModalSubmit({ customId, fields, user }));
+}
+
 /** The error lines the bot logged for the admins that start with `prefix`. */
 export function adminErrors(world: World, prefix: string): Record<string, unknown>[] {
   return world.log.lines.filter((l) => l.level === 50 && String(l.msg).startsWith(prefix));
