@@ -14,11 +14,13 @@ import {
   ModalBuilder,
   TextInputBuilder,
   TextInputStyle,
+  type ChatInputCommandInteraction,
   type ClientEvents,
   type Interaction,
 } from 'discord.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FakeDiscord, type RecordedCall } from './fake-discord.ts';
+import { FakeDiscord, type InteractionHandle, type RecordedCall } from './fake-discord.ts';
+import type { CommandSpec } from './fake-discord-types.ts';
 
 const TOKEN = 'test-token';
 let fake: FakeDiscord;
@@ -62,6 +64,15 @@ function nextEvent<K extends keyof ClientEvents>(client: Client, event: K, timeo
 async function nextInteraction(client: Client): Promise<Interaction> {
   const [interaction] = await nextEvent(client, Events.InteractionCreate);
   return interaction;
+}
+
+/** Sends `spec` as a slash command and waits for `client` to receive it; returns the fake's handle and the client's interaction. */
+async function chatCommand(client: Client, spec: CommandSpec): Promise<{ handle: InteractionHandle; interaction: ChatInputCommandInteraction }> {
+  const received = nextInteraction(client);
+  const handle = fake.sendCommand(spec);
+  const interaction = await received;
+  if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+  return { handle, interaction };
 }
 
 function sendableChannel(client: Client, id: string) {
@@ -166,10 +177,7 @@ describe('FakeDiscord: slash commands', () => {
 
   it('records a reply with files as a multipart callback, and serves fetchReply and deleteReply', async () => {
     const client = await connect();
-    const received = nextInteraction(client);
-    const handle = fake.sendCommand({ name: 'preview' });
-    const interaction = await received;
-    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    const { handle, interaction } = await chatCommand(client, { name: 'preview' });
     const grid = Buffer.from('not really a png');
     const response = await interaction.reply({
       content: 'Preview',
@@ -207,10 +215,7 @@ describe('FakeDiscord: slash commands', () => {
     expect(stored.map((c) => c.name)).toEqual(['train']);
     expect(registered.first()?.id).toBe(stored[0]?.id);
 
-    const received = nextInteraction(client);
-    fake.sendCommand({ name: 'train', options: { lr: 1 } });
-    const interaction = await received;
-    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    const { interaction } = await chatCommand(client, { name: 'train', options: { lr: 1 } });
     expect(interaction.commandId).toBe(stored[0]?.id);
     // 1 is an integer in JS, but the option is NUMBER: the definition decides.
     expect(interaction.options.getNumber('lr')).toBe(1);
@@ -242,10 +247,7 @@ describe('FakeDiscord: slash commands', () => {
 
   it('records a followup, and the first followup after a deferral fills in the deferred reply', async () => {
     const client = await connect();
-    const received = nextInteraction(client);
-    const handle = fake.sendCommand({ name: 'status' });
-    const interaction = await received;
-    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    const { handle, interaction } = await chatCommand(client, { name: 'status' });
     await interaction.deferReply({ flags: 'Ephemeral' });
     const first = await interaction.followUp({ content: 'first' });
     const second = await interaction.followUp({ content: 'second' });
@@ -264,10 +266,7 @@ describe('FakeDiscord: slash commands', () => {
 
   it('sends a followup after a deleted deferred reply as a new message, never into the deleted one', async () => {
     const client = await connect();
-    const received = nextInteraction(client);
-    const handle = fake.sendCommand({ name: 'status' });
-    const interaction = await received;
-    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    const { handle, interaction } = await chatCommand(client, { name: 'status' });
     await interaction.deferReply();
     const placeholder = handle.lastReply();
     expect(placeholder?.flags).toBe(128);
@@ -295,10 +294,7 @@ describe('FakeDiscord: slash commands', () => {
 
   it('refuses a second acknowledgement with 40060 and a late one with 10062', async () => {
     const client = await connect();
-    const received = nextInteraction(client);
-    const handle = fake.sendCommand({ name: 'status' });
-    const interaction = await received;
-    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    const { handle, interaction } = await chatCommand(client, { name: 'status' });
     await interaction.reply('hello');
     const again = client.rest.post(`/interactions/${handle.id}/${handle.token}/callback`, {
       body: { type: 4, data: { content: 'again' } },
@@ -317,10 +313,7 @@ describe('FakeDiscord: slash commands', () => {
 
   it('refuses an upload over the interaction attachment_size_limit with 40005', async () => {
     const client = await connect();
-    const received = nextInteraction(client);
-    fake.sendCommand({ name: 'export', attachmentSizeLimit: 1024 });
-    const interaction = await received;
-    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    const { interaction } = await chatCommand(client, { name: 'export', attachmentSizeLimit: 1024 });
     expect(interaction.attachmentSizeLimit).toBe(1024);
     await interaction.deferReply();
     const tooBig = interaction.editReply({ files: [{ attachment: Buffer.alloc(2048), name: 'lora.safetensors' }] });
@@ -626,10 +619,7 @@ describe('FakeDiscord: world configuration', () => {
     await fake.close();
     fake = await FakeDiscord.start({ ackDeadlineMs: 20 });
     const client = await connect();
-    const received = nextInteraction(client);
-    const handle = fake.sendCommand({ name: 'status' });
-    const interaction = await received;
-    if (!interaction.isChatInputCommand()) throw new Error('expected a chat input command');
+    const { handle, interaction } = await chatCommand(client, { name: 'status' });
     await new Promise((resolve) => setTimeout(resolve, 40));
     await expect(interaction.deferReply()).rejects.toMatchObject({ code: 10062 });
     expect(() => handle.ackLatencyMs()).toThrow(/no callback yet/);
