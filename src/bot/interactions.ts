@@ -14,7 +14,11 @@ import { isUserError, UserError } from '../core/errors.ts';
 import { newId } from '../store/dataset-store.ts';
 import type { BotContext } from './context.ts';
 
-/** How to acknowledge within Discord's 3 s, known before any I/O. */
+/**
+ * How to acknowledge within Discord's 3 s: `public` when the handler first answers or after 2 s,
+ * whichever comes first (so a refusal found before then is the member's alone, with no public
+ * "thinking…" before it); `ephemeral` at once; `none` left to the handler.
+ */
 export type DeferMode = 'public' | 'ephemeral' | 'none';
 
 /** One subcommand of a slash command: how it is acknowledged, and what it does. */
@@ -155,6 +159,40 @@ export async function checkThenDefer<T>(interaction: RepliableInteraction, check
   return found;
 }
 
+/** The answers that need the interaction acknowledged first. */
+const ANSWERS = new Set<PropertyKey>(['editReply', 'followUp', 'deleteReply', 'fetchReply']);
+
+/**
+ * Runs a handler whose answer is public with the acknowledgement held back: the public deferral is
+ * sent when the handler first answers (editReply, followUp, …) or after CHECKS_WITHIN_MS, whichever
+ * comes first. A refusal thrown before then finds the interaction unacknowledged, and the router
+ * answers it ephemerally: nothing public flashes before it. The handler sees the interaction as it
+ * is, but for those answers; the deferral in flight is awaited before the router looks at it.
+ */
+async function answeredLazily<T extends RepliableInteraction>(interaction: T, handle: (lazy: T) => Promise<void>): Promise<void> {
+  let acknowledged: Promise<unknown> | null = null;
+  const acknowledge = () => (acknowledged ??= interaction.deferReply());
+  const timer = setTimeout(() => void acknowledge().catch(() => undefined), CHECKS_WITHIN_MS);
+  const lazy = new Proxy(interaction, {
+    get(target, prop) {
+      const value: unknown = Reflect.get(target, prop, target);
+      if (typeof value !== 'function') return value;
+      const method = value as (...args: unknown[]) => unknown;
+      if (!ANSWERS.has(prop)) return method.bind(target);
+      return async (...args: unknown[]) => {
+        if (!target.deferred && !target.replied) await acknowledge();
+        return method.apply(target, args);
+      };
+    },
+  });
+  try {
+    await handle(lazy);
+  } finally {
+    clearTimeout(timer);
+    if (acknowledged) await (acknowledged as Promise<unknown>).catch(() => undefined);
+  }
+}
+
 function outOfDate(interaction: ComponentInteraction): string {
   if (interaction.isModalSubmit()) return 'That form is out of date.';
   if (interaction.isButton()) return 'That button is out of date.';
@@ -195,8 +233,11 @@ export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[
         const subcommand = byName.get(name)?.subcommands[sub];
         if (!subcommand) throw new Error(`no handler for ${label}`);
         mode = subcommand.defer;
-        if (mode !== 'none') await interaction.deferReply(mode === 'ephemeral' ? { flags: MessageFlags.Ephemeral } : {});
-        await subcommand.execute(interaction, ctx);
+        if (mode === 'public') await answeredLazily(interaction, (lazy) => subcommand.execute(lazy, ctx));
+        else {
+          if (mode === 'ephemeral') await interaction.deferReply({ flags: MessageFlags.Ephemeral });
+          await subcommand.execute(interaction, ctx);
+        }
       } else if (interaction.isMessageComponent() || interaction.isModalSubmit()) {
         const family = interaction.customId.split(':', 1)[0] ?? '';
         label = `component ${family}`;
@@ -207,9 +248,12 @@ export function createInteractionRouter(ctx: BotContext, commands: SlashCommand[
           throw new UserError(outOfDate(interaction));
         }
         mode = handler.defer;
-        if (mode === 'update') await interaction.deferUpdate();
-        else if (mode !== 'none') await interaction.deferReply(mode === 'ephemeral' ? { flags: MessageFlags.Ephemeral } : {});
-        await handler.handle(interaction, ctx, data);
+        if (mode === 'public') await answeredLazily(interaction, (lazy) => handler.handle(lazy, ctx, data));
+        else {
+          if (mode === 'update') await interaction.deferUpdate();
+          else if (mode === 'ephemeral') await interaction.deferReply({ flags: MessageFlags.Ephemeral });
+          await handler.handle(interaction, ctx, data);
+        }
       }
     } catch (err) {
       if (!interaction.isRepliable()) return;

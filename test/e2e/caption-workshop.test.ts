@@ -191,7 +191,7 @@ describe('tagging and the caption workshop', () => {
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('circlet');
   });
 
-  it('refuses tag operations to the asker alone, with nothing public before the refusal', async () => {
+  it('refuses workshop commands to the asker alone, with nothing public before the refusal', async () => {
     const stranger = { permissions: '0' };
     const refusals: [InteractionHandle, RegExp][] = [
       [command('tags', 'remove', { dataset: 'aria', tags: 'smile' }, mallory, stranger), /Only contributors/],
@@ -202,6 +202,13 @@ describe('tagging and the caption workshop', () => {
       [command('tags', 'prune', { dataset: 'nope' }), /no dataset named `nope`/],
       [command('tags', 'retag', { dataset: 'aria', images: '99' }), /has no image #99/],
       [command('tags', 'undesired', { dataset: 'aria', tags: 'smile' }, mallory, stranger), /Only contributors/],
+      // Commands answered in public refuse privately too.
+      [command('caption', 'show', { dataset: 'aria', image: 99 }), /has no image #99/],
+      [command('caption', 'undo', { dataset: 'aria', image: 1 }, mallory, stranger), /Only contributors/],
+      [command('concept', 'add', { dataset: 'aria', name: 'extra', trigger: 'extra' }, mallory, stranger), /Only contributors/],
+      [command('concept', 'list', { dataset: 'nope' }), /no dataset named `nope`/],
+      [command('dataset', 'show', { dataset: 'nope' }), /no dataset named `nope`/],
+      [command('train', 'status', { run: 'nope' }), /no run `nope` in this server/],
     ];
     const publicBefore = world.discord.channelMessages().length;
     for (const [h, reason] of refusals) expect(await privateRefusal(h), JSON.stringify(h.payload.data)).toMatch(reason);

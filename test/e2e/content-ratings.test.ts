@@ -8,7 +8,6 @@ import { DatasetStore } from '../../src/store/dataset-store.ts';
 import { normalJpeg, photoRgb, type ImageFile } from '../fixtures/images.ts';
 import { writeRaterModel } from '../fixtures/rater-model.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
-import * as steps from './steps.ts';
 import { World } from './world.ts';
 
 /**
@@ -109,14 +108,15 @@ describe('attestation', () => {
     await createDataset('aria');
     await createDataset('consent');
     const first = addImages('consent', [await normalJpeg(31), await normalJpeg(32)]);
-    // The question is alice's alone: the public placeholder goes, an ephemeral followup asks.
-    const asked = await first.waitForFollowup(undefined, 60_000);
-    const question = asked.json as { content: string; flags: number; components: { components: { custom_id: string; label: string }[] }[] };
+    // The question is alice's alone: an ephemeral reply, with nothing public before it.
+    const asked = (await first.callback(60_000)).json as { type: number; data: unknown };
+    expect(asked.type).toBe(4);
+    const question = asked.data as { content: string; flags: number; components: { components: { custom_id: string; label: string }[] }[] };
     expect(question.flags & 64).toBe(64);
     expect(question.content).toMatch(
       /please confirm once:\n> I have the right to share these images, every real person pictured agreed to it, and nothing in them is illegal\.\nPress the button and your upload goes in \(it waits 15 minutes\)\./,
     );
-    expect(world.discord.calls.some((c) => c.method === 'DELETE' && c.path.includes(first.token))).toBe(true);
+    expect(first.followups()).toHaveLength(0);
     const held = (await store.findDataset(world.discord.guildId, 'consent'))!;
     expect(await store.imageCount(held.id)).toBe(0);
     const button = question.components[0]!.components[0]!;
@@ -148,7 +148,8 @@ describe('attestation', () => {
 
     // Asked once: alice's next upload goes in; bob is still asked.
     expect(await run(addImages('aria', [await normalJpeg(9)]))).toMatch(/1 added, 0 refused/);
-    expect(await steps.refusal(addImages('aria', [await normalJpeg(10)], undefined, bob))).toMatch(/please confirm once/);
+    const bobAsked = (await addImages('aria', [await normalJpeg(10)], undefined, bob).callback()).json as { data: { content: string; flags: number } };
+    expect(bobAsked.data).toMatchObject({ content: expect.stringMatching(/please confirm once/) as string, flags: 64 });
     const ds = (await store.findDataset(world.discord.guildId, 'aria'))!;
     expect((await store.listImages(ds.id)).map((i) => i.contributorName)).toEqual(['alice']);
   });

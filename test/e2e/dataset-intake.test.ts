@@ -4,6 +4,7 @@ import { BlobStore } from '../../src/core/blob-store.ts';
 import { DatasetStore, type ImageRecord } from '../../src/store/dataset-store.ts';
 import { normalJpeg, photoJpeg, uploadOfTen, type ImageFile } from '../fixtures/images.ts';
 import type { InteractionHandle } from '../harness/fake-discord.ts';
+import * as steps from './steps.ts';
 import { TEST_TOKEN, World } from './world.ts';
 
 let world: World;
@@ -89,8 +90,7 @@ describe('/dataset create', () => {
       user: bob,
       options: { name: 'Aria', trigger: 'ohwx', class: 'woman', kind: 'style', base: 'sdxl' },
     });
-    const err = await again.waitForFollowup();
-    expect(JSON.stringify(err.json)).toContain('already exists');
+    expect(await steps.privateRefusal(again)).toContain('already exists');
   });
 
   it('validates names, triggers and resolution with specific messages', async () => {
@@ -99,13 +99,13 @@ describe('/dataset create', () => {
       subcommand: 'create',
       options: { name: 'no spaces!', trigger: 'ohwx', class: 'woman', kind: 'character', base: 'sd15' },
     });
-    expect(JSON.stringify((await bad.waitForFollowup()).json)).toContain('dataset name is 2–32 characters');
+    expect(await steps.privateRefusal(bad)).toContain('dataset name is 2–32 characters');
     const res = world.discord.sendCommand({
       name: 'dataset',
       subcommand: 'create',
       options: { name: 'odd', trigger: 'ohwx', class: 'woman', kind: 'character', base: 'sd15', resolution: 500 },
     });
-    expect(JSON.stringify((await res.waitForFollowup()).json)).toContain('multiple of 64');
+    expect(await steps.privateRefusal(res)).toContain('multiple of 64');
     expect(await store.findDataset(world.discord.guildId, 'odd')).toBeNull();
   });
 });
@@ -348,10 +348,8 @@ describe('/dataset show and list', () => {
 
   it('refuses datasets of another server', async () => {
     const other = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', guildId: OTHER_GUILD, options: { dataset: 'mixed' } });
-    const err = await other.waitForFollowup();
-    expect(JSON.stringify(err.json)).toContain('There is no dataset named `mixed` in this server');
-    // The public placeholder is removed; only the asker sees why.
-    expect(other.lastReply()?.deleted).toBe(true);
+    // Only the asker sees why, and nothing public came before it.
+    expect(await steps.privateRefusal(other)).toContain('There is no dataset named `mixed` in this server');
   });
 });
 

@@ -127,8 +127,14 @@ async function add(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   // before it, and the upload is held to be taken in when they confirm. The question is theirs alone.
   if (!(await hasAttested(ctx, dataset.guildId, interaction.user.id))) {
     await holdForAttestation(ctx, dataset.guildId, upload);
+    const question = { ...attestationPrompt(interaction.user.id, 'command'), flags: MessageFlags.Ephemeral } as const;
+    // Asked before the answer was acknowledged in public, it is a reply of its own; after, the public "thinking…" goes first.
+    if (!interaction.deferred) {
+      await interaction.reply(question);
+      return;
+    }
     await interaction.deleteReply();
-    await interaction.followUp({ ...attestationPrompt(interaction.user.id, 'command'), flags: MessageFlags.Ephemeral });
+    await interaction.followUp(question);
     return;
   }
   // The uploader's own receipt: the Report button sits where others look at the dataset (/dataset show).
