@@ -1,4 +1,23 @@
+import { relative } from 'node:path';
 import { defineConfig } from 'vitest/config';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
+
+/**
+ * Vitest orders files project by project (e2e, integration, unit), so the longest integration file
+ * started when most e2e files were done and ran on alone. This orders the files of all projects
+ * together, longest first: by the last run's durations when every file has one, else by size (a
+ * fresh clone). Unit files, which share one module graph (isolate: false), still run last.
+ */
+class LongestFirst extends BaseSequencer {
+  override sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const { cache, config } = this.ctx;
+    const key = (f: TestSpecification) => `${f.project.name}:${relative(config.root, f.moduleId)}`;
+    const timed = files.every((f) => cache.getFileTestResults(key(f)) !== undefined);
+    const cost = (f: TestSpecification) => (timed ? (cache.getFileTestResults(key(f))?.duration ?? 0) : (cache.getFileStats(key(f))?.size ?? 0));
+    const shared = (f: TestSpecification) => (f.project.config.isolate ? 0 : 1);
+    return Promise.resolve([...files].sort((a, b) => shared(a) - shared(b) || cost(b) - cost(a)));
+  }
+}
 
 export default defineConfig({
   test: {
@@ -9,6 +28,7 @@ export default defineConfig({
     maxWorkers: Number(process.env.VITEST_MAX_WORKERS ?? 2),
     // The default reporter for people; JSON for CI's closing line (.ci/summary.mjs).
     reporters: ['default', ['json', { outputFile: '.tmp/test-results.json' }]],
+    sequence: { sequencer: LongestFirst },
     projects: [
       {
         test: {
