@@ -58,6 +58,11 @@ async function addImages(dataset: string, files: ImageFile[], user = alice): Pro
   return h;
 }
 
+/** `/dataset remove` of `images` from `dataset` as `user` with `permissions`. */
+function removeImages(dataset: string, images: string, user: { id: string; username: string }, permissions: string): InteractionHandle {
+  return world.discord.sendCommand({ name: 'dataset', subcommand: 'remove', user, permissions, options: { dataset, images } });
+}
+
 function reply(h: InteractionHandle): string {
   return h.lastReply()?.content ?? '';
 }
@@ -235,13 +240,7 @@ describe('contributors', () => {
     expect(before.map((i) => i.contributorName)).toEqual(['alice', 'alice', 'bob']);
 
     // Bob (no Manage Messages, not the owner) cannot remove Alice's #1.
-    const denied = world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'remove',
-      user: bob,
-      permissions: '0',
-      options: { dataset: 'shared', images: '1' },
-    });
+    const denied = removeImages('shared', '1', bob, '0');
     expect((await denied.callback()).json).toMatchObject({ type: 5, data: { flags: 64 } });
     expect((await denied.waitForEdit()).json).toMatchObject({ content: expect.stringContaining('only your own images') as string });
     expect(await imagesOf('shared')).toHaveLength(3);
@@ -256,13 +255,7 @@ describe('contributors', () => {
     expect(await blobs.has(after[0]!.masterBlob)).toBe(true);
 
     // The owner may remove anyone's image.
-    const owner = world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'remove',
-      user: carol,
-      permissions: '0',
-      options: { dataset: 'shared', images: '3' },
-    });
+    const owner = removeImages('shared', '3', carol, '0');
     await owner.waitForEdit();
     expect(await imagesOf('shared')).toHaveLength(0);
   });
@@ -270,13 +263,7 @@ describe('contributors', () => {
   it('a member with Manage Messages may remove anyone’s image', async () => {
     await createDataset('modded', carol);
     await addImages('modded', [await normalJpeg(41)], alice);
-    const h = world.discord.sendCommand({
-      name: 'dataset',
-      subcommand: 'remove',
-      user: bob,
-      permissions: String(1n << 13n),
-      options: { dataset: 'modded', images: '1' },
-    });
+    const h = removeImages('modded', '1', bob, String(1n << 13n));
     await h.waitForEdit();
     expect(reply(h)).toMatch(/Removed 1 image/);
   });
