@@ -19,7 +19,8 @@ const bob = { id: '300000000000000003', username: 'bob' };
 
 const suite = steps.worldWithTagger('lora-guild-train-', async (folder, port) => {
   await steps.sd15Models(join(folder, 'models'));
-  return { PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: steps.DOWNLOAD_SECRET };
+  // Vote counts on the epoch buttons are edited every second, not production's every 10 s.
+  return { PUBLIC_URL: `http://127.0.0.1:${port}`, DOWNLOAD_SECRET: steps.DOWNLOAD_SECRET, VOTE_EDIT_SECONDS: '1' };
 });
 let world: World;
 let runs: RunStore;
