@@ -104,6 +104,14 @@ export const conceptCommandData = guildCommand('concept', 'Concepts: subsets of 
   )
   .addSubcommand(subcommand('list', 'Concepts and their image counts').addStringOption(datasetOption))
   .addSubcommand(
+    subcommand('repeats', 'How many times a concept is shown per epoch (0: balanced by the recipe)')
+      .addStringOption((o) => o.setName('concept').setDescription('The concept').setRequired(true).setAutocomplete(true).setMaxLength(32))
+      .addIntegerOption((o) =>
+        o.setName('repeats').setDescription('1–1000, or 0 to let the recipe balance it again').setRequired(true).setMinValue(0).setMaxValue(1000),
+      )
+      .addStringOption(datasetOption),
+  )
+  .addSubcommand(
     subcommand('move', 'Move images to a concept')
       .addStringOption((o) => o.setName('images').setDescription('e.g. 3 · 3,7 · 5-8').setRequired(true).setMaxLength(200))
       .addStringOption((o) => o.setName('concept').setDescription('Target concept').setRequired(true).setAutocomplete(true).setMaxLength(32))

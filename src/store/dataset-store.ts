@@ -229,13 +229,14 @@ export class DatasetStore {
     return (await this.getConcept(datasetId, name)) ?? concept;
   }
 
-  /** Sets a concept's own repeats; false when the concept does not exist. */
-  async setConceptRepeats(datasetId: string, name: string, repeats: number): Promise<boolean> {
+  /** Sets a concept's own repeats (null: balanced by the recipe again); false when the concept does not exist. */
+  async setConceptRepeats(datasetId: string, name: string, repeats: number | null): Promise<boolean> {
     const key = this.k.concepts(datasetId);
     for (let attempt = 0; attempt < 5; attempt++) {
       const json = await this.redis.hget(key, name);
       if (!json) return false;
-      const next = JSON.stringify({ ...(JSON.parse(json) as Concept), repeats });
+      const { repeats: _old, ...concept } = JSON.parse(json) as Concept;
+      const next = JSON.stringify(repeats === null ? concept : { ...concept, repeats });
       if ((await this.redis.eval(HASH_CAS_LUA, 1, key, name, json, next)) === 1) return true;
     }
     throw new Error(`concept ${name} kept changing while its repeats were set`);

@@ -237,6 +237,21 @@ describe('tagging and the caption workshop', () => {
     expect(list).toContain('`main` · 2 images');
     expect(list).toContain('`outfit-blue` · trigger `blue outfit` · 1 image');
     expect(await done(command('caption', 'show', { dataset: 'aria', image: 2 }))).toContain('ohwx_aria, blue outfit, blue theme');
+
+    // A concept's own repeats, used by the plan, and back to the recipe's balance.
+    expect(await done(command('concept', 'repeats', { dataset: 'aria', concept: 'outfit-blue', repeats: 3 }))).toBe(
+      "`outfit-blue` of **aria** is shown 3 times per epoch (the plan's folder `3_outfit-blue`).",
+    );
+    expect(await done(command('concept', 'list', { dataset: 'aria' }))).toContain('`outfit-blue` · trigger `blue outfit` · 3 repeats · 1 image');
+    expect(await done(command('train', 'plan', { dataset: 'aria', model: 'base-sd15.safetensors' }))).toContain('`3_outfit-blue`');
+    expect(await privateRefusal(command('concept', 'repeats', { dataset: 'aria', concept: 'nope', repeats: 2 }))).toMatch(/has no concept `nope`/);
+    expect(await privateRefusal(command('concept', 'repeats', { dataset: 'aria', concept: 'outfit-blue', repeats: 2 }, mallory, { permissions: '0' }))).toMatch(
+      /Only contributors/,
+    );
+    expect(await done(command('concept', 'repeats', { dataset: 'aria', concept: 'outfit-blue', repeats: 0 }))).toBe(
+      '`outfit-blue` of **aria** is balanced by the recipe again.',
+    );
+    expect(await done(command('concept', 'list', { dataset: 'aria' }))).toContain('`outfit-blue` · trigger `blue outfit` · 1 image');
   });
 
   it('autocompletes tags by frequency', async () => {

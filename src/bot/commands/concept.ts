@@ -2,6 +2,7 @@ import type { ChatInputCommandInteraction } from 'discord.js';
 import { conceptCommandData } from '../../../commands/workshop.ts';
 import { MAX_CONCEPTS, parseImageSelection, validateConceptName, validateTrigger } from '../../core/dataset-rules.ts';
 import { UserError } from '../../core/errors.ts';
+import { MAX_FOLDER_REPEATS } from '../../core/kohya-layout.ts';
 import type { BotContext } from '../context.ts';
 import { requireEditor, resolveDataset } from '../dataset-access.ts';
 import { acknowledged, type SlashCommand } from '../interactions.ts';
@@ -53,8 +54,26 @@ async function move(interaction: ChatInputCommandInteraction, ctx: BotContext) {
   );
 }
 
+/** A concept's own repeats (a subset shown more or less often than the recipe's balance), or back to the balance. */
+async function repeats(interaction: ChatInputCommandInteraction, ctx: BotContext) {
+  const dataset = await resolveDataset(interaction, ctx);
+  await requireEditor(interaction, ctx, dataset);
+  const name = validateConceptName(interaction.options.getString('concept', true));
+  const count = interaction.options.getInteger('repeats', true);
+  if (!Number.isInteger(count) || count < 0 || count > MAX_FOLDER_REPEATS)
+    throw new UserError(`Repeats are 1–${MAX_FOLDER_REPEATS}, or 0 for the recipe's balance.`);
+  if (!(await ctx.store.setConceptRepeats(dataset.id, name, count === 0 ? null : count))) {
+    throw new UserError(`**${dataset.name}** has no concept \`${name}\`.`);
+  }
+  await interaction.editReply(
+    count === 0
+      ? `\`${name}\` of **${dataset.name}** is balanced by the recipe again.`
+      : `\`${name}\` of **${dataset.name}** is shown ${count} time${count === 1 ? '' : 's'} per epoch (the plan's folder \`${count}_${name}\`).`,
+  );
+}
+
 export const conceptCommand: SlashCommand = {
   data: conceptCommandData,
-  subcommands: acknowledged('public', { add, list, move }),
+  subcommands: acknowledged('public', { add, list, move, repeats }),
   autocomplete: autocompleteWorkshop,
 };
