@@ -303,7 +303,9 @@ async function postSummary(deps: RunReporterDeps, run: Run, eventId: string) {
   const grids = epochs.filter((e) => e.grid !== null);
   let note = '';
   if (grids.length > 0) {
-    const sheets = await comparisonSheets(await Promise.all(grids.map((e) => deps.blobs.read(e.grid!.blob))));
+    const sheets = await comparisonSheets(
+      await Promise.all(grids.map(async (e) => ({ image: await deps.blobs.read(e.grid!.blob), label: `Epoch ${e.epoch}` }))),
+    );
     const notes = new Set<string>();
     for (const [i, sheet] of sheets.entries()) {
       const shown = await sampleAttachment(deps, run, sheet, `${run.outputName}-epochs${sheets.length > 1 ? `-${i + 1}` : ''}.jpg`);

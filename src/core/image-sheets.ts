@@ -317,28 +317,52 @@ export function sheetColumns(count: number, cell: { width: number; height: numbe
   return best;
 }
 
-/** The epochs' grids, in order, laid out wide on one or more sheets (each a JPEG). */
-export async function comparisonSheets(grids: Buffer[], perSheet = EPOCHS_PER_SHEET): Promise<Buffer[]> {
+/** One epoch's grid on a comparison sheet, with the heading drawn above it (e.g. "Epoch 3"). */
+export interface ComparedGrid {
+  image: Buffer;
+  label: string;
+}
+
+/**
+ * The epochs' grids, in order, laid out wide on one or more sheets (each a JPEG). Each grid has
+ * its heading above it, in a font readable at Discord's preview width: the grids' own prompt
+ * labels shrink with the sheet, the headings say which epoch is which.
+ */
+export async function comparisonSheets(grids: ComparedGrid[], perSheet = EPOCHS_PER_SHEET): Promise<Buffer[]> {
   if (grids.length === 0) throw new RangeError('a comparison needs at least one grid');
   const sheets: Buffer[] = [];
   for (let i = 0; i < grids.length; i += perSheet) sheets.push(await comparisonSheet(grids.slice(i, i + perSheet)));
   return sheets;
 }
 
-async function comparisonSheet(grids: Buffer[]): Promise<Buffer> {
+async function comparisonSheet(grids: ComparedGrid[]): Promise<Buffer> {
   return inSlot(async () => {
-    const first = await decoder(grids[0]!, { limitInputPixels: 100_000_000 }).metadata();
+    const first = await decoder(grids[0]!.image, { limitInputPixels: 100_000_000 }).metadata();
     const cellWidth = Math.min(SHEET_CELL_MAX_WIDTH, Math.max(64, first.width));
     const cellHeight = Math.max(1, Math.round((first.height * cellWidth) / Math.max(1, first.width)));
     const cols = sheetColumns(grids.length, { width: cellWidth, height: cellHeight });
     const rows = Math.ceil(grids.length / cols);
     const gap = 8;
+    const width = gap + cols * (cellWidth + gap);
+    const scale = Math.max(1, Math.ceil((READABLE_CAP_HEIGHT * width) / (FONT_METRICS.ascent * DISCORD_PREVIEW_WIDTH)));
+    const heading = FONT_METRICS.lineHeight * scale + 2 * LABEL_PADDING * scale;
+    const rowHeight = heading + cellHeight + gap;
     const overlays: OverlayOptions[] = [];
     for (const [i, grid] of grids.entries()) {
-      const at = { left: gap + (i % cols) * (cellWidth + gap), top: gap + Math.floor(i / cols) * (cellHeight + gap) };
-      overlays.push(await placed(grid, { width: cellWidth, height: cellHeight, fit: 'contain' }, GRID_BACKGROUND, at));
+      const left = gap + (i % cols) * (cellWidth + gap);
+      const top = gap + Math.floor(i / cols) * rowHeight;
+      const label = renderLabel(grid.label, {
+        scale,
+        colour: GRID_TEXT,
+        background: GRID_BACKGROUND,
+        padding: LABEL_PADDING,
+        maxWidth: cellWidth,
+        maxLines: 1,
+      });
+      overlays.push(labelAt(label, left, top));
+      overlays.push(await placed(grid.image, { width: cellWidth, height: cellHeight, fit: 'contain' }, GRID_BACKGROUND, { left, top: top + heading }));
     }
-    return composedJpeg({ width: gap + cols * (cellWidth + gap), height: gap + rows * (cellHeight + gap) }, GRID_BACKGROUND, overlays, {
+    return composedJpeg({ width, height: gap + rows * rowHeight }, GRID_BACKGROUND, overlays, {
       maxBytes: GRID_MAX_BYTES,
       qualities: [85, 70, 50],
       what: `a comparison of ${grids.length} epochs`,
