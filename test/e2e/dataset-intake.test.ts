@@ -1,5 +1,5 @@
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { BlobStore } from '../../src/core/blob-store.ts';
 import { DatasetStore, type ImageRecord } from '../../src/store/dataset-store.ts';
 import { normalJpeg, photoJpeg, uploadOfTen, type ImageFile } from '../fixtures/images.ts';
@@ -337,6 +337,43 @@ describe('/dataset show and list', () => {
     const other = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', guildId: OTHER_GUILD, options: { dataset: 'mixed' } });
     // Only the asker sees why, and nothing public came before it.
     expect(await steps.privateRefusal(other)).toContain('There is no dataset named `mixed` in this server');
+  });
+});
+
+/** Makes the bot's dataset lookups take `ms` longer (its checks then outlast Discord's window); returns the undo. */
+function slowDatasetLookups(ms: number): () => void {
+  const store = world.bot!.ctx.store;
+  const lookup = Object.getOwnPropertyDescriptor(store, 'findDataset');
+  const find = store.findDataset.bind(store);
+  store.findDataset = async (...args) => {
+    await new Promise((r) => setTimeout(r, ms));
+    return find(...args);
+  };
+  return () => {
+    // The instance had no lookup of its own: the class's is used again.
+    if (lookup) Object.defineProperty(store, 'findDataset', lookup);
+    else delete (store as Partial<typeof store>).findDataset;
+  };
+}
+
+describe('slow answers', () => {
+  it('still acknowledges within 3 s when checks wait on a slow Redis: a public answer defers in public, and a refusal then replaces it privately', async () => {
+    onTestFinished(slowDatasetLookups(2500));
+    const refused = world.discord.sendCommand({ name: 'dataset', subcommand: 'show', options: { dataset: 'nope' } });
+    expect((await refused.callback()).json).toEqual({ type: 5, data: { flags: 0 } });
+    expect(refused.ackLatencyMs()).toBeLessThan(3000);
+    const followup = (await refused.waitForFollowup(undefined, 10_000)).json as { content: string; flags: number };
+    expect(followup).toMatchObject({ content: expect.stringContaining('There is no dataset named `nope`') as string, flags: 64 });
+    // The public placeholder went once the refusal was known.
+    await steps.until('the placeholder to be deleted', () => refused.lastReply()?.deleted);
+  });
+
+  it('checks that outlast the window are answered privately from the start (a refusal that may come late)', async () => {
+    onTestFinished(slowDatasetLookups(2500));
+    const h = world.discord.sendCommand({ name: 'tags', subcommand: 'remove', options: { dataset: 'nope', tags: 'smile' } });
+    expect((await h.callback()).json).toMatchObject({ type: 5, data: { flags: 64 } });
+    expect(h.ackLatencyMs()).toBeLessThan(3000);
+    expect(await steps.privateRefusal(h)).toMatch(/There is no dataset named `nope`/);
   });
 });
 
