@@ -1,3 +1,4 @@
+import { ChannelType } from 'discord.js';
 import { OPTIMIZERS, RECIPE_NAMES } from '../src/core/recipe-table.ts';
 import { NETWORK_LABELS, NETWORK_TYPES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
 import { datasetOption, guildCommand, runOption, subcommand } from './options.ts';
@@ -90,6 +91,14 @@ export const settingsCommandData = guildCommand('settings', 'LoRA Guild settings
           { name: 'sentences', value: 'sentences' },
           { name: 'both (sentence, then tags)', value: 'both' },
         ),
+    ),
+  )
+  .addSubcommand(
+    subcommand('moderation-channel', 'Where moderators are told what waits for review (reports, flagged images)').addChannelOption((o) =>
+      o
+        .setName('channel')
+        .setDescription('A channel only moderators read (leave out: no notices; /moderation queue lists it all the same)')
+        .addChannelTypes(ChannelType.GuildText),
     ),
   )
   .addSubcommand(() => {

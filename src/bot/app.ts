@@ -32,9 +32,10 @@ import { WorkerStore } from '../store/worker-store.ts';
 import { IntakeService } from './intake.ts';
 import { RatingService } from './rater.ts';
 import { channelPolicy } from './content-policy.ts';
-import { postingOf } from '../core/rating.ts';
+import { effectiveRating, isAbove, postingOf } from '../core/rating.ts';
 import { ImageRemovalService } from './image-removal.ts';
 import { ModerationService } from './moderation.ts';
+import { ModerationNotifier } from './moderation-notices.ts';
 import { ModerationStore } from '../store/moderation-store.ts';
 import { DeliveryService } from './delivery.ts';
 import { DatasetExporter } from './dataset-export.ts';
@@ -68,6 +69,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
   queueConnection.on('error', (err) => logger.warn({ err }, 'redis (queues) connection error'));
 
   const store = new DatasetStore(redis, config.REDIS_PREFIX);
+  const moderationStore = new ModerationStore(redis, config.REDIS_PREFIX);
   const captions = new CaptionStore(redis, config.REDIS_PREFIX);
   const sentences = new CaptionStore(redis, config.REDIS_PREFIX, 'sentences');
   const notices = new NoticeSender(queueConnection, config.REDIS_PREFIX);
@@ -110,6 +112,12 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       // Captions that came with the images (a .txt in a zip) are kept as tags or as a sentence;
       // the machines fill what the dataset's caption mode needs and is still missing.
       await keepUploadCaptions({ store, captions, sentences }, dataset, captioned);
+      // Rated above general at intake: the moderators' next notice says whether that is above the channel's policy.
+      const rated = (await store.getImages(dataset.id, nos)).filter((image) => {
+        const r = effectiveRating(image.ratings);
+        return r !== null && isAbove(r, 'general');
+      });
+      if (rated.length > 0) await moderationStore.noteArrival(dataset.guildId, { kind: 'rated', datasetId: dataset.id, nos: rated.map((i) => i.no) });
       await taggingQueue.add(JobName.TagImages, {
         guildId: dataset.guildId,
         datasetId: dataset.id,
@@ -140,7 +148,6 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     logger: logger.child({ unit: 'training' }),
     onBlobsUnpinned,
   });
-  const moderationStore = new ModerationStore(redis, config.REDIS_PREFIX);
   const moderation = new ModerationService({
     store,
     runs,
@@ -222,7 +229,10 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
 
   let tagging: { worker: Worker; service: TaggingService } | null = null;
   if (config.TAGGER_IN_BOT) {
-    tagging = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, sentences, blobs, notices }, queueConnection);
+    tagging = startTaggingWorker(
+      { config, logger: logger.child({ unit: 'tagging' }), store, captions, sentences, blobs, notices, moderation: moderationStore },
+      queueConnection,
+    );
   }
 
   // Remote workers (GPUs lent from anywhere) lease runs over HTTPS; their input links are signed.
@@ -314,6 +324,16 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     config.REDIS_PREFIX,
   );
   const generationPoster: Worker = startGenerationPoster({ ...generations, client }, queueConnection, config.REDIS_PREFIX);
+  const moderationNotices = new ModerationNotifier({
+    client,
+    store,
+    settings,
+    moderationStore,
+    moderation,
+    intervalMs: config.MODERATION_NOTICE_SECONDS * 1000,
+    logger: logger.child({ unit: 'moderation-notices' }),
+  });
+  moderationNotices.start();
   logger.info({ user: client.user?.tag, guilds: client.guilds.cache.size, httpPort: http.port }, 'bot ready');
 
   let stopped = false;
@@ -330,6 +350,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       await poster.close();
       await reporter.close();
       await generationPoster.close();
+      await moderationNotices.stop();
       tallies.stop();
       await client.destroy();
       await http.close();

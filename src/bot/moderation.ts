@@ -70,7 +70,16 @@ export class ModerationService {
 
   /** The dataset's images rated above `limit` that no moderator kept. */
   async ratingFlags(dataset: Dataset, limit: Rating): Promise<Map<number, RatingFlag>> {
-    const [images, approvals] = await Promise.all([this.deps.store.listImages(dataset.id), this.deps.moderation.approvals(dataset.id)]);
+    return this.flagsAmong(dataset, limit, await this.deps.store.listImages(dataset.id));
+  }
+
+  /** Of the given images, those rated above `limit` that no moderator kept (removed ones are left out). */
+  async ratingFlagsOf(dataset: Dataset, limit: Rating, nos: readonly number[]): Promise<Map<number, RatingFlag>> {
+    return this.flagsAmong(dataset, limit, await this.deps.store.getImages(dataset.id, [...nos]));
+  }
+
+  private async flagsAmong(dataset: Dataset, limit: Rating, images: readonly ImageRecord[]): Promise<Map<number, RatingFlag>> {
+    const approvals = await this.deps.moderation.approvals(dataset.id);
     const flags = new Map<number, RatingFlag>();
     for (const image of images) {
       const flag = ratingFlagOf(image, limit, approvals.get(image.no));
@@ -126,6 +135,7 @@ export class ModerationService {
     const added = await this.deps.moderation.report(dataset.guildId, target, { reporterId, reason: text, at: Date.now() });
     const what = target.kind === 'image' ? `image #${target.no} of **${dataset.name}**` : `**${dataset.name}**`;
     if (!added) throw new UserError(`You have already reported ${what}: the moderators have it.`);
+    await this.deps.moderation.noteArrival(dataset.guildId, { kind: 'report', target, reason: text });
     this.deps.logger.info({ datasetId: dataset.id, target, userId: reporterId }, 'member report recorded');
   }
 

@@ -106,6 +106,8 @@ export const configSchema = z.object({
   PROGRESS_INTERVAL_SECONDS: int(1, 3600).default(60),
   /** How often an epoch post's vote counts are edited at most (votes in between are batched). */
   VOTE_EDIT_SECONDS: int(1, 600).default(10),
+  /** How often a server's moderation channel gets a notice of what arrived for review, at most (arrivals in between are listed together). */
+  MODERATION_NOTICE_SECONDS: int(1, 3600).default(60),
   /** Which queues a worker process (`npm run worker`) consumes. */
   WORKER_QUEUES: z
     .string()

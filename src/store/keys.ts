@@ -47,6 +47,12 @@ export function keys(p: string) {
     modApproved: (datasetId: string) => `${p}:ds:${datasetId}:mod:approved`,
     /** The moderation audit log of a guild (append-only, newest first). */
     modLog: (guildId: string) => `${p}:guild:${guildId}:mod:log`,
+    /** What arrived for the moderators of a guild since their last notice (JSON notes, oldest first). */
+    modArrived: (guildId: string) => `${p}:guild:${guildId}:mod:arrived`,
+    /** Guilds with notes in `modArrived`. */
+    modArrivedGuilds: () => `${p}:mod:arrived-guilds`,
+    /** Set while a guild's last moderation notice is younger than the notice interval. */
+    modNoticeGate: (guildId: string) => `${p}:guild:${guildId}:mod:notice-gate`,
     /** Why a run's files are withheld (a moderator removed its dataset). */
     runWithheld: (runId: string) => `${p}:run:${runId}:withheld`,
     /** Blob ids of withheld runs' files: signed links to them are refused. */

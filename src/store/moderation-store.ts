@@ -48,6 +48,24 @@ const AuditEntrySchema = z.object({
 });
 export type AuditEntry = z.infer<typeof AuditEntrySchema>;
 
+/**
+ * Something that arrived for review, noted for the moderators' next notice: a member's report, or
+ * images that were rated (whether they are flagged is judged when the notice is written).
+ */
+const ArrivalSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('report'), target: z.string(), reason: z.string().max(MAX_REASON_CHARS) }),
+  z.object({ kind: z.literal('rated'), datasetId: z.string(), nos: z.array(z.number().int().positive()).max(1000) }),
+]);
+export type Arrival = { kind: 'report'; target: ModerationTarget; reason: string } | { kind: 'rated'; datasetId: string; nos: number[] };
+
+// Everything noted for a guild, taken at once: a second bot process finds it gone.
+const TAKE_ARRIVED_LUA = `
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return items
+`;
+
 const WithheldSchema = z.object({ by: z.string(), reason: z.string().max(MAX_REASON_CHARS), at: z.number() });
 export type Withholding = z.infer<typeof WithheldSchema>;
 
@@ -123,6 +141,49 @@ export class ModerationStore {
       .zrem(this.k.modReported(guildId), ...names)
       .exec();
     return counts.reduce((a, b) => a + b, 0);
+  }
+
+  /** Notes something new for the guild's moderators (their next notice lists it). */
+  async noteArrival(guildId: string, arrival: Arrival): Promise<void> {
+    const json =
+      arrival.kind === 'report'
+        ? { kind: arrival.kind, target: targetKey(arrival.target), reason: arrival.reason }
+        : { kind: arrival.kind, datasetId: arrival.datasetId, nos: arrival.nos };
+    await this.redis
+      .multi()
+      .rpush(this.k.modArrived(guildId), JSON.stringify(ArrivalSchema.parse(json)))
+      .sadd(this.k.modArrivedGuilds(), guildId)
+      .exec();
+  }
+
+  /** Guilds with something noted for their moderators. */
+  async guildsWithArrivals(): Promise<string[]> {
+    return this.redis.smembers(this.k.modArrivedGuilds());
+  }
+
+  /** Takes (and forgets) what was noted for a guild, oldest first. */
+  async takeArrivals(guildId: string): Promise<Arrival[]> {
+    const jsons = (await this.redis.eval(TAKE_ARRIVED_LUA, 2, this.k.modArrived(guildId), this.k.modArrivedGuilds(), guildId)) as string[];
+    const out: Arrival[] = [];
+    for (const json of jsons) {
+      const note = parsed(ArrivalSchema, json);
+      if (note?.kind === 'rated') out.push(note);
+      else if (note?.kind === 'report') {
+        const target = parseTargetKey(note.target);
+        if (target) out.push({ kind: 'report', target, reason: note.reason });
+      }
+    }
+    return out;
+  }
+
+  /** Whether a guild may have a moderation notice now; if so, the next waits `intervalMs`. */
+  async claimNotice(guildId: string, intervalMs: number): Promise<boolean> {
+    return (await this.redis.set(this.k.modNoticeGate(guildId), '1', 'PX', intervalMs, 'NX')) === 'OK';
+  }
+
+  /** Gives back a claimed notice that had nothing to say. */
+  async releaseNotice(guildId: string): Promise<void> {
+    await this.redis.del(this.k.modNoticeGate(guildId));
   }
 
   /** The rating each image of a dataset was kept at by a moderator. */

@@ -185,6 +185,8 @@ export interface GuildSettings {
   maxGenerationsPerMember: number;
   /** What channels that are not age-restricted show, spoiler and take (see rating.ts). */
   moderation: ContentPolicy;
+  /** Where moderators are told what waits for review; null: nowhere (`/moderation queue` still lists it). */
+  moderationChannelId: string | null;
 }
 
 const DEFAULT_GUILD_SETTINGS: GuildSettings = {
@@ -195,6 +197,7 @@ const DEFAULT_GUILD_SETTINGS: GuildSettings = {
   membersMayLend: false,
   captionMode: null,
   maxGenerationsPerMember: 3,
+  moderationChannelId: null,
 };
 
 export class GuildSettingsStore {

@@ -11,6 +11,7 @@ import { CaptionStore } from '../store/caption-store.ts';
 import { DatasetStore } from '../store/dataset-store.ts';
 import { NoticeSender } from '../queues/notices.ts';
 import { startTaggingWorker } from './tagging.ts';
+import { ModerationStore } from '../store/moderation-store.ts';
 import { remoteSettingsProblems, startRemoteWorker } from './remote-worker.ts';
 import { startTrainingWorker } from './training.ts';
 
@@ -50,7 +51,19 @@ const closers: (() => Promise<void>)[] = [];
 const visible: Promise<void>[] = [];
 for (const queue of config.WORKER_QUEUES) {
   if (queue === 'tagging') {
-    const { worker, service } = startTaggingWorker({ config, logger: logger.child({ unit: 'tagging' }), store, captions, sentences, blobs, notices }, redis);
+    const { worker, service } = startTaggingWorker(
+      {
+        config,
+        logger: logger.child({ unit: 'tagging' }),
+        store,
+        captions,
+        sentences,
+        blobs,
+        notices,
+        moderation: new ModerationStore(redis, config.REDIS_PREFIX),
+      },
+      redis,
+    );
     workers.push(worker);
     closers.push(() => service.close());
   } else if (queue === 'training') {

@@ -7,7 +7,7 @@ import type { Logger } from '../core/logger.ts';
 import { captionModeOf, tracksOf, type CaptionTrack } from '../core/caption-text.ts';
 import { ensureCaptionerModel } from '../core/captioner-model.ts';
 import { CaptionerUnavailableError, loadCaptioner, type Captioner } from '../core/florence-captioner.ts';
-import { isRating } from '../core/rating.ts';
+import { isAbove, isRating } from '../core/rating.ts';
 import { stripLeadingTriggers } from '../core/tag-ops.ts';
 import { ModelUnavailableError } from '../core/model-files.ts';
 import { ensureTaggerModel, TaggerUnavailableError } from '../core/tagger-model.ts';
@@ -16,6 +16,7 @@ import { bullPrefix, QueueName, type TagImagesPayload } from '../queues/contract
 import type { CaptionStore } from '../store/caption-store.ts';
 import type { DatasetStore, ImageRecord } from '../store/dataset-store.ts';
 import type { NoticeSender } from '../queues/notices.ts';
+import type { ModerationStore } from '../store/moderation-store.ts';
 
 export interface TaggingDeps {
   config: Config;
@@ -25,6 +26,8 @@ export interface TaggingDeps {
   sentences: CaptionStore;
   blobs: BlobStore;
   notices: NoticeSender;
+  /** Images the tagger rates above general are noted for the moderators' next notice. */
+  moderation: ModerationStore;
 }
 
 export interface TaggingResult {
@@ -162,13 +165,16 @@ export class TaggingService {
     const concepts = new Map((await store.getConcepts(dataset.id)).map((c) => [c.name, c]));
     const results = await this.tagAll(tagger, todo, dataset.undesiredTags ?? []);
     const tagged: number[] = [];
+    const rated: number[] = [];
     for (const [i, img] of todo.entries()) {
       const result = results[i];
       if (!result) {
         skipped.push(img.no);
         continue;
       }
-      if (isRating(result.rating)) await store.setRating(dataset.id, img.no, 'tagger', result.rating);
+      if (isRating(result.rating) && (await store.setRating(dataset.id, img.no, 'tagger', result.rating)) && isAbove(result.rating, 'general')) {
+        rated.push(img.no);
+      }
       const triggers = [dataset.trigger, concepts.get(img.concept)?.trigger ?? ''].filter(Boolean);
       const tags = stripLeadingTriggers(result.tags, triggers);
       const meta = { by: 'tagger', source: 'tagger' as const };
@@ -191,6 +197,8 @@ export class TaggingService {
         (written.written ? tagged : skipped).push(img.no);
       }
     }
+    // Whether they are above what the dataset's channel takes is judged by the bot, which sees the channel.
+    if (rated.length > 0) await this.deps.moderation.noteArrival(dataset.guildId, { kind: 'rated', datasetId: dataset.id, nos: rated });
     return { tagged, skipped: skipped.sort((a, b) => a - b) };
   }
 

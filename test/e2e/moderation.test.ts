@@ -20,6 +20,8 @@ const bob = { id: '400000000000000003', username: 'bob' };
 const MODERATOR = String(BigInt(MANAGE_MESSAGES) | BigInt(steps.MANAGE_GUILD));
 const MEMBER = '0';
 const SECRET = 'a-download-secret-that-is-long-enough-0123456789';
+/** Where the moderators are told what waits for review. */
+const MOD_CHANNEL = '400000000000000900';
 
 /** The tagger rates strongly red images explicit (after intake, which has no photo classifier here). */
 const RATING_TAGS: TestTag[] = [
@@ -44,7 +46,15 @@ beforeAll(async () => {
   const port = await steps.freePort();
   publicUrl = `http://127.0.0.1:${port}`;
   world = await World.start({
-    env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), HTTP_PORT: String(port), PUBLIC_URL: publicUrl, DOWNLOAD_SECRET: SECRET, PROGRESS_INTERVAL_SECONDS: '1' },
+    discord: { guilds: [{ name: 'Guild', channels: [{ name: 'lora' }, { id: MOD_CHANNEL, name: 'mod-queue' }] }] },
+    env: {
+      TAGGER_MODEL_DIR: join(tmp, 'tagger'),
+      HTTP_PORT: String(port),
+      PUBLIC_URL: publicUrl,
+      DOWNLOAD_SECRET: SECRET,
+      PROGRESS_INTERVAL_SECONDS: '1',
+      MODERATION_NOTICE_SECONDS: '1',
+    },
   });
   await world.startBot();
   store = new DatasetStore(world.redis, world.env.REDIS_PREFIX!);
@@ -53,6 +63,14 @@ beforeAll(async () => {
   // Steps slow enough that a 20-epoch run is still training when its dataset is removed.
   await world.spawnWorker(steps.standinWorkerEnv(models, { STANDIN_STEP_SECONDS: '0.004' }));
   await steps.workerOnline(world, 'gpu-test');
+  const named = world.discord.sendCommand({
+    name: 'settings',
+    subcommand: 'moderation-channel',
+    user: mod,
+    permissions: MODERATOR,
+    options: { channel: MOD_CHANNEL },
+  });
+  expect(await steps.done(world, named)).toMatch(new RegExp(` · moderators are told what waits for review in <#${MOD_CHANNEL}>$`));
   heroThread = await steps.heroDataset(world, alice);
 });
 
@@ -106,10 +124,27 @@ function plan(dataset: string, epochs: number): InteractionHandle {
   return world.discord.sendCommand({ name: 'train', subcommand: 'plan', user: mod, permissions: MODERATOR, options: { dataset, epochs } });
 }
 
+/** The notices in the moderation channel, oldest first. */
+const notices = () => steps.channelMessages(world, MOD_CHANNEL);
+
+/** Waits until the notices say `line` (one of their lines). */
+function noticeSaying(line: string) {
+  return steps.until(
+    `a moderation notice saying ${line}`,
+    () => notices().find((m) => m.content.split('\n').includes(line)),
+    30_000,
+    () => JSON.stringify(notices().map((m) => m.content)),
+  );
+}
+
 const heroFinished = (runId: string) => () => steps.runSummary(world, heroThread, runId);
 
 describe('moderation', () => {
-  it('flags an image the tagger rates above the channel’s policy after intake; the dataset starts only once a moderator approves it', async () => {
+  it('flags an image the tagger rates above the channel’s policy after intake, telling the moderators; the dataset starts only once a moderator approves it', async () => {
+    await noticeSaying('• image #1 of **hero** — rated explicit, its channel takes up to sensitive');
+    expect(notices().map((m) => [m.content, m.attachments])).toEqual([
+      ['🛡️ New for review: 1 item\n• image #1 of **hero** — rated explicit, its channel takes up to sensitive\n`/moderation queue` to review.', []],
+    ]);
     const queue = moderation('queue');
     expect(await done(queue)).toMatch(/image #1 of \*\*hero\*\* — rated \*\*explicit\*\* by the tagger \(its channel takes up to sensitive\)/);
     expect(queue.lastReply()!.content).toMatch(/Moderation queue\*\* · 1 item/);
@@ -135,16 +170,35 @@ describe('moderation', () => {
     await steps.until('the approved dataset’s run to finish', heroFinished(runId), 60_000);
   });
 
-  it('takes members’ reports from the contact sheet, once each, tells only the reporter, and lets moderators dismiss, remove or approve', async () => {
+  it('takes members’ reports from the contact sheet, once each, tells only the reporter and the moderation channel, and lets moderators dismiss, remove or approve', async () => {
+    const noticesBefore = notices().length;
     const first = await report(bob, '2', 'This is not the character at all');
     expect(await done(first)).toBe('Thank you: your report on image #2 of **hero** went to the moderators. Nobody else sees who reported it.');
     expect(await ephemeral(first)).toBe(true);
+    const told = await noticeSaying('• image #2 of **hero** — reported by a member: “This is not the character at all”');
+    expect(told.content).toBe(
+      '🛡️ New for review: 1 item\n• image #2 of **hero** — reported by a member: “This is not the character at all”\n`/moderation queue` to review.',
+    );
+    expect(told.attachments).toEqual([]);
     expect(await done(await report(bob, '#2', 'Still not the character'))).toMatch(/⚠️ You have already reported image #2 of \*\*hero\*\*/);
     expect(await done(await report(bob, 'two', 'Wrong one'))).toMatch(/⚠️ The image is its number on the contact sheet/);
     expect(await done(await report(bob, '9', 'Wrong one'))).toMatch(/⚠️ \*\*hero\*\* has no image #9/);
     expect(await done(await report(bob, '3', '     '))).toMatch(/⚠️ Please say briefly what is wrong \(3–300 characters\)/);
     expect(await done(await report(bob, '3', 'Watermarked stock photo'))).toMatch(/report on image #3/);
-    expect(await done(await report(alice, '', 'Same as another dataset here'))).toMatch(/report on \*\*hero\*\* went/);
+    expect(await done(await report(alice, '', 'Same as another dataset here: **copied** from <@400000000000000003>'))).toMatch(/report on \*\*hero\*\* went/);
+    // The moderators hear of each report once (refused ones not at all), without who filed it, and only a short, plain excerpt of its words.
+    await noticeSaying('• image #3 of **hero** — reported by a member: “Watermarked stock photo”');
+    await noticeSaying('• dataset **hero** — reported by a member: “Same as another dataset here copied fro…”');
+    const reported = notices().slice(noticesBefore);
+    expect(reported.flatMap((m) => m.content.split('\n').filter((l) => l.startsWith('• ')))).toEqual([
+      '• image #2 of **hero** — reported by a member: “This is not the character at all”',
+      '• image #3 of **hero** — reported by a member: “Watermarked stock photo”',
+      '• dataset **hero** — reported by a member: “Same as another dataset here copied fro…”',
+    ]);
+    for (const notice of reported) {
+      expect(notice.content).not.toMatch(new RegExp(`${bob.id}|${alice.id}|bob|alice|<@`));
+      expect(notice.attachments).toEqual([]);
+    }
     // Nothing public names a reporter or a reason.
     const everything = [...steps.channelMessages(world, world.discord.channelId), ...steps.channelMessages(world, heroThread)];
     expect(everything.filter((m) => /character at all|stock photo|another dataset/.test(m.content))).toEqual([]);
@@ -152,7 +206,7 @@ describe('moderation', () => {
     const queue = moderation('queue');
     const text = await done(queue);
     expect(text).toMatch(/Moderation queue\*\* · 3 items/);
-    expect(text).toContain(`**1.** dataset **hero** — 1 report: <@${alice.id}> “Same as another dataset here”`);
+    expect(text).toContain(`**1.** dataset **hero** — 1 report: <@${alice.id}> “Same as another dataset here: **copied** from <@${bob.id}>”`);
     expect(text).toContain(`**2.** image #2 of **hero** — 1 report: <@${bob.id}> “This is not the character at all”`);
     expect(text).toContain(`**3.** image #3 of **hero** — 1 report: <@${bob.id}> “Watermarked stock photo”`);
     expect(rowsOf(queue).map((row) => row.map((b) => b.label))).toEqual([
@@ -208,6 +262,31 @@ describe('moderation', () => {
     );
     expect(lines[3]).toMatch(/dismissed the reports on image #2 of \*\*hero\*\* \(1 report closed\)$/);
     expect(lines[4]).toMatch(/approved image #1 of \*\*hero\*\*$/);
+
+    // The moderation channel is deleted: notices are dropped and logged once, and nothing else breaks.
+    const p = world.env.REDIS_PREFIX!;
+    const arrivalsTaken = () => world.redis.scard(`${p}:mod:arrived-guilds`).then((n) => n === 0);
+    const channelFetches = () => world.discord.callsTo('GET', new RegExp(`^/channels/${MOD_CHANNEL}$`)).length;
+    const notPosted = () =>
+      world.log.lines.filter((l) => l.msg === 'moderation notice not posted: the moderation channel is gone or the bot may not post there');
+    const shown = notices().length;
+    world.discord.deleteChannel(MOD_CHANNEL);
+    expect(await done(await report(bob, '1', 'Looks like a real person'))).toMatch(/report on image #1/);
+    await steps.until('the first notice to fail', () => notPosted().length === 1);
+    expect(await done(await report(alice, '1', 'A real person, I think'))).toMatch(/report on image #1/);
+    await steps.until('the second notice to be tried', async () => channelFetches() >= 2 && (await arrivalsTaken()));
+    expect(await done(moderation('queue'))).toContain('**1.** image #1 of **hero** — 2 reports:');
+    expect(notPosted()).toHaveLength(1);
+    expect(notices()).toHaveLength(shown);
+
+    // With no channel named, nobody is told (nothing is even tried); the queue lists it all the same.
+    const off = world.discord.sendCommand({ name: 'settings', subcommand: 'moderation-channel', user: mod, permissions: MODERATOR, options: {} });
+    expect(await done(off)).not.toContain('moderators are told');
+    const fetches = channelFetches();
+    expect(await done(await report(bob, '', 'Copied from another server'))).toMatch(/report on \*\*hero\*\* went/);
+    await steps.until('the report to be noted and dropped', arrivalsTaken);
+    expect(await done(moderation('queue'))).toMatch(/Moderation queue\*\* · 2 items/);
+    expect(channelFetches()).toBe(fetches);
   });
 
   it('removes a whole dataset: images gone from Redis and disk (a running run’s files when it ends), runs cancelled, LoRAs withheld with the reason, all in the log', async () => {

@@ -197,6 +197,15 @@ export class FakeDiscord {
     return this.world.channels.has(id) ? this.world.apiChannel(id) : undefined;
   }
 
+  /** Deletes a channel as a member could: the API answers 10003 Unknown Channel, and clients get CHANNEL_DELETE. */
+  deleteChannel(id: string): void {
+    const json = this.world.apiChannel(id);
+    const guild = this.world.guild(this.world.channel(id).guildId);
+    this.world.channels.delete(id);
+    guild.channelIds = guild.channelIds.filter((c) => c !== id);
+    this.dispatch('CHANNEL_DELETE', json);
+  }
+
   /** Threads, optionally only those under one parent channel, oldest first. */
   threads(parentId?: string): ChannelJson[] {
     return [...this.world.channels.values()]

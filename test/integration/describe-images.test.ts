@@ -9,6 +9,7 @@ import { createLogger } from '../../src/core/logger.ts';
 import { NoticeSender } from '../../src/queues/notices.ts';
 import { CaptionStore, sentenceOf } from '../../src/store/caption-store.ts';
 import { DatasetStore, newId } from '../../src/store/dataset-store.ts';
+import { ModerationStore } from '../../src/store/moderation-store.ts';
 import { TaggingService } from '../../src/worker/tagging.ts';
 import { testCaptionFor, writeTestCaptioner } from '../fixtures/florence-model.ts';
 import { imageFacts } from '../fixtures/image-facts.ts';
@@ -41,6 +42,7 @@ beforeAll(async () => {
     sentences,
     blobs,
     notices,
+    moderation: new ModerationStore(redis, prefix),
   });
 });
 afterAll(async () => {

@@ -32,7 +32,8 @@ function settingsSubcommand(change?: (settings: GuildSettings, interaction: Chat
           `images waiting at once: ${settings.maxGenerationsPerMember} per member · ` +
           `GPUs may be lent (\`/worker add\`) by ${settings.membersMayLend ? 'any member' : 'Manage Server only'} · ` +
           `outside age-restricted channels: up to ${settings.moderation.shown} shown, up to ${settings.moderation.spoilered} behind a spoiler, ` +
-          `above ${settings.moderation.accepted} refused`,
+          `above ${settings.moderation.accepted} refused` +
+          (settings.moderationChannelId ? ` · moderators are told what waits for review in <#${settings.moderationChannelId}>` : ''),
       );
     },
   };
@@ -70,6 +71,9 @@ export const settingsCommand: SlashCommand = {
       const mode = interaction.options.getString('mode', true);
       if (mode !== 'auto' && !isCaptionMode(mode)) throw new UserError('The mode must be auto, tags, sentences or both.');
       settings.captionMode = mode === 'auto' ? null : mode;
+    }),
+    'moderation-channel': settingsSubcommand((settings, interaction) => {
+      settings.moderationChannelId = interaction.options.getChannel('channel')?.id ?? null;
     }),
     moderation: settingsSubcommand((settings, interaction) => {
       const pick = (name: string, current: Rating): Rating => {
