@@ -6,7 +6,7 @@ import type { Config } from '../core/config.ts';
 import { downloadToFile } from '../core/download.ts';
 import { errorMessage, isUserError, UserError } from '../core/errors.ts';
 import { MAX_CONCEPTS } from '../core/dataset-rules.ts';
-import { readKohyaLayout, type KohyaFolder } from '../core/kohya-layout.ts';
+import { conceptTriggersFromToml, readKohyaLayout, type KohyaFolder } from '../core/kohya-layout.ts';
 import { Limiter, LockTimeoutError, type Mutex, type NamedLocks } from '../core/limiter.ts';
 import type { Logger } from '../core/logger.ts';
 import { normalizeImage, normalizeOptionsFromConfig, type NormalizeResult } from '../core/media.ts';
@@ -185,6 +185,8 @@ export class IntakeService {
       });
       report.skipped.push(...extracted.skipped);
       const layout = readKohyaLayout(extracted.images.map((img) => img.folders));
+      // A concept's own trigger is not in its folder's name; the dataset.toml that came along says it.
+      const triggers = extracted.datasetToml ? conceptTriggersFromToml(extracted.datasetToml) : new Map<string, string>();
       const out: Prepared[] = [];
       const byConcept = new Map<string, KohyaFolder>();
       extracted.images.forEach((img, i) => {
@@ -193,6 +195,8 @@ export class IntakeService {
           return;
         }
         let folder = layout?.folders[i] ?? undefined;
+        const trigger = folder && triggers.get(folder.path.split('/').at(-1) ?? '');
+        if (folder && trigger) folder = { ...folder, trigger };
         if (folder) {
           // Two folders naming one concept: it keeps the first one's repeats, and takes both's images.
           const first = byConcept.get(folder.concept);
@@ -375,9 +379,9 @@ export class IntakeService {
             report.layout.push(`folder \`${folder.path}\`: the dataset already has ${MAX_CONCEPTS} concepts; its images go to \`${req.concept}\``);
             continue;
           }
-          await store.ensureConcept(req.dataset.id, folder.concept, null, folder.repeats);
+          await store.ensureConcept(req.dataset.id, folder.concept, folder.trigger ?? null, folder.repeats);
           count += 1;
-          report.layout.push(`${where} (new), ${folder.repeats} repeats`);
+          report.layout.push(`${where} (new), ${folder.repeats} repeats${folder.trigger ? `, trigger \`${folder.trigger}\`` : ''}`);
         } else if (existing.repeats === undefined) {
           await store.setConceptRepeats(req.dataset.id, folder.concept, folder.repeats);
           report.layout.push(`${where}, ${folder.repeats} repeats from now on`);

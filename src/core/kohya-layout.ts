@@ -4,7 +4,9 @@
  * zip's folders here turns such a dataset into our concepts as it is. Pure: folder names in, a
  * reading out, with a short line for the contributor about every folder.
  */
-import { CONCEPT_NAME } from './dataset-rules.ts';
+import { parse as parseToml } from 'smol-toml';
+import { z } from 'zod';
+import { CONCEPT_NAME, validateTrigger } from './dataset-rules.ts';
 
 /** The most repeats a folder may ask for (the plan's own limit for fixed repeats). */
 export const MAX_FOLDER_REPEATS = 1000;
@@ -18,6 +20,8 @@ export interface KohyaFolder {
   path: string;
   concept: string;
   repeats: number;
+  /** The concept's own trigger, when the dataset.toml that came with the folder names one. */
+  trigger?: string;
 }
 
 export interface LayoutReading {
@@ -85,3 +89,52 @@ export function readKohyaLayout(imageFolders: readonly (readonly string[])[]): L
   }
   return { folders, regularisation, recognised, problems };
 }
+
+/**
+ * The own trigger of each concept folder, read from the `dataset.toml` that came with it: a subset
+ * whose `keep_tokens` is 2 or more keeps its captions' first tags in front, the dataset's trigger
+ * and then the concept's, as its `class_tokens` start. So a subset with `keep_tokens = 2` and
+ * `class_tokens = "ohwx_aria, blue outfit, woman"` gives its folder the trigger `blue outfit`.
+ * Keyed by the folder's name (`3_outfit-blue`); what does not parse, or reads otherwise, is left out.
+ */
+export function conceptTriggersFromToml(text: string): Map<string, string> {
+  const triggers = new Map<string, string>();
+  let doc: unknown;
+  try {
+    doc = parseToml(text);
+  } catch {
+    return triggers;
+  }
+  const parsed = DatasetTomlSchema.safeParse(doc);
+  if (!parsed.success) return triggers;
+  const generalKeep = parsed.data.general?.keep_tokens;
+  for (const dataset of parsed.data.datasets ?? []) {
+    for (const subset of dataset.subsets ?? []) {
+      const folder = subset.image_dir.split(/[\\/]/).filter(Boolean).at(-1);
+      const keep = subset.keep_tokens ?? dataset.keep_tokens ?? generalKeep ?? 0;
+      if (!folder || !FOLDER.test(folder) || keep < 2 || !subset.class_tokens) continue;
+      const own = subset.class_tokens.split(',')[1]?.trim();
+      try {
+        if (own) triggers.set(folder, validateTrigger(own));
+      } catch {
+        // Not a trigger we could take: the concept comes without one.
+      }
+    }
+  }
+  return triggers;
+}
+
+const KeepTokens = z.number().int().min(0).max(100);
+const DatasetTomlSchema = z.object({
+  general: z.object({ keep_tokens: KeepTokens.optional() }).loose().optional(),
+  datasets: z
+    .array(
+      z
+        .object({
+          keep_tokens: KeepTokens.optional(),
+          subsets: z.array(z.object({ image_dir: z.string(), keep_tokens: KeepTokens.optional(), class_tokens: z.string().optional() }).loose()).optional(),
+        })
+        .loose(),
+    )
+    .optional(),
+});

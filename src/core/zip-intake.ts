@@ -37,7 +37,8 @@ export type ZipImage = {
 
 export type ZipSkip = { name: string; reason: string };
 
-export type ZipIntake = { images: ZipImage[]; skipped: ZipSkip[] };
+/** `datasetToml`: the text of a `dataset.toml` that came with the images (sd-scripts' dataset settings), when one did. */
+export type ZipIntake = { images: ZipImage[]; skipped: ZipSkip[]; datasetToml?: string };
 
 export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.avif', '.tif', '.tiff', '.bmp', '.heic', '.heif']);
 
@@ -166,6 +167,7 @@ export async function extractZip(zipPath: string, destDir: string, limits: ZipLi
     const skipped: (ZipSkip & { index: number })[] = [];
     const images: Candidate[] = [];
     const captions = new Map<string, Candidate>();
+    let datasetToml: { entry: Entry; depth: number } | undefined;
     const classify = (entry: Entry, at: number): void => {
       const rawName = getFileNameLowLevel(entry.generalPurposeBitFlag, entry.fileNameRaw, entry.extraFields, false);
       if (rawName.endsWith('/')) return; // a folder
@@ -179,8 +181,14 @@ export async function extractZip(zipPath: string, destDir: string, limits: ZipLi
       if (base === undefined) return;
       if (segments.some((s) => s === '__MACOSX' || s.startsWith('.'))) return;
       if (LITTER.has(base.toLowerCase())) return;
-      // sd-scripts' settings (a dataset or config TOML) travel with a dataset in its layout.
-      if (base.toLowerCase().endsWith('.toml')) return;
+      // sd-scripts' settings (a dataset or config TOML) travel with a dataset in its layout; the
+      // dataset's (the shallowest `dataset.toml`) is read for what the folders do not say.
+      if (base.toLowerCase().endsWith('.toml')) {
+        if (base.toLowerCase() === 'dataset.toml' && !entry.isEncrypted() && entry.canDecodeFileData()) {
+          if (!datasetToml || segments.length < datasetToml.depth) datasetToml = { entry, depth: segments.length };
+        }
+        return;
+      }
 
       const dot = base.lastIndexOf('.');
       const ext = dot > 0 ? base.slice(dot).toLowerCase() : '';
@@ -268,7 +276,14 @@ export async function extractZip(zipPath: string, destDir: string, limits: ZipLi
     }
 
     skipped.sort((a, b) => a.index - b.index);
-    return { images: out, skipped: skipped.map(({ name, reason }) => ({ name, reason })) };
+    // Only when it fits what is left of the budget: the settings never cost a zip its images.
+    const fits = datasetToml && budget.used + Math.min(datasetToml.entry.uncompressedSize, MAX_CAPTION_BYTES) <= budget.max;
+    const settings = datasetToml && fits ? await readText(zip, datasetToml.entry, budget, limits) : null;
+    return {
+      images: out,
+      skipped: skipped.map(({ name, reason }) => ({ name, reason })),
+      ...(settings && 'text' in settings ? { datasetToml: settings.text } : {}),
+    };
   } catch (err) {
     await Promise.all(written.map((p) => rm(p, { force: true })));
     throw err;
@@ -330,6 +345,14 @@ async function extractEntry(
 
 /** Reads a caption entry (bounded), or says why it was not used. */
 async function readCaption(zip: ZipFile, entry: Entry, budget: { used: number; max: number }, limits: ZipLimits): Promise<CaptionResult> {
+  const read = await readText(zip, entry, budget, limits);
+  if ('note' in read) return read;
+  const caption = normalizeCaption(read.text);
+  return caption === '' ? { none: true } : { text: caption };
+}
+
+/** Reads a small text entry (a caption, sd-scripts' settings) of at most MAX_CAPTION_BYTES, or says why it was not used. */
+async function readText(zip: ZipFile, entry: Entry, budget: { used: number; max: number }, limits: ZipLimits): Promise<{ text: string } | { note: string }> {
   if (entry.isEncrypted()) return { note: 'caption not used: encrypted' };
   if (!entry.canDecodeFileData()) return { note: 'caption not used: compressed in a way that is not supported' };
   if (entry.uncompressedSize > MAX_CAPTION_BYTES) {
@@ -350,12 +373,9 @@ async function readCaption(zip: ZipFile, entry: Entry, budget: { used: number; m
     if (isSystemError(err)) throw err;
     return { note: 'caption not used: damaged' };
   }
-  let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));
+    return { text: new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks)) };
   } catch {
     return { note: 'caption not used: not valid UTF-8' };
   }
-  const caption = normalizeCaption(text);
-  return caption === '' ? { none: true } : { text: caption };
 }

@@ -62,7 +62,7 @@ async function png(seed: number): Promise<Buffer> {
     .toBuffer();
 }
 
-/** Each concept with its own repeats, and the tag lists of its images (sorted), as stored. */
+/** Each concept with its own repeats and trigger, and the tag lists of its images (sorted), as stored. */
 async function conceptsAndCaptions(name: string) {
   const ds = await dataset(name);
   const [concepts, images] = await Promise.all([store.getConcepts(ds.id), store.listImages(ds.id)]);
@@ -75,6 +75,7 @@ async function conceptsAndCaptions(name: string) {
       c.name,
       {
         repeats: c.repeats ?? null,
+        trigger: c.trigger,
         captions: images
           .filter((i) => i.concept === c.name)
           .map((i) => (tags.get(i.no)?.tags ?? []).join(', '))
@@ -121,7 +122,24 @@ describe('a dataset in kohya layout', () => {
 
   beforeAll(async () => {
     const entries: ZipEntrySpec[] = [
-      { name: 'project/dataset.toml', data: '[general]\ncaption_extension = ".txt"\n' },
+      // The settings sd-scripts read with it: red-dress keeps two tags in front, its own trigger second.
+      {
+        name: 'project/dataset.toml',
+        data: [
+          '[general]',
+          'caption_extension = ".txt"',
+          'keep_tokens = 1',
+          '[[datasets]]',
+          '[[datasets.subsets]]',
+          'image_dir = "img/10_aria"',
+          'class_tokens = "ohwx_kohya woman"',
+          '[[datasets.subsets]]',
+          'image_dir = "img/4_Red Dress"',
+          'keep_tokens = 2',
+          'class_tokens = "ohwx_kohya, red dress, woman"',
+          '',
+        ].join('\n'),
+      },
       { name: 'project/img/10_aria/a.png', data: await png(21) },
       { name: 'project/img/10_aria/a.txt', data: 'ohwx_kohya, smiling, red hair\n' },
       { name: 'project/img/10_aria/b.jpg', data: (await normalJpeg(22, 640, 640)).data },
@@ -142,14 +160,15 @@ describe('a dataset in kohya layout', () => {
     expect(reply).toMatch(/4 added, 0 refused/);
     expect(reply).toContain('📁 Folders read as concepts:');
     expect(reply).toContain('· `project/img/10_aria` → concept `aria` (new), 10 repeats');
-    expect(reply).toContain('· `project/img/4_Red Dress` → concept `red-dress` (new), 4 repeats');
+    expect(reply).toContain('· `project/img/4_Red Dress` → concept `red-dress` (new), 4 repeats, trigger `red dress`');
     expect(reply).toContain('· folder `project/img/2023_trip`: 2023 repeats is not between 1 and 1000; its images go to `main`');
     expect(reply).toContain('Skipped in the zip: 2 × regularisation image (not used here)');
     expect(reply).not.toContain('dataset.toml');
     expect(await conceptsAndCaptions('kohya')).toEqual({
-      main: { repeats: null, captions: ['beach'] },
-      aria: { repeats: 10, captions: ['looking back, red hair', 'smiling, red hair'] },
-      'red-dress': { repeats: 4, captions: ['red dress, standing'] },
+      main: { repeats: null, trigger: null, captions: ['beach'] },
+      aria: { repeats: 10, trigger: null, captions: ['looking back, red hair', 'smiling, red hair'] },
+      // Its trigger leads its captions (as the dataset's does), so it is not one of their tags.
+      'red-dress': { repeats: 4, trigger: 'red dress', captions: ['standing'] },
     });
 
     const list = await done(world, world.discord.sendCommand({ name: 'concept', subcommand: 'list', user: alice, options: { dataset: 'kohya' } }));
@@ -218,10 +237,12 @@ describe('a dataset in kohya layout', () => {
       };
       expect(toml.general).toMatchObject({ caption_extension: '.txt', keep_tokens: 1 });
       expect(toml.datasets[0]!.resolution).toBe(512);
-      expect(toml.datasets[0]!.subsets.map((s) => [s.image_dir, s.num_repeats, s.class_tokens])).toEqual([
-        [`img/${main}`, Number(main.split('_')[0]), 'ohwx_kohya, woman'],
-        ['img/10_aria', 10, 'ohwx_kohya, woman'],
-        ['img/4_red-dress', 4, 'ohwx_kohya, woman'],
+      // red-dress's own trigger follows the dataset's in its captions and class tokens, kept in front.
+      expect(files.get('img/4_red-dress/3.txt')?.toString()).toBe('ohwx_kohya, red dress, standing\n');
+      expect(toml.datasets[0]!.subsets.map((s) => [s.image_dir, s.num_repeats, s.class_tokens, s.keep_tokens])).toEqual([
+        [`img/${main}`, Number(main.split('_')[0]), 'ohwx_kohya, woman', undefined],
+        ['img/10_aria', 10, 'ohwx_kohya, woman', undefined],
+        ['img/4_red-dress', 4, 'ohwx_kohya, red dress, woman', 2],
       ]);
     });
 
@@ -243,7 +264,7 @@ describe('a dataset in kohya layout', () => {
       expect(without.size).toBe(9);
     });
 
-    it('round trip: the export imported into a new dataset gives the same concepts, repeats and captions', async () => {
+    it('round trip: the export imported into a new dataset gives the same concepts, repeats, triggers and captions', async () => {
       const exported = Buffer.from(await (await fetch(link)).arrayBuffer());
       await newDataset('again', { trigger: 'ohwx_kohya' });
       const reply = await addZip('again', exported);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { conceptNameFromFolder, readKohyaLayout } from '../../src/core/kohya-layout.ts';
+import { conceptNameFromFolder, conceptTriggersFromToml, readKohyaLayout } from '../../src/core/kohya-layout.ts';
 
 describe('readKohyaLayout', () => {
   it('is null for a zip without N_name folders: its images go where the upload said', () => {
@@ -37,5 +37,38 @@ describe('readKohyaLayout', () => {
     expect(conceptNameFromFolder('ohwx woman')).toBe('ohwx-woman');
     expect(conceptNameFromFolder(' Main ')).toBe('main');
     expect(conceptNameFromFolder('x'.repeat(33))).toBeNull();
+  });
+});
+
+describe('conceptTriggersFromToml', () => {
+  it("reads a subset's own trigger from the tags it keeps in front, per folder", () => {
+    const toml = [
+      '[general]',
+      'keep_tokens = 1',
+      '[[datasets]]',
+      '[[datasets.subsets]]',
+      'image_dir = "/data/img/10_aria"',
+      'class_tokens = "ohwx, woman"',
+      '[[datasets.subsets]]',
+      'image_dir = "img/4_outfit"',
+      'keep_tokens = 3',
+      'class_tokens = "ohwx, red dress, hat, woman"',
+      '[[datasets.subsets]]',
+      'image_dir = "img/2_odd"',
+      'keep_tokens = 2',
+      'class_tokens = "ohwx, a`b, woman"',
+      '[[datasets.subsets]]',
+      'image_dir = "img/not-a-concept"',
+      'keep_tokens = 2',
+      'class_tokens = "ohwx, cape, woman"',
+    ].join('\n');
+    // aria keeps only the dataset's trigger; odd's is not a trigger we take; a folder not `N_name` is no concept.
+    expect(conceptTriggersFromToml(toml)).toEqual(new Map([['4_outfit', 'red dress']]));
+  });
+
+  it('takes nothing from settings that do not parse or are of another shape', () => {
+    expect(conceptTriggersFromToml('[[datasets]\nnot toml')).toEqual(new Map());
+    expect(conceptTriggersFromToml('datasets = "no"')).toEqual(new Map());
+    expect(conceptTriggersFromToml('[[datasets]]\n[[datasets.subsets]]\nimage_dir = 3\nkeep_tokens = 2\nclass_tokens = "a, b"')).toEqual(new Map());
   });
 });
