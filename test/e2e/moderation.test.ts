@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/core/blob-store.ts';
 import { makeDownloadUrl } from '../../src/core/signed-url.ts';
@@ -137,6 +138,18 @@ function noticeSaying(line: string) {
   );
 }
 
+/** The size of a one-row contact sheet of `tiles` default-sized tiles (256 px, 4 px apart and around). */
+const sheetSize = (tiles: number) => ({ width: tiles * 256 + (tiles + 1) * 4, height: 264 });
+
+/** The queue reply's contact sheet (its only attachment), or null when it has none. */
+async function queueSheet(h: InteractionHandle): Promise<{ width: number; height: number; data: Buffer } | null> {
+  const files = h.lastReply()!.attachments;
+  if (files.length === 0) return null;
+  expect(files.map((f) => f.filename)).toEqual([expect.stringMatching(/^moderation-queue-1\.jpg$/)]);
+  const { width, height } = await sharp(files[0]!.data).metadata();
+  return { width, height, data: files[0]!.data };
+}
+
 const heroFinished = (runId: string) => () => steps.runSummary(world, heroThread, runId);
 
 describe('moderation', () => {
@@ -149,6 +162,11 @@ describe('moderation', () => {
     expect(await done(queue)).toMatch(/image #1 of \*\*hero\*\* — rated \*\*explicit\*\* by the tagger \(its channel takes up to sensitive\)/);
     expect(queue.lastReply()!.content).toMatch(/Moderation queue\*\* · 1 item/);
     expect(await ephemeral(queue)).toBe(true);
+    // Only moderators see the queue: its sheet shows the flagged picture (hero's #1 is the red one).
+    const sheet = (await queueSheet(queue))!;
+    expect({ width: sheet.width, height: sheet.height }).toEqual(sheetSize(1));
+    const { channels } = await sharp(sheet.data).extract({ left: 100, top: 100, width: 64, height: 64 }).stats();
+    expect(channels[0]!.mean).toBeGreaterThan(channels[2]!.mean + 60);
 
     const planned = plan('hero', 1);
     expect(await done(planned)).toMatch(/🛡️ \*\*hero\*\* is waiting for a moderator: 1 image rated above what its channel takes \(sensitive\)/);
@@ -164,6 +182,7 @@ describe('moderation', () => {
 
     const approve = press(queue, 'Approve #1');
     expect(await done(approve)).toMatch(/✅ Done: approved image #1 of \*\*hero\*\*.*\nNothing waits for review/);
+    expect(await queueSheet(approve)).toBeNull();
 
     const started = press(planned, 'Start training');
     const runId = /Queued run `([a-z0-9]+)`/.exec(await done(started))![1]!;
@@ -209,6 +228,8 @@ describe('moderation', () => {
     expect(text).toContain(`**1.** dataset **hero** — 1 report: <@${alice.id}> “Same as another dataset here: **copied** from <@${bob.id}>”`);
     expect(text).toContain(`**2.** image #2 of **hero** — 1 report: <@${bob.id}> “This is not the character at all”`);
     expect(text).toContain(`**3.** image #3 of **hero** — 1 report: <@${bob.id}> “Watermarked stock photo”`);
+    // One tile per image on the page (the dataset's item has none).
+    expect(await queueSheet(queue)).toMatchObject(sheetSize(2));
     expect(rowsOf(queue).map((row) => row.map((b) => b.label))).toEqual([
       ['Remove dataset', 'Approve dataset', 'Dismiss reports'],
       ['Remove #2', 'Approve #2', 'Dismiss reports'],
@@ -223,6 +244,7 @@ describe('moderation', () => {
 
     const dismiss = world.discord.sendButton({ customId: rowsOf(queue)[1]![2]!.custom_id, user: mod, permissions: MODERATOR, message: queue.lastReply()!.id });
     expect(await done(dismiss)).toMatch(/✅ Done: dismissed the reports on image #2 of \*\*hero\*\* \(1 report closed\)[\s\S]*2 items/);
+    expect(await queueSheet(dismiss)).toMatchObject(sheetSize(1));
 
     // Remove #3 asks for a reason, then removes the image: its record and its files.
     const image3 = (await store.getImage((await store.findDataset(world.discord.guildId, 'hero'))!.id, 3))!;
@@ -236,6 +258,7 @@ describe('moderation', () => {
       permissions: MODERATOR,
     });
     expect(await done(removed)).toMatch(/✅ Done: removed image #3 of \*\*hero\*\* \(1 image, 1 report closed\)[\s\S]*1 item/);
+    expect(await queueSheet(removed)).toBeNull();
     expect(await store.getImage(image3.datasetId, 3)).toBeNull();
     for (const blob of [image3.originalBlob, image3.masterBlob, image3.thumbBlob]) expect(await blobs.has(blob)).toBe(false);
     // A moderator's `/dataset remove` of images other members gave is in the log as well.

@@ -1,5 +1,6 @@
 import {
   ActionRowBuilder,
+  AttachmentBuilder,
   ButtonBuilder,
   ButtonStyle,
   ModalBuilder,
@@ -13,6 +14,8 @@ import {
 import { moderationCommandData } from '../../../commands/moderation.ts';
 import { MAX_REASON_CHARS, MIN_REASON_CHARS } from '../../core/dataset-rules.ts';
 import { UserError } from '../../core/errors.ts';
+import { codeOf } from '../../core/fs-errors.ts';
+import { makeContactSheet } from '../../core/image-sheets.ts';
 import type { Dataset } from '../../store/dataset-store.ts';
 import type { AuditEntry, ModerationTarget } from '../../store/moderation-store.ts';
 import { acceptedIn } from '../content-policy.ts';
@@ -102,20 +105,45 @@ function pager(view: 'queue' | 'log', page: number, pages: number): ActionRowBui
   );
 }
 
-/** One page of the queue, with a row of actions per item. */
+/**
+ * The images of a queue page on one contact sheet, each labelled with its item's number and image
+ * number, or null when the page has no images. Flagged tiles are shown: only moderators see the queue.
+ */
+async function queueSheet(ctx: BotContext, slice: readonly QueueItem[], first: number, page: number): Promise<AttachmentBuilder | null> {
+  const tiles: { image: Buffer; label: string }[] = [];
+  for (const [i, item] of slice.entries()) {
+    if (item.target.kind !== 'image') continue;
+    const image = await ctx.store.getImage(item.dataset.id, item.target.no);
+    // Removed since the queue was read: its line stays, its tile goes.
+    const thumb =
+      image &&
+      (await ctx.blobs.read(image.thumbBlob).catch((err: unknown) => {
+        if (codeOf(err) === 'ENOENT') return null;
+        throw err;
+      }));
+    if (thumb) tiles.push({ image: thumb, label: `${first + i + 1}. #${item.target.no}` });
+  }
+  if (tiles.length === 0) return null;
+  return new AttachmentBuilder(await makeContactSheet(tiles, { columns: tiles.length }), { name: `moderation-queue-${page}.jpg` });
+}
+
+/** One page of the queue, with a row of actions per item and its images on a contact sheet. */
 async function queueView(client: Client, ctx: BotContext, guildId: string, requested: number, note = '') {
   const items = await ctx.moderation.queue(guildId, limitOf(client, ctx));
   const head = note ? `${note}\n` : '';
-  if (items.length === 0) return { content: `${head}Nothing waits for review: no flagged or reported images or datasets.`, components: [] };
+  // `files` is always given, so that an edited page replaces the sheet it had.
+  if (items.length === 0) return { content: `${head}Nothing waits for review: no flagged or reported images or datasets.`, components: [], files: [] };
   const pages = Math.ceil(items.length / QUEUE_PAGE_SIZE);
   const page = Math.min(Math.max(1, requested), pages);
   const slice = items.slice((page - 1) * QUEUE_PAGE_SIZE, page * QUEUE_PAGE_SIZE);
   const first = (page - 1) * QUEUE_PAGE_SIZE;
   const lines = slice.map((item, i) => truncate(describeItem(item, first + i + 1), 440));
   const title = `**Moderation queue** · ${items.length} item${items.length === 1 ? '' : 's'}${pages > 1 ? ` · page ${page}/${pages}` : ''}`;
+  const sheet = await queueSheet(ctx, slice, first, page);
   return {
     content: truncate(`${head}${title}\n${lines.join('\n')}`, 1990),
     components: [...slice.map(itemButtons), ...(pages > 1 ? [pager('queue', page, pages)] : [])],
+    files: sheet ? [sheet] : [],
   };
 }
 
