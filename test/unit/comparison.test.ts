@@ -67,7 +67,7 @@ describe('epochs compared for Discord’s preview', () => {
     // Four real-sized grids of black: the only light pixels are the headings' letters.
     const grids = await Promise.all([1, 2, 3, 4].map(async (e) => ({ image: await solid(0, 0, 0, 1071, 629), label: `Epoch ${e}` })));
     const [sheet] = await comparisonSheets(grids);
-    const { data, info } = await sharp(sheet!).greyscale().raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await sharp(sheet).greyscale().raw().toBuffer({ resolveWithObject: true });
     const litRows: number[] = [];
     const litColumns = new Set<number>();
     for (let y = 0; y < info.height; y++) {
