@@ -80,9 +80,11 @@ export function startTrainingWorker(deps: TrainingDeps, connection: Redis): Trai
     const onAbort = () => run.requestStop('cancel');
     signal?.addEventListener('abort', onAbort, { once: true });
     if (signal?.aborted) onAbort();
+    // The generations waiting go first: meanwhile the worker reads as free, so that a member's place in
+    // line does not name a run that has not started.
+    await generations?.yieldToGenerations();
     await registry.setBusy(run.runId);
     try {
-      await generations?.yieldToGenerations();
       const result = await run.execute();
       await run.clearFolder({ outcome: result.outcome });
       return result;
