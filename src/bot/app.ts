@@ -21,6 +21,7 @@ import { startRunReporter } from './run-reporter.ts';
 import { voteButton } from './votes.ts';
 import { generationQueues } from './generation.ts';
 import { startGenerationPoster } from './generation-poster.ts';
+import { GenerationLine } from './generation-line.ts';
 import { TallyUpdater } from './tally.ts';
 import { labelOfWorker } from './workers.ts';
 import type { BotContext } from './context.ts';
@@ -172,6 +173,15 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     workers,
     logger: logger.child({ unit: 'generations' }),
   };
+  const line = new GenerationLine({
+    redis,
+    prefix: config.REDIS_PREFIX,
+    queue: genQueues.generate,
+    workers,
+    client,
+    logger: generations.logger,
+    intervalMs: config.LINE_EDIT_SECONDS * 1000,
+  });
   const ctx: BotContext = {
     config,
     logger,
@@ -197,6 +207,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     exporter,
     expiring,
     generations,
+    line,
     moderation,
   };
 
@@ -323,7 +334,8 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
     queueConnection,
     config.REDIS_PREFIX,
   );
-  const generationPoster: Worker = startGenerationPoster({ ...generations, client }, queueConnection, config.REDIS_PREFIX);
+  const generationPoster: Worker = startGenerationPoster({ ...generations, client, line }, queueConnection, config.REDIS_PREFIX);
+  line.start();
   const moderationNotices = new ModerationNotifier({
     client,
     store,
@@ -351,6 +363,7 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
       await reporter.close();
       await generationPoster.close();
       await moderationNotices.stop();
+      await line.stop();
       tallies.stop();
       await client.destroy();
       await http.close();

@@ -12,6 +12,7 @@ import type { EventClaims } from '../store/event-claims.ts';
 import type { ExpiringStore } from '../store/expiring-store.ts';
 import type { GuildSettingsStore, RunStore, VoteStore } from '../store/run-store.ts';
 import type { TallyUpdater } from './tally.ts';
+import type { GenerationLine } from './generation-line.ts';
 import type { NoticeSender } from '../queues/notices.ts';
 import type { IntakeService } from './intake.ts';
 import type { TrainingService } from './training.ts';
@@ -55,6 +56,8 @@ export interface BotContext {
   workers: WorkerStore;
   /** `/lora try` and `/lora compare`: their queues and stores. */
   generations: GenerationDeps;
+  /** Keeps each waiting image's acknowledgement up to date until it is posted. */
+  line: GenerationLine;
   /** Reports, flags, moderators' actions and the audit log. */
   moderation: ModerationService;
 }

@@ -2,7 +2,7 @@
  * The bot side of the `generated` queue: posts each generation's result (a tried image with its
  * buttons, or a comparison grid in the run's thread), fills the cache and frees the member's slot.
  */
-import { ActionRowBuilder, AttachmentBuilder, ButtonBuilder, ButtonStyle, type Client } from 'discord.js';
+import { ActionRowBuilder, AttachmentBuilder, ButtonBuilder, ButtonStyle, type Client, type Message } from 'discord.js';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { WEIGHT_MAX, WEIGHT_MIN, WEIGHT_STEP } from '../core/generate-args.ts';
@@ -10,6 +10,7 @@ import { makeSampleGrid, stackRows } from '../core/image-sheets.ts';
 import { bullPrefix, QueueName, type GeneratedPayload } from '../queues/contract.ts';
 import { isPermanentDiscordError } from './discord-errors.ts';
 import { cached, getRequest, markPosted, rememberImages, wasPosted, weightText, type GenerationDeps, type GenerationRequest } from './generation.ts';
+import type { GenerationLine } from './generation-line.ts';
 import { customIdCodec, ID_PART, oneOfPart, type ComponentHandler } from './interactions.ts';
 import { truncate } from './reports.ts';
 
@@ -46,6 +47,8 @@ export type TryButtonHandler = ComponentHandler<{ action: TryAction; requestId: 
 
 export interface GenerationPosterDeps extends Omit<GenerationDeps, 'queue' | 'results'> {
   client: Client;
+  /** Told when a result is posted, to say where in the member's acknowledgement. */
+  line: GenerationLine;
 }
 
 /** One labelled grid: a row per epoch, a column per weight, in the order asked. */
@@ -78,8 +81,9 @@ async function post(deps: GenerationPosterDeps, result: GeneratedPayload): Promi
   const nonce = `gen${r.id}`.slice(0, 25);
   const run = await deps.runs.get(r.runId);
   const runLabel = run ? `${run.datasetName} ${run.id}` : r.runId;
+  let message: Message;
   if (!result.ok) {
-    await channel.send({
+    message = await channel.send({
       content: `⚠️ <@${r.userId}> I could not draw **${truncate(r.prompt, 200)}** with run \`${r.runId}\`: ${truncate(result.reason, 500)}`,
       nonce,
       enforceNonce: true,
@@ -100,7 +104,7 @@ async function post(deps: GenerationPosterDeps, result: GeneratedPayload): Promi
     if (r.kind === 'try') {
       const epoch = r.epochs[0]!;
       const weight = r.weights[0]!;
-      await channel.send({
+      message = await channel.send({
         content: truncate(
           `🎨 **${r.prompt}**\nrun \`${r.runId}\`${run ? ` · ${run.datasetName}` : ''} · ${r.epochLabel} · weight ${weightText(weight)} · seed ${r.seed} · ${size}${negative} · asked by <@${r.userId}>`,
           1990,
@@ -112,7 +116,7 @@ async function post(deps: GenerationPosterDeps, result: GeneratedPayload): Promi
       });
     } else {
       const grid = await compareGrid(r, (e, w) => images.get(`${e}:${w}`)!, runLabel);
-      await channel.send({
+      message = await channel.send({
         content: truncate(
           `🧪 **${r.prompt}** · run \`${r.runId}\` · seed ${r.seed} · ${size}${negative} · asked by <@${r.userId}>\n` +
             `Rows: ${r.epochs.map((e) => `epoch ${e}`).join(', ')} · columns: ${r.weights.map((w) => `weight ${weightText(w)}`).join(', ')}`,
@@ -124,7 +128,8 @@ async function post(deps: GenerationPosterDeps, result: GeneratedPayload): Promi
       });
     }
   }
-  await markPosted(deps, r.id);
+  await markPosted(deps, r.id, { url: message.url, ok: result.ok });
+  await deps.line.posted(r.id);
 }
 
 export function startGenerationPoster(deps: GenerationPosterDeps, connection: Redis, redisPrefix: string): Worker {

@@ -17,7 +17,7 @@ import { newId, type DatasetStore } from '../store/dataset-store.ts';
 import type { GuildSettingsStore, Run, RunStore } from '../store/run-store.ts';
 import type { WorkerStore } from '../store/worker-store.ts';
 import { truncate } from './reports.ts';
-import { workersForGuild } from './workers.ts';
+import { workersForGuild, type WorkerView } from './workers.ts';
 
 export interface GenerationRequest {
   id: string;
@@ -99,8 +99,26 @@ export async function wasPosted(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, 
   return (await deps.redis.exists(keys.posted(deps.prefix, id))) === 1;
 }
 
-export async function markPosted(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, id: string): Promise<void> {
-  await deps.redis.set(keys.posted(deps.prefix, id), '1', 'EX', REQUEST_TTL_S);
+/** Where a request's result went: the posted message, and whether it is the image or why there is none. */
+export interface PostedResult {
+  url: string;
+  ok: boolean;
+}
+
+export async function markPosted(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, id: string, posted: PostedResult): Promise<void> {
+  await deps.redis.set(keys.posted(deps.prefix, id), JSON.stringify(posted), 'EX', REQUEST_TTL_S);
+}
+
+/** The posted result of a request, or null while it is not posted. */
+export async function postedResult(deps: Pick<GenerationDeps, 'redis' | 'prefix'>, id: string): Promise<PostedResult | null> {
+  const json = await deps.redis.get(keys.posted(deps.prefix, id));
+  if (json === null) return null;
+  try {
+    const posted = JSON.parse(json) as PostedResult;
+    return typeof posted.url === 'string' ? posted : null;
+  } catch {
+    return null;
+  }
 }
 
 export function randomSeed(): number {
@@ -124,16 +142,25 @@ function fluxFilesOf(run: Run): GeneratePayload['flux'] {
   return { clipL: companions.clip_l, t5xxl: companions.t5xxl, ae: companions.ae, applyT5AttnMask: flux.applyT5AttnMask, fp8: memory.fp8Base };
 }
 
-/** Why nothing can draw this run now, or null. */
-async function noWorkerReason(deps: GenerationDeps, run: Run, needs: string[]): Promise<{ reason: string | null; busyWith: string | null }> {
-  const views = await workersForGuild({ redis: deps.redis, prefix: deps.prefix, workerStore: deps.workers }, run.guildId);
-  // In-cluster workers and the GPUs lent to this server draw alike.
-  const has = (info: NonNullable<(typeof views)[number]['info']>) => {
+/**
+ * The GPUs online that have every file a generation needs (in-cluster workers and the GPUs lent to
+ * the server alike), and the run they train when none of them is free.
+ */
+export function gpusFor(views: WorkerView[], needs: string[]): { online: number; busyWith: string | null } {
+  const has = (info: NonNullable<WorkerView['info']>) => {
     const files = new Set([...info.models.map((m) => m.file), ...(info.companions ?? []).map((c) => c.file)]);
     return needs.every((f) => files.has(f));
   };
   const withModel = views.filter((v) => v.online && v.info && has(v.info));
-  if (withModel.length === 0) {
+  const free = withModel.some((v) => v.info?.busyWith === null);
+  return { online: withModel.length, busyWith: free ? null : (withModel[0]?.info?.busyWith ?? null) };
+}
+
+/** Why nothing can draw this run now, or null. */
+async function noWorkerReason(deps: GenerationDeps, run: Run, needs: string[]): Promise<{ reason: string | null; busyWith: string | null }> {
+  const views = await workersForGuild({ redis: deps.redis, prefix: deps.prefix, workerStore: deps.workers }, run.guildId);
+  const { online, busyWith } = gpusFor(views, needs);
+  if (online === 0) {
     const also =
       needs.length > 1
         ? ` (with ${needs
@@ -146,8 +173,7 @@ async function noWorkerReason(deps: GenerationDeps, run: Run, needs: string[]): 
       busyWith: null,
     };
   }
-  const free = withModel.some((v) => v.info?.busyWith === null);
-  return { reason: null, busyWith: free ? null : (withModel[0]?.info?.busyWith ?? null) };
+  return { reason: null, busyWith };
 }
 
 /**
@@ -206,12 +232,19 @@ export async function requestGeneration(
     expiresAt: Date.now() + QUEUE_TTL_MS,
     ...(flux ? { flux } : {}),
   };
-  await deps.queue.add(JobName.Generate, payload, { jobId: `gen-${request.id}` });
-  // Oldest first: where this request stands among the generations waiting for a GPU.
-  const waiting = (await deps.queue.getWaiting(0, 499)).map((j) => j.id).reverse();
-  const at = waiting.indexOf(`gen-${request.id}`);
+  await deps.queue.add(JobName.Generate, payload, { jobId: generateJobId(request.id) });
+  const at = (await waitingInLine(deps.queue)).findIndex((j) => j.id === generateJobId(request.id));
   deps.logger.info({ requestId: request.id, runId: run.id, images: cells.length, position: at + 1 }, 'generation queued');
   return { request, position: at < 0 ? 1 : at + 1, waitingForRun: busyWith };
+}
+
+export function generateJobId(requestId: string): string {
+  return `gen-${requestId}`;
+}
+
+/** The generations waiting for a GPU, next to be taken first, as the GPUs look at them (the line a member's place is counted in). */
+export async function waitingInLine(queue: Queue<GeneratePayload>) {
+  return (await queue.getJobs(['prioritized', 'wait'], 0, 499, true)).filter((j) => j !== undefined);
 }
 
 export async function cached(
@@ -229,17 +262,38 @@ function ordinal(n: number): string {
   return `${n}${s}`;
 }
 
-/** What the member is told right away. */
-export function queuedText(q: Queued): string {
-  const r = q.request;
+/** Where a request stands, as its acknowledgement says: from queued to posted. */
+export type LineState =
+  { kind: 'cached' } | { kind: 'waiting'; position: number; waitingForRun: string | null } | { kind: 'drawing' } | ({ kind: 'posted' } & PostedResult);
+
+/** A request's acknowledgement: what was asked, then where it stands. */
+export function lineText(r: GenerationRequest, state: LineState): string {
   const what =
     r.kind === 'try'
       ? `🎨 Drawing **${truncate(r.prompt, 200)}** with run \`${r.runId}\`, ${r.epochLabel}, weight ${weightText(r.weights[0]!)}, seed ${r.seed}.`
       : `🧪 Drawing epochs ${r.epochs.join(', ')} × weights ${r.weights.map(weightText).join(', ')} of run \`${r.runId}\` (seed ${r.seed}); the grid goes to the run’s thread.`;
-  if (q.position === null) return `${what}\nFound in the cache: posting it now.`;
-  if (q.waitingForRun !== null)
-    return `${what}\n⏳ ${ordinal(q.position)} in line: the GPU is training run \`${q.waitingForRun}\`; your image comes as soon as it finishes.`;
-  return q.position > 1 ? `${what}\n⏳ ${ordinal(q.position)} in line for a GPU.` : `${what}\nIt will be posted here in a moment.`;
+  return `${what}\n${standing(r, state)}`;
+}
+
+function standing(r: GenerationRequest, state: LineState): string {
+  switch (state.kind) {
+    case 'cached':
+      return 'Found in the cache: posting it now.';
+    case 'waiting':
+      return state.waitingForRun !== null
+        ? `⏳ ${ordinal(state.position)} in line: the GPU is training run \`${state.waitingForRun}\`; your image comes as soon as it finishes.`
+        : `⏳ ${ordinal(state.position)} in line for a GPU.`;
+    case 'drawing':
+      return '🎨 Drawing now…';
+    case 'posted':
+      if (!state.ok) return `⚠️ It could not be drawn: ${state.url}`;
+      return r.kind === 'try' ? `✅ Posted below: ${state.url}` : `✅ Posted in the run’s thread: ${state.url}`;
+  }
+}
+
+/** What the member is told right away. */
+export function queuedText(q: Queued): string {
+  return lineText(q.request, q.position === null ? { kind: 'cached' } : { kind: 'waiting', position: q.position, waitingForRun: q.waitingForRun });
 }
 
 export function generationQueues(connection: Redis, redisPrefix: string) {

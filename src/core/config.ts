@@ -108,6 +108,8 @@ export const configSchema = z.object({
   VOTE_EDIT_SECONDS: int(1, 600).default(10),
   /** How often a server's moderation channel gets a notice of what arrived for review, at most (arrivals in between are listed together). */
   MODERATION_NOTICE_SECONDS: int(1, 3600).default(60),
+  /** How often a waiting image's acknowledgement (its place in line) is edited at most. */
+  LINE_EDIT_SECONDS: int(1, 600).default(5),
   /** Which queues a worker process (`npm run worker`) consumes. */
   WORKER_QUEUES: z
     .string()

@@ -30,7 +30,7 @@ beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'lora-guild-try-'));
   await writeTestModel(join(tmp, 'tagger'), { tags: WORKSHOP_TAGS });
   await steps.sd15Models(join(tmp, 'models'));
-  world = await World.start({ env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), PROGRESS_INTERVAL_SECONDS: '1' } });
+  world = await World.start({ env: { TAGGER_MODEL_DIR: join(tmp, 'tagger'), PROGRESS_INTERVAL_SECONDS: '1', LINE_EDIT_SECONDS: '1' } });
   await world.startBot();
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   blobs = new BlobStore(world.dataDir);
@@ -81,6 +81,14 @@ function pngText(png: Buffer, key: string): string | null {
     at += 12 + len;
   }
   return null;
+}
+
+/** Each text the acknowledgement showed, in order: where the request stood (its second line). */
+function standings(h: InteractionHandle): string[] {
+  return h
+    .calls()
+    .filter((c) => c.method === 'PATCH' && c.path.endsWith('/messages/@original') && c.status < 300)
+    .map((c) => ((c.json as { content: string }).content.split('\n')[1] ?? '').trim());
 }
 
 function near(a: number[], b: number[], tolerance: number): boolean {
@@ -259,7 +267,8 @@ describe('trying a trained LoRA', () => {
 
   it('serves a generation before a waiting run, waits for a training run without disturbing it, and shows its place in line', async () => {
     await world.killWorker('SIGTERM');
-    await spawnWorker({ STANDIN_STEP_SECONDS: '0.005' });
+    // Each image takes a while, so that every place in line is seen.
+    await spawnWorker({ STANDIN_STEP_SECONDS: '0.005', STANDIN_GEN_SECONDS: '2.5' });
     const training = await startRun({ epochs: 4 });
     await until('the run to train', () => messages(threadId).find((m) => m.content.startsWith(`🚀 Run \`${training}\``)));
     const waiting = await startRun({ epochs: 1 });
@@ -267,8 +276,32 @@ describe('trying a trained LoRA', () => {
 
     const ask = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: bob, options: { prompt: 'ohwx_hero reading', run: runId, seed: 5 } });
     expect(await done(ask)).toMatch(new RegExp(`1st in line: the GPU is training run \`${training}\``));
-    await until('the image', () => tried().find((m) => m.content.startsWith('🎨 **ohwx_hero reading**')), 120_000);
+    const behind = world.discord.sendCommand({ name: 'lora', subcommand: 'try', user: alice, options: { prompt: 'ohwx_hero writing', run: runId, seed: 6 } });
+    expect(await done(behind)).toMatch(new RegExp(`2nd in line: the GPU is training run \`${training}\``));
+    const image = await until('the image', () => tried().find((m) => m.content.startsWith('🎨 **ohwx_hero reading**')), 120_000);
+    const next = await until('the image behind it', () => tried().find((m) => m.content.startsWith('🎨 **ohwx_hero writing**')), 60_000);
     await until('the waiting run to finish', () => messages(threadId).find((m) => m.content.startsWith(`✅ Run \`${waiting}\``)), 120_000);
+
+    // Each acknowledgement followed its request until the image was posted, editing only what changed:
+    // its place while the run trained, the place going down as the image ahead was drawn, drawing, then
+    // where the image went. (Between the run's end and a GPU taking it, a request may show one more place.)
+    const trainingFor = (place: string) => `⏳ ${place} in line: the GPU is training run \`${training}\`; your image comes as soon as it finishes.`;
+    const postedAt = (m: MessageSnapshot) => `✅ Posted below: https://discord.com/channels/${m.guildId}/${m.channelId}/${m.id}`;
+    const first = standings(ask);
+    expect(first.filter((s) => s !== '⏳ 1st in line for a GPU.')).toEqual([trainingFor('1st'), '🎨 Drawing now…', postedAt(image)]);
+    const second = standings(behind).filter((s) => s !== '⏳ 2nd in line for a GPU.');
+    expect(second).toEqual([trainingFor('2nd'), '⏳ 1st in line for a GPU.', '🎨 Drawing now…', postedAt(next)]);
+    for (const h of [ask, behind]) {
+      expect(h.lastReply()!.content).toMatch(/^🎨 Drawing \*\*ohwx_hero (reading|writing)\*\*.*\n✅ Posted below: /);
+      // At most one edit a second (LINE_EDIT_SECONDS), the posted state excepted.
+      const edits = h
+        .calls()
+        .filter((c) => c.method === 'PATCH')
+        .map((c) => c.at);
+      for (let i = 1; i < edits.length - 1; i++) expect(edits[i]! - edits[i - 1]!).toBeGreaterThanOrEqual(900);
+      // The interaction's token, kept to edit, is never logged.
+      expect(world.log.raw.some((l) => l.includes(h.token))).toBe(false);
+    }
 
     // On the worker: the training run ended by itself, then the image was drawn, then the waiting run started.
     const lines = world.worker!.log.lines;

@@ -1,4 +1,4 @@
-import { AttachmentBuilder, type AutocompleteInteraction, type ChatInputCommandInteraction } from 'discord.js';
+import { AttachmentBuilder, type AutocompleteInteraction, type ButtonInteraction, type ChatInputCommandInteraction } from 'discord.js';
 import { loraCommandData } from '../../../commands/lora.ts';
 import { formatBytes } from '../../core/download.ts';
 import { UserError } from '../../core/errors.ts';
@@ -10,7 +10,7 @@ import type { ArtifactRef } from '../../queues/contract.ts';
 import type { Run } from '../../store/run-store.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
-import { getRequest, MAX_COMPARE_CELLS, queuedText, randomSeed, requestGeneration, weightText } from '../generation.ts';
+import { getRequest, MAX_COMPARE_CELLS, queuedText, randomSeed, requestGeneration, weightText, type Queued } from '../generation.ts';
 import { tryButtonCodec, type TryButtonHandler } from '../generation-poster.ts';
 import { acknowledged, checkThenDefer, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
@@ -127,6 +127,13 @@ async function fetchLora(interaction: ChatInputCommandInteraction, ctx: BotConte
   });
 }
 
+/** Tells the member where the request stands, and keeps telling until its image is posted. */
+async function acknowledge(interaction: ChatInputCommandInteraction | ButtonInteraction, ctx: BotContext, queued: Queued): Promise<void> {
+  const shown = queuedText(queued);
+  await interaction.editReply({ content: shown });
+  await ctx.line.follow(queued.request, interaction, shown);
+}
+
 /** `best` when members voted, else the final epoch. */
 async function defaultTryEpoch(ctx: BotContext, run: Run): Promise<EpochChoice> {
   return (await ctx.votes.tally(run.id)).best === null ? { kind: 'final' } : { kind: 'best' };
@@ -155,7 +162,7 @@ async function tryLora(interaction: ChatInputCommandInteraction, ctx: BotContext
       epochLabel: label,
     });
   });
-  await interaction.editReply({ content: queuedText(queued) });
+  await acknowledge(interaction, ctx, queued);
 }
 
 /** Epochs named for a comparison, in order: numbers, `final`, `best`. */
@@ -192,7 +199,7 @@ async function compareLora(interaction: ChatInputCommandInteraction, ctx: BotCon
       epochLabel: '',
     });
   });
-  await interaction.editReply({ content: queuedText(queued) });
+  await acknowledge(interaction, ctx, queued);
 }
 
 /** 🎲, weight − / + and "use as a sample prompt" under a tried image. */
@@ -234,7 +241,7 @@ export const tryButtonHandler: TryButtonHandler = {
       weights: [next],
     });
     ctx.logger.info({ requestId: queued.request.id, from: requestId, action, weight: weightText(next) }, 'image varied');
-    await interaction.editReply({ content: queuedText(queued) });
+    await acknowledge(interaction, ctx, queued);
   },
 };
 
