@@ -32,7 +32,7 @@ import { RunEventQueue } from '../queues/run-events.ts';
 import { WorkerStore } from '../store/worker-store.ts';
 import { IntakeService } from './intake.ts';
 import { RatingService } from './rater.ts';
-import { channelPolicy } from './content-policy.ts';
+import { acceptedIn, channelPolicy } from './content-policy.ts';
 import { effectiveRating, isAbove, postingOf } from '../core/rating.ts';
 import { ImageRemovalService } from './image-removal.ts';
 import { ModerationService } from './moderation.ts';
@@ -330,6 +330,11 @@ export async function startBot(config: Config, logger: Logger): Promise<BotHandl
         return { how: postingOf(sampleRating, await channelPolicy(client, settings, run.guildId, run.channelId)), rating: sampleRating };
       },
       onBlobsUnpinned,
+      holdOnStart: async (run) => {
+        const dataset = await store.getDataset(run.datasetId);
+        return dataset ? moderation.hold(dataset, await acceptedIn(client, settings, dataset)) : null;
+      },
+      stop: (run) => training.cancel(run, client.user?.id ?? 'bot'),
     },
     queueConnection,
     config.REDIS_PREFIX,

@@ -34,6 +34,12 @@ export interface RunReporterDeps {
   posting?: (run: Run, image: Buffer) => Promise<SamplePosting>;
   /** Told which input files no run pins any more once a run ended (removed images' files go then). */
   onBlobsUnpinned?: (ids: string[]) => Promise<unknown>;
+  /**
+   * Asked when a run first starts: why it may not train now (its dataset was reported or flagged
+   * while it waited), or null. A reason stops it there, with `stop`, and is said when it ends.
+   */
+  holdOnStart?: (run: Run) => Promise<string | null>;
+  stop?: (run: Run) => Promise<unknown>;
 }
 
 export interface SamplePosting {
@@ -153,6 +159,15 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
         },
       }));
       if (await runs.eventDone(eventId)) return;
+      // What happened to its dataset while it waited counts as at Start: it may not train now.
+      const held = run.startedAt === null && run.status === 'queued' ? await deps.holdOnStart?.(updated!) : null;
+      if (held && deps.stop) {
+        await runs.update(run.id, (r) => ({ ...r, stoppedBecause: held }));
+        await deps.stop(updated!);
+        deps.logger.info({ runId: run.id }, 'run stopped as it started: its dataset waits for a moderator');
+        await runs.markEventDone(eventId);
+        return;
+      }
       const resumed = event.resumedFromEpoch !== null ? ` (resumed after epoch ${event.resumedFromEpoch})` : '';
       await send(deps, updated!, eventId, {
         content: `🚀 Run \`${run.id}\` of **${run.datasetName}** started on ${label}${resumed}: ${event.totalSteps} steps over ${event.epochs} epochs.`,
@@ -254,8 +269,11 @@ async function handle(deps: RunReporterDeps, event: RunEvent): Promise<void> {
       await deps.onBlobsUnpinned?.(await runs.releaseBlobs(run.id));
       if (await runs.eventDone(eventId)) return;
       const saved = event.lastEpoch ? ` Epochs 1–${event.lastEpoch} are kept.` : '';
-      await refreshStatus(deps, updated!, `${eventId}.status`, `⏹️ Run \`${run.id}\` of **${run.datasetName}** was cancelled.`);
-      await send(deps, updated!, eventId, { content: `⏹️ Run \`${run.id}\` of **${run.datasetName}** was cancelled.${saved}` });
+      const headline = updated!.stoppedBecause
+        ? `⏸️ Run \`${run.id}\` of **${run.datasetName}** was stopped before it trained: ${updated!.stoppedBecause} Then start it again with \`/train plan\`.`
+        : `⏹️ Run \`${run.id}\` of **${run.datasetName}** was cancelled.${saved}`;
+      await refreshStatus(deps, updated!, `${eventId}.status`, headline.split('\n')[0]);
+      await send(deps, updated!, eventId, { content: headline });
       await runs.markEventDone(eventId);
       return;
     }

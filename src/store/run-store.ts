@@ -56,6 +56,8 @@ export interface Run {
   final: ArtifactRef | null;
   failure: { reason: string; logTail: string[] } | null;
   cancelRequestedBy: string | null;
+  /** Why the bot stopped the run as it started (its dataset waits for a moderator), said when it ends. */
+  stoppedBecause?: string | null;
   /** What the delivered file's metadata credits and describes, fixed when the run was started. */
   credits: {
     triggers: string[];

@@ -36,6 +36,7 @@ let world: World;
 let tmp: string;
 let store: DatasetStore;
 let runs: RunStore;
+let workerEnv: Record<string, string>;
 let blobs: BlobStore;
 let publicUrl: string;
 let heroThread: string;
@@ -62,7 +63,8 @@ beforeAll(async () => {
   runs = new RunStore(world.redis, world.env.REDIS_PREFIX!);
   blobs = new BlobStore(world.dataDir);
   // Steps slow enough that a 20-epoch run is still training when its dataset is removed.
-  await world.spawnWorker(steps.standinWorkerEnv(models, { STANDIN_STEP_SECONDS: '0.004' }));
+  workerEnv = steps.standinWorkerEnv(models, { STANDIN_STEP_SECONDS: '0.004' });
+  await world.spawnWorker(workerEnv);
   await steps.workerOnline(world, 'gpu-test');
   const named = world.discord.sendCommand({
     name: 'settings',
@@ -190,10 +192,24 @@ describe('moderation', () => {
   });
 
   it('takes members’ reports from the contact sheet, once each, tells only the reporter and the moderation channel, and lets moderators dismiss, remove or approve', async () => {
+    // A run queued before the report (no GPU online yet) may not train once the dataset waits for a moderator.
+    await world.killWorker('SIGTERM');
+    const queued = await steps.startRun(world, mod, { dataset: 'hero', epochs: 1, model: 'base-sd15.safetensors' });
+    expect((await runs.get(queued))?.status).toBe('queued');
+
     const noticesBefore = notices().length;
     const first = await report(bob, '2', 'This is not the character at all');
     expect(await done(first)).toBe('Thank you: your report on image #2 of **hero** went to the moderators. Nobody else sees who reported it.');
     expect(await ephemeral(first)).toBe(true);
+    await world.spawnWorker(workerEnv);
+    const stopped = await steps.until('the queued run to be stopped', () =>
+      steps.channelMessages(world, heroThread).find((m) => m.content.startsWith(`⏸️ Run \`${queued}\``)),
+    );
+    expect(stopped.content).toBe(
+      `⏸️ Run \`${queued}\` of **hero** was stopped before it trained: **hero** is waiting for a moderator: 1 report from members. ` +
+        'It can start once a member with Manage Messages reviews it in `/moderation queue` and approves it. Then start it again with `/train plan`.',
+    );
+    expect(await runs.get(queued)).toMatchObject({ status: 'cancelled', epochs: {} });
     const told = await noticeSaying('• image #2 of **hero** — reported by a member: “This is not the character at all”');
     expect(told.content).toBe(
       '🛡️ New for review: 1 item\n• image #2 of **hero** — reported by a member: “This is not the character at all”\n`/moderation queue` to review.',
