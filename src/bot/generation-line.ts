@@ -13,6 +13,7 @@ import type { Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger.ts';
 import { generationFiles, type GeneratePayload } from '../queues/contract.ts';
+import { keys, type Keys } from '../store/keys.ts';
 import { RedisLocks } from '../store/redis-lock.ts';
 import type { WorkerStore } from '../store/worker-store.ts';
 import { generateJobId, getRequest, gpusFor, lineText, postedResult, waitingInLine, type GenerationRequest, type LineState } from './generation.ts';
@@ -41,21 +42,15 @@ export interface GenerationLineDeps {
   intervalMs: number;
 }
 
-const keys = {
-  ack: (p: string, id: string) => `${p}:gen:${id}:ack`,
-  /** Set while an acknowledgement was edited less than an interval ago. */
-  edited: (p: string, id: string) => `${p}:gen:${id}:ack-edited`,
-  /** The followed requests, scored by when their acknowledgement can no longer be edited. */
-  followed: (p: string) => `${p}:gen:acks`,
-};
-
 export class GenerationLine {
   private readonly locks: RedisLocks;
+  private readonly k: Keys;
   private timer: NodeJS.Timeout | null = null;
   private passing: Promise<void> | null = null;
 
   constructor(private readonly deps: GenerationLineDeps) {
     this.locks = new RedisLocks(deps.redis, deps.prefix, { ttlMs: 15_000, waitMs: 20_000, logger: deps.logger });
+    this.k = keys(deps.prefix);
   }
 
   /**
@@ -63,15 +58,15 @@ export class GenerationLine {
    * result posted meanwhile is shown at once.
    */
   async follow(request: GenerationRequest, interaction: { applicationId: string; token: string; createdTimestamp: number }, shown: string): Promise<void> {
-    const { redis, prefix, intervalMs } = this.deps;
+    const { redis, intervalMs } = this.deps;
     const ack: Acknowledgement = { appId: interaction.applicationId, token: interaction.token, until: interaction.createdTimestamp + ACK_EDITABLE_MS, shown };
     if (ack.until <= Date.now()) return;
     try {
       await redis
         .multi()
-        .set(keys.ack(prefix, request.id), JSON.stringify(ack), 'PXAT', ack.until)
-        .set(keys.edited(prefix, request.id), '1', 'PX', intervalMs)
-        .zadd(keys.followed(prefix), ack.until, request.id)
+        .set(this.k.generationAck(request.id), JSON.stringify(ack), 'PXAT', ack.until)
+        .set(this.k.generationAckEdited(request.id), '1', 'PX', intervalMs)
+        .zadd(this.k.generationAcks(), ack.until, request.id)
         .exec();
       if ((await postedResult(this.deps, request.id)) !== null) await this.posted(request.id);
     } catch (err) {
@@ -117,8 +112,8 @@ export class GenerationLine {
   /** One look at every followed request: each acknowledgement whose text changed is edited. */
   async pass(): Promise<void> {
     const { redis, prefix, queue } = this.deps;
-    await redis.zremrangebyscore(keys.followed(prefix), '-inf', String(Date.now()));
-    const ids = await redis.zrangebyscore(keys.followed(prefix), '-inf', '+inf');
+    await redis.zremrangebyscore(this.k.generationAcks(), '-inf', String(Date.now()));
+    const ids = await redis.zrangebyscore(this.k.generationAcks(), '-inf', '+inf');
     if (ids.length === 0) return;
     const [waiting, active] = await Promise.all([waitingInLine(queue), queue.getActive(0, 499)]);
     const drawing = new Set(active.map((j) => j.id));
@@ -162,17 +157,17 @@ export class GenerationLine {
 
   /** Edits the acknowledgement to the state, when its text changed and the last edit is an interval old. */
   private async show(request: GenerationRequest, state: LineState): Promise<void> {
-    const { redis, prefix, intervalMs } = this.deps;
+    const { redis, intervalMs } = this.deps;
     const text = lineText(request, state);
     const before = await this.ack(request.id);
     if (!before || before.shown === text) return;
-    if ((await redis.set(keys.edited(prefix, request.id), '1', 'PX', intervalMs, 'NX')) === null) return;
+    if ((await redis.set(this.k.generationAckEdited(request.id), '1', 'PX', intervalMs, 'NX')) === null) return;
     await this.locks.run(`gen-ack:${request.id}`, async () => {
       // The result may have been posted meanwhile: that edit is the last.
       const ack = await this.ack(request.id);
       if (!ack || (await postedResult(this.deps, request.id)) !== null) return;
       if (await this.edit(request.id, ack, text)) {
-        await redis.set(keys.ack(prefix, request.id), JSON.stringify({ ...ack, shown: text }), 'PXAT', ack.until);
+        await redis.set(this.k.generationAck(request.id), JSON.stringify({ ...ack, shown: text }), 'PXAT', ack.until);
       }
     });
   }
@@ -196,12 +191,12 @@ export class GenerationLine {
   }
 
   private async ack(requestId: string): Promise<Acknowledgement | null> {
-    const json = await this.deps.redis.get(keys.ack(this.deps.prefix, requestId));
+    const json = await this.deps.redis.get(this.k.generationAck(requestId));
     return json ? (JSON.parse(json) as Acknowledgement) : null;
   }
 
   private async unfollow(requestId: string): Promise<void> {
-    const { redis, prefix } = this.deps;
-    await redis.multi().del(keys.ack(prefix, requestId)).zrem(keys.followed(prefix), requestId).exec();
+    const { redis } = this.deps;
+    await redis.multi().del(this.k.generationAck(requestId)).zrem(this.k.generationAcks(), requestId).exec();
   }
 }

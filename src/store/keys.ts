@@ -57,6 +57,12 @@ export function keys(p: string) {
     runWithheld: (runId: string) => `${p}:run:${runId}:withheld`,
     /** Blob ids of withheld runs' files: signed links to them are refused. */
     withheldBlobs: () => `${p}:withheld-blobs`,
+    /** Where a waiting image's request was acknowledged, to keep it up to date (bot/generation-line.ts). */
+    generationAck: (requestId: string) => `${p}:gen:${requestId}:ack`,
+    /** Set while a request's acknowledgement was edited less than an interval ago. */
+    generationAckEdited: (requestId: string) => `${p}:gen:${requestId}:ack-edited`,
+    /** The followed requests, scored by when their acknowledgement can no longer be edited. */
+    generationAcks: () => `${p}:gen:acks`,
   };
 }
 
