@@ -39,10 +39,22 @@ export interface SlashCommand {
 
 /**
  * Entries of a subcommand table that are all acknowledged the same way, keyed by subcommand name:
- * `subcommands: { ...acknowledged('public', { create, show }), ...acknowledged('ephemeral', { remove }) }`.
+ * `subcommands: subcommandTable(acknowledged('public', { create, show }), acknowledged('ephemeral', { remove }))`.
  */
 export function acknowledged(defer: DeferMode, handlers: Record<string, Subcommand['execute']>): Record<string, Subcommand> {
   return Object.fromEntries(Object.entries(handlers).map(([name, execute]) => [name, { defer, execute }]));
+}
+
+/** One subcommand table of several groups; a name in two groups is a mistake, refused when the module loads. */
+export function subcommandTable(...groups: Record<string, Subcommand>[]): Record<string, Subcommand> {
+  const table: Record<string, Subcommand> = {};
+  for (const group of groups) {
+    for (const [name, subcommand] of Object.entries(group)) {
+      if (Object.hasOwn(table, name)) throw new Error(`subcommand ${name} is in the table twice`);
+      table[name] = subcommand;
+    }
+  }
+  return table;
 }
 
 export type ComponentInteraction = MessageComponentInteraction | ModalSubmitInteraction;

@@ -9,7 +9,7 @@ import { removePromptButton } from '../../src/bot/commands/sample-prompts.ts';
 import { tryButtonHandler } from '../../src/bot/commands/lora.ts';
 import { startButton } from '../../src/bot/commands/train.ts';
 import { componentHandlers, slashCommands } from '../../src/bot/handlers.ts';
-import { COUNT_PART, customIdCodec, ID_PART, type ComponentHandler, type ComponentKind } from '../../src/bot/interactions.ts';
+import { acknowledged, COUNT_PART, customIdCodec, ID_PART, subcommandTable, type ComponentHandler, type ComponentKind } from '../../src/bot/interactions.ts';
 import { voteButtonHandler, voteSelectHandler } from '../../src/bot/votes.ts';
 import { pageButton, removeButton, removeModal, reviewButton } from '../../src/bot/commands/moderation.ts';
 import { reportButton, reportModal } from '../../src/bot/moderation-report.ts';
@@ -53,6 +53,12 @@ describe('slash command table', () => {
       });
       expect(Object.keys(command.subcommands).sort(), `/${command.data.name}`).toEqual(registered.sort());
     }
+  });
+
+  it('refuses a subcommand given twice, in two groups of acknowledgement', () => {
+    const show = () => Promise.resolve();
+    expect(Object.keys(subcommandTable(acknowledged('public', { show }), acknowledged('ephemeral', { hide: show })))).toEqual(['show', 'hide']);
+    expect(() => subcommandTable(acknowledged('public', { show }), acknowledged('ephemeral', { show }))).toThrow('subcommand show is in the table twice');
   });
 });
 

@@ -31,7 +31,7 @@ import { MAX_BULK_EDITS, sentenceOf, type CaptionStore, type CaptionVersion } fr
 import type { Dataset, ImageRecord } from '../../store/dataset-store.ts';
 import type { BotContext } from '../context.ts';
 import { datasetById, requireEditor, resolveDataset } from '../dataset-access.ts';
-import { COUNT_PART, acknowledged, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { COUNT_PART, acknowledged, subcommandTable, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { listNos, truncate } from '../reports.ts';
 import { autocompleteWorkshop, imagesInScope } from './tags.ts';
 
@@ -311,10 +311,10 @@ async function mode(interaction: ChatInputCommandInteraction, ctx: BotContext) {
 
 export const captionCommand: SlashCommand = {
   data: captionCommandData,
-  subcommands: {
-    ...acknowledged('public', { show, undo, replace, mode }),
+  subcommands: subcommandTable(
+    acknowledged('public', { show, undo, replace, mode }),
     // The edit form must be the first answer, so it is not deferred.
-    ...acknowledged('none', { edit }),
-  },
+    acknowledged('none', { edit }),
+  ),
   autocomplete: autocompleteWorkshop,
 };

@@ -31,7 +31,7 @@ import { takeIn } from '../contribution.ts';
 import { reportComponent, reportRow } from '../moderation-report.ts';
 import { acceptedIn, channelPolicy } from '../content-policy.ts';
 import type { IncomingFile } from '../intake.ts';
-import { COUNT_PART, acknowledged, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { COUNT_PART, acknowledged, subcommandTable, ID_PART, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { effectiveRating, postingOf, type ContentPolicy } from '../../core/rating.ts';
 import { hiddenLine, listNos, renderDatasetSummary, truncate } from '../reports.ts';
 
@@ -259,7 +259,7 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 
 export const datasetCommand: SlashCommand = {
   data: datasetCommandData,
-  subcommands: { ...acknowledged('public', { create, add, show, list }), ...acknowledged('ephemeral', { remove, export: exportDataset }) },
+  subcommands: subcommandTable(acknowledged('public', { create, add, show, list }), acknowledged('ephemeral', { remove, export: exportDataset })),
   autocomplete,
 };
 

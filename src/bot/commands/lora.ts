@@ -12,7 +12,7 @@ import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, guildIdOf } from '../dataset-access.ts';
 import { getRequest, MAX_COMPARE_CELLS, queuedText, randomSeed, requestGeneration, weightText, type Queued } from '../generation.ts';
 import { tryButtonCodec, type TryButtonHandler } from '../generation-poster.ts';
-import { acknowledged, checkThenDefer, type SlashCommand } from '../interactions.ts';
+import { acknowledged, subcommandTable, checkThenDefer, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { epochList, renderTally, TIE_RULE } from '../tally.ts';
 import { MAX_SAMPLE_PROMPTS } from './sample-prompts.ts';
@@ -290,10 +290,10 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 
 export const loraCommand: SlashCommand = {
   data: loraCommandData,
-  subcommands: {
+  subcommands: subcommandTable(
     // Answered in public once their checks pass; a refusal is the asker's alone (checkThenDefer).
-    ...acknowledged('none', { fetch: fetchLora, try: tryLora, compare: compareLora }),
-    ...acknowledged('public', { list }),
-  },
+    acknowledged('none', { fetch: fetchLora, try: tryLora, compare: compareLora }),
+    acknowledged('public', { list }),
+  ),
   autocomplete,
 };

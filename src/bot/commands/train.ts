@@ -7,7 +7,7 @@ import { ACTIVE_STATUSES, type Run } from '../../store/run-store.ts';
 import { listWorkers } from '../../store/worker-heartbeats.ts';
 import type { BotContext } from '../context.ts';
 import { autocompleteDatasets, datasetById, guildIdOf, resolveDataset, type GuildInteraction } from '../dataset-access.ts';
-import { ID_PART, acknowledged, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
+import { ID_PART, acknowledged, subcommandTable, checkThenDefer, customIdCodec, type ComponentHandler, type SlashCommand } from '../interactions.ts';
 import { duration, truncate } from '../reports.ts';
 import { listSamplePrompts } from './sample-prompts.ts';
 import { workersForGuild } from '../workers.ts';
@@ -215,10 +215,10 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 
 export const trainCommand: SlashCommand = {
   data: trainCommandData,
-  subcommands: {
-    ...acknowledged('none', { plan }),
-    ...acknowledged('public', { status, queue }),
-    ...acknowledged('ephemeral', { cancel, prompts: listSamplePrompts }),
-  },
+  subcommands: subcommandTable(
+    acknowledged('none', { plan }),
+    acknowledged('public', { status, queue }),
+    acknowledged('ephemeral', { cancel, prompts: listSamplePrompts }),
+  ),
   autocomplete,
 };

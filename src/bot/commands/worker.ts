@@ -6,7 +6,7 @@ import { KeyedMutex } from '../../core/limiter.ts';
 import { WORKER_NAME } from '../../store/worker-store.ts';
 import type { BotContext } from '../context.ts';
 import { guildIdOf } from '../dataset-access.ts';
-import { acknowledged, type SlashCommand } from '../interactions.ts';
+import { acknowledged, subcommandTable, type SlashCommand } from '../interactions.ts';
 import { truncate } from '../reports.ts';
 import { companionsOf } from '../training.ts';
 import { ago, familyText, forgetWorker, gpuText, mib, workersForGuild, type WorkerView } from '../workers.ts';
@@ -194,10 +194,10 @@ async function autocomplete(interaction: AutocompleteInteraction, ctx: BotContex
 
 export const workerCommand: SlashCommand = {
   data: workerCommandData,
-  subcommands: {
+  subcommands: subcommandTable(
     // The token is for the member who asked only; removing says nothing others need.
-    ...acknowledged('ephemeral', { add, remove }),
-    ...acknowledged('public', { list }),
-  },
+    acknowledged('ephemeral', { add, remove }),
+    acknowledged('public', { list }),
+  ),
   autocomplete,
 };
