@@ -1,6 +1,7 @@
 import { ChannelType } from 'discord.js';
 import { OPTIMIZERS, RECIPE_NAMES } from '../src/core/recipe-table.ts';
-import { NETWORK_LABELS, NETWORK_TYPES, VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/recipes.ts';
+import { NETWORK_LABELS, NETWORK_TYPES } from '../src/core/networks.ts';
+import { VRAM_PRESET_INFO, VRAM_PRESETS } from '../src/core/vram-presets.ts';
 import { datasetOption, guildCommand, runOption, subcommand } from './options.ts';
 
 export const trainCommandData = guildCommand('train', 'Plan, start and follow LoRA training runs')

@@ -13,7 +13,7 @@ import { Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Logger } from '../core/logger.ts';
-import { VRAM_PRESET_INFO } from '../core/recipes.ts';
+import { VRAM_PRESET_INFO } from '../core/vram-presets.ts';
 import { bullPrefix, generationFiles, QueueName, type GeneratePayload, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { takeFitting } from '../queues/take-fitting.ts';
 import { checkPayload } from '../queues/train-payload.ts';

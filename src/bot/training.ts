@@ -7,16 +7,16 @@ import { measuredSecondsPerStep, planRun, type Plan, type SpeedSample } from '..
 import { captionModeOf } from '../core/caption-text.ts';
 import { COMPANION_KINDS, FAMILY_INFO, familyLabel, isTransformerFamily, type BaseFamily, type CompanionKind } from '../core/model-family.ts';
 import {
-  NETWORK_LABELS,
   pickCompanions,
   resolveRecipe,
   ResolvedRecipeSchema,
   RunOverridesSchema,
-  VRAM_PRESET_INFO,
   type CompanionFiles,
   type ResolvedRecipe,
   type RunOverrides,
 } from '../core/recipes.ts';
+import { NETWORK_LABELS } from '../core/networks.ts';
+import { VRAM_PRESET_INFO } from '../core/vram-presets.ts';
 import { OPTIMIZERS } from '../core/recipe-table.ts';
 import { JobName, sharedKeys, workerRunsOptimizer, type TrainRunPayload, type WorkerInfo } from '../queues/contract.ts';
 import { newId, type Dataset, type DatasetStore } from '../store/dataset-store.ts';

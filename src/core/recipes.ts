@@ -29,6 +29,8 @@ import {
   type RecipeName,
   type RepeatsPolicy,
 } from './recipe-table.ts';
+import { LOHA_MAX_USEFUL_DIM, NETWORK_MODULES, NETWORK_TYPES, networkSettings } from './networks.ts';
+import { FALLBACK_PRESET, presetForVram, VRAM_PRESET_INFO, VRAM_PRESETS, type VramPreset } from './vram-presets.ts';
 
 export { BASE_FAMILIES };
 
@@ -75,105 +77,6 @@ export function getRecipe(name: string): Recipe {
 export function listRecipes(): { name: RecipeName; description: string }[] {
   return RECIPE_NAMES.map((name) => ({ name, description: getRecipe(name).description }));
 }
-
-// ---------------------------------------------------------------------------------------------
-// Networks (reference/model-families.md §7)
-
-export const NETWORK_TYPES = ['lora', 'dora', 'locon', 'loha', 'lokr'] as const;
-export type NetworkType = (typeof NETWORK_TYPES)[number];
-
-export const NETWORK_LABELS: Record<NetworkType, string> = { lora: 'LoRA', dora: 'DoRA', locon: 'LoCon', loha: 'LoHa', lokr: 'LoKr' };
-
-/** `network_module` values our runs use. */
-export const NETWORK_MODULES = ['networks.lora', 'networks.lora_flux', 'lycoris.kohya'] as const;
-export type NetworkModule = (typeof NETWORK_MODULES)[number];
-
-/** LyCORIS' guideline: LoHa multiplies two low-rank pairs, so a dim above 32 only adds size. */
-const LOHA_MAX_USEFUL_DIM = 32;
-/** Conv layers of LoCon/LoHa get at most this rank (LyCORIS keeps conv ranks well below linear ones). */
-const LYCORIS_CONV_DIM = 16;
-
-/** Why `type` can't train `family`, or null when it can. */
-export function networkProblem(type: NetworkType, family: BaseFamily): string | null {
-  if (type === 'lora' || !isTransformerFamily(family)) return null;
-  // flux_train_network.py documents networks.lora_flux (and OFT) only; LyCORIS' kohya module targets the SD UNet.
-  return `${NETWORK_LABELS[type]} can't be trained on ${familyLabel(family)} here: ${familyLabel(family)} runs use plain LoRA (networks.lora_flux). Pick \`network: lora\`, or an SD 1.5/SDXL dataset for ${NETWORK_LABELS[type]}.`;
-}
-
-/** `network_module` and `network_args` for a network type, as sd-scripts and LyCORIS read them. */
-export function networkSettings(
-  type: NetworkType,
-  family: BaseFamily,
-  dim: number,
-  alpha: number,
-  recipeConv: { dim: number | null; alpha: number | null },
-): { module: NetworkModule; args: string[] } {
-  const problem = networkProblem(type, family);
-  if (problem) throw new UserError(problem);
-  const convDim = Math.min(dim, LYCORIS_CONV_DIM);
-  const convAlpha = formatArg(Math.max(1, Math.min(alpha, convDim)));
-  switch (type) {
-    case 'lora':
-      if (isTransformerFamily(family)) return { module: 'networks.lora_flux', args: [] };
-      return {
-        module: 'networks.lora',
-        args: recipeConv.dim !== null ? [`conv_dim=${recipeConv.dim}`, `conv_alpha=${formatArg(recipeConv.alpha ?? 1)}`] : [],
-      };
-    case 'dora':
-      // DoRA: LyCORIS' LoRA with the weight decomposed into magnitude and direction.
-      return { module: 'lycoris.kohya', args: ['algo=lora', 'dora_wd=True'] };
-    case 'locon':
-      return { module: 'lycoris.kohya', args: ['algo=locon', `conv_dim=${convDim}`, `conv_alpha=${convAlpha}`] };
-    case 'loha':
-      return { module: 'lycoris.kohya', args: ['algo=loha', `conv_dim=${convDim}`, `conv_alpha=${convAlpha}`] };
-    case 'lokr':
-      // factor=-1: LyCORIS picks the Kronecker split itself.
-      return { module: 'lycoris.kohya', args: ['algo=lokr', 'factor=-1'] };
-  }
-}
-
-function formatArg(n: number): string {
-  return Number.isInteger(n) ? String(n) : String(Number(n.toFixed(4)));
-}
-
-// ---------------------------------------------------------------------------------------------
-// VRAM presets for FLUX.1 and Chroma (docs/flux_train_network.md §6.1, reference §3)
-
-export const VRAM_PRESETS = ['12gb', '16gb', '24gb', '48gb'] as const;
-export type VramPreset = (typeof VRAM_PRESETS)[number];
-
-export interface VramPresetInfo {
-  label: string;
-  /** Smallest GPU memory (MiB, as nvidia-smi reports it) the preset is made for. */
-  minMiB: number;
-  fp8Base: boolean;
-  blocksToSwap: number | null;
-  /** Batch size the preset trains with (the member may go lower, not higher). */
-  batchSize: number;
-  /** The docs' 12 GB advice: 8-bit AdamW. */
-  eightBitAdam: boolean;
-}
-
-export const VRAM_PRESET_INFO: Record<VramPreset, VramPresetInfo> = {
-  // docs: "12GB VRAM: --blocks_to_swap 16 and 8bit AdamW" (with --fp8_base)
-  '12gb': { label: '12 GB', minMiB: 11_000, fp8Base: true, blocksToSwap: 16, batchSize: 1, eightBitAdam: true },
-  // docs: "16GB VRAM: batch size 1 and --blocks_to_swap"; 8 blocks is our pick between 24 GB's none and 12 GB's 16.
-  '16gb': { label: '16 GB', minMiB: 15_000, fp8Base: true, blocksToSwap: 8, batchSize: 1, eightBitAdam: false },
-  // docs: "24GB VRAM: basic settings work fine (batch size 2)" (with --fp8_base)
-  '24gb': { label: '24 GB', minMiB: 22_000, fp8Base: true, blocksToSwap: null, batchSize: 2, eightBitAdam: false },
-  // 40 GB and more hold the bf16 transformer (about 24 GB) with room for batch 2.
-  '48gb': { label: '40 GB+', minMiB: 39_000, fp8Base: false, blocksToSwap: null, batchSize: 2, eightBitAdam: false },
-};
-
-/** The largest preset a GPU with `memoryMiB` can run; null below the smallest. */
-export function presetForVram(memoryMiB: number): VramPreset | null {
-  let best: VramPreset | null = null;
-  for (const p of VRAM_PRESETS) if (memoryMiB >= VRAM_PRESET_INFO[p].minMiB) best = p;
-  return best;
-}
-
-/** The preset used when no worker says how much memory it has. */
-export const FALLBACK_PRESET: VramPreset = '16gb';
 
 // ---------------------------------------------------------------------------------------------
 // FLUX.1 / Chroma training settings (docs/flux_train_network.md §4, §6.2; reference §2)

@@ -9,16 +9,15 @@ import { BASE_FAMILIES, isTransformerFamily, type BaseFamily } from '../../src/c
 import { measuredSecondsPerStep, planRun, type PlanConceptInput } from '../../src/core/plan.ts';
 import {
   defaultRecipeFor,
-  NETWORK_TYPES,
-  networkProblem,
   pickCompanions,
-  presetForVram,
   resolveRecipe,
   ResolvedRecipeSchema,
   runFitProblem,
   type ResolvedRecipe,
   type RunOverrides,
 } from '../../src/core/recipes.ts';
+import { NETWORK_TYPES, networkProblem } from '../../src/core/networks.ts';
+import { presetForVram } from '../../src/core/vram-presets.ts';
 import { RECIPE_NAMES } from '../../src/core/recipe-table.ts';
 
 /**
